@@ -1,0 +1,68 @@
+"""
+### Platform health: database, storage providers, the edge
+
+Hourly, and triggerable from the UI. Each component is checked by its own task, so the
+grid shows at a glance which one is red:
+
+- **check_database** — primary answers and is not in recovery; the read replica answers,
+  is streaming, and its replay lag is under `max_replica_lag_s`; one real read is routed
+  (to the replica when healthy, else to the primary). Fails only when the primary or reads
+  are down; a replica problem is reported, reads keep working.
+- **check_storage** (one mapped task per provider) — put → get → delete of a probe object.
+- **check_edge** — the caching edge answers `/__health` and says its backend is healthy.
+- **summary** — collects every report into XCom (`summary`) and `csl_ops.task_runs`, and
+  fails naming each component that is down (unless listed in `tolerate`).
+
+Connections: `csl_db`, `csl_db_replica`, `csl_storage_primary`, `csl_storage_fallback`,
+`csl_cdn_edge`. Without Airflow: `python -m csl health`.
+"""
+
+from __future__ import annotations
+
+import pendulum
+from airflow.sdk import Param, dag
+
+from csl_airflow.operators import HealthSummaryOperator, PlatformHealthOperator
+
+COMPONENTS = ["database.primary", "database.replica", "database.reads", "storage.primary",
+              "storage.fallback", "edge"]
+STORAGE_PROVIDERS = ["primary", "fallback"]
+
+
+@dag(
+    dag_id="csl_platform_health",
+    schedule="@hourly",
+    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+    catchup=False,
+    max_active_runs=1,
+    dagrun_timeout=pendulum.duration(minutes=10),
+    tags=["csl", "health"],
+    doc_md=__doc__,
+    default_args={"owner": "csl-platform", "retries": 0, "execution_timeout": pendulum.duration(minutes=2)},
+    params={
+        "max_replica_lag_s": Param(30, type="number", minimum=0, maximum=3600,
+                                   description="Replay lag (seconds) above which the replica counts as down "
+                                               "and reads go to the primary."),
+        "tolerate": Param([], type="array", items={"type": "string", "enum": COMPONENTS}, uniqueItems=True,
+                          description="Components allowed to be down without failing the run "
+                                      "(e.g. database.replica during a replica rebuild)."),
+    },
+    render_template_as_native_obj=True,
+)
+def csl_platform_health():
+    database = PlatformHealthOperator(task_id="check_database", component="database",
+                                      max_replica_lag_s="{{ params.max_replica_lag_s }}")
+    storage = PlatformHealthOperator.partial(
+        task_id="check_storage", component="storage", map_index_template="{{ component_name }}",
+    ).expand(provider=STORAGE_PROVIDERS)
+    edge = PlatformHealthOperator(task_id="check_edge", component="edge")
+    summary = HealthSummaryOperator(
+        task_id="summary",
+        check_task_ids=["check_database", "check_storage", "check_edge"],
+        expected=["database", *(f"storage.{p}" for p in STORAGE_PROVIDERS), "edge"],
+        tolerate="{{ params.tolerate }}",
+    )
+    [database, storage, edge] >> summary
+
+
+csl_platform_health()

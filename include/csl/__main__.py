@@ -1,0 +1,5 @@
+import sys
+
+from csl.cli import main
+
+sys.exit(main())

@@ -1,0 +1,176 @@
+"""``python -m csl``: the pipelines' work without Airflow.
+
+Exit codes: 0 done / healthy, 1 the work ran and found a problem (e.g. a component is
+down), 2 bad input or configuration (one clear line on stderr).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from csl.config import Settings, load_env_file
+from csl.errors import ConfigError, CslError, SeedError
+
+__all__ = ["main"]
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit 2 (argparse prints usage too)
+        self.exit(2, f"csl: error: {message} (see 'python -m csl {self.prog.split()[-1]} --help')\n"
+                  if " " in self.prog else f"csl: error: {message} (see 'python -m csl --help')\n")
+
+
+def _env_file() -> Path | None:
+    explicit = os.environ.get("CSL_ENV_FILE")
+    if explicit:
+        return Path(explicit)
+    for candidate in (Path.cwd() / ".env", REPO_ROOT / ".env"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _print(args: argparse.Namespace, payload: Any, human: str) -> None:
+    if args.json:
+        print(json.dumps(payload, indent=2, default=str))
+    else:
+        print(human)
+
+
+def _cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
+    from csl.db import Database
+    from csl.migrations import migrate
+
+    components = ("platform", "csl_ops") if args.with_platform_schema else ("csl_ops",)
+    with Database(settings.require_database()) as db, db.connect_direct("primary") as conn:
+        done = migrate(conn, components=components)
+    human = "\n".join(f"applied {m['component']}/{m['version']:04d}_{m['name']} ({m['duration_ms']} ms)"
+                      for m in done) or "nothing to do: every migration is applied"
+    _print(args, {"applied": done}, human)
+    return 0
+
+
+def _cmd_seed(args: argparse.Namespace, settings: Settings) -> int:
+    from csl.db import Database
+    from csl.seed import seed
+    from csl.storage import StorageProvider
+
+    primary = fallback = None
+    if not args.no_objects:
+        primary = StorageProvider(settings.provider("primary"))
+        fallback = StorageProvider(settings.provider("fallback")) if len(settings.storage) > 1 else None
+    with Database(settings.require_database()) as db, db.connect_direct("primary") as conn, \
+            tempfile.TemporaryDirectory(prefix="csl-seed-") as workdir:
+        result = seed(conn, scale_name=args.scale, seed_value=args.seed, workdir=Path(workdir),
+                      primary=primary, fallback=fallback, reset=args.reset)
+    if result["status"] == "already loaded":
+        human = f"already loaded: {result['scale']} data set, seed {result['seed']} (use --reset to reload)"
+    else:
+        human = (f"loaded {result['rows']:,} rows ({result['rows_per_s']:,.0f} rows/s), "
+                 f"objects: {result['objects'] or 'skipped'}")
+    _print(args, result, human)
+    return 0
+
+
+def _cmd_health(args: argparse.Namespace, settings: Settings) -> int:
+    from csl.health import platform_health
+
+    report = platform_health(settings, storage=not args.no_storage, edge=not args.no_edge)
+    _print(args, report, format_health(report))
+    return 0 if report["ok"] else 1
+
+
+def format_health(report: dict[str, Any]) -> str:
+    """A one-screen summary of a health report."""
+    def mark(ok: bool) -> str:
+        return "ok  " if ok else "DOWN"
+
+    lines = []
+    db = report["database"]
+    primary, replica, reads = db["primary"], db["replica"], db["reads"]
+    lines.append(f"[{mark(primary['ok'])}] database primary   {db['url']}  "
+                 + (f"PostgreSQL {primary.get('version')}, {primary.get('latency_ms')} ms, "
+                    f"{primary.get('streaming_replicas')} streaming replica(s)" if primary["ok"] else primary.get("error", "")))
+    if replica.get("configured", True):
+        lag = replica.get("lag_s")
+        lines.append(f"[{mark(replica['ok'])}] database replica   "
+                     + (f"lag {lag:.2f} s, {replica.get('latency_ms')} ms" if replica["ok"] else replica.get("error", "")))
+    lines.append(f"[{mark(reads.get('ok', False))}] reads routed to    {reads['target']} ({reads['reason']})")
+    for name, info in report.get("storage", {}).items():
+        lines.append(f"[{mark(info['ok'])}] storage {name:<10} {info['kind']} {info['endpoint']} bucket {info['bucket']}  "
+                     + (f"put/get/delete {info['latency_ms']} ms" if info["ok"] else info.get("error", "")))
+    edge = report.get("edge")
+    if edge is not None:
+        lines.append(f"[{mark(edge['ok'])}] edge ({edge['provider']})     {edge['base_url']}  "
+                     + (f"backend healthy, {edge['latency_ms']} ms" if edge["ok"] else edge.get("error", "")))
+    lines.append("healthy" if report["ok"] else "UNHEALTHY: " + ", ".join(report["down"]))
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="csl", description="Cultural Sound Lab pipelines, without Airflow.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log what happens (to stderr)")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    p = sub.add_parser("migrate", help="apply pending csl_ops migrations (in order, under an advisory lock)")
+    p.add_argument("--with-platform-schema", action="store_true",
+                   help="also create the platform schema (dev/test stacks only; production has it)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_migrate)
+
+    p = sub.add_parser("seed", help="load deterministic synthetic platform data (COPY) and upload its objects")
+    p.add_argument("--scale", choices=("demo", "bench"), default="demo")
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--reset", action="store_true", help="replace data already loaded (TRUNCATEs platform tables)")
+    p.add_argument("--no-objects", action="store_true", help="load rows only, upload no storage objects")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_seed)
+
+    p = sub.add_parser("health", help="database primary/replica/lag, each storage provider, the edge")
+    p.add_argument("--no-storage", action="store_true")
+    p.add_argument("--no-edge", action="store_true")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_health)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        env_file = _env_file()
+        if env_file is not None:
+            load_env_file(env_file)
+        settings = Settings.from_env()
+        return args.func(args, settings)
+    except ConfigError as exc:
+        print(f"csl: configuration error: {exc}", file=sys.stderr)
+        return 2
+    except SeedError as exc:  # a request the data set cannot satisfy (scale, reset needed)
+        print(f"csl: {exc}", file=sys.stderr)
+        return 2
+    except CslError as exc:
+        print(f"csl: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:  # psycopg.OperationalError is not one: handled below
+        print(f"csl: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    except Exception as exc:
+        import psycopg
+
+        if isinstance(exc, psycopg.OperationalError):
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            print(f"csl: database unreachable: {first}", file=sys.stderr)
+            return 1
+        raise

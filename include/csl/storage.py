@@ -1,0 +1,225 @@
+"""S3-compatible storage providers behind one interface (MinIO, AWS S3, Supabase Storage).
+
+Only a real 404 means "not there": every other failure raises, naming the provider, so a
+provider that is down can never look like a missing object. boto3 is imported lazily so
+that DAG files importing operators stay cheap to parse.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any
+
+from csl.config import StorageProviderSettings
+from csl.errors import ProviderUnavailable, StorageError
+
+__all__ = ["ObjectInfo", "StorageProvider", "sha256_hex", "HEALTH_PREFIX"]
+
+log = logging.getLogger("csl.storage")
+
+HEALTH_PREFIX = "_csl_health/"
+SHA256_META = "sha256"  # stored as x-amz-meta-sha256
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    key: str
+    size: int
+    etag: str
+
+
+class StorageProvider:
+    """One provider (a name, an endpoint, a bucket, credentials)."""
+
+    def __init__(self, settings: StorageProviderSettings, *, client: Any = None,
+                 connect_timeout_s: float = 3.0, read_timeout_s: float = 30.0,
+                 max_attempts: int = 2, max_pool_connections: int = 32) -> None:
+        self.settings = settings
+        self._client = client
+        self._connect_timeout_s = connect_timeout_s
+        self._read_timeout_s = read_timeout_s
+        self._max_attempts = max_attempts
+        self._max_pool_connections = max_pool_connections
+
+    def __repr__(self) -> str:
+        return f"StorageProvider(name={self.name!r}, kind={self.settings.kind!r}, bucket={self.bucket!r})"
+
+    @property
+    def name(self) -> str:
+        return self.settings.name
+
+    @property
+    def bucket(self) -> str:
+        return self.settings.bucket
+
+    @cached_property
+    def client(self) -> Any:
+        if self._client is not None:
+            return self._client
+        import boto3
+        from botocore.config import Config
+
+        s = self.settings
+        config = Config(
+            region_name=s.region,
+            signature_version="s3v4",
+            s3={"addressing_style": "path" if s.force_path_style else "auto"},
+            connect_timeout=self._connect_timeout_s,
+            read_timeout=self._read_timeout_s,
+            retries={"max_attempts": self._max_attempts, "mode": "standard"},
+            max_pool_connections=self._max_pool_connections,
+        )
+        session = boto3.session.Session()
+        return session.client(
+            "s3",
+            endpoint_url=s.endpoint_url,
+            aws_access_key_id=s.access_key.reveal(),
+            aws_secret_access_key=s.secret_key.reveal(),
+            config=config,
+        )
+
+    # -- error translation -----------------------------------------------------------------
+    def _fail(self, action: str, key: str | None, exc: Exception) -> StorageError:
+        from botocore.exceptions import ClientError, ConnectionError as BotoConnectionError
+        from botocore.exceptions import ConnectTimeoutError, ReadTimeoutError
+
+        where = f"{action} {key!r}" if key else action
+        if isinstance(exc, (BotoConnectionError, ConnectTimeoutError, ReadTimeoutError)):
+            return ProviderUnavailable(self.name, f"{where}: cannot reach {self.settings.endpoint_url} ({type(exc).__name__})")
+        if isinstance(exc, ClientError):
+            error = exc.response.get("Error", {})
+            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            return StorageError(self.name, f"{where}: HTTP {status} {error.get('Code')}: {error.get('Message')}")
+        return StorageError(self.name, f"{where}: {type(exc).__name__}: {exc}")
+
+    # -- objects ---------------------------------------------------------------------------
+    def put(self, key: str, body: bytes, *, content_type: str = "application/octet-stream",
+            metadata: dict[str, str] | None = None) -> dict[str, Any]:
+        """Store ``body`` under ``key`` with its SHA-256 in the object metadata."""
+        digest = sha256_hex(body)
+        meta = {SHA256_META: digest, **(metadata or {})}
+        try:
+            response = self.client.put_object(Bucket=self.bucket, Key=key, Body=body,
+                                               ContentType=content_type, Metadata=meta)
+        except Exception as exc:  # translated: the caller hears which provider failed
+            raise self._fail("put", key, exc) from exc
+        return {"key": key, "size": len(body), "sha256": digest, "etag": response.get("ETag", "").strip('"')}
+
+    def get(self, key: str) -> bytes:
+        try:
+            return self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read()
+        except Exception as exc:
+            raise self._fail("get", key, exc) from exc
+
+    def head(self, key: str) -> dict[str, Any] | None:
+        """Object size, etag and metadata; ``None`` only for a real 404."""
+        from botocore.exceptions import ClientError
+
+        try:
+            response = self.client.head_object(Bucket=self.bucket, Key=key)
+        except ClientError as exc:
+            if exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 404:
+                return None
+            raise self._fail("head", key, exc) from exc
+        except Exception as exc:
+            raise self._fail("head", key, exc) from exc
+        return {
+            "size": response["ContentLength"],
+            "etag": response.get("ETag", "").strip('"'),
+            "content_type": response.get("ContentType"),
+            "metadata": response.get("Metadata", {}),
+        }
+
+    def exists(self, key: str) -> bool:
+        """True/False for a definite answer; raises when the provider cannot say."""
+        return self.head(key) is not None
+
+    def delete(self, key: str) -> None:
+        try:
+            self.client.delete_object(Bucket=self.bucket, Key=key)
+        except Exception as exc:
+            raise self._fail("delete", key, exc) from exc
+
+    def iter_objects(self, prefix: str = "", *, start_after: str | None = None) -> Iterator[ObjectInfo]:
+        """Every object under ``prefix``, sorted by key, one page in memory at a time."""
+        kwargs: dict[str, Any] = {"Bucket": self.bucket, "Prefix": prefix, "MaxKeys": 1000}
+        if start_after:
+            kwargs["StartAfter"] = start_after
+        while True:
+            try:
+                page = self.client.list_objects_v2(**kwargs)
+            except Exception as exc:
+                raise self._fail("list", prefix or "/", exc) from exc
+            for item in page.get("Contents", []):
+                yield ObjectInfo(item["Key"], item["Size"], item.get("ETag", "").strip('"'))
+            if not page.get("IsTruncated"):
+                return
+            kwargs["ContinuationToken"] = page["NextContinuationToken"]
+            kwargs.pop("StartAfter", None)
+
+    # -- buckets ---------------------------------------------------------------------------
+    def ensure_bucket(self, *, public_read: bool = False) -> bool:
+        """Create the bucket if missing (True if created); optionally allow anonymous GETs."""
+        from botocore.exceptions import ClientError
+
+        created = False
+        try:
+            self.client.head_bucket(Bucket=self.bucket)
+        except ClientError as exc:
+            if exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") != 404:
+                raise self._fail("head bucket", self.bucket, exc) from exc
+            try:
+                self.client.create_bucket(Bucket=self.bucket)
+                created = True
+            except Exception as create_exc:
+                raise self._fail("create bucket", self.bucket, create_exc) from create_exc
+        except Exception as exc:
+            raise self._fail("head bucket", self.bucket, exc) from exc
+        if public_read:
+            policy = {
+                "Version": "2012-10-17",
+                "Statement": [{
+                    "Sid": "PublicRead",
+                    "Effect": "Allow",
+                    "Principal": "*",
+                    "Action": ["s3:GetObject"],
+                    "Resource": [f"arn:aws:s3:::{self.bucket}/*"],
+                }],
+            }
+            try:
+                self.client.put_bucket_policy(Bucket=self.bucket, Policy=json.dumps(policy))
+            except Exception as exc:
+                raise self._fail("put bucket policy", self.bucket, exc) from exc
+        return created
+
+    # -- health ----------------------------------------------------------------------------
+    def health(self) -> dict[str, Any]:
+        """Probe put → get → delete of a small object; never raises."""
+        key = f"{HEALTH_PREFIX}{uuid.uuid4()}"
+        body = f"csl health probe {key}".encode()
+        started = time.perf_counter()
+        result: dict[str, Any] = {"provider": self.name, "kind": self.settings.kind,
+                                  "endpoint": self.settings.endpoint_url, "bucket": self.bucket}
+        try:
+            self.put(key, body, content_type="text/plain")
+            try:
+                if self.get(key) != body:
+                    raise StorageError(self.name, f"get {key!r}: probe read back different bytes")
+            finally:
+                self.delete(key)
+        except StorageError as exc:
+            result.update(ok=False, error=str(exc))
+            return result
+        result.update(ok=True, latency_ms=round((time.perf_counter() - started) * 1000, 2))
+        return result

@@ -1,0 +1,55 @@
+#!/usr/bin/env python3
+"""The end of ``make demo``: trigger the pipelines through Airflow's REST API, wait, and
+print where to look with a one-screen summary of each run."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "scripts"))
+sys.path.insert(0, str(REPO / "include"))
+
+from airflow_client import AirflowClient  # noqa: E402
+from csl.cli import format_health  # noqa: E402
+from csl.config import load_env_file  # noqa: E402
+
+# The nightly chain, in order; each DAG joins the demo once it exists.
+DEMO_DAGS = ["csl_platform_health"]
+
+
+def main() -> int:
+    load_env_file(REPO / ".env")
+    base_url = os.environ["AIRFLOW__API__BASE_URL"]
+    password = os.environ["CSL_AIRFLOW_ADMIN_PASSWORD"]
+    client = AirflowClient(base_url, "admin", password)
+    failures = 0
+    for dag_id in DEMO_DAGS:
+        client.wait_for_dag(dag_id)
+        client.unpause(dag_id)
+        response = client.trigger(dag_id)
+        if response.status_code >= 400:
+            print(f"trigger {dag_id}: HTTP {response.status_code} {response.text}")
+            return 1
+        run_id = response.json()["dag_run_id"]
+        print(f"triggered {dag_id} ({run_id}); waiting…", flush=True)
+        run = client.wait_for_run(dag_id, run_id)
+        states = {ti["task_display_name"] if ti.get("map_index", -1) < 0 else
+                  f"{ti['task_id']}[{ti.get('rendered_map_index') or ti['map_index']}]": ti["state"]
+                  for ti in client.task_instances(dag_id, run_id)}
+        print(f"{dag_id}: {run['state'].upper()}  " + ", ".join(f"{k}={v}" for k, v in sorted(states.items())))
+        failures += run["state"] != "success"
+        if dag_id == "csl_platform_health":
+            print(format_health(client.xcom(dag_id, run_id, "summary", key="summary")))
+    print()
+    print(f"Airflow UI:  {base_url}   (login: admin / {password})")
+    print(f"Settings:    {REPO / '.env'}   (python -m csl health works in any shell)")
+    print(f"Logs:        {REPO / '.local' / 'stack' / 'logs'}")
+    print("Stop:        make stop")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,669 @@
+#!/usr/bin/env python3
+"""The local stack: real servers on loopback, started and stopped by pid.
+
+    python scripts/devstack.py up [--state DIR] [--env-file FILE] [--airflow]
+    python scripts/devstack.py down|status [--state DIR]
+    python scripts/devstack.py stop NAME | start NAME      (one service, e.g. for failover tests)
+
+Services: PostgreSQL primary (pg_stat_statements, hypopg) and a streaming hot standby made
+with ``pg_basebackup -R``; two SeaweedFS S3 endpoints (the ``primary`` and ``fallback``
+storage providers); Varnish with xkey in front of the public audio bucket; optionally
+Airflow (api-server, scheduler, dag-processor, triggerer) with its metadata in the same
+PostgreSQL. Ports are chosen free once and kept in ``DIR/stack.json`` with the generated
+secrets, so ``up`` again reuses everything that is already running. Each service logs to
+``DIR/logs/NAME.log``; its pid is in ``DIR/pids/NAME.pid`` (PostgreSQL's in its data dir).
+Only standard library here: it runs before the virtualenv has anything installed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+VENV_BIN = Path(sys.executable).parent  # run with the project's .venv python
+PG_BIN = Path(os.environ.get("CSL_PG_BIN", "/usr/lib/postgresql/15/bin"))
+VARNISHD = os.environ.get("CSL_VARNISHD", "/usr/sbin/varnishd")
+
+PLATFORM_DB = "cultural_sound_lab"
+AUDIO_BUCKET = "cultural-audio"
+FALLBACK_BUCKET = "cultural-audio-fallback"
+S3_SERVICES = ("s3-primary", "s3-fallback")
+AIRFLOW_SERVICES = ("airflow-api-server", "airflow-scheduler", "airflow-dag-processor", "airflow-triggerer")
+ALL_SERVICES = ("pg-primary", "pg-replica", *S3_SERVICES, "edge", *AIRFLOW_SERVICES)
+
+
+def log(message: str) -> None:
+    print(f"[devstack] {message}", flush=True)
+
+
+class StackError(RuntimeError):
+    pass
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def port_open(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex((host, port)) == 0
+
+
+def wait_for(what: str, check, *, timeout: float, interval: float = 0.25, log_file: Path | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if check():
+                return
+        except Exception:  # noqa: BLE001 - a probe failing is what we are waiting out
+            pass
+        time.sleep(interval)
+    tail = ""
+    if log_file and log_file.exists():
+        tail = "\n  last log lines:\n    " + "\n    ".join(log_file.read_text(errors="replace").splitlines()[-15:])
+    raise StackError(f"{what} not ready after {timeout:.0f}s{tail}")
+
+
+def pid_alive(pid: int) -> bool:
+    """True while the process exists and is not a zombie (our own zombies are reaped)."""
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, IndexError):
+        return False
+    return state != "Z"
+
+
+def as_postgres(cmd: list[str], **kwargs) -> subprocess.CompletedProcess:
+    """PostgreSQL refuses to run as root: run its binaries as the postgres user then."""
+    if os.geteuid() == 0:
+        cmd = ["runuser", "-u", "postgres", "--", *cmd]
+    return subprocess.run(cmd, check=True, capture_output=True, text=True, **kwargs)
+
+
+def chown_postgres(path: Path) -> None:
+    if os.geteuid() == 0:
+        shutil.chown(path, "postgres", "postgres")
+
+
+class Stack:
+    def __init__(self, state: Path, env_file: Path) -> None:
+        self.state = state.resolve()
+        self.env_file = env_file.resolve()
+        self.logs = self.state / "logs"
+        self.pids = self.state / "pids"
+        self.config_path = self.state / "stack.json"
+        self.config: dict = {}
+
+    # -- configuration: ports and secrets, chosen once -------------------------------------
+    def load_config(self) -> dict:
+        if self.config_path.exists():
+            self.config = json.loads(self.config_path.read_text())
+        return self.config
+
+    def ensure_config(self) -> dict:
+        self.state.mkdir(parents=True, exist_ok=True)
+        self.logs.mkdir(exist_ok=True)
+        self.pids.mkdir(exist_ok=True)
+        cfg = self.load_config()
+        changed = False
+
+        def port(name: str) -> None:
+            nonlocal changed
+            ports = cfg.setdefault("ports", {})
+            if name not in ports:
+                taken = set(ports.values())
+                candidate = free_port()
+                while candidate in taken:
+                    candidate = free_port()
+                ports[name] = candidate
+                changed = True
+
+        def secret(name: str, maker=lambda: secrets.token_urlsafe(18)) -> None:
+            nonlocal changed
+            values = cfg.setdefault("secrets", {})
+            if name not in values:
+                values[name] = maker()
+                changed = True
+
+        for name in ("pg_primary", "pg_replica", "edge", "airflow_api"):
+            port(name)
+        for service in S3_SERVICES:
+            for listener in WEED_LISTENERS:
+                port(f"{service}.{listener}")
+        for name in ("pg_superuser", "pg_csl", "pg_airflow", "pg_replicator", "airflow_admin",
+                     "s3_primary_secret", "s3_fallback_secret", "airflow_jwt", "airflow_secret_key"):
+            secret(name)
+        secret("s3_primary_key", lambda: "CSLP" + secrets.token_hex(8).upper())
+        secret("s3_fallback_key", lambda: "CSLF" + secrets.token_hex(8).upper())
+        secret("airflow_fernet", lambda: base64.urlsafe_b64encode(os.urandom(32)).decode())
+        if changed:
+            self.config_path.write_text(json.dumps(cfg, indent=2))
+            self.config_path.chmod(0o600)
+        return cfg
+
+    @property
+    def ports(self) -> dict:
+        return self.config["ports"]
+
+    @property
+    def secrets(self) -> dict:
+        return self.config["secrets"]
+
+    # -- process bookkeeping ---------------------------------------------------------------
+    def pid_file(self, name: str) -> Path:
+        if name == "pg-primary":
+            return self.state / "pg" / "primary" / "postmaster.pid"
+        if name == "pg-replica":
+            return self.state / "pg" / "replica" / "postmaster.pid"
+        return self.pids / f"{name}.pid"
+
+    def pid(self, name: str) -> int | None:
+        path = self.pid_file(name)
+        try:
+            text = path.read_text().split()
+        except (FileNotFoundError, PermissionError):
+            return None
+        if not text:
+            return None
+        pid = int(text[0])
+        return pid if pid_alive(pid) else None
+
+    def spawn(self, name: str, cmd: list[str], *, env: dict | None = None, cwd: Path | None = None) -> int:
+        """Start a long-running process in its own process group, logging to a file."""
+        log_path = self.logs / f"{name}.log"
+        with log_path.open("ab") as out:
+            proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                    env=env, cwd=cwd, start_new_session=True)
+        self.pid_file(name).write_text(str(proc.pid))
+        return proc.pid
+
+    def kill_group(self, name: str, *, timeout: float = 20) -> bool:
+        """SIGTERM the service's main pid, then sweep its process group (TERM, then KILL).
+
+        The main pid first: Airflow's scheduler shuts its workers down itself, and hangs
+        when every worker gets the signal at once.
+        """
+        pid = self.pid(name)
+        if pid is None:
+            self.pid_file(name).unlink(missing_ok=True)
+            return False
+
+        def group_alive() -> bool:
+            try:
+                os.killpg(pid, 0)
+            except ProcessLookupError:
+                return False
+            return True
+
+        def wait(check, seconds: float) -> None:
+            deadline = time.monotonic() + seconds
+            while time.monotonic() < deadline and check():
+                time.sleep(0.1)
+
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        wait(lambda: pid_alive(pid), timeout)
+        for sig, seconds in ((signal.SIGTERM, 5), (signal.SIGKILL, 5)):
+            if not group_alive():
+                break
+            try:
+                os.killpg(pid, sig)
+            except ProcessLookupError:
+                break
+            wait(group_alive, seconds)
+        self.pid_file(name).unlink(missing_ok=True)
+        return True
+
+    # -- PostgreSQL ------------------------------------------------------------------------
+    @property
+    def pg_dir(self) -> Path:
+        return self.state / "pg"
+
+    @property
+    def pg_socket(self) -> Path:
+        return self.pg_dir / "sock"
+
+    def psql(self, sql: str, *, db: str = "postgres", port_name: str = "pg_primary") -> str:
+        result = as_postgres([str(PG_BIN / "psql"), "-X", "-q", "-At", "-v", "ON_ERROR_STOP=1",
+                              "-h", str(self.pg_socket), "-p", str(self.ports[port_name]), "-U", "postgres",
+                              "-d", db, "-c", sql])
+        return result.stdout.strip()
+
+    def pg_ready(self, port_name: str) -> bool:
+        result = subprocess.run([str(PG_BIN / "pg_isready"), "-q", "-h", "127.0.0.1", "-p",
+                                 str(self.ports[port_name]), "-t", "1"], capture_output=True)
+        return result.returncode == 0
+
+    def pg_primary_up(self) -> None:
+        data = self.pg_dir / "primary"
+        self.pg_dir.mkdir(exist_ok=True)
+        self.pg_socket.mkdir(exist_ok=True)
+        chown_postgres(self.pg_dir)
+        chown_postgres(self.pg_socket)
+        log_file = self.logs / "pg-primary.log"
+        log_file.touch()
+        chown_postgres(log_file)
+        fresh = not (data / "PG_VERSION").exists()
+        if fresh:
+            log("initdb: PostgreSQL primary")
+            if data.exists():
+                shutil.rmtree(data)
+            pwfile = self.pg_dir / ".pwfile"
+            pwfile.write_text(self.secrets["pg_superuser"] + "\n")
+            pwfile.chmod(0o600)
+            chown_postgres(pwfile)
+            try:
+                as_postgres([str(PG_BIN / "initdb"), "-D", str(data), "-U", "postgres", "-E", "UTF8", "--no-locale",
+                             "--auth-local=trust", "--auth-host=scram-sha-256", f"--pwfile={pwfile}"])
+            finally:
+                pwfile.unlink(missing_ok=True)
+            conf = data / "postgresql.conf"
+            conf.write_text(conf.read_text() + PRIMARY_CONF.format(port=self.ports["pg_primary"],
+                                                                     socket=self.pg_socket))
+        if self.pid("pg-primary") is None:
+            log(f"starting PostgreSQL primary on 127.0.0.1:{self.ports['pg_primary']}")
+            as_postgres([str(PG_BIN / "pg_ctl"), "-D", str(data), "-l", str(log_file), "-w", "-t", "60", "start"])
+        wait_for("PostgreSQL primary", lambda: self.pg_ready("pg_primary"), timeout=60, log_file=log_file)
+        if fresh or not self.psql("SELECT 1 FROM pg_database WHERE datname = 'airflow'"):
+            self.pg_bootstrap()
+
+    def pg_bootstrap(self) -> None:
+        s = self.secrets
+        log("creating roles csl, airflow, replicator and databases cultural_sound_lab, airflow")
+        self.psql(f"""
+            CREATE ROLE csl LOGIN PASSWORD '{s["pg_csl"]}';
+            GRANT pg_monitor, pg_signal_backend TO csl;
+            CREATE ROLE airflow LOGIN PASSWORD '{s["pg_airflow"]}';
+            CREATE ROLE replicator LOGIN REPLICATION PASSWORD '{s["pg_replicator"]}';
+        """)
+        # extensions need a superuser; made in template1 so every database created later has them
+        self.psql("CREATE EXTENSION IF NOT EXISTS pg_stat_statements; CREATE EXTENSION IF NOT EXISTS hypopg;"
+                  " CREATE EXTENSION IF NOT EXISTS pgstattuple;", db="template1")
+        self.psql(f"CREATE DATABASE {PLATFORM_DB} OWNER csl")
+        self.psql("CREATE DATABASE airflow OWNER airflow")
+
+    def pg_replica_up(self) -> None:
+        data = self.pg_dir / "replica"
+        log_file = self.logs / "pg-replica.log"
+        log_file.touch()
+        chown_postgres(log_file)
+        if not (data / "PG_VERSION").exists():
+            log("pg_basebackup -R: building the hot standby")
+            if data.exists():
+                shutil.rmtree(data)
+            as_postgres(["env", f"PGPASSWORD={self.secrets['pg_replicator']}", str(PG_BIN / "pg_basebackup"),
+                         "-h", "127.0.0.1", "-p", str(self.ports["pg_primary"]), "-U", "replicator",
+                         "-D", str(data), "-R", "-X", "stream", "-c", "fast"])
+            auto = data / "postgresql.auto.conf"
+            auto.write_text(auto.read_text() + f"port = {self.ports['pg_replica']}\n")
+        if self.pid("pg-replica") is None:
+            log(f"starting PostgreSQL replica on 127.0.0.1:{self.ports['pg_replica']}")
+            as_postgres([str(PG_BIN / "pg_ctl"), "-D", str(data), "-l", str(log_file), "-w", "-t", "60", "start"])
+        wait_for("PostgreSQL replica", lambda: self.pg_ready("pg_replica"), timeout=60, log_file=log_file)
+        wait_for("replica streaming from the primary",
+                 lambda: self.psql("SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'") != "0",
+                 timeout=30, log_file=log_file)
+
+    def pg_stop(self, name: str, *, mode: str = "fast") -> bool:
+        data = self.pg_dir / ("primary" if name == "pg-primary" else "replica")
+        if self.pid(name) is None:
+            return False
+        as_postgres([str(PG_BIN / "pg_ctl"), "-D", str(data), "-m", mode, "-w", "-t", "60", "stop"])
+        return True
+
+    # -- SeaweedFS: one `weed mini` per storage provider -----------------------------------
+    def s3_port(self, service: str) -> int:
+        return self.ports[f"{service}.s3"]
+
+    def s3_up(self, service: str) -> None:
+        root = self.state / service
+        for sub in ("data", "logs", "tmp"):
+            (root / sub).mkdir(parents=True, exist_ok=True)
+        if self.pid(service) is None:
+            role = service.split("-", 1)[1]
+            p = {listener: self.ports[f"{service}.{listener}"] for listener in WEED_LISTENERS}
+            env = dict(os.environ, HOME=str(root), TMPDIR=str(root / "tmp"),
+                       AWS_ACCESS_KEY_ID=self.secrets[f"s3_{role}_key"],
+                       AWS_SECRET_ACCESS_KEY=self.secrets[f"s3_{role}_secret"])
+            cmd = [str(VENV_BIN / "weed"), f"-logdir={root / 'logs'}", "mini",
+                   f"-dir={root / 'data'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+                   f"-master.port={p['master']}", f"-master.port.grpc={p['master_grpc']}",
+                   f"-volume.port={p['volume']}", f"-volume.port.grpc={p['volume_grpc']}",
+                   f"-filer.port={p['filer']}", f"-filer.port.grpc={p['filer_grpc']}",
+                   f"-s3.port={p['s3']}", f"-s3.port.grpc={p['s3_grpc']}",
+                   f"-webdav.port={p['webdav']}", f"-webdav.cacheDir={root / 'tmp'}",
+                   f"-admin.port={p['admin']}", f"-admin.port.grpc={p['admin_grpc']}",
+                   f"-debug.port={p['debug']}", f"-s3.debug.port={p['debug']}",
+                   "-s3.port.iceberg=0", "-s3.port.lance=0",
+                   f"-filer.localSocket={root / 'data' / 'filer.sock'}",
+                   f"-s3.localSocket={root / 'data' / 's3.sock'}",
+                   "-master.telemetry=false"]
+            log(f"starting SeaweedFS {service} (S3 on 127.0.0.1:{p['s3']})")
+            self.spawn(service, cmd, env=env, cwd=root)
+        wait_for(f"SeaweedFS {service}", lambda: http_status(f"http://127.0.0.1:{self.s3_port(service)}/healthz") == 200,
+                 timeout=60, log_file=self.logs / f"{service}.log")
+
+    def buckets_up(self) -> None:
+        """Create the buckets (idempotent); the primary's audio bucket is public-read for the edge."""
+        sys.path.insert(0, str(REPO / "include"))
+        from csl.config import Settings
+        from csl.storage import StorageProvider
+
+        settings = Settings.from_env(self.env_values())
+        deadline = time.monotonic() + 30
+        for provider in settings.storage:
+            while True:  # the S3 port answers a moment before credentials are accepted
+                try:
+                    created = StorageProvider(provider).ensure_bucket(public_read=provider.public_bucket)
+                    break
+                except Exception:
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.3)
+            if created:
+                log(f"created bucket {provider.bucket} on {provider.name}"
+                    + (" (public read)" if provider.public_bucket else ""))
+
+    # -- the caching edge ------------------------------------------------------------------
+    def edge_up(self) -> None:
+        root = self.state / "edge"
+        root.mkdir(exist_ok=True)
+        root.chmod(0o755)
+        vcl = root / "edge.vcl"
+        template = (REPO / "stack" / "varnish" / "edge.vcl").read_text()
+        rendered = (template.replace("{{BACKEND_PORT}}", str(self.s3_port("s3-primary")))
+                    .replace("{{BUCKET}}", AUDIO_BUCKET)
+                    .replace("{{EDGE_TTL}}", "86400")
+                    .replace("{{REFERER_REGEX}}", EDGE_REFERER_REGEX))
+        vcl.write_text(rendered)
+        vcl.chmod(0o644)
+        for parent in [root, *root.parents]:
+            if parent == Path("/"):
+                break
+            mode = parent.stat().st_mode
+            if not mode & 0o005:
+                raise StackError(f"{parent} is not traversable by others; varnishd's jail needs it")
+        if self.pid("edge") is None:
+            port = self.ports["edge"]
+            log(f"starting Varnish edge on 127.0.0.1:{port}")
+            work = root / "work"
+            self.spawn("edge", [VARNISHD, "-F", "-n", str(work), "-a", f"127.0.0.1:{port}",
+                                "-T", "127.0.0.1:0", "-f", str(vcl), "-s", "malloc,64m"])
+        wait_for("Varnish edge", lambda: http_status(f"http://127.0.0.1:{self.ports['edge']}/__health") == 200,
+                 timeout=60, log_file=self.logs / "edge.log")
+
+    # -- the environment the platform and Airflow read -------------------------------------
+    def urls(self) -> dict:
+        s, p = self.secrets, self.ports
+        return {
+            "primary": f"postgresql://csl:{s['pg_csl']}@127.0.0.1:{p['pg_primary']}/{PLATFORM_DB}",
+            "replica": f"postgresql://csl:{s['pg_csl']}@127.0.0.1:{p['pg_replica']}/{PLATFORM_DB}",
+            "airflow_db": f"postgresql+psycopg2://airflow:{s['pg_airflow']}@127.0.0.1:{p['pg_primary']}/airflow",
+            "s3_primary": f"http://127.0.0.1:{p['s3-primary.s3']}",
+            "s3_fallback": f"http://127.0.0.1:{p['s3-fallback.s3']}",
+            "edge": f"http://127.0.0.1:{p['edge']}",
+            "airflow": f"http://127.0.0.1:{p['airflow_api']}",
+        }
+
+    def env_values(self) -> dict:
+        s, u = self.secrets, self.urls()
+        values = {
+            # the platform's own names
+            "DATABASE_URL": u["primary"],
+            "DATABASE_READ_REPLICA_URL": u["replica"],
+            "STORAGE_PROVIDER": "minio",
+            "STORAGE_FALLBACK_PROVIDER": "s3",
+            "MINIO_ENDPOINT": u["s3_primary"],
+            "MINIO_ACCESS_KEY": s["s3_primary_key"],
+            "MINIO_SECRET_KEY": s["s3_primary_secret"],
+            "MINIO_BUCKET": AUDIO_BUCKET,
+            "MINIO_FORCE_PATH_STYLE": "true",
+            "MINIO_PUBLIC_BUCKET": "true",
+            "S3_ENDPOINT": u["s3_fallback"],
+            "S3_BUCKET": FALLBACK_BUCKET,
+            "AWS_ACCESS_KEY_ID": s["s3_fallback_key"],
+            "AWS_SECRET_ACCESS_KEY": s["s3_fallback_secret"],
+            "AWS_REGION": "us-east-1",
+            "CDN_ENABLED": "true",
+            "CDN_PROVIDER": "varnish",
+            "CDN_BASE_URL": u["edge"],
+            "CDN_CACHE_TTL": "86400",
+            # Airflow connections (the DAGs read only these)
+            "AIRFLOW_CONN_CSL_DB": u["primary"],
+            "AIRFLOW_CONN_CSL_DB_REPLICA": u["replica"],
+            "AIRFLOW_CONN_CSL_STORAGE_PRIMARY": json.dumps({
+                "conn_type": "aws", "login": s["s3_primary_key"], "password": s["s3_primary_secret"],
+                "extra": {"endpoint_url": u["s3_primary"], "region_name": "us-east-1", "bucket": AUDIO_BUCKET,
+                          "provider": "minio", "force_path_style": True, "public_bucket": True}}),
+            "AIRFLOW_CONN_CSL_STORAGE_FALLBACK": json.dumps({
+                "conn_type": "aws", "login": s["s3_fallback_key"], "password": s["s3_fallback_secret"],
+                "extra": {"endpoint_url": u["s3_fallback"], "region_name": "us-east-1", "bucket": FALLBACK_BUCKET,
+                          "provider": "s3", "force_path_style": True}}),
+            "AIRFLOW_CONN_CSL_CDN_EDGE": json.dumps({
+                "conn_type": "http", "host": "127.0.0.1", "port": self.ports["edge"], "schema": "http",
+                "extra": {"provider": "varnish", "cache_ttl": 86400}}),
+        }
+        values.update(self.airflow_env())
+        return values
+
+    def write_env(self) -> None:
+        lines = ["# Written by scripts/devstack.py: the local stack's settings. Secrets: keep out of git."]
+        for key, value in self.env_values().items():
+            if "'" in value:
+                raise StackError(f"{key}: value contains a single quote")
+            lines.append(f"{key}='{value}'")
+        self.env_file.write_text("\n".join(lines) + "\n")
+        self.env_file.chmod(0o600)
+
+    # -- Airflow ---------------------------------------------------------------------------
+    @property
+    def airflow_home(self) -> Path:
+        return self.state / "airflow"
+
+    def airflow_env(self) -> dict:
+        s, p = self.secrets, self.ports
+        api = f"http://127.0.0.1:{p['airflow_api']}"
+        return {
+            "AIRFLOW_HOME": str(self.airflow_home),
+            "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
+            "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO / "plugins"),
+            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+            "AIRFLOW__CORE__PARALLELISM": "8",
+            "AIRFLOW__CORE__FERNET_KEY": s["airflow_fernet"],
+            "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{api}/execution/",
+            "AIRFLOW__CORE__AUTH_MANAGER":
+                "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager",
+            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin",
+            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(self.airflow_home / "passwords.json"),
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": self.urls()["airflow_db"],
+            "AIRFLOW__API__HOST": "127.0.0.1",
+            "AIRFLOW__API__PORT": str(p["airflow_api"]),
+            "AIRFLOW__API__BASE_URL": api,
+            "AIRFLOW__API__WORKERS": "1",
+            "AIRFLOW__API__SECRET_KEY": s["airflow_secret_key"],
+            "AIRFLOW__API_AUTH__JWT_SECRET": s["airflow_jwt"],
+            "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
+            "AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL": "10",
+            "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "False",
+            "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(self.airflow_home / "logs"),
+            "CSL_AIRFLOW_ADMIN_PASSWORD": s["airflow_admin"],
+        }
+
+    def airflow_process_env(self) -> dict:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")}
+        env.update(self.env_values())
+        env["PATH"] = f"{VENV_BIN}:{env.get('PATH', '/usr/bin:/bin')}"
+        env["PYTHONUNBUFFERED"] = "1"
+        return env
+
+    def airflow_up(self) -> None:
+        home = self.airflow_home
+        home.mkdir(exist_ok=True)
+        passwords = home / "passwords.json"
+        passwords.write_text(json.dumps({"admin": self.secrets["airflow_admin"]}))
+        passwords.chmod(0o600)
+        env = self.airflow_process_env()
+        airflow = str(VENV_BIN / "airflow")
+        marker = home / ".migrated"
+        version = subprocess.run([airflow, "version"], env=env, capture_output=True, text=True,
+                                 check=True).stdout.strip()
+        if not marker.exists() or marker.read_text() != version:
+            log(f"airflow db migrate (Airflow {version}, metadata in PostgreSQL)")
+            with (self.logs / "airflow-migrate.log").open("ab") as out:
+                subprocess.run([airflow, "db", "migrate"], env=env, stdout=out, stderr=subprocess.STDOUT,
+                               check=True)
+            marker.write_text(version)
+        for service in AIRFLOW_SERVICES:
+            if self.pid(service) is None:
+                log(f"starting {service}")
+                command = [airflow, service.removeprefix("airflow-")]
+                if service in ("airflow-scheduler", "airflow-triggerer"):
+                    command.append("--skip-serve-logs")  # its log server would listen on every interface
+                self.spawn(service, command, env=env, cwd=home)
+        health_url = f"{self.urls()['airflow']}/api/v2/monitor/health"
+
+        def healthy() -> bool:
+            with urllib.request.urlopen(health_url, timeout=2) as response:
+                body = json.loads(response.read())
+            return all(body.get(part, {}).get("status") == "healthy"
+                       for part in ("metadatabase", "scheduler", "triggerer", "dag_processor"))
+
+        wait_for("Airflow (api-server, scheduler, dag-processor, triggerer)", healthy, timeout=180,
+                 interval=1, log_file=self.logs / "airflow-api-server.log")
+
+    # -- the whole stack -------------------------------------------------------------------
+    def up(self, *, airflow: bool) -> None:
+        self.ensure_config()
+        self.pg_primary_up()
+        self.pg_replica_up()
+        for service in S3_SERVICES:
+            self.s3_up(service)
+        self.write_env()
+        self.buckets_up()
+        self.edge_up()
+        if airflow:
+            self.airflow_up()
+
+    def start(self, name: str) -> None:
+        self.load_config()
+        {"pg-primary": self.pg_primary_up, "pg-replica": self.pg_replica_up, "edge": self.edge_up,
+         "s3-primary": lambda: self.s3_up("s3-primary"), "s3-fallback": lambda: self.s3_up("s3-fallback"),
+         }.get(name, self.airflow_up)()
+
+    def stop(self, name: str) -> bool:
+        self.load_config()
+        if name in ("pg-primary", "pg-replica"):
+            return self.pg_stop(name)
+        return self.kill_group(name)
+
+    def down(self) -> None:
+        if not self.load_config():
+            log(f"nothing to stop: no stack in {self.state}")
+            return
+        for name in reversed(ALL_SERVICES):  # Airflow first, the database last
+            if self.stop(name):
+                log(f"stopped {name}")
+
+    def status(self) -> dict:
+        self.load_config()
+        return {name: {"pid": self.pid(name), "running": self.pid(name) is not None} for name in ALL_SERVICES}
+
+
+WEED_LISTENERS = ("master", "master_grpc", "volume", "volume_grpc", "filer", "filer_grpc", "s3", "s3_grpc",
+                  "webdav", "admin", "admin_grpc", "debug")
+EDGE_REFERER_REGEX = r"^https?://(localhost|127\.0\.0\.1|([a-z0-9-]+\.)*culturalsoundlab\.com)(:[0-9]+)?(/|$)"
+
+PRIMARY_CONF = """
+# --- csl devstack ---
+listen_addresses = '127.0.0.1'
+port = {port}
+unix_socket_directories = '{socket}'
+max_connections = 200
+shared_buffers = 256MB
+shared_preload_libraries = 'pg_stat_statements'
+pg_stat_statements.track = all
+track_io_timing = on
+track_activity_query_size = 4096
+wal_level = replica
+max_wal_senders = 10
+wal_keep_size = 512MB
+hot_standby = on
+hot_standby_feedback = on
+log_line_prefix = '%m [%p] %q%u@%d '
+log_lock_waits = on
+"""
+
+
+def http_status(url: str) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return response.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("command", choices=("up", "down", "status", "start", "stop", "env"))
+    parser.add_argument("service", nargs="?", choices=ALL_SERVICES)
+    parser.add_argument("--state", type=Path, default=REPO / ".local" / "stack")
+    parser.add_argument("--env-file", type=Path, default=REPO / ".env")
+    parser.add_argument("--airflow", action="store_true", help="with up: also start Airflow")
+    args = parser.parse_args(argv)
+    stack = Stack(args.state, args.env_file)
+    try:
+        if args.command == "up":
+            stack.up(airflow=args.airflow)
+            log(f"stack up; settings in {stack.env_file}")
+        elif args.command == "down":
+            stack.down()
+        elif args.command == "status":
+            print(json.dumps(stack.status(), indent=2))
+        elif args.command == "env":
+            stack.load_config()
+            for key, value in stack.env_values().items():
+                print(f"{key}='{value}'")
+        elif args.service is None:
+            parser.error(f"{args.command} needs a service name")
+        elif args.command == "start":
+            stack.start(args.service)
+        else:
+            stack.stop(args.service)
+    except (StackError, subprocess.CalledProcessError) as exc:
+        detail = exc.stderr.strip() if isinstance(exc, subprocess.CalledProcessError) and exc.stderr else ""
+        print(f"[devstack] error: {exc}{(': ' + detail) if detail else ''}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,76 @@
+"""csl.health and the CLI: one report, every component named when it is down."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+from csl.health import platform_health
+
+from ..conftest import REPO
+
+
+def run_cli(*args, env=None):
+    return subprocess.run([sys.executable, "-m", "csl", *args], capture_output=True, text=True, timeout=120,
+                          env=env, cwd=REPO)
+
+
+def cli_env(stack_env, **changes):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_", "STORAGE_", "MINIO_", "S3_", "CDN_"))}
+    env.update(stack_env)
+    env["CSL_ENV_FILE"] = os.devnull
+    env.update(changes)
+    return {k: v for k, v in env.items() if v is not None}
+
+
+def test_everything_healthy(settings):
+    report = platform_health(settings)
+    assert report["ok"] is True and report["down"] == []
+    assert report["database"]["replica"]["lag_s"] is not None
+    assert set(report["storage"]) == {"primary", "fallback"}
+    assert report["edge"]["backend_healthy"] is True
+
+
+def test_edge_down_is_named(settings, service_down):
+    service_down("edge")
+    report = platform_health(settings)
+    assert report["down"] == ["edge"] and "unreachable" in report["edge"]["error"]
+
+
+def test_primary_storage_down_makes_the_edge_backend_unhealthy_too(settings, service_down):
+    service_down("s3-primary")
+    report = platform_health(settings)
+    assert "storage.primary" in report["down"]
+    assert report["storage"]["fallback"]["ok"] is True
+
+
+def test_cli_health_json(stack_env):
+    result = run_cli("health", "--json", env=cli_env(stack_env))
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["ok"] is True and report["database"]["reads"]["target"] == "replica"
+
+
+def test_cli_health_exit_1_and_names_the_component(stack_env, service_down):
+    service_down("pg-replica")
+    result = run_cli("health", env=cli_env(stack_env))
+    assert result.returncode == 1
+    assert "UNHEALTHY: database.replica" in result.stdout
+    assert "reads routed to    primary" in result.stdout
+
+
+def test_cli_bad_config_is_one_line_and_exit_2(stack_env):
+    result = run_cli("health", env=cli_env(stack_env, DATABASE_URL="mysql://root@localhost/x"))
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0
+    assert "DATABASE_URL" in result.stderr and "postgresql://" in result.stderr
+    assert stack_env["MINIO_SECRET_KEY"] not in result.stderr + result.stdout
+
+
+def test_cli_bad_arguments_exit_2(stack_env):
+    for args in (["seed", "--scale", "huge"], ["frobnicate"], ["seed", "--seed", "x"]):
+        result = run_cli(*args, env=cli_env(stack_env))
+        assert result.returncode == 2, args
+        assert result.stderr.strip().count("\n") == 0, result.stderr

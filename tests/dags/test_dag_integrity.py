@@ -1,0 +1,96 @@
+"""Every DAG file: imports cleanly, parses fast with no heavy imports, documents itself,
+and refuses bad Params before any work starts."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+DAGS = REPO / "dags"
+DAG_FILES = sorted(p.name for p in DAGS.glob("*.py"))
+
+# Bad values each DAG must refuse, by param.
+BAD_PARAMS = {
+    "csl_platform_health": {
+        "max_replica_lag_s": [-1, "thirty", 100000],
+        "tolerate": [["database.everything"], "edge", ["edge", "edge"]],
+    },
+}
+GOOD_PARAMS = {
+    "csl_platform_health": {"max_replica_lag_s": [0, 2.5], "tolerate": [[], ["database.replica", "edge"]]},
+}
+
+
+@pytest.fixture(scope="module")
+def inspected(tmp_path_factory):
+    home = tmp_path_factory.mktemp("airflow_home")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")}
+    env.update({
+        "AIRFLOW_HOME": str(home),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__UNIT_TEST_MODE": "True",
+        "AIRFLOW__CORE__DAGS_FOLDER": str(DAGS),
+        "PYTHONPATH": os.pathsep.join(str(REPO / p) for p in ("include", "plugins", "dags")),
+    })
+    cases = {dag: {name: BAD_PARAMS.get(dag, {}).get(name, []) + GOOD_PARAMS.get(dag, {}).get(name, [])
+                   for name in set(BAD_PARAMS.get(dag, {})) | set(GOOD_PARAMS.get(dag, {}))}
+             for dag in set(BAD_PARAMS) | set(GOOD_PARAMS)}
+    result = subprocess.run([sys.executable, str(Path(__file__).with_name("inspect_dags.py")), str(DAGS),
+                             json.dumps(cases)], capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_there_are_dag_files():
+    assert "csl_platform_health.py" in DAG_FILES
+
+
+def test_no_import_errors(inspected):
+    assert inspected["import_errors"] == {}
+
+
+@pytest.mark.parametrize("filename", DAG_FILES)
+def test_dag_file_parses_fast(inspected, filename):
+    # best of three executions, after airflow.sdk and the shared glue are imported once
+    assert inspected["files"][filename]["parse_s"] < 0.3
+
+
+def test_no_heavy_imports_at_parse_time(inspected):
+    assert inspected["heavy_modules"] == [], "import pandas/boto3/psycopg/… inside tasks, not at top level"
+
+
+def test_every_dag_has_owner_tags_doc_and_described_params(inspected):
+    assert inspected["dags"], "no DAG was loaded"
+    for dag_id, dag in inspected["dags"].items():
+        assert dag_id.startswith("csl_") and dag["fileloc"] == f"{dag_id}.py"
+        assert dag["owners"] and "airflow" not in dag["owners"], dag_id
+        assert "csl" in dag["tags"], dag_id
+        assert dag["doc_md"], f"{dag_id} has no doc_md"
+        assert dag["catchup"] is False
+        for name, param in dag["params"].items():
+            assert param["description"], f"{dag_id}.{name} has no description for the trigger form"
+            assert "type" in param["schema"], f"{dag_id}.{name} has no JSON-schema type"
+
+
+@pytest.mark.parametrize("dag_id", sorted(BAD_PARAMS))
+def test_bad_params_are_refused_good_ones_accepted(inspected, dag_id):
+    refused = inspected["dags"][dag_id]["refused"]
+    for name, bad_values in BAD_PARAMS[dag_id].items():
+        outcomes = refused[name][: len(bad_values)]
+        assert [o["refused"] for o in outcomes] == [True] * len(bad_values), outcomes
+        assert all(o["message"] for o in outcomes)
+    for name, good_values in GOOD_PARAMS[dag_id].items():
+        outcomes = refused[name][len(BAD_PARAMS[dag_id].get(name, [])):]
+        assert [o["refused"] for o in outcomes] == [False] * len(good_values), outcomes
+
+
+def test_health_dag_shape(inspected):
+    dag = inspected["dags"]["csl_platform_health"]
+    assert dag["tasks"] == ["check_database", "check_edge", "check_storage", "summary"]
+    assert dag["max_active_runs"] == 1
