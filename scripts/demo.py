@@ -17,7 +17,20 @@ from csl.cli import format_health  # noqa: E402
 from csl.config import load_env_file  # noqa: E402
 
 # The nightly chain, in order; each DAG joins the demo once it exists.
-DEMO_DAGS = ["csl_platform_health"]
+DEMO_DAGS = ["csl_platform_health", "csl_index_install"]
+
+
+def format_index_report(report: dict | None) -> str:
+    if not report:
+        return "  (no report)"
+    built = ", ".join(f"{b['name']} ({b['duration_ms']} ms)" for b in report["built"][:4])
+    more = f" and {len(report['built']) - 4} more" if len(report["built"]) > 4 else ""
+    lines = [f"  plan {report['plan']}; built {len(report['built'])} in {report['total_build_ms']} ms"
+             + (f": {built}{more}" if built else " (everything already as declared)")]
+    for failure in report["failed"]:
+        lines.append(f"  FAILED {failure['name']}: {failure['error']}")
+    lines.append(f"  {len(report['unknown'])} undeclared index(es) reported, left alone")
+    return "\n".join(lines)
 
 
 def main() -> int:
@@ -43,6 +56,9 @@ def main() -> int:
         failures += run["state"] != "success"
         if dag_id == "csl_platform_health":
             print(format_health(client.xcom(dag_id, run_id, "summary", key="summary")))
+        elif dag_id == "csl_index_install":
+            print(format_index_report(client.xcom(dag_id, run_id, "report", key="report")))
+        print()
     print()
     print(f"Airflow UI:  {base_url}   (login: admin / {password})")
     print(f"Settings:    {REPO / '.env'}   (python -m csl health works in any shell)")

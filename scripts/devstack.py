@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import hashlib
 import json
 import os
 import secrets
@@ -534,14 +535,29 @@ class Stack:
         env = self.airflow_process_env()
         airflow = str(VENV_BIN / "airflow")
         marker = home / ".migrated"
+        pools = REPO / "stack" / "airflow" / "pools.json"
         version = subprocess.run([airflow, "version"], env=env, capture_output=True, text=True,
                                  check=True).stdout.strip()
-        if not marker.exists() or marker.read_text() != version:
-            log(f"airflow db migrate (Airflow {version}, metadata in PostgreSQL)")
+        wanted = f"{version} {hashlib.sha256(pools.read_bytes()).hexdigest()[:12]}"
+        if not marker.exists() or marker.read_text() != wanted:
+            log(f"airflow db migrate + pools (Airflow {version}, metadata in PostgreSQL)")
             with (self.logs / "airflow-migrate.log").open("ab") as out:
                 subprocess.run([airflow, "db", "migrate"], env=env, stdout=out, stderr=subprocess.STDOUT,
                                check=True)
-            marker.write_text(version)
+                subprocess.run([airflow, "pools", "import", str(pools)], env=env, stdout=out,
+                               stderr=subprocess.STDOUT, check=True)
+            marker.write_text(wanted)
+        # Airflow imports plugins once at start and forks parsers/workers from there: a change to
+        # plugins/ or include/csl/ needs fresh processes, or tasks would run yesterday's code.
+        code_marker = home / ".code-hash"
+        code = code_hash()
+        if code_marker.exists() and code_marker.read_text() != code:
+            running = [s for s in AIRFLOW_SERVICES if self.pid(s) is not None]
+            if running:
+                log("plugins/ or include/csl/ changed: restarting Airflow")
+                for service in running:
+                    self.kill_group(service)
+        code_marker.write_text(code)
         for service in AIRFLOW_SERVICES:
             if self.pid(service) is None:
                 log(f"starting {service}")
@@ -621,6 +637,15 @@ hot_standby_feedback = on
 log_line_prefix = '%m [%p] %q%u@%d '
 log_lock_waits = on
 """
+
+
+def code_hash() -> str:
+    digest = hashlib.sha256()
+    for folder in (REPO / "plugins", REPO / "include" / "csl"):
+        for path in sorted(folder.rglob("*.py")):
+            digest.update(str(path.relative_to(REPO)).encode())
+            digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
 
 
 def http_status(url: str) -> int:

@@ -17,6 +17,7 @@ from typing import Any
 
 from csl.config import Settings, load_env_file
 from csl.errors import ConfigError, CslError, SeedError
+from csl.maintenance.indexes import CatalogError
 
 __all__ = ["main"]
 
@@ -89,6 +90,47 @@ def _cmd_health(args: argparse.Namespace, settings: Settings) -> int:
     return 0 if report["ok"] else 1
 
 
+def _positive_int(lo: int, hi: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if not lo <= value <= hi:
+            raise argparse.ArgumentTypeError(f"expected {lo}..{hi}, got {value}")
+        return value
+    return parse
+
+
+def _cmd_indexes(args: argparse.Namespace, settings: Settings) -> int:
+    import datetime
+
+    from csl.db import Database
+    from csl.maintenance import indexes
+
+    full = indexes.load_catalog()
+    chosen = indexes.select(full, args.only)
+    with Database(settings.require_database()) as db:
+        with db.connect_direct("primary") as conn:
+            plan = indexes.make_plan(indexes.diff(conn, chosen, full_catalog=full), chosen)
+        payload: dict[str, Any] = {"plan": [vars(i) for i in plan], "summary": indexes.plan_summary(plan)}
+        human = indexes.format_plan(plan)
+        failed = 0
+        if args.action == "apply" and not args.dry_run:
+            run_id = "cli__" + datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
+            results = indexes.apply(lambda: db.connect_direct("primary"), plan, chosen, run_id=run_id,
+                                    lock_timeout_ms=args.lock_timeout_ms, statement_timeout_s=args.statement_timeout_s,
+                                    max_lock_retries=args.max_lock_retries)
+            payload["results"] = [r.as_dict() for r in results]
+            failed = sum(r.status != "success" for r in results)
+            human += "\n" + "\n".join(
+                f"{r.status:<8} {r.action:<8} {r.name:<45} {r.duration_ms} ms"
+                + (f", {r.size_bytes:,} bytes" if r.size_bytes else "") + (f"  {r.error}" if r.error else "")
+                for r in results) if results else "\nnothing to build: every declared index is valid and as declared"
+    _print(args, payload, human)
+    return 1 if failed else 0
+
+
 def format_health(report: dict[str, Any]) -> str:
     """A one-screen summary of a health report."""
     def mark(ok: bool) -> str:
@@ -140,6 +182,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-edge", action="store_true")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_health)
+    p = sub.add_parser("indexes", help="the declared index catalog: plan (diff) or apply (online builds)")
+    p.add_argument("action", choices=("plan", "apply"))
+    p.add_argument("--only", nargs="+", metavar="INDEX", help="only these catalog entries (unknown names: error)")
+    p.add_argument("--dry-run", action="store_true", help="with apply: show the plan, build nothing")
+    p.add_argument("--lock-timeout-ms", type=_positive_int(1, 600_000), default=2000)
+    p.add_argument("--statement-timeout-s", type=_positive_int(1, 86_400), default=3600)
+    p.add_argument("--max-lock-retries", type=_positive_int(0, 20), default=3)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_indexes)
     return parser
 
 
@@ -156,6 +207,9 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args, settings)
     except ConfigError as exc:
         print(f"csl: configuration error: {exc}", file=sys.stderr)
+        return 2
+    except CatalogError as exc:  # an unknown index name, or a malformed catalog
+        print(f"csl: {exc}", file=sys.stderr)
         return 2
     except SeedError as exc:  # a request the data set cannot satisfy (scale, reset needed)
         print(f"csl: {exc}", file=sys.stderr)

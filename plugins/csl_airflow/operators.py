@@ -157,3 +157,142 @@ def _as_list(value: Sequence[str] | str) -> list[str]:
 
         value = json.loads(value) if value.strip().startswith("[") else [v for v in value.split(",") if v]
     return [str(v).strip() for v in value]
+
+
+def _int_param(value: Any, name: str) -> int:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise AirflowFailException(f"{name}: expected a whole number, got {value!r}") from None
+
+
+class IndexPlanOperator(CslBaseOperator):
+    """Diffs the declared index catalog against ``pg_catalog`` and returns the build plan.
+
+    Returns the items to build (one mapped build task each); empty when everything is
+    ``ok`` or ``dry_run`` is set. The whole plan (with ``skip``/``leave`` items and reasons)
+    goes to the log, XCom ``plan`` and ``csl_ops.task_runs``. Unknown names in ``only`` are
+    refused here, before any DDL.
+    """
+
+    template_fields: Sequence[str] = ("only", "dry_run")
+
+    def __init__(self, *, only: Any = (), dry_run: Any = False, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.only = only
+        self.dry_run = dry_run
+
+    def execute(self, context: Any) -> list[dict[str, Any]]:
+        from csl.db import Database
+        from csl.maintenance import indexes
+        from csl.runs import record_run
+
+        only = _as_list(self.only) if self.only else []
+        full = indexes.load_catalog()
+        try:
+            chosen = indexes.select(full, only)
+        except indexes.CatalogError as exc:
+            raise AirflowFailException(str(exc)) from exc
+        with Database(self.settings.require_database()) as db:
+            with db.connect_direct("primary") as conn:
+                plan = indexes.make_plan(indexes.diff(conn, chosen, full_catalog=full), chosen)
+            summary = indexes.plan_summary(plan)
+            dry_run = str(self.dry_run).lower() in ("true", "1")
+            log.info("index plan%s:\n%s", " (dry run: nothing will be built)" if dry_run else "",
+                     indexes.format_plan(plan))
+            record_run(db, run_key(context), status="success", params=dict(context["params"]),
+                       outcome={"summary": summary, "dry_run": dry_run})
+        context["ti"].xcom_push(key="plan", value=[vars(item) for item in plan])
+        context["ti"].xcom_push(key="summary", value=summary)
+        if dry_run:
+            return []
+        return [vars(item) for item in plan if item.action in ("build", "rebuild", "swap")]
+
+
+class IndexBuildOperator(CslBaseOperator):
+    """Builds one planned index online (CONCURRENTLY, timeouts, lock retries, cleanup) and
+    records it in ``csl_ops.index_builds``. Meant for ``.partial(...).expand(item=...)``."""
+
+    template_fields: Sequence[str] = ("item", "lock_timeout_ms", "statement_timeout_s", "max_lock_retries")
+    template_fields_renderers = {"item": "json"}
+    ui_color = "#fdf1d6"
+
+    def __init__(self, *, item: Any, lock_timeout_ms: Any = 2000, statement_timeout_s: Any = 3600,
+                 max_lock_retries: Any = 3, lock_backoff_s: float = 1.0, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.item = item
+        self.lock_timeout_ms = lock_timeout_ms
+        self.statement_timeout_s = statement_timeout_s
+        self.max_lock_retries = max_lock_retries
+        self.lock_backoff_s = lock_backoff_s
+
+    def execute(self, context: Any) -> dict[str, Any]:
+        from csl.db import Database
+        from csl.maintenance import indexes
+
+        item = indexes.PlanItem(**self.item)
+        context["index_name"] = item.name  # for map_index_template
+        declared = {d.name: d for d in indexes.load_catalog()}[item.name]
+        with Database(self.settings.require_database()) as db:
+            try:
+                result = indexes.build_index(
+                    lambda: db.connect_direct("primary"), item, declared,
+                    lock_timeout_ms=_int_param(self.lock_timeout_ms, "lock_timeout_ms"),
+                    statement_timeout_s=_int_param(self.statement_timeout_s, "statement_timeout_s"),
+                    max_lock_retries=_int_param(self.max_lock_retries, "max_lock_retries"),
+                    backoff_s=self.lock_backoff_s)
+                error = None
+            except indexes.IndexBuildError as exc:
+                result, error = exc.result, exc
+            with db.connect_direct("primary") as conn:
+                indexes.record_build(conn, context["ti"].run_id, result, item.statement)
+        outcome = result.as_dict()
+        context["ti"].xcom_push(key="build", value=outcome)
+        if error is not None:
+            raise AirflowFailException(str(error))
+        log.info("%s %s in %d ms (%s bytes, %d attempt(s))", item.action, item.name, result.duration_ms,
+                 result.size_bytes, result.attempts)
+        return outcome
+
+
+class IndexReportOperator(CslBaseOperator):
+    """Summarises the run's builds (XCom + ``csl_ops.task_runs``); fails if any build failed."""
+
+    def __init__(self, *, plan_task_id: str, build_task_id: str, **kwargs: Any) -> None:
+        kwargs.setdefault("trigger_rule", "all_done")
+        super().__init__(**kwargs)
+        self.plan_task_id = plan_task_id
+        self.build_task_id = build_task_id
+
+    def execute(self, context: Any) -> dict[str, Any]:
+        from csl.db import Database
+        from csl.runs import record_run
+
+        ti = context["ti"]
+        summary = ti.xcom_pull(task_ids=self.plan_task_id, key="summary")
+        if summary is None:
+            raise AirflowFailException("no plan: the plan task failed (see its log)")
+        builds = [b for b in (ti.xcom_pull(task_ids=[self.build_task_id], key="build") or []) if b]
+        failed = [b for b in builds if b["status"] != "success"]
+        missing = sorted(set(summary["to_build"]) - {b["name"] for b in builds}) if builds or summary["to_build"] else []
+        report = {
+            "plan": summary["counts"],
+            "built": [{k: b[k] for k in ("name", "action", "duration_ms", "size_bytes", "attempts")} for b in builds
+                      if b["status"] == "success"],
+            "failed": [{k: b[k] for k in ("name", "action", "error", "blockers", "cleaned_up")} for b in failed],
+            "not_run": [] if str(context["params"].get("dry_run")).lower() == "true" else missing,
+            "unknown": summary["unknown"],
+            "total_build_ms": sum(b["duration_ms"] for b in builds),
+        }
+        with Database(self.settings.require_database()) as db:
+            record_run(db, run_key(context), status="failed" if failed or report["not_run"] else "success",
+                       params=dict(context["params"]), outcome=report,
+                       error=", ".join(b["name"] for b in failed) or None)
+        ti.xcom_push(key="report", value=report)
+        if failed or report["not_run"]:
+            raise AirflowFailException(
+                "index builds failed: " + "; ".join(f"{b['name']}: {b['error']}" for b in failed)
+                + (f"; never ran: {', '.join(report['not_run'])}" if report["not_run"] else ""))
+        log.info("indexes: %d built, %d unknown left alone, plan %s", len(report["built"]), len(report["unknown"]),
+                 report["plan"])
+        return report

@@ -21,9 +21,18 @@ BAD_PARAMS = {
         "max_replica_lag_s": [-1, "thirty", 100000],
         "tolerate": [["database.everything"], "edge", ["edge", "edge"]],
     },
+    "csl_index_install": {
+        "dry_run": ["yes", 1],
+        "only": [["Bad Name"], "idx_users_email_active", ["idx_a", "idx_a"]],
+        "lock_timeout_ms": [0, 5, "fast", 10**7],
+        "statement_timeout_s": [0, 1.5],
+        "max_lock_retries": [-1, 21],
+    },
 }
 GOOD_PARAMS = {
     "csl_platform_health": {"max_replica_lag_s": [0, 2.5], "tolerate": [[], ["database.replica", "edge"]]},
+    "csl_index_install": {"dry_run": [True, False], "only": [[], ["idx_users_email_active"]],
+                          "lock_timeout_ms": [10, 2000], "max_lock_retries": [0, 20]},
 }
 
 
@@ -88,6 +97,12 @@ def test_bad_params_are_refused_good_ones_accepted(inspected, dag_id):
     for name, good_values in GOOD_PARAMS[dag_id].items():
         outcomes = refused[name][len(BAD_PARAMS[dag_id].get(name, [])):]
         assert [o["refused"] for o in outcomes] == [False] * len(good_values), outcomes
+
+
+def test_index_dag_shape(inspected):
+    dag = inspected["dags"]["csl_index_install"]
+    assert dag["tasks"] == ["build", "plan", "report"]
+    assert dag["max_active_runs"] == 1
 
 
 def test_health_dag_shape(inspected):

@@ -6,32 +6,19 @@ from __future__ import annotations
 import psycopg
 import pytest
 
-from airflow_client import AirflowClient
+from .conftest import ensure_settled, run_dag as _run_dag
 
 pytestmark = pytest.mark.e2e
 DAG = "csl_platform_health"
 
 
-@pytest.fixture(scope="module")
-def airflow(stack, platform, stack_env):
-    stack.airflow_up()
-    client = AirflowClient(stack_env["AIRFLOW__API__BASE_URL"], "admin", stack_env["CSL_AIRFLOW_ADMIN_PASSWORD"])
-    client.wait_for_dag(DAG)
-    client.unpause(DAG)
-    yield client
-    client.close()
+@pytest.fixture(autouse=True)
+def _settled(airflow):
+    ensure_settled(airflow, DAG)
 
 
-def run_dag(client: AirflowClient, conf: dict | None = None) -> tuple[str, dict, dict]:
-    response = client.trigger(DAG, conf)
-    assert response.status_code == 200, response.text
-    run_id = response.json()["dag_run_id"]
-    run = client.wait_for_run(DAG, run_id, timeout=240)
-    states = {}
-    for ti in client.task_instances(DAG, run_id):
-        name = ti["task_id"] if ti["map_index"] < 0 else f"{ti['task_id']}[{ti['rendered_map_index']}]"
-        states[name] = ti["state"]
-    return run_id, run, states
+def run_dag(client, conf=None):
+    return _run_dag(client, DAG, conf, timeout=240)
 
 
 def task_run_row(settings, run_id):

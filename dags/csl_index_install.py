@@ -1,0 +1,70 @@
+"""
+### Index installation: the declared catalog, built online, drift and INVALID repaired
+
+Replaces the platform's setup script (23 `CREATE INDEX CONCURRENTLY IF NOT EXISTS` that
+swallowed every error and left INVALID indexes behind forever).
+
+1. **plan** — diff `include/sql/indexes/catalog.sql` against `pg_catalog` (canonical
+   `pg_get_indexdef`, not names): `missing` → build, `invalid` → drop concurrently + rebuild,
+   `drifted` → build under a temporary name, drop the old one, rename (the table never lacks
+   it), `ok` → skip, `unknown` → reported, never touched. The plan is in the log, XCom
+   `plan` and `csl_ops.task_runs`; `dry_run` stops here.
+2. **build** — one mapped task per index, in the `csl_ddl` pool (default 1 slot; builds on one
+   table never overlap whatever its size): `CONCURRENTLY`, outside a transaction, with
+   `lock_timeout` and `statement_timeout`; a lock timeout is retried with backoff up to
+   `max_lock_retries`, then reported with the blocking sessions; a failed build never leaves an
+   INVALID index behind. Each outcome (duration, size, blockers) goes to `csl_ops.index_builds`.
+3. **report** — what was built, failed or left alone; fails if any build failed.
+
+Rerunning when everything is `ok` plans nothing and finishes at once.
+Without Airflow: `python -m csl indexes plan|apply`.
+"""
+
+from __future__ import annotations
+
+import pendulum
+from airflow.sdk import Param, dag
+
+from csl_airflow.operators import IndexBuildOperator, IndexPlanOperator, IndexReportOperator
+
+
+@dag(
+    dag_id="csl_index_install",
+    schedule="@weekly",
+    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+    catchup=False,
+    max_active_runs=1,
+    tags=["csl", "database", "indexes"],
+    doc_md=__doc__,
+    default_args={"owner": "csl-platform", "retries": 0},
+    params={
+        "dry_run": Param(False, type="boolean", description="Show the plan only; build nothing."),
+        "only": Param([], type="array", items={"type": "string", "pattern": "^[a-z_][a-z0-9_]{0,62}$"},
+                      uniqueItems=True,
+                      description="Only these catalog indexes (names from include/sql/indexes/catalog.sql); "
+                                  "empty = all. An unknown name fails the plan before any DDL."),
+        "lock_timeout_ms": Param(2000, type="integer", minimum=10, maximum=600_000,
+                                 description="How long one build may wait for a lock before it gives up and "
+                                             "retries (milliseconds)."),
+        "statement_timeout_s": Param(3600, type="integer", minimum=1, maximum=86_400,
+                                     description="Longest one build statement may run (seconds)."),
+        "max_lock_retries": Param(3, type="integer", minimum=0, maximum=20,
+                                  description="Retries after a lock timeout (exponential backoff) before the "
+                                              "build is reported as blocked, with the blocking sessions."),
+    },
+)
+def csl_index_install():
+    plan = IndexPlanOperator(task_id="plan", only="{{ params.only | tojson }}", dry_run="{{ params.dry_run }}")
+    build = IndexBuildOperator.partial(
+        task_id="build",
+        pool="csl_ddl",
+        map_index_template="{{ index_name }}",
+        lock_timeout_ms="{{ params.lock_timeout_ms }}",
+        statement_timeout_s="{{ params.statement_timeout_s }}",
+        max_lock_retries="{{ params.max_lock_retries }}",
+    ).expand(item=plan.output)
+    report = IndexReportOperator(task_id="report", plan_task_id="plan", build_task_id="build")
+    plan >> build >> report
+
+
+csl_index_install()

@@ -1,0 +1,1 @@
+"""Database maintenance: the declared index catalog (``indexes``) and, later, VACUUM/ANALYZE."""
