@@ -17,7 +17,7 @@ from csl.cli import format_health  # noqa: E402
 from csl.config import load_env_file  # noqa: E402
 
 # The nightly chain, in order; each DAG joins the demo once it exists.
-DEMO_DAGS = ["csl_platform_health", "csl_index_install"]
+DEMO_DAGS = ["csl_platform_health", "csl_index_install", "csl_db_maintenance"]
 
 
 def format_index_report(report: dict | None) -> str:
@@ -30,6 +30,17 @@ def format_index_report(report: dict | None) -> str:
     for failure in report["failed"]:
         lines.append(f"  FAILED {failure['name']}: {failure['error']}")
     lines.append(f"  {len(report['unknown'])} undeclared index(es) reported, left alone")
+    return "\n".join(lines)
+
+
+def format_maintenance_report(report: dict | None) -> str:
+    if not report:
+        return "  (no report)"
+    lines = [f"  {report['chosen']} table(s) chosen by evidence: {report['by_status'] or 'nothing to do'}; "
+             f"{report['dead_tuples_removed']:,} dead tuples removed"]
+    lines += [f"  - {t}" for t in report["tables"][:6]]
+    if len(report["tables"]) > 6:
+        lines.append(f"  … and {len(report['tables']) - 6} more")
     return "\n".join(lines)
 
 
@@ -58,6 +69,8 @@ def main() -> int:
             print(format_health(client.xcom(dag_id, run_id, "summary", key="summary")))
         elif dag_id == "csl_index_install":
             print(format_index_report(client.xcom(dag_id, run_id, "report", key="report")))
+        elif dag_id == "csl_db_maintenance":
+            print(format_maintenance_report(client.xcom(dag_id, run_id, "report", key="report")))
         print()
     print()
     print(f"Airflow UI:  {base_url}   (login: admin / {password})")

@@ -634,6 +634,7 @@ max_wal_senders = 10
 wal_keep_size = 512MB
 hot_standby = on
 hot_standby_feedback = on
+wal_receiver_status_interval = 1s
 log_line_prefix = '%m [%p] %q%u@%d '
 log_lock_waits = on
 """

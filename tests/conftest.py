@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import sys
 import uuid
 from collections.abc import Iterator
@@ -22,6 +23,14 @@ for folder in ("include", "plugins", "scripts"):
         sys.path.insert(0, str(REPO / folder))
 
 from devstack import PLATFORM_DB, Stack  # noqa: E402
+
+
+def _stop_on_sigterm(signum, frame):  # noqa: ARG001
+    # CI or `timeout` ends a run with SIGTERM: unwind like Ctrl-C, so the stack fixture stops its servers
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+signal.signal(signal.SIGTERM, _stop_on_sigterm)
 
 from csl.config import Settings, load_env_file  # noqa: E402
 from csl.db import Database  # noqa: E402
@@ -105,4 +114,29 @@ def service_down(stack: Stack):
         stack.start(name)
 
 
-__all__ = ["PLATFORM_DB"]
+def wait_for_cleanup_horizon(url: str, timeout: float = 30.0) -> None:
+    """Wait until the replica's hot_standby_feedback no longer holds back rows deleted so far.
+
+    The standby reports its xmin every wal_receiver_status_interval; until it passes our
+    transactions, VACUUM on the primary must keep their dead rows ("not yet removable").
+    """
+    import time
+
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        mark = conn.execute("SELECT txid_current() % 4294967296").fetchone()[0]
+        deadline = time.monotonic() + timeout
+        while True:
+            conn.execute("SELECT txid_current()")  # keep xids moving so the feedback advances
+            held = conn.execute(
+                "SELECT count(*) FROM pg_stat_replication WHERE backend_xmin IS NOT NULL"
+                " AND age(backend_xmin) > age(%s::text::xid)", (str(mark),)).fetchone()[0]
+            if not held:
+                return
+            if time.monotonic() > deadline:
+                raise AssertionError("the replica's feedback xmin did not advance")
+            time.sleep(0.2)
+
+
+__all__ = ["PLATFORM_DB", "wait_for_cleanup_horizon"]

@@ -18,6 +18,7 @@ from typing import Any
 from csl.config import Settings, load_env_file
 from csl.errors import ConfigError, CslError, SeedError
 from csl.maintenance.indexes import CatalogError
+from csl.maintenance.vacuum import MaintenanceError
 
 __all__ = ["main"]
 
@@ -131,6 +132,44 @@ def _cmd_indexes(args: argparse.Namespace, settings: Settings) -> int:
     return 1 if failed else 0
 
 
+def _ratio(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {text!r}") from None
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {value}")
+    return value
+
+
+def _cmd_maintenance(args: argparse.Namespace, settings: Settings) -> int:
+    import dataclasses
+    import datetime
+
+    from csl.db import Database
+    from csl.maintenance import vacuum
+
+    policy = vacuum.Policy(mode=args.mode, dead_ratio=args.dead_ratio, max_tables=args.max_tables,
+                           tables=tuple(args.tables or ()))
+    with Database(settings.require_database()) as db:
+        connect = lambda: db.connect_direct("primary")  # noqa: E731
+        if args.action == "plan":
+            with connect() as conn:
+                chosen, skipped = vacuum.choose(vacuum.gather(conn), vacuum.settings(conn), policy)
+            _print(args, {"chosen": [dataclasses.asdict(c) for c in chosen], "skipped": skipped},
+                   vacuum.format_plan(chosen, skipped))
+            return 0
+        run_id = "cli__" + datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
+        outcome = vacuum.run(connect, policy, run_id=run_id, dry_run=args.dry_run, max_duration_s=args.max_duration_s)
+    human = "\n".join(
+        f"{r['status']:<15} {r['action']:<14} {r['schema']}.{r['table']:<30} {r['reason']:<17} {r['duration_ms']} ms, "
+        f"dead tuples {r['before'].get('n_dead_tup')} → {r['after'].get('n_dead_tup', '-')}"
+        for r in outcome["results"]) or "nothing to do: no table needs VACUUM or ANALYZE by tonight's policy"
+    _print(args, outcome, human + f"\nsummary: {outcome['summary']['by_status']}, "
+                                  f"{outcome['summary']['dead_tuples_removed']:,} dead tuples removed")
+    return 1 if outcome["summary"]["by_status"].get("failed") else 0
+
+
 def format_health(report: dict[str, Any]) -> str:
     """A one-screen summary of a health report."""
     def mark(ok: bool) -> str:
@@ -191,6 +230,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-lock-retries", type=_positive_int(0, 20), default=3)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_indexes)
+    p = sub.add_parser("maintenance", help="VACUUM / ANALYZE chosen by evidence: plan, or run")
+    p.add_argument("action", choices=("plan", "run"))
+    p.add_argument("--tables", nargs="+", metavar="TABLE", help="only these tables (schema.table or table)")
+    p.add_argument("--mode", choices=("auto", "analyze", "vacuum", "freeze"), default="auto")
+    p.add_argument("--max-tables", type=_positive_int(1, 10_000), default=50)
+    p.add_argument("--dead-ratio", type=_ratio, default=0.1)
+    p.add_argument("--max-duration-s", type=_positive_int(1, 86_400), default=3600,
+                   help="start no new action after this many seconds")
+    p.add_argument("--dry-run", action="store_true")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_maintenance)
     return parser
 
 
@@ -208,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"csl: configuration error: {exc}", file=sys.stderr)
         return 2
-    except CatalogError as exc:  # an unknown index name, or a malformed catalog
+    except (CatalogError, MaintenanceError) as exc:  # unknown index/table names, malformed catalog
         print(f"csl: {exc}", file=sys.stderr)
         return 2
     except SeedError as exc:  # a request the data set cannot satisfy (scale, reset needed)

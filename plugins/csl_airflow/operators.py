@@ -296,3 +296,132 @@ class IndexReportOperator(CslBaseOperator):
         log.info("indexes: %d built, %d unknown left alone, plan %s", len(report["built"]), len(report["unknown"]),
                  report["plan"])
         return report
+
+
+def _truthy(value: Any) -> bool:
+    return str(value).strip().lower() in ("true", "1", "yes")
+
+
+class MaintenancePlanOperator(CslBaseOperator):
+    """Gathers table evidence and chooses tonight's VACUUM/ANALYZE candidates, each with the
+    reason it was chosen. Returns them for one mapped action task each (none on ``dry_run``)."""
+
+    template_fields: Sequence[str] = ("tables", "mode", "max_tables", "dead_ratio", "dry_run")
+
+    def __init__(self, *, tables: Any = (), mode: Any = "auto", max_tables: Any = 50, dead_ratio: Any = 0.1,
+                 dry_run: Any = False, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.tables, self.mode, self.max_tables = tables, mode, max_tables
+        self.dead_ratio, self.dry_run = dead_ratio, dry_run
+
+    def execute(self, context: Any) -> list[dict[str, Any]]:
+        import dataclasses
+        import time
+
+        from csl.db import Database
+        from csl.maintenance import vacuum
+        from csl.runs import record_run
+
+        try:
+            policy = vacuum.Policy(mode=str(self.mode), dead_ratio=float(self.dead_ratio),
+                                   max_tables=_int_param(self.max_tables, "max_tables"),
+                                   tables=tuple(_as_list(self.tables) if self.tables else ()))
+        except (vacuum.MaintenanceError, ValueError) as exc:
+            raise AirflowFailException(str(exc)) from exc
+        with Database(self.settings.require_database()) as db:
+            with db.connect_direct("primary") as conn:
+                try:
+                    chosen, skipped = vacuum.choose(vacuum.gather(conn), vacuum.settings(conn), policy)
+                except vacuum.MaintenanceError as exc:
+                    raise AirflowFailException(str(exc)) from exc
+            dry_run = _truthy(self.dry_run)
+            log.info("maintenance plan%s:\n%s", " (dry run: nothing will run)" if dry_run else "",
+                     vacuum.format_plan(chosen, skipped))
+            plan = [dataclasses.asdict(c) for c in chosen]
+            record_run(db, run_key(context), status="success", params=dict(context["params"]),
+                       outcome={"chosen": len(plan), "skipped": skipped, "dry_run": dry_run,
+                                "tables": [f"{c['schema']}.{c['table']} ({c['reason']})" for c in plan]})
+        ti = context["ti"]
+        ti.xcom_push(key="plan", value={"chosen": plan, "skipped": skipped, "started_at": time.time(),
+                                        "dry_run": dry_run})
+        return [] if dry_run else plan
+
+
+class MaintenanceActOperator(CslBaseOperator):
+    """Runs one chosen action (``SKIP_LOCKED``, timeouts) unless the run's time budget is spent;
+    records before/after figures in ``csl_ops.maintenance_actions``."""
+
+    template_fields: Sequence[str] = ("candidate", "max_duration_s", "statement_timeout_s", "lock_timeout_ms")
+    template_fields_renderers = {"candidate": "json"}
+    ui_color = "#e8eefc"
+
+    def __init__(self, *, candidate: Any, plan_task_id: str = "plan", max_duration_s: Any = 3600,
+                 statement_timeout_s: Any = 3600, lock_timeout_ms: Any = 1000, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.candidate = candidate
+        self.plan_task_id = plan_task_id
+        self.max_duration_s = max_duration_s
+        self.statement_timeout_s = statement_timeout_s
+        self.lock_timeout_ms = lock_timeout_ms
+
+    def execute(self, context: Any) -> dict[str, Any]:
+        import time
+
+        from csl.db import Database
+        from csl.maintenance import vacuum
+
+        candidate = vacuum.candidate_from_dict(self.candidate)
+        context["table_name"] = candidate.qualified  # for map_index_template
+        plan = context["ti"].xcom_pull(task_ids=self.plan_task_id, key="plan") or {}
+        budget = float(self.max_duration_s)
+        with Database(self.settings.require_database()) as db:
+            connect = lambda: db.connect_direct("primary")  # noqa: E731
+            if time.time() - plan.get("started_at", time.time()) > budget:
+                result = vacuum.ActionResult(candidate.schema, candidate.table, candidate.reason, candidate.action,
+                                             "skipped_budget", error=f"max_duration_s={budget:g} spent before it started")
+            else:
+                result = vacuum.act(connect, candidate,
+                                    statement_timeout_s=_int_param(self.statement_timeout_s, "statement_timeout_s"),
+                                    lock_timeout_ms=_int_param(self.lock_timeout_ms, "lock_timeout_ms"))
+            with connect() as conn:
+                vacuum.record_action(conn, context["ti"].run_id, candidate, result)
+        outcome = result.as_dict()
+        context["ti"].xcom_push(key="action", value=outcome)
+        if result.status == "failed":
+            raise AirflowFailException(f"{candidate.action} {candidate.qualified} failed: {result.error}")
+        log.info("%s %s: %s (%s)", candidate.action, candidate.qualified, result.status, result.error or "ok")
+        return outcome
+
+
+class MaintenanceReportOperator(CslBaseOperator):
+    """Before/after summary of the night (XCom ``report`` + ``csl_ops.task_runs``)."""
+
+    def __init__(self, *, plan_task_id: str = "plan", act_task_id: str = "act", **kwargs: Any) -> None:
+        kwargs.setdefault("trigger_rule", "all_done")
+        super().__init__(**kwargs)
+        self.plan_task_id = plan_task_id
+        self.act_task_id = act_task_id
+
+    def execute(self, context: Any) -> dict[str, Any]:
+        from csl.db import Database
+        from csl.maintenance import vacuum
+        from csl.runs import record_run
+
+        ti = context["ti"]
+        plan = ti.xcom_pull(task_ids=self.plan_task_id, key="plan")
+        if plan is None:
+            raise AirflowFailException("no plan: the plan task failed (see its log)")
+        actions = [a for a in (ti.xcom_pull(task_ids=[self.act_task_id], key="action") or []) if a]
+        report = {"chosen": len(plan["chosen"]), "skipped_by_policy": plan["skipped"], "dry_run": plan["dry_run"],
+                  **vacuum.summarise(actions)}
+        missing = len(plan["chosen"]) - len(actions) if not plan["dry_run"] else 0
+        failed = report["by_status"].get("failed", 0) + max(missing, 0)
+        with Database(self.settings.require_database()) as db:
+            record_run(db, run_key(context), status="failed" if failed else "success",
+                       params=dict(context["params"]), outcome=report,
+                       error=f"{failed} action(s) failed or never ran" if failed else None)
+        ti.xcom_push(key="report", value=report)
+        if failed:
+            raise AirflowFailException(f"{failed} maintenance action(s) failed or never ran: {report['tables']}")
+        log.info("maintenance: %s; %d dead tuples removed", report["by_status"], report["dead_tuples_removed"])
+        return report

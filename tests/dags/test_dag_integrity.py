@@ -28,8 +28,18 @@ BAD_PARAMS = {
         "statement_timeout_s": [0, 1.5],
         "max_lock_retries": [-1, 21],
     },
+    "csl_db_maintenance": {
+        "dry_run": ["no"],
+        "tables": [["users; DROP TABLE users"], "users", [1]],
+        "mode": ["full", ""],
+        "max_tables": [0, 10**6, "all"],
+        "dead_ratio": [0, 1.5, -0.1],
+        "max_duration_s": [0, 10**6],
+    },
 }
 GOOD_PARAMS = {
+    "csl_db_maintenance": {"tables": [[], ["users", "csl_ops.task_runs"]], "mode": ["auto", "freeze"],
+                           "dead_ratio": [0.05, 1], "max_tables": [1]},
     "csl_platform_health": {"max_replica_lag_s": [0, 2.5], "tolerate": [[], ["database.replica", "edge"]]},
     "csl_index_install": {"dry_run": [True, False], "only": [[], ["idx_users_email_active"]],
                           "lock_timeout_ms": [10, 2000], "max_lock_retries": [0, 20]},
@@ -97,6 +107,12 @@ def test_bad_params_are_refused_good_ones_accepted(inspected, dag_id):
     for name, good_values in GOOD_PARAMS[dag_id].items():
         outcomes = refused[name][len(BAD_PARAMS[dag_id].get(name, [])):]
         assert [o["refused"] for o in outcomes] == [False] * len(good_values), outcomes
+
+
+def test_maintenance_dag_shape(inspected):
+    dag = inspected["dags"]["csl_db_maintenance"]
+    assert dag["tasks"] == ["act", "plan", "report"]
+    assert dag["max_active_runs"] == 1
 
 
 def test_index_dag_shape(inspected):

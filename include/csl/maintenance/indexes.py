@@ -264,10 +264,12 @@ WHERE a.pid = ANY(pg_blocking_pids(%s))
 class _BlockerWatch:
     """Polls ``pg_blocking_pids`` of the building backend while it works."""
 
-    def __init__(self, connect: Callable[[], psycopg.Connection], backend_pid: int, interval_s: float = 0.05) -> None:
+    def __init__(self, connect: Callable[[], psycopg.Connection], backend_pid: int, interval_s: float = 0.05,
+                 delay_s: float = 0.1) -> None:
         self._connect = connect
         self._pid = backend_pid
         self._interval = interval_s
+        self._delay = delay_s  # a build that finishes sooner cannot have waited long on anyone
         self._stop = threading.Event()
         self.blockers: dict[int, dict[str, Any]] = {}
         self._thread = threading.Thread(target=self._run, name=f"blocker-watch-{backend_pid}", daemon=True)
@@ -281,6 +283,8 @@ class _BlockerWatch:
         self._thread.join(5)
 
     def _run(self) -> None:
+        if self._stop.wait(self._delay):
+            return
         try:
             with self._connect() as conn:
                 while not self._stop.wait(self._interval):
@@ -343,54 +347,63 @@ def build_index(connect: Callable[[], psycopg.Connection], item: PlanItem, decla
     ``connect`` returns a new autocommit connection to the primary. Raises
     ``IndexBuildError`` (after cleaning up) when the build cannot be done.
     """
+    with connect() as conn:
+        return _build_on(conn, connect, item, declared, schema=schema, lock_timeout_ms=lock_timeout_ms,
+                         statement_timeout_s=statement_timeout_s, max_lock_retries=max_lock_retries,
+                         backoff_s=backoff_s, cleanup_timeout_s=cleanup_timeout_s)
+
+
+def _build_on(conn: psycopg.Connection, connect: Callable[[], psycopg.Connection], item: PlanItem,
+              declared: DeclaredIndex, *, schema: str, lock_timeout_ms: int, statement_timeout_s: int,
+              max_lock_retries: int, backoff_s: float, cleanup_timeout_s: float) -> BuildResult:
+    """``build_index`` on a given autocommit connection (``connect`` serves the blocker watch)."""
     result = BuildResult(item.name, item.table, item.action)
     if item.action not in ("build", "rebuild", "swap"):
         result.status = "success"
         return result
     started = time.perf_counter()
     temp = item.name + TEMP_SUFFIX
-    with connect() as conn:
-        conn.execute("SET application_name = 'csl-index-build'")
-        conn.execute(sql.SQL("SET statement_timeout = {}").format(sql.Literal(f"{int(statement_timeout_s)}s")))
-        _table_lock(conn, item.table, statement_timeout_s)
-        try:
-            while True:
-                result.attempts += 1
-                conn.execute(sql.SQL("SET lock_timeout = {}").format(sql.Literal(f"{int(lock_timeout_ms)}ms")))
-                try:
-                    with _BlockerWatch(connect, conn.info.backend_pid) as watch:
-                        try:
-                            _run_action(conn, item, declared, schema, temp)
-                        finally:
-                            for blocker in watch.blockers.values():
-                                if blocker not in result.blockers:
-                                    result.blockers.append(blocker)
-                    break
-                except psycopg.errors.LockNotAvailable as exc:
-                    _cleanup_invalid(conn, schema, [temp if item.action == "swap" else item.name], result,
-                                     cleanup_timeout_s)
-                    if result.attempts > max_lock_retries:
-                        result.error = (f"lock_timeout ({lock_timeout_ms} ms) hit {result.attempts} times; "
-                                        f"blocked by {_describe(result.blockers)}: {str(exc).splitlines()[0]}")
-                        raise
-                    delay = backoff_s * (2 ** (result.attempts - 1))
-                    log.warning("%s: lock timeout (attempt %d), blocked by %s; retrying in %.1fs",
-                                item.name, result.attempts, _describe(result.blockers), delay)
-                    time.sleep(delay)
-            status = _index_status(conn, schema, item.name)
-            if status is None or not (status[0] and status[1]):
-                raise IndexBuildError(f"{item.name}: not valid after the build", result=result)
-            result.valid, result.size_bytes = True, status[2]
-            result.status = "success"
-        except (psycopg.Error, TimeoutError) as exc:
-            result.status = "failed"
-            result.error = result.error or f"{type(exc).__name__}: {str(exc).splitlines()[0]}"
-            _cleanup_invalid(conn, schema, [temp] if item.action == "swap" else [item.name], result,
-                             cleanup_timeout_s)
-            raise IndexBuildError(f"{item.name}: {result.error}", result=result) from exc
-        finally:
-            result.duration_ms = int((time.perf_counter() - started) * 1000)
-            conn.execute("SELECT pg_advisory_unlock_all()")
+    conn.execute("SET application_name = 'csl-index-build'")
+    conn.execute(sql.SQL("SET statement_timeout = {}").format(sql.Literal(f"{int(statement_timeout_s)}s")))
+    _table_lock(conn, item.table, statement_timeout_s)
+    try:
+        while True:
+            result.attempts += 1
+            conn.execute(sql.SQL("SET lock_timeout = {}").format(sql.Literal(f"{int(lock_timeout_ms)}ms")))
+            try:
+                with _BlockerWatch(connect, conn.info.backend_pid) as watch:
+                    try:
+                        _run_action(conn, item, declared, schema, temp)
+                    finally:
+                        for blocker in watch.blockers.values():
+                            if blocker not in result.blockers:
+                                result.blockers.append(blocker)
+                break
+            except psycopg.errors.LockNotAvailable as exc:
+                _cleanup_invalid(conn, schema, [temp if item.action == "swap" else item.name], result,
+                                 cleanup_timeout_s)
+                if result.attempts > max_lock_retries:
+                    result.error = (f"lock_timeout ({lock_timeout_ms} ms) hit {result.attempts} times; "
+                                    f"blocked by {_describe(result.blockers)}: {str(exc).splitlines()[0]}")
+                    raise
+                delay = backoff_s * (2 ** (result.attempts - 1))
+                log.warning("%s: lock timeout (attempt %d), blocked by %s; retrying in %.1fs",
+                            item.name, result.attempts, _describe(result.blockers), delay)
+                time.sleep(delay)
+        status = _index_status(conn, schema, item.name)
+        if status is None or not (status[0] and status[1]):
+            raise IndexBuildError(f"{item.name}: not valid after the build", result=result)
+        result.valid, result.size_bytes = True, status[2]
+        result.status = "success"
+    except (psycopg.Error, TimeoutError) as exc:
+        result.status = "failed"
+        result.error = result.error or f"{type(exc).__name__}: {str(exc).splitlines()[0]}"
+        _cleanup_invalid(conn, schema, [temp] if item.action == "swap" else [item.name], result,
+                         cleanup_timeout_s)
+        raise IndexBuildError(f"{item.name}: {result.error}", result=result) from exc
+    finally:
+        result.duration_ms = int((time.perf_counter() - started) * 1000)
+        conn.execute("SELECT pg_advisory_unlock_all()")
     return result
 
 
@@ -463,13 +476,15 @@ def apply(connect: Callable[[], psycopg.Connection], plan: list[PlanItem], catal
           run_id: str, schema: str = "public", **build_options: Any) -> list[BuildResult]:
     """Build every actionable plan item in order, recording each; failures do not stop the rest."""
     by_name = {d.name: d for d in catalog}
+    options = {"lock_timeout_ms": 2000, "statement_timeout_s": 3600, "max_lock_retries": 3, "backoff_s": 1.0,
+               "cleanup_timeout_s": 60.0, **build_options}
     results = []
-    with connect() as record_conn:
+    with connect() as record_conn, connect() as build_conn:
         for item in plan:
             if item.action not in ("build", "rebuild", "swap"):
                 continue
             try:
-                result = build_index(connect, item, by_name[item.name], schema=schema, **build_options)
+                result = _build_on(build_conn, connect, item, by_name[item.name], schema=schema, **options)
             except IndexBuildError as exc:
                 result = exc.result
                 log.error("%s", exc)

@@ -1,0 +1,97 @@
+"""Nightly maintenance on bench-scale data after a bloat workload: ``csl maintenance run``
+(only the tables the evidence points at) vs a plain whole-database ``VACUUM ANALYZE`` after
+the same workload, same run: dead tuples removed and wall time."""
+
+from __future__ import annotations
+
+import time
+
+import psycopg
+
+from bench_seed import bench_database
+from csl.config import Settings, load_env_file
+from csl.maintenance import vacuum
+
+BLOATED = ("licenses", "payment_intents", "license_events")
+WORKLOAD = [
+    "UPDATE licenses SET downloads_used = downloads_used + 1 WHERE abs(hashtext(id::text)) % 4 = 0",
+    "UPDATE payment_intents SET updated_at = updated_at + interval '1 second' WHERE abs(hashtext(id)) % 10 = 0",
+    "DELETE FROM license_events WHERE event_type = 'renewed' AND abs(hashtext(id::text)) % 3 = 0",
+    "INSERT INTO license_events (license_id, event_type, created_at) "
+    "SELECT id, 'renewed', created_at FROM licenses WHERE abs(hashtext(id::text)) % 15 = 1",
+]
+
+
+def wait_horizon(conn: psycopg.Connection, timeout: float = 60) -> None:
+    mark = conn.execute("SELECT txid_current() % 4294967296").fetchone()[0]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        conn.execute("SELECT txid_current()")
+        held = conn.execute("SELECT count(*) FROM pg_stat_replication WHERE backend_xmin IS NOT NULL "
+                            "AND age(backend_xmin) > age(%s::text::xid)", (str(mark),)).fetchone()[0]
+        if not held:
+            return
+        time.sleep(0.2)
+
+
+def dead_tuples(conn: psycopg.Connection) -> int:
+    time.sleep(0.5)
+    conn.execute("SELECT pg_stat_clear_snapshot()")
+    return conn.execute("SELECT coalesce(sum(n_dead_tup), 0) FROM pg_stat_user_tables").fetchone()[0]
+
+
+def bloat(conn: psycopg.Connection) -> float:
+    started = time.perf_counter()
+    for statement in WORKLOAD:
+        conn.execute(statement)
+    wait_horizon(conn)
+    return time.perf_counter() - started
+
+
+def run(stack, **_: object) -> dict:
+    env: dict[str, str] = {}
+    load_env_file(stack.env_file, environ=env)
+    url = bench_database(stack, Settings.from_env(env))
+    with psycopg.connect(url, autocommit=True) as conn:
+        for table in BLOATED:  # autovacuum must not clean up behind either contender's back
+            conn.execute(f"ALTER TABLE {table} SET (autovacuum_enabled = false)")
+        try:
+            conn.execute("VACUUM ANALYZE")
+            wait_horizon(conn)
+
+            bloat(conn)
+            dead_before_ours = dead_tuples(conn)
+            started = time.perf_counter()
+            outcome = vacuum.run(lambda: psycopg.connect(url, autocommit=True), vacuum.Policy(),
+                                 run_id=f"bench-{time.time_ns()}")
+            ours_s = time.perf_counter() - started
+            dead_after_ours = dead_tuples(conn)
+
+            bloat(conn)
+            dead_before_plain = dead_tuples(conn)
+            started = time.perf_counter()
+            conn.execute("VACUUM ANALYZE")
+            plain_s = time.perf_counter() - started
+            dead_after_plain = dead_tuples(conn)
+            tables = conn.execute("SELECT count(*) FROM pg_stat_user_tables").fetchone()[0]
+        finally:
+            for table in BLOATED:
+                conn.execute(f"ALTER TABLE {table} RESET (autovacuum_enabled)")
+    removed_ours = dead_before_ours - dead_after_ours
+    removed_plain = dead_before_plain - dead_after_plain
+    result = {
+        "user_tables": tables,
+        "csl_maintenance": {"wall_s": round(ours_s, 2), "dead_before": dead_before_ours, "dead_after": dead_after_ours,
+                            "dead_removed": removed_ours, "actions": outcome["summary"]["tables"]},
+        "plain_vacuum_analyze": {"wall_s": round(plain_s, 2), "dead_before": dead_before_plain,
+                                 "dead_after": dead_after_plain, "dead_removed": removed_plain},
+    }
+    result["summary"] = {
+        "time_ratio_vs_plain": round(ours_s / plain_s, 2),
+        "target_ratio": 0.5,
+        "dead_removed_ours": removed_ours,
+        "dead_removed_plain": removed_plain,
+        "tables_touched_ours": len(outcome["results"]),
+        "tables_touched_plain": tables,
+    }
+    return result
