@@ -15,7 +15,7 @@ from csl.maintenance import vacuum
 BLOATED = ("licenses", "payment_intents", "license_events")
 WORKLOAD = [
     "UPDATE licenses SET downloads_used = downloads_used + 1 WHERE abs(hashtext(id::text)) % 4 = 0",
-    "UPDATE payment_intents SET updated_at = updated_at + interval '1 second' WHERE abs(hashtext(id)) % 10 = 0",
+    "UPDATE payment_intents SET updated_at = updated_at + interval '1 second' WHERE abs(hashtext(id)) % 5 = 0",
     "DELETE FROM license_events WHERE event_type = 'renewed' AND abs(hashtext(id::text)) % 3 = 0",
     "INSERT INTO license_events (license_id, event_type, created_at) "
     "SELECT id, 'renewed', created_at FROM licenses WHERE abs(hashtext(id::text)) % 15 = 1",
@@ -37,7 +37,7 @@ def wait_horizon(conn: psycopg.Connection, timeout: float = 60) -> None:
 def dead_tuples(conn: psycopg.Connection) -> int:
     time.sleep(0.5)
     conn.execute("SELECT pg_stat_clear_snapshot()")
-    return conn.execute("SELECT coalesce(sum(n_dead_tup), 0) FROM pg_stat_user_tables").fetchone()[0]
+    return int(conn.execute("SELECT coalesce(sum(n_dead_tup), 0) FROM pg_stat_user_tables").fetchone()[0])
 
 
 def bloat(conn: psycopg.Connection) -> float:
@@ -67,6 +67,8 @@ def run(stack, **_: object) -> dict:
             ours_s = time.perf_counter() - started
             dead_after_ours = dead_tuples(conn)
 
+            conn.execute("VACUUM")  # untimed: both contenders start from the same clean state
+            wait_horizon(conn)
             bloat(conn)
             dead_before_plain = dead_tuples(conn)
             started = time.perf_counter()

@@ -41,8 +41,9 @@ def bench_database(stack, settings: Settings) -> str:
     base = settings.require_database().primary_url
     url = base.rsplit("/", 1)[0] + f"/{BENCH_DB}"
     try:
-        with psycopg.connect(url) as conn:
+        with psycopg.connect(url, autocommit=True) as conn:
             if conn.execute("SELECT count(*) FROM csl_ops.seed_runs WHERE scale = 'bench'").fetchone()[0]:
+                migrate(conn, components=("csl_ops",))  # later migrations, for the newer benchmarks
                 return url
     except psycopg.Error:
         pass

@@ -52,8 +52,8 @@ def main() -> int:
             result = module.run(stack, objects=not args.no_objects)
             result.update(benchmark=name, machine=machine(), wall_s=round(time.perf_counter() - started, 1))
             path = results_dir / f"{name}.json"
-            path.write_text(json.dumps(result, indent=2) + "\n")
-            print(f"[bench] {name}: {json.dumps(result.get('summary', {}))}")
+            path.write_text(json.dumps(result, indent=2, default=str) + "\n")
+            print(f"[bench] {name}: {json.dumps(result.get('summary', {}), default=str)}")
             print(f"[bench] written {path.relative_to(REPO)}")
     finally:
         if args.down:

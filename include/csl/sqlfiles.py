@@ -6,7 +6,7 @@ import os
 from functools import lru_cache
 from pathlib import Path
 
-__all__ = ["SQL_DIR", "load", "sql_dir"]
+__all__ = ["SQL_DIR", "load", "sql_dir", "statements"]
 
 SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
 
@@ -24,3 +24,21 @@ def load(name: str) -> str:
     if not path.is_file():
         raise FileNotFoundError(f"SQL file {name!r} not found under {sql_dir()}")
     return path.read_text()
+
+
+def statements(text: str) -> list[str]:
+    """A script's statements (split at a ``;`` that ends a line; comment-only chunks dropped).
+
+    Parameters cannot be bound to a multi-statement string, so scripts that take parameters
+    run statement by statement.
+    """
+    chunks, current = [], []
+    for line in text.splitlines():
+        current.append(line)
+        if line.rstrip().endswith(";"):
+            chunks.append("\n".join(current))
+            current = []
+    if current:
+        chunks.append("\n".join(current))
+    return [c.strip() for c in chunks
+            if any(ln.strip() and not ln.strip().startswith("--") for ln in c.splitlines())]

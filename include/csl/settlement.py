@@ -1,0 +1,434 @@
+"""Revenue-split settlement: exact to the cent, exactly once, with a double-entry ledger.
+
+Rules (README, "Settlement rules"):
+
+- Money is integer minor units end to end. Platform floats are converted exactly
+  (``round(x * 100)`` on the exact decimal); a value with a real sub-cent part is a finding,
+  never silently rounded. Each currency (from the payment intent) is settled on its own.
+- A licence is due when its payment is ``completed`` and it is not yet in the ledger. The
+  contributor pool is ``share_bps`` of the price, rounded half up; a direct sample licence's
+  pool goes to the sample's contributor, a generation licence's pool is divided among the
+  contributors of its source samples, weighted by how many samples each contributed, by
+  largest remainder (ties: lowest contributor id). The parts always sum exactly.
+- Existing ``revenue_splits`` rows are reused when they match to the cent, otherwise the
+  licence is held with a finding; new rows are written ``pending``, in exact cents.
+- Refunds after settlement are clawed back in proportion to the cumulative refunded amount,
+  exact to the cent; a balance may go negative and is carried forward.
+- Every run holds an advisory lock and runs in one transaction: allocate, post, claw back,
+  then the data-quality gate; a failing gate rolls the run back (nothing half-written) and
+  keeps its findings and validation result. Payout instructions follow only a passing gate.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Mapping
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+import psycopg
+
+from csl.errors import CslError
+from csl.sqlfiles import load, statements
+
+__all__ = [
+    "SettlementError", "SettlementBusy", "GateFailed", "SubCentAmount", "Params",
+    "to_minor", "allocate", "split_licence", "settle", "ledger_fingerprint", "balances",
+]
+
+log = logging.getLogger("csl.settlement")
+LOCK_KEY = 0x63736C5F736574  # "csl_set"
+
+
+class SettlementError(CslError):
+    """The settlement cannot run as asked (bad parameter, inconsistent data)."""
+
+
+class SettlementBusy(SettlementError):
+    """Another settlement run holds the lock."""
+
+
+class SubCentAmount(SettlementError, ValueError):
+    """A money value has a real sub-cent part."""
+
+
+class GateFailed(SettlementError):
+    """The data-quality gate failed: the run was rolled back; findings and the validation are kept."""
+
+    def __init__(self, message: str, *, outcome: dict[str, Any]) -> None:
+        super().__init__(message)
+        self.outcome = outcome
+
+
+@dataclass(frozen=True, kw_only=True)
+class Params:
+    share_bps: int = 7000
+    minimum_payout_cents: int = 1000
+    period_start: str | None = None
+    period_end: str | None = None
+    dry_run: bool = False
+    lock_wait_s: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.share_bps, int) or not 0 <= self.share_bps <= 10_000:
+            raise SettlementError(f"contributor_share_bps: expected a whole number 0..10000, got {self.share_bps!r}")
+        if not isinstance(self.minimum_payout_cents, int) or self.minimum_payout_cents < 0:
+            raise SettlementError(f"minimum_payout_cents: expected a whole number >= 0, got {self.minimum_payout_cents!r}")
+        if self.period_start and self.period_end and self.period_start >= self.period_end:
+            raise SettlementError(f"period: period_start {self.period_start} must be before period_end {self.period_end}")
+
+
+# -- the arithmetic (property-tested; the SQL in include/sql/settlement/ follows the same rules) --
+def to_minor(amount: float | Decimal | str) -> int:
+    """Exact minor units of a decimal amount; raises ``SubCentAmount`` on a sub-cent part."""
+    exact = Decimal(repr(amount)) if isinstance(amount, float) else Decimal(str(amount))
+    cents = exact * 100
+    if cents != cents.to_integral_value():
+        raise SubCentAmount(f"{amount!r} has a sub-cent part")
+    return int(cents)
+
+
+def allocate(total: int, weights: Mapping[str, int]) -> dict[str, int]:
+    """Split ``total`` minor units by integer ``weights``: largest remainder, ties to the
+    lowest key. Parts are never negative (for total ≥ 0) and always sum to ``total``."""
+    if total < 0:
+        raise ValueError("allocate: total must be >= 0")
+    positive = {k: w for k, w in weights.items() if w > 0}
+    if not positive:
+        raise ValueError("allocate: needs at least one positive weight")
+    weight_sum = sum(positive.values())
+    base = {k: total * w // weight_sum for k, w in positive.items()}
+    leftover = total - sum(base.values())
+    by_remainder = sorted(positive, key=lambda k: (-(total * positive[k] % weight_sum), k))
+    for k in by_remainder[:leftover]:
+        base[k] += 1
+    return base
+
+
+def split_licence(price_minor: int, share_bps: int, weights: Mapping[str, int]) -> tuple[int, dict[str, int]]:
+    """(platform part, contributor parts) of one licence."""
+    pool = (price_minor * share_bps + 5000) // 10000
+    parts = allocate(pool, weights)
+    return price_minor - pool, parts
+
+
+def _clawback_parts(parts: Mapping[str, int], price_minor: int, refunded_before: int, refund: int) -> dict[str, int]:
+    """Contributor clawbacks of one refund: the difference of cumulative allocations, so that
+    a full refund in any number of pieces reverses the parts exactly."""
+    contributor_total = sum(parts.values())
+
+    def cumulative(refunded: int) -> dict[str, int]:
+        if refunded == 0 or contributor_total == 0:
+            return {k: 0 for k in parts}
+        clawed = (2 * contributor_total * refunded + price_minor) // (2 * price_minor)  # half up
+        return allocate(clawed, parts) if any(parts.values()) else {k: 0 for k in parts}
+
+    before, after = cumulative(refunded_before), cumulative(refunded_before + refund)
+    return {k: after.get(k, 0) - before.get(k, 0) for k in parts}
+
+
+# -- the run ----------------------------------------------------------------------------------
+def _acquire(conn: psycopg.Connection, wait_s: float) -> None:
+    deadline = time.monotonic() + wait_s
+    while not conn.execute("SELECT pg_try_advisory_xact_lock(%s)", (LOCK_KEY,)).fetchone()[0]:
+        if time.monotonic() >= deadline:
+            holder = conn.execute(
+                "SELECT a.pid, a.application_name, now() - a.xact_start FROM pg_locks l JOIN pg_stat_activity a "
+                "USING (pid) WHERE l.locktype = 'advisory' AND l.objid = %s AND l.granted LIMIT 1",
+                (LOCK_KEY & 0xFFFFFFFF,)).fetchone()
+            who = f" (pid {holder[0]}, {holder[1] or 'unnamed'}, running {holder[2]})" if holder else ""
+            raise SettlementBusy(f"another settlement run holds the settlement lock{who}; not starting a second one")
+        time.sleep(0.5)
+
+
+def settle(conn: psycopg.Connection, params: Params, *, run_key: str) -> dict[str, Any]:
+    """One settlement run, all or nothing. ``conn`` must be an autocommit connection.
+
+    Returns the run's figures; raises ``GateFailed`` (after recording the findings and the
+    validation) when the data-quality gate fails, ``SettlementBusy`` when another run holds
+    the lock.
+    """
+    if not conn.autocommit:
+        raise SettlementError("settle needs an autocommit connection (it manages its own transaction)")
+    previous = conn.execute("SELECT id, status, figures FROM csl_ops.settlement_runs WHERE run_key = %s",
+                            (run_key,)).fetchone()
+    if previous and previous[1] == "committed":
+        return {**previous[2], "status": "already committed", "run_id": previous[0]}
+    values = {"share_bps": params.share_bps, "period_start": params.period_start, "period_end": params.period_end,
+              "run_key": run_key, "minimum": params.minimum_payout_cents}
+    started = time.perf_counter()
+    timings: dict[str, float] = {}
+
+    def lap(name: str, t0: list[float] = [started]) -> None:  # noqa: B006 - a running clock
+        now = time.perf_counter()
+        timings[name] = round(now - t0[0], 3)
+        t0[0] = now
+
+    outcome: dict[str, Any] = {}
+    try:
+        with conn.transaction():
+            conn.execute("SET LOCAL application_name = 'csl-settlement'")
+            _acquire(conn, params.lock_wait_s)
+            conn.execute("DELETE FROM csl_ops.settlement_runs WHERE run_key = %s AND status <> 'committed'", (run_key,))
+            run_id = conn.execute(
+                "INSERT INTO csl_ops.settlement_runs (run_key, status, params) VALUES (%s, 'running', %s) RETURNING id",
+                (run_key, json.dumps(vars(params)))).fetchone()[0]
+            values["run_id"] = run_id
+            for name in ("due", "held", "parts", "reconcile", "post_sales"):
+                for statement in statements(load(f"settlement/{name}.sql")):
+                    conn.execute(statement, values)
+                lap(name)
+            figures = _sale_figures(conn)
+            clawbacks = _post_clawbacks(conn, run_id, run_key)
+            lap("clawbacks")
+            conn.execute("INSERT INTO csl_ops.settlement_findings (run_id, kind, license_id, detail) "
+                         "SELECT %s, kind, license_id, detail FROM held", (run_id,))
+            gate = run_gate(conn, values)
+            lap("gate")
+            outcome = {"run_id": run_id, "run_key": run_key, **figures, "clawbacks": clawbacks,
+                       "findings": _findings(conn, run_id), "gate": gate}
+            if not gate["success"]:
+                raise _Rollback()
+            outcome["payouts"] = _instruct_payouts(conn, run_id, run_key, params.minimum_payout_cents)
+            lap("payouts")
+            outcome["timings_s"] = timings
+            status = "dry_run" if params.dry_run else "committed"
+            conn.execute("UPDATE csl_ops.settlement_runs SET status = %s, figures = %s, gate = %s, finished_at = now() "
+                         "WHERE id = %s", (status, json.dumps(_small(outcome), default=str),
+                                           json.dumps(gate, default=str), run_id))
+            if params.dry_run:
+                raise _Rollback()
+    except _Rollback:
+        if not outcome.get("gate", {}).get("success", True):
+            _record_failed_gate(conn, run_key, params, outcome)
+            raise GateFailed("settlement gate failed: " + ", ".join(
+                f"{c['check']}={c['violations']}" for c in outcome["gate"]["checks"] if c["violations"]),
+                outcome=outcome) from None
+        outcome.update(status="dry_run")
+        return outcome
+    outcome["status"] = "committed"
+    log.info("settlement %s: %s licences, %s clawbacks, %s payouts", run_key, outcome["licences"],
+             outcome["clawbacks"]["refunds"], len(outcome["payouts"]))
+    return outcome
+
+
+class _Rollback(Exception):
+    """Leave the run's transaction without committing (dry run, failed gate)."""
+
+
+def _small(outcome: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in outcome.items() if k not in ("findings",)} | {
+        "findings_count": len(outcome.get("findings", []))}
+
+
+def _sale_figures(conn: psycopg.Connection) -> dict[str, Any]:
+    per_currency = conn.execute(
+        "SELECT currency, count(*), sum(price_minor), sum(price_minor - (price_minor * 0)) FROM pool GROUP BY 1 ORDER BY 1"
+    ).fetchall()
+    contributor = dict(conn.execute(
+        "SELECT po.currency, sum(pa.amount_minor) FROM parts pa JOIN pool po USING (license_id) GROUP BY 1").fetchall())
+    reused = conn.execute("SELECT count(DISTINCT license_id) FROM existing").fetchone()[0]
+    held = conn.execute("SELECT count(DISTINCT license_id) FROM held").fetchone()[0]
+    due = conn.execute("SELECT count(*) FROM due").fetchone()[0]
+    return {
+        "due": due,
+        "licences": sum(r[1] for r in per_currency),
+        "held": held,
+        "splits_reused": reused,
+        "by_currency": {cur: {"licences": n, "gross_minor": int(gross), "contributors_minor": int(contributor.get(cur, 0)),
+                              "platform_minor": int(gross) - int(contributor.get(cur, 0))}
+                        for cur, n, gross, _ in per_currency},
+    }
+
+
+_NEW_REFUNDS = """
+SELECT r.id, r.amount, lower(r.currency), sl.license_id, sl.currency, sl.price_minor
+FROM refunds r
+JOIN licenses l ON l.payment_intent_id = r.payment_intent_id
+JOIN csl_ops.settled_licences sl ON sl.license_id = l.id
+WHERE r.status = 'succeeded'
+  AND NOT EXISTS (SELECT 1 FROM csl_ops.postings p WHERE p.posting_key = 'clawback:' || r.id || ':clearing')
+  AND NOT EXISTS (SELECT 1 FROM held h WHERE h.kind LIKE 'refund_%%' AND h.detail->>'refund_id' = r.id)
+ORDER BY sl.license_id, r.created_at, r.id
+"""
+
+
+def _post_clawbacks(conn: psycopg.Connection, run_id: int, run_key: str) -> dict[str, Any]:
+    """Refunds of settled licences not yet clawed back: exact, cumulative, per contributor."""
+    new = conn.execute(_NEW_REFUNDS).fetchall()
+    if not new:
+        return {"refunds": 0, "contributors_minor": 0}
+    licences = sorted({r[3] for r in new})
+    parts: dict[Any, dict[str, int]] = defaultdict(dict)
+    for license_id, contributor, amount in conn.execute(
+            "SELECT license_id, split_part(posting_key, ':', 3), -amount_minor FROM csl_ops.postings "
+            "WHERE license_id = ANY(%s) AND posting_key LIKE 'sale:%%'", (licences,)).fetchall():
+        parts[license_id][contributor] = amount
+    refunded_before: dict[Any, int] = defaultdict(int)
+    for license_id, total in conn.execute(
+            "SELECT license_id, sum(amount_minor) FROM csl_ops.postings WHERE license_id = ANY(%s) "
+            "AND posting_key LIKE 'clawback:%%:clearing' GROUP BY 1", (licences,)).fetchall():
+        refunded_before[license_id] = -int(total)
+    rows: list[tuple[str, str | None, str, int, Any]] = []  # (account kind, contributor, currency, amount, licence, key)
+    held = []
+    total_contributors = 0
+    for refund_id, amount, refund_currency, license_id, currency, price_minor in new:
+        try:
+            refund = to_minor(amount)
+        except SubCentAmount:
+            held.append((license_id, "refund_sub_cent", {"refund_id": refund_id, "amount": amount}))
+            continue
+        if refund_currency != currency:
+            held.append((license_id, "refund_currency_mismatch", {"refund_id": refund_id, "currency": refund_currency}))
+            continue
+        if refund <= 0 or refunded_before[license_id] + refund > price_minor:
+            held.append((license_id, "refund_exceeds_price", {"refund_id": refund_id, "refund_minor": refund,
+                                                             "refunded_before": refunded_before[license_id],
+                                                             "price_minor": price_minor}))
+            continue
+        claw = _clawback_parts(parts.get(license_id, {}), price_minor, refunded_before[license_id], refund)
+        refunded_before[license_id] += refund
+        contributors = sum(claw.values())
+        total_contributors += contributors
+        for contributor, value in claw.items():
+            if value:
+                rows.append(("contributor_payable", contributor, currency, value, license_id,
+                             f"clawback:{refund_id}:{contributor}", refund_id))
+        if refund - contributors:
+            rows.append(("platform_revenue", None, currency, refund - contributors, license_id,
+                         f"clawback:{refund_id}:platform", refund_id))
+        rows.append(("clearing", None, currency, -refund, license_id, f"clawback:{refund_id}:clearing", refund_id))
+    for license_id, kind, detail in held:
+        conn.execute("INSERT INTO held VALUES (%s, %s, %s)", (license_id, kind, json.dumps(detail, default=str)))
+    if not rows:
+        return {"refunds": 0, "contributors_minor": 0, "held": len(held)}
+    entries = {}
+    for currency in sorted({r[2] for r in rows}):
+        entries[currency] = conn.execute(
+            "INSERT INTO csl_ops.journal_entries (run_id, kind, currency, memo) VALUES (%s, 'clawback', %s, %s) "
+            "RETURNING id", (run_id, currency, f"refund clawbacks by run {run_key}")).fetchone()[0]
+    with conn.cursor() as cur:
+        cur.executemany(
+            "INSERT INTO csl_ops.ledger_accounts (kind, contributor_id, currency) VALUES (%s, %s, %s) ON CONFLICT DO NOTHING",
+            sorted({(r[0], r[1], r[2]) for r in rows}, key=str))
+        cur.executemany(
+            "INSERT INTO csl_ops.postings (entry_id, account_id, amount_minor, license_id, source_id, posting_key) "
+            "SELECT %s, a.id, %s, %s, %s, %s FROM csl_ops.ledger_accounts a "
+            "WHERE a.kind = %s AND a.contributor_id IS NOT DISTINCT FROM %s::uuid AND a.currency = %s",
+            [(entries[r[2]], r[3], r[4], r[6], r[5], r[0], r[1], r[2]) for r in rows])
+    return {"refunds": len({r[6] for r in rows}), "contributors_minor": total_contributors, "held": len(held)}
+
+
+def _findings(conn: psycopg.Connection, run_id: int) -> list[dict[str, Any]]:
+    rows = conn.execute("SELECT kind, license_id, detail FROM held ORDER BY kind, license_id").fetchall()
+    return [{"kind": k, "license_id": str(l) if l else None, "detail": d} for k, l, d in rows]
+
+
+def run_gate(conn: psycopg.Connection, values: Mapping[str, Any]) -> dict[str, Any]:
+    """The data-quality gate (Great Expectations) over the run's checks and entry balances."""
+    import great_expectations as gx
+    import pandas as pd
+
+    checks = pd.DataFrame(conn.execute(load("settlement/gate_checks.sql"), values).fetchall(),
+                          columns=["check", "violations"])
+    checks["violations"] = checks["violations"].astype("int64")
+    entries = pd.DataFrame(conn.execute(
+        "SELECT e.id, e.kind, e.currency, sum(p.amount_minor) FROM csl_ops.journal_entries e "
+        "JOIN csl_ops.postings p ON p.entry_id = e.id WHERE e.run_id = %s GROUP BY 1, 2, 3",
+        (values["run_id"],)).fetchall(), columns=["entry_id", "kind", "currency", "sum_minor"])
+    entries["sum_minor"] = entries["sum_minor"].astype("int64")
+
+    context = gx.get_context(mode="ephemeral")
+    source = context.data_sources.add_pandas("settlement")
+    results = []
+    for name, frame, expectations in (
+        ("checks", checks, [gx.expectations.ExpectColumnValuesToBeBetween(column="violations", min_value=0, max_value=0),
+                            gx.expectations.ExpectTableRowCountToEqual(value=6)]),
+        ("entries", entries, [gx.expectations.ExpectColumnValuesToBeBetween(column="sum_minor", min_value=0, max_value=0)]),
+    ):
+        batch = source.add_dataframe_asset(name).add_batch_definition_whole_dataframe(name).get_batch(
+            batch_parameters={"dataframe": frame})
+        for expectation in expectations:
+            result = batch.validate(expectation)
+            results.append({"asset": name, "expectation": type(expectation).__name__, "success": bool(result.success),
+                            "result": json.loads(json.dumps(result.result, default=str))})
+    return {"success": all(r["success"] for r in results),
+            "checks": [{"check": c, "violations": int(v)} for c, v in checks.itertuples(index=False)],
+            "entries": len(entries), "validation": results}
+
+
+def _record_failed_gate(conn: psycopg.Connection, run_key: str, params: Params, outcome: dict[str, Any]) -> None:
+    with conn.transaction():
+        run_id = conn.execute(
+            "INSERT INTO csl_ops.settlement_runs (run_key, status, params, figures, gate, finished_at) "
+            "VALUES (%s, 'gate_failed', %s, %s, %s, now()) "
+            "ON CONFLICT (run_key) DO UPDATE SET status = 'gate_failed', figures = excluded.figures, "
+            "gate = excluded.gate, finished_at = now() RETURNING id",
+            (run_key, json.dumps(vars(params)), json.dumps(_small(outcome), default=str),
+             json.dumps(outcome["gate"], default=str))).fetchone()[0]
+        with conn.cursor() as cur:
+            cur.executemany("INSERT INTO csl_ops.settlement_findings (run_id, kind, license_id, detail) VALUES (%s, %s, %s, %s)",
+                            [(run_id, f["kind"], f["license_id"], json.dumps(f["detail"], default=str))
+                             for f in outcome.get("findings", [])])
+
+
+def _instruct_payouts(conn: psycopg.Connection, run_id: int, run_key: str, minimum: int) -> list[dict[str, Any]]:
+    """Balances at or over the minimum become payout instructions; the rest is carried."""
+    rows = conn.execute(
+        "SELECT a.contributor_id, a.currency, -sum(p.amount_minor) AS balance "
+        "FROM csl_ops.ledger_accounts a JOIN csl_ops.postings p ON p.account_id = a.id "
+        "WHERE a.kind = 'contributor_payable' GROUP BY 1, 2 "
+        "HAVING -sum(p.amount_minor) >= greatest(%s, 1) ORDER BY 2, 1", (minimum,)).fetchall()
+    payouts = []
+    if not rows:
+        return payouts
+    for currency in sorted({r[1] for r in rows}):
+        entry = conn.execute(
+            "INSERT INTO csl_ops.journal_entries (run_id, kind, currency, memo) VALUES (%s, 'payout', %s, %s) RETURNING id",
+            (run_id, currency, f"payout instructions of run {run_key}")).fetchone()[0]
+        conn.execute("INSERT INTO csl_ops.ledger_accounts (kind, contributor_id, currency) "
+                     "VALUES ('payouts_in_transit', NULL, %s) ON CONFLICT DO NOTHING", (currency,))
+        total = 0
+        for contributor, _, balance in (r for r in rows if r[1] == currency):
+            key = "csl-payout-" + hashlib.sha256(f"{run_key}:{contributor}:{currency}".encode()).hexdigest()[:32]
+            conn.execute("INSERT INTO csl_ops.payouts (run_id, contributor_id, currency, amount_minor, idempotency_key, "
+                         "status) VALUES (%s, %s, %s, %s, %s, 'instructed')", (run_id, contributor, currency, balance, key))
+            conn.execute("INSERT INTO csl_ops.postings (entry_id, account_id, amount_minor, source_id, posting_key) "
+                         "SELECT %s, id, %s, %s, %s FROM csl_ops.ledger_accounts "
+                         "WHERE kind = 'contributor_payable' AND contributor_id = %s AND currency = %s",
+                         (entry, balance, key, f"payout:{key}", contributor, currency))
+            total += balance
+            payouts.append({"contributor_id": str(contributor), "currency": currency, "amount_minor": int(balance),
+                            "idempotency_key": key})
+        conn.execute("INSERT INTO csl_ops.postings (entry_id, account_id, amount_minor, posting_key) "
+                     "SELECT %s, id, %s, %s FROM csl_ops.ledger_accounts WHERE kind = 'payouts_in_transit' "
+                     "AND currency = %s", (entry, -total, f"payout-entry:{entry}:in_transit", currency))
+    return payouts
+
+
+# -- reading the ledger -----------------------------------------------------------------------
+def balances(conn: psycopg.Connection) -> dict[tuple[str, str], int]:
+    """Each contributor's payable balance per currency (positive: owed to them)."""
+    rows = conn.execute(
+        "SELECT a.contributor_id::text, a.currency, -sum(p.amount_minor) FROM csl_ops.ledger_accounts a "
+        "JOIN csl_ops.postings p ON p.account_id = a.id WHERE a.kind = 'contributor_payable' GROUP BY 1, 2").fetchall()
+    return {(c, cur): int(b) for c, cur, b in rows}
+
+
+def ledger_fingerprint(conn: psycopg.Connection) -> str:
+    """A hash over every posting's business content (not ids or times): equal ledgers, equal hashes."""
+    digest = hashlib.sha256()
+    with conn.cursor(name="ledger_fingerprint") if not conn.autocommit else conn.cursor() as cur:
+        cur.execute("SELECT p.posting_key, p.amount_minor, a.kind, a.contributor_id::text, a.currency, "
+                    "p.license_id::text, e.kind FROM csl_ops.postings p "
+                    "JOIN csl_ops.ledger_accounts a ON a.id = p.account_id "
+                    "JOIN csl_ops.journal_entries e ON e.id = p.entry_id "
+                    "WHERE p.posting_key NOT LIKE '%%-entry:%%' ORDER BY p.posting_key")
+        for row in cur:
+            digest.update(repr(row).encode())
+    return digest.hexdigest()

@@ -1,0 +1,20 @@
+-- Licences due for settlement: payment completed, not yet in the ledger, created in the
+-- period. price_raw keeps the float dollars as exact numeric (15 significant digits, as
+-- PostgreSQL casts float8): a value with a real sub-cent part is a finding, never rounded.
+CREATE TEMP TABLE due ON COMMIT DROP AS
+SELECT l.id                                          AS license_id,
+       lower(pi.currency)                            AS currency,
+       l.price,
+       l.price::numeric * 100                        AS price_raw,
+       CASE WHEN l.audio_sample_id IS NOT NULL THEN 'direct' ELSE 'generation' END AS kind,
+       s.contributor_id                              AS sample_contributor,
+       g.source_samples
+FROM licenses l
+LEFT JOIN payment_intents pi ON pi.id = l.payment_intent_id
+LEFT JOIN audio_samples s ON s.id = l.audio_sample_id
+LEFT JOIN generations g ON g.id = l.generation_id
+WHERE l.payment_status = 'completed'
+  AND (%(period_start)s::timestamptz IS NULL OR l.created_at >= %(period_start)s::timestamptz)
+  AND (%(period_end)s::timestamptz IS NULL OR l.created_at < %(period_end)s::timestamptz)
+  AND NOT EXISTS (SELECT 1 FROM csl_ops.settled_licences sl WHERE sl.license_id = l.id);
+ANALYZE due;

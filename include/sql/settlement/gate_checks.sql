@@ -1,0 +1,34 @@
+-- The data-quality gate's evidence for one run: each check counts its violations (0 = pass).
+SELECT 'entries_balance' AS check_name,
+       count(*) FILTER (WHERE total <> 0) AS violations
+FROM (SELECT e.id, sum(p.amount_minor) AS total FROM csl_ops.journal_entries e
+      JOIN csl_ops.postings p ON p.entry_id = e.id WHERE e.run_id = %(run_id)s GROUP BY e.id) b
+UNION ALL
+SELECT 'allocations_sum_to_price',
+       count(*) FILTER (WHERE sl.contributor_minor <> coalesce(c.total, 0)
+                           OR sl.contributor_minor + sl.platform_minor <> sl.price_minor)
+FROM csl_ops.settled_licences sl
+LEFT JOIN (SELECT license_id, -sum(amount_minor) AS total FROM csl_ops.postings
+           WHERE posting_key LIKE 'sale:%%' GROUP BY 1) c USING (license_id)
+WHERE sl.run_id = %(run_id)s
+UNION ALL
+SELECT 'no_due_licence_left', count(*)
+FROM licenses l
+WHERE l.payment_status = 'completed'
+  AND (%(period_start)s::timestamptz IS NULL OR l.created_at >= %(period_start)s::timestamptz)
+  AND (%(period_end)s::timestamptz IS NULL OR l.created_at < %(period_end)s::timestamptz)
+  AND NOT EXISTS (SELECT 1 FROM csl_ops.settled_licences sl WHERE sl.license_id = l.id)
+UNION ALL
+SELECT 'platform_rows_round_trip', count(*)
+FROM csl_ops.settled_licences sl
+JOIN revenue_splits rs ON rs.license_id = sl.license_id
+LEFT JOIN csl_ops.postings p ON p.posting_key = 'sale:' || rs.license_id || ':' || rs.contributor_id
+WHERE sl.run_id = %(run_id)s
+  AND (p.id IS NULL OR round(rs.amount::numeric * 100) <> -p.amount_minor OR rs.amount::numeric * 100 <> round(rs.amount::numeric * 100))
+UNION ALL
+SELECT 'no_duplicate_splits', count(*)
+FROM (SELECT rs.license_id, rs.contributor_id FROM revenue_splits rs
+      JOIN csl_ops.settled_licences sl ON sl.license_id = rs.license_id AND sl.run_id = %(run_id)s
+      GROUP BY 1, 2 HAVING count(*) > 1) d
+UNION ALL
+SELECT 'findings', count(*) FROM csl_ops.settlement_findings WHERE run_id = %(run_id)s
