@@ -19,6 +19,7 @@ from csl.config import Settings, load_env_file
 from csl.errors import ConfigError, CslError, SeedError
 from csl.maintenance.indexes import CatalogError
 from csl.maintenance.vacuum import MaintenanceError
+from csl.settlement import SettlementParamsError
 
 __all__ = ["main"]
 
@@ -170,6 +171,52 @@ def _cmd_maintenance(args: argparse.Namespace, settings: Settings) -> int:
     return 1 if outcome["summary"]["by_status"].get("failed") else 0
 
 
+def _cmd_settlement(args: argparse.Namespace, settings: Settings) -> int:
+    import datetime
+
+    from csl import settlement
+    from csl.db import Database
+
+    with Database(settings.require_database()) as db, db.connect_direct("primary") as conn:
+        if args.action == "statement":
+            out = open(args.out, "w", newline="") if args.out else sys.stdout  # noqa: SIM115
+            try:
+                rows = settlement.write_statement(conn, out, contributor=args.contributor)
+            finally:
+                if args.out:
+                    out.close()
+            if args.out:
+                print(f"wrote {rows:,} postings to {args.out}")
+            return 0
+        if args.action == "send-payouts":
+            endpoint, key = os.environ.get("CSL_PAYOUT_ENDPOINT"), os.environ.get("CSL_PAYOUT_API_KEY")
+            if not endpoint or not key:
+                raise ConfigError("CSL_PAYOUT_ENDPOINT/CSL_PAYOUT_API_KEY", "both required to send payouts")
+            sender = settlement.PayoutSender(endpoint=endpoint, api_key=key)
+            try:
+                result = sender.send(conn)
+            finally:
+                sender.close()
+            _print(args, result, f"payouts: {result['confirmed']} confirmed, {result['failed']} failed, "
+                                 f"{result['retry_later']} to retry")
+            return 1 if result["failed"] else 0
+        params = settlement.Params(share_bps=args.contributor_share_bps, minimum_payout_cents=args.minimum_payout_cents,
+                                   period_start=args.period_start, period_end=args.period_end, dry_run=args.dry_run)
+        run_key = args.run_key or "cli__" + datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
+        try:
+            outcome = settlement.settle(conn, params, run_key=run_key)
+        except settlement.GateFailed as exc:
+            _print(args, exc.outcome, f"GATE FAILED: {exc}\n" + "\n".join(
+                f"  finding {f['kind']}: licence {f['license_id']} {f['detail']}" for f in exc.outcome["findings"][:20]))
+            return 1
+    human = (f"{outcome['status']}: {outcome.get('licences', 0):,} licences settled, "
+             f"{outcome.get('splits_reused', 0):,} platform splits reused, "
+             f"{outcome.get('clawbacks', {}).get('refunds', 0):,} refunds clawed back, "
+             f"{len(outcome.get('payouts', [])):,} payout instructions")
+    _print(args, outcome, human)
+    return 0
+
+
 def format_health(report: dict[str, Any]) -> str:
     """A one-screen summary of a health report."""
     def mark(ok: bool) -> str:
@@ -241,6 +288,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_maintenance)
+    p = sub.add_parser("settlement", help="revenue-split settlement: run, statement CSV, send payouts")
+    p.add_argument("action", choices=("run", "statement", "send-payouts"))
+    p.add_argument("--contributor-share-bps", type=_positive_int(0, 10_000), default=7000)
+    p.add_argument("--minimum-payout-cents", type=_positive_int(0, 10**12), default=1000)
+    p.add_argument("--period-start", help="ISO date/time (licences created at or after)")
+    p.add_argument("--period-end", help="ISO date/time (licences created before)")
+    p.add_argument("--run-key", help="idempotency key of the run (default: a timestamp)")
+    p.add_argument("--dry-run", action="store_true", help="compute and validate, commit nothing")
+    p.add_argument("--contributor", help="statement: one contributor's id")
+    p.add_argument("--out", help="statement: CSV file (default: stdout)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_settlement)
     return parser
 
 
@@ -258,7 +317,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"csl: configuration error: {exc}", file=sys.stderr)
         return 2
-    except (CatalogError, MaintenanceError) as exc:  # unknown index/table names, malformed catalog
+    except (CatalogError, MaintenanceError, SettlementParamsError) as exc:  # bad names or parameters
         print(f"csl: {exc}", file=sys.stderr)
         return 2
     except SeedError as exc:  # a request the data set cannot satisfy (scale, reset needed)

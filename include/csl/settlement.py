@@ -37,7 +37,8 @@ from csl.errors import CslError
 from csl.sqlfiles import load, statements
 
 __all__ = [
-    "SettlementError", "SettlementBusy", "GateFailed", "SubCentAmount", "Params",
+    "SettlementError", "SettlementParamsError", "SettlementBusy", "GateFailed", "SubCentAmount", "Params",
+    "PayoutSender", "write_statement",
     "to_minor", "allocate", "split_licence", "settle", "ledger_fingerprint", "balances",
 ]
 
@@ -47,6 +48,10 @@ LOCK_KEY = 0x63736C5F736574  # "csl_set"
 
 class SettlementError(CslError):
     """The settlement cannot run as asked (bad parameter, inconsistent data)."""
+
+
+class SettlementParamsError(SettlementError, ValueError):
+    """A settlement parameter is out of range; nothing was read or written."""
 
 
 class SettlementBusy(SettlementError):
@@ -76,11 +81,11 @@ class Params:
 
     def __post_init__(self) -> None:
         if not isinstance(self.share_bps, int) or not 0 <= self.share_bps <= 10_000:
-            raise SettlementError(f"contributor_share_bps: expected a whole number 0..10000, got {self.share_bps!r}")
+            raise SettlementParamsError(f"contributor_share_bps: expected a whole number 0..10000, got {self.share_bps!r}")
         if not isinstance(self.minimum_payout_cents, int) or self.minimum_payout_cents < 0:
-            raise SettlementError(f"minimum_payout_cents: expected a whole number >= 0, got {self.minimum_payout_cents!r}")
+            raise SettlementParamsError(f"minimum_payout_cents: expected a whole number >= 0, got {self.minimum_payout_cents!r}")
         if self.period_start and self.period_end and self.period_start >= self.period_end:
-            raise SettlementError(f"period: period_start {self.period_start} must be before period_end {self.period_end}")
+            raise SettlementParamsError(f"period: period_start {self.period_start} must be before period_end {self.period_end}")
 
 
 # -- the arithmetic (property-tested; the SQL in include/sql/settlement/ follows the same rules) --
@@ -331,11 +336,17 @@ def _findings(conn: psycopg.Connection, run_id: int) -> list[dict[str, Any]]:
 
 def run_gate(conn: psycopg.Connection, values: Mapping[str, Any]) -> dict[str, Any]:
     """The data-quality gate (Great Expectations) over the run's checks and entry balances."""
+    rows = conn.execute(load("settlement/gate_checks.sql"), values).fetchall()
+    posted = conn.execute("SELECT count(*) FROM csl_ops.journal_entries WHERE run_id = %s",
+                          (values["run_id"],)).fetchone()[0]
+    if not posted and all(v == 0 for _, v in rows):
+        # nothing was posted and every check passes: no data for an expectation suite to judge
+        return {"success": True, "checks": [{"check": c, "violations": int(v)} for c, v in rows], "entries": 0,
+                "validation": [], "note": "no postings in this run: SQL checks only"}
     import great_expectations as gx
     import pandas as pd
 
-    checks = pd.DataFrame(conn.execute(load("settlement/gate_checks.sql"), values).fetchall(),
-                          columns=["check", "violations"])
+    checks = pd.DataFrame(rows, columns=["check", "violations"])
     checks["violations"] = checks["violations"].astype("int64")
     entries = pd.DataFrame(conn.execute(
         "SELECT e.id, e.kind, e.currency, sum(p.amount_minor) FROM csl_ops.journal_entries e "
@@ -344,6 +355,7 @@ def run_gate(conn: psycopg.Connection, values: Mapping[str, Any]) -> dict[str, A
     entries["sum_minor"] = entries["sum_minor"].astype("int64")
 
     context = gx.get_context(mode="ephemeral")
+    context.variables.progress_bars = {"globally": False}
     source = context.data_sources.add_pandas("settlement")
     results = []
     for name, frame, expectations in (
@@ -432,3 +444,128 @@ def ledger_fingerprint(conn: psycopg.Connection) -> str:
         for row in cur:
             digest.update(repr(row).encode())
     return digest.hexdigest()
+
+
+# -- payouts: sending instructions (Stripe Connect transfer semantics) ------------------------
+class PayoutSender:
+    """Sends instructed payouts as transfers to an HTTP endpoint with Stripe's request shape
+    (``POST /v1/transfers``, form-encoded, ``Idempotency-Key`` header) and applies the answer:
+    a transfer id confirms the payout and marks its revenue_splits ``paid``; a refusal (4xx)
+    fails it and returns the amount to the contributor's balance (carried to the next run);
+    rate limits and server errors leave it ``instructed`` for the next attempt.
+    """
+
+    def __init__(self, *, endpoint: str, api_key: str, transport: Any = None, timeout_s: float = 20.0,
+                 destinations: Mapping[str, str] | None = None) -> None:
+        import httpx
+
+        self._client = httpx.Client(base_url=endpoint.rstrip("/"), transport=transport, timeout=timeout_s,
+                                    headers={"Authorization": f"Bearer {api_key}"})
+        self._destinations = destinations or {}
+
+    def close(self) -> None:
+        self._client.close()
+
+    def destination(self, conn: psycopg.Connection, contributor_id: str) -> str:
+        if contributor_id in self._destinations:
+            return self._destinations[contributor_id]
+        row = conn.execute("SELECT stripe_customer_id FROM users WHERE id = %s", (contributor_id,)).fetchone()
+        return (row and row[0]) or f"acct_csl_{str(contributor_id).replace('-', '')[:16]}"
+
+    def send(self, conn: psycopg.Connection, *, limit: int = 1000) -> dict[str, Any]:
+        """Send every ``instructed`` payout once; returns counts by outcome and the errors."""
+        import httpx
+
+        pending = conn.execute(
+            "SELECT id, contributor_id::text, currency, amount_minor, idempotency_key, run_id FROM csl_ops.payouts "
+            "WHERE status = 'instructed' ORDER BY id LIMIT %s", (limit,)).fetchall()
+        counts = {"confirmed": 0, "failed": 0, "retry_later": 0}
+        errors = []
+        for payout_id, contributor, currency, amount, key, run_id in pending:
+            form = {"amount": str(amount), "currency": currency, "destination": self.destination(conn, contributor),
+                    "transfer_group": f"csl-settlement-{run_id}", "metadata[contributor_id]": contributor,
+                    "metadata[payout_id]": str(payout_id)}
+            try:
+                response = self._client.post("/v1/transfers", data=form, headers={"Idempotency-Key": key})
+            except httpx.HTTPError as exc:
+                counts["retry_later"] += 1
+                errors.append({"payout_id": payout_id, "error": f"{type(exc).__name__}: {exc}"})
+                continue
+            if response.status_code == 200 and response.json().get("object") == "transfer":
+                self._confirm(conn, payout_id, contributor, currency, run_id, response.json()["id"])
+                counts["confirmed"] += 1
+            elif response.status_code == 429 or response.status_code >= 500:
+                counts["retry_later"] += 1
+                errors.append({"payout_id": payout_id, "status": response.status_code, "error": _stripe_error(response)})
+            else:
+                self._fail(conn, payout_id, contributor, currency, amount, key, _stripe_error(response))
+                counts["failed"] += 1
+                errors.append({"payout_id": payout_id, "status": response.status_code, "error": _stripe_error(response)})
+        return {**counts, "errors": errors}
+
+    @staticmethod
+    def _confirm(conn, payout_id, contributor, currency, run_id, transfer_id) -> None:
+        with conn.transaction():
+            conn.execute("UPDATE csl_ops.payouts SET status = 'confirmed', transfer_id = %s, updated_at = now() "
+                         "WHERE id = %s AND status = 'instructed'", (transfer_id, payout_id))
+            conn.execute(
+                "UPDATE revenue_splits rs SET status = 'paid', payment_date = now() "
+                "FROM csl_ops.settled_licences sl WHERE sl.license_id = rs.license_id AND rs.contributor_id = %s "
+                "AND rs.status = 'pending' AND sl.currency = %s AND sl.run_id <= %s", (contributor, currency, run_id))
+
+    @staticmethod
+    def _fail(conn, payout_id, contributor, currency, amount, key, error) -> None:
+        with conn.transaction():
+            updated = conn.execute("UPDATE csl_ops.payouts SET status = 'failed', error = %s, updated_at = now() "
+                                   "WHERE id = %s AND status = 'instructed' RETURNING run_id", (error, payout_id)).fetchone()
+            if updated is None:
+                return
+            entry = conn.execute("INSERT INTO csl_ops.journal_entries (run_id, kind, currency, memo) VALUES "
+                                 "(%s, 'payout', %s, %s) RETURNING id",
+                                 (updated[0], currency, f"payout {payout_id} refused: amount back to the balance")).fetchone()[0]
+            conn.execute("INSERT INTO csl_ops.postings (entry_id, account_id, amount_minor, source_id, posting_key) "
+                         "SELECT %s, id, %s, %s, %s FROM csl_ops.ledger_accounts WHERE kind = 'contributor_payable' "
+                         "AND contributor_id = %s AND currency = %s",
+                         (entry, -amount, key, f"payout-reversal:{key}", contributor, currency))
+            conn.execute("INSERT INTO csl_ops.postings (entry_id, account_id, amount_minor, source_id, posting_key) "
+                         "SELECT %s, id, %s, %s, %s FROM csl_ops.ledger_accounts WHERE kind = 'payouts_in_transit' "
+                         "AND currency = %s", (entry, amount, key, f"payout-reversal:{key}:in_transit", currency))
+
+
+def _stripe_error(response: Any) -> str:
+    try:
+        error = response.json().get("error", {})
+        return f"{error.get('type', 'error')}/{error.get('code', '-')}: {error.get('message', response.text[:200])}"
+    except ValueError:
+        return f"HTTP {response.status_code}: {response.text[:200]}"
+
+
+# -- statements for data teams ------------------------------------------------------------------
+_STATEMENT = """
+SELECT a.contributor_id::text AS contributor_id, a.currency, e.kind AS entry_kind, p.license_id::text AS license_id,
+       p.source_id, -p.amount_minor AS amount_minor, e.created_at AS posted_at, e.run_id
+FROM csl_ops.postings p
+JOIN csl_ops.ledger_accounts a ON a.id = p.account_id AND a.kind = 'contributor_payable'
+JOIN csl_ops.journal_entries e ON e.id = p.entry_id
+WHERE (%(contributor)s::uuid IS NULL OR a.contributor_id = %(contributor)s::uuid)
+ORDER BY a.contributor_id, a.currency, p.id
+"""
+
+
+def write_statement(conn: psycopg.Connection, out, *, contributor: str | None = None) -> int:
+    """Per-contributor statement CSV (every posting with a running balance); returns rows written."""
+    import csv
+
+    writer = csv.writer(out)
+    writer.writerow(["contributor_id", "currency", "entry_kind", "license_id", "source_id", "amount_minor",
+                     "balance_minor", "posted_at", "run_id"])
+    rows = 0
+    balance: dict[tuple[str, str], int] = defaultdict(int)
+    with conn.cursor() as cur:
+        cur.execute(_STATEMENT, {"contributor": contributor})
+        for contributor_id, currency, kind, license_id, source_id, amount, posted_at, run_id in cur:
+            balance[(contributor_id, currency)] += amount
+            writer.writerow([contributor_id, currency, kind, license_id or "", source_id or "", amount,
+                             balance[(contributor_id, currency)], posted_at.isoformat(), run_id])
+            rows += 1
+    return rows

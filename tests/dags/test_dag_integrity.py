@@ -36,8 +36,17 @@ BAD_PARAMS = {
         "dead_ratio": [0, 1.5, -0.1],
         "max_duration_s": [0, 10**6],
     },
+    "csl_revenue_settlement": {
+        "contributor_share_bps": [-1, 10001, 70.5, "70%"],
+        "minimum_payout_cents": [-1, "ten dollars"],
+        "period_start": ["yesterday", "2026-13"],
+        "dry_run": ["sure"],
+        "send_payouts": ["yes"],
+    },
 }
 GOOD_PARAMS = {
+    "csl_revenue_settlement": {"contributor_share_bps": [0, 7000, 10000], "period_start": ["", "2026-11-01"],
+                               "minimum_payout_cents": [0, 1000]},
     "csl_db_maintenance": {"tables": [[], ["users", "csl_ops.task_runs"]], "mode": ["auto", "freeze"],
                            "dead_ratio": [0.05, 1], "max_tables": [1]},
     "csl_platform_health": {"max_replica_lag_s": [0, 2.5], "tolerate": [[], ["database.replica", "edge"]]},
@@ -107,6 +116,12 @@ def test_bad_params_are_refused_good_ones_accepted(inspected, dag_id):
     for name, good_values in GOOD_PARAMS[dag_id].items():
         outcomes = refused[name][len(BAD_PARAMS[dag_id].get(name, [])):]
         assert [o["refused"] for o in outcomes] == [False] * len(good_values), outcomes
+
+
+def test_settlement_dag_shape(inspected):
+    dag = inspected["dags"]["csl_revenue_settlement"]
+    assert dag["tasks"] == ["send_payouts", "settle", "statement"]
+    assert dag["max_active_runs"] == 1
 
 
 def test_maintenance_dag_shape(inspected):

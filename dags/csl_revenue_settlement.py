@@ -1,0 +1,73 @@
+"""
+### Revenue-split settlement: exact to the cent, exactly once, with a ledger
+
+Daily. Royalties for cultural contributors from licence sales, in integer minor units, per
+currency, into a double-entry ledger in `csl_ops` (rules: README, "Settlement rules").
+
+1. **settle** — one transaction under an advisory lock (a second concurrent run waits
+   `lock_wait_s`, then stops with a clear message): licences due (completed, not yet in the
+   ledger) → exact allocation (largest remainder) → existing `revenue_splits` reused when they
+   match, new ones written `pending` → postings (idempotent keys licence × kind ×
+   contributor) → clawbacks of refunds after settlement → **data-quality gate** (Great
+   Expectations: entries balance, allocations sum to the price, no due licence left, platform
+   rows round-trip, no duplicates, no findings) → payout instructions for balances at or over
+   `minimum_payout_cents`. A failed gate rolls the run back and keeps its findings and
+   validation (`csl_ops.settlement_runs`, `settlement_findings`, XCom `gate`/`findings`).
+   `dry_run` computes and validates, commits nothing. Emits the Asset `csl_settlement_ledger`.
+2. **send_payouts** — only with `send_payouts`: transfers through the `csl_payouts`
+   connection (Stripe `POST /v1/transfers`, idempotency keys); confirmed payouts mark their
+   splits `paid`.
+3. **statement** — per-contributor statement CSV (every posting, running balance).
+
+Without Airflow: `python -m csl settlement run|statement|send-payouts`.
+"""
+
+from __future__ import annotations
+
+import pendulum
+from airflow.sdk import Asset, Param, dag
+
+from csl_airflow.operators import PayoutSendOperator, SettlementOperator, StatementOperator
+
+# A name, not a scheme URI: any "scheme://" URI makes Airflow load every provider's URI
+# normaliser at parse time (boto3 among them), on each parse of this file.
+LEDGER = Asset(name="csl_settlement_ledger")
+DATE_PATTERN = "^$|^[0-9]{4}-[0-9]{2}-[0-9]{2}([T ][0-9:.+-Z]*)?$"
+
+
+@dag(
+    dag_id="csl_revenue_settlement",
+    schedule="0 3 * * *",
+    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+    catchup=False,
+    max_active_runs=1,
+    tags=["csl", "money", "settlement"],
+    doc_md=__doc__,
+    default_args={"owner": "csl-finance", "retries": 2, "retry_delay": pendulum.duration(minutes=5)},
+    params={
+        "period_start": Param("", type="string", pattern=DATE_PATTERN,
+                              description="Optional: only licences created at or after (ISO date). Empty = no bound."),
+        "period_end": Param("", type="string", pattern=DATE_PATTERN,
+                            description="Optional: only licences created before (ISO date). Empty = no bound."),
+        "contributor_share_bps": Param(7000, type="integer", minimum=0, maximum=10_000,
+                                       description="Contributors' share of each price in basis points (7000 = 70 %)."),
+        "minimum_payout_cents": Param(1000, type="integer", minimum=0,
+                                      description="Balances below this (minor units) are carried, not paid."),
+        "dry_run": Param(False, type="boolean", description="Compute and validate; commit nothing."),
+        "send_payouts": Param(False, type="boolean",
+                              description="Send payout instructions to the payout endpoint (csl_payouts connection)."),
+    },
+)
+def csl_revenue_settlement():
+    settle = SettlementOperator(
+        task_id="settle", outlets=[LEDGER],
+        share_bps="{{ params.contributor_share_bps }}", minimum_payout_cents="{{ params.minimum_payout_cents }}",
+        period_start="{{ params.period_start }}", period_end="{{ params.period_end }}",
+        dry_run="{{ params.dry_run }}",
+    )
+    payouts = PayoutSendOperator(task_id="send_payouts", enabled="{{ params.send_payouts and not params.dry_run }}")
+    statement = StatementOperator(task_id="statement")
+    settle >> [payouts, statement]
+
+
+csl_revenue_settlement()
