@@ -22,7 +22,7 @@ for folder in ("include", "scripts", "bench"):
 
 from devstack import Stack  # noqa: E402
 
-BENCHMARKS = ("seed", "indexes", "maintenance")
+BENCHMARKS = ("seed", "indexes", "maintenance", "settlement")
 
 
 def machine() -> dict:

@@ -17,7 +17,7 @@ from csl.cli import format_health  # noqa: E402
 from csl.config import load_env_file  # noqa: E402
 
 # The nightly chain, in order; each DAG joins the demo once it exists.
-DEMO_DAGS = ["csl_platform_health", "csl_index_install", "csl_db_maintenance"]
+DEMO_DAGS = ["csl_platform_health", "csl_index_install", "csl_db_maintenance", "csl_revenue_settlement"]
 
 
 def format_index_report(report: dict | None) -> str:
@@ -41,6 +41,20 @@ def format_maintenance_report(report: dict | None) -> str:
     lines += [f"  - {t}" for t in report["tables"][:6]]
     if len(report["tables"]) > 6:
         lines.append(f"  … and {len(report['tables']) - 6} more")
+    return "\n".join(lines)
+
+
+def format_settlement(summary: dict | None, statement: dict | None) -> str:
+    if not summary:
+        return "  (no summary: see the settle task's log)"
+    lines = [f"  {summary['status']}: {summary['licences']:,} licences settled, {summary['splits_reused']:,} platform "
+             f"splits reused, {summary['clawbacks']['refunds']} refunds clawed back, {summary['payouts']} payout "
+             f"instructions ({summary['payout_minor'] / 100:,.2f} in minor-unit totals)"]
+    for currency, figures in sorted((summary.get("by_currency") or {}).items()):
+        lines.append(f"  {currency}: gross {figures['gross_minor'] / 100:,.2f}, contributors "
+                     f"{figures['contributors_minor'] / 100:,.2f}, platform {figures['platform_minor'] / 100:,.2f}")
+    if statement:
+        lines.append(f"  statement CSV: {statement['path']} ({statement['rows']:,} postings)")
     return "\n".join(lines)
 
 
@@ -69,6 +83,8 @@ def main() -> int:
             print(format_health(client.xcom(dag_id, run_id, "summary", key="summary")))
         elif dag_id == "csl_index_install":
             print(format_index_report(client.xcom(dag_id, run_id, "report", key="report")))
+        elif dag_id == "csl_revenue_settlement":
+            print(format_settlement(client.xcom(dag_id, run_id, "settle"), client.xcom(dag_id, run_id, "statement")))
         elif dag_id == "csl_db_maintenance":
             print(format_maintenance_report(client.xcom(dag_id, run_id, "report", key="report")))
         print()

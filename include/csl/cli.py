@@ -161,7 +161,8 @@ def _cmd_maintenance(args: argparse.Namespace, settings: Settings) -> int:
                    vacuum.format_plan(chosen, skipped))
             return 0
         run_id = "cli__" + datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
-        outcome = vacuum.run(connect, policy, run_id=run_id, dry_run=args.dry_run, max_duration_s=args.max_duration_s)
+        outcome = vacuum.run(connect, policy, run_id=run_id, dry_run=args.dry_run, max_duration_s=args.max_duration_s,
+                             workers=args.workers)
     human = "\n".join(
         f"{r['status']:<15} {r['action']:<14} {r['schema']}.{r['table']:<30} {r['reason']:<17} {r['duration_ms']} ms, "
         f"dead tuples {r['before'].get('n_dead_tup')} → {r['after'].get('n_dead_tup', '-')}"
@@ -285,6 +286,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dead-ratio", type=_ratio, default=0.1)
     p.add_argument("--max-duration-s", type=_positive_int(1, 86_400), default=3600,
                    help="start no new action after this many seconds")
+    p.add_argument("--workers", type=_positive_int(1, 16), default=2,
+                   help="actions at once (the DAG's csl_maintenance pool has 2 slots)")
     p.add_argument("--dry-run", action="store_true")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_maintenance)

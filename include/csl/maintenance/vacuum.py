@@ -363,23 +363,31 @@ def candidate_from_dict(data: dict[str, Any]) -> Candidate:
 
 
 def run(connect: Callable[[], psycopg.Connection], policy: Policy, *, run_id: str, dry_run: bool = False,
-        max_duration_s: float = 3600.0, statement_timeout_s: int = 3600, lock_timeout_ms: int = 1000
-        ) -> dict[str, Any]:
-    """Plan and act without Airflow (``python -m csl maintenance run``)."""
+        max_duration_s: float = 3600.0, statement_timeout_s: int = 3600, lock_timeout_ms: int = 1000,
+        workers: int = 1) -> dict[str, Any]:
+    """Plan and act without Airflow (``python -m csl maintenance run``).
+
+    ``workers`` actions run at once, most urgent first (as the DAG's ``csl_maintenance`` pool
+    does); no action starts after ``max_duration_s``.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
     started = time.monotonic()
+
+    def one(candidate: Candidate) -> ActionResult:
+        if time.monotonic() - started > max_duration_s:
+            return ActionResult(candidate.schema, candidate.table, candidate.reason, candidate.action,
+                                "skipped_budget", error=f"max_duration_s={max_duration_s:g} exhausted")
+        return act(connect, candidate, statement_timeout_s=statement_timeout_s, lock_timeout_ms=lock_timeout_ms,
+                   dry_run=dry_run)
+
     with connect() as conn:
         chosen, skipped = choose(gather(conn), settings(conn), policy)
-        results: list[ActionResult] = []
-        for candidate in chosen:
-            if time.monotonic() - started > max_duration_s:
-                result = ActionResult(candidate.schema, candidate.table, candidate.reason, candidate.action,
-                                      "skipped_budget", error=f"max_duration_s={max_duration_s:g} exhausted")
-            else:
-                result = act(connect, candidate, statement_timeout_s=statement_timeout_s,
-                             lock_timeout_ms=lock_timeout_ms, dry_run=dry_run)
-            if not dry_run:
+        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+            results = list(pool.map(one, chosen))
+        if not dry_run:
+            for candidate, result in zip(chosen, results):
                 record_action(conn, run_id, candidate, result)
-            results.append(result)
     return {"chosen": [asdict(c) for c in chosen], "skipped": skipped,
             "results": [r.as_dict() for r in results], "summary": summarise(results)}
 

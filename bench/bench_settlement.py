@@ -1,0 +1,92 @@
+"""Full settlement of the bench-scale data (≥ 1M completed licences) vs a bare
+``INSERT … SELECT`` computing the same direct splits, same run; a no-op rerun; the worker's
+peak RSS (the settlement runs in a child process so its memory is its own)."""
+
+from __future__ import annotations
+
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psycopg
+
+from bench_seed import BENCH_DB, bench_database
+from csl.config import Settings, load_env_file
+
+REPO = Path(__file__).resolve().parents[1]
+WORK_DB = "bench_settlement"
+ANCHOR = """
+CREATE TABLE bench_anchor_splits (
+    id uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+    license_id uuid NOT NULL REFERENCES licenses (id),
+    contributor_id uuid NOT NULL,
+    amount double precision NOT NULL,
+    percentage double precision NOT NULL
+);
+CREATE INDEX ON bench_anchor_splits (contributor_id);
+INSERT INTO bench_anchor_splits (license_id, contributor_id, amount, percentage)
+SELECT l.id, s.contributor_id, round((l.price * 0.7)::numeric, 2), 70
+FROM licenses l JOIN audio_samples s ON s.id = l.audio_sample_id
+WHERE l.payment_status = 'completed';
+"""
+WORKER = """
+import json, resource, sys, time, psycopg
+sys.path.insert(0, {include!r})
+from csl import settlement
+with psycopg.connect({url!r}, autocommit=True) as conn:
+    started = time.perf_counter()
+    out = settlement.settle(conn, settlement.Params(), run_key={key!r})
+    wall = time.perf_counter() - started
+print(json.dumps({{"wall_s": wall, "licences": out.get("licences"), "payouts": len(out.get("payouts", [])),
+                  "clawbacks": out.get("clawbacks"), "timings_s": out.get("timings_s"), "status": out["status"],
+                  "maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}}, default=str))
+"""
+
+
+def _worker(url: str, key: str) -> dict:
+    code = WORKER.format(include=str(REPO / "include"), url=url, key=key)
+    started = time.perf_counter()
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    figures = json.loads(result.stdout.strip().splitlines()[-1])
+    figures["process_wall_s"] = round(time.perf_counter() - started, 2)
+    return figures
+
+
+def run(stack, **_: object) -> dict:
+    env: dict[str, str] = {}
+    load_env_file(stack.env_file, environ=env)
+    base = bench_database(stack, Settings.from_env(env))
+    stack.psql(f"DROP DATABASE IF EXISTS {WORK_DB} WITH (FORCE)")
+    started = time.perf_counter()
+    stack.psql(f"CREATE DATABASE {WORK_DB} TEMPLATE {BENCH_DB} OWNER csl")
+    copy_s = time.perf_counter() - started
+    url = base.rsplit("/", 1)[0] + f"/{WORK_DB}"
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("VACUUM ANALYZE")
+        completed = conn.execute("SELECT count(*) FROM licenses WHERE payment_status = 'completed'").fetchone()[0]
+        started = time.perf_counter()
+        conn.execute(ANCHOR)
+        anchor_s = time.perf_counter() - started
+        anchor_rows = conn.execute("SELECT count(*) FROM bench_anchor_splits").fetchone()[0]
+        conn.execute("DROP TABLE bench_anchor_splits")
+    full = _worker(url, "bench-full")
+    noop = _worker(url, "bench-noop")
+    stack.psql(f"DROP DATABASE IF EXISTS {WORK_DB} WITH (FORCE)")
+    return {
+        "completed_licences": completed,
+        "database_copy_s": round(copy_s, 1),
+        "anchor_bare_insert_select": {"wall_s": round(anchor_s, 2), "rows": anchor_rows},
+        "settlement_full": full,
+        "settlement_noop_rerun": noop,
+        "summary": {
+            "full_vs_bare_insert_ratio": round(full["wall_s"] / anchor_s, 2),
+            "target_ratio": 1.5,
+            "noop_rerun_s": round(noop["wall_s"], 2),
+            "noop_target_s": 2.0,
+            "worker_peak_rss_mb": round(full["maxrss_mb"], 1),
+            "licences_settled": full["licences"],
+        },
+    }
