@@ -5,7 +5,6 @@ peak RSS (the settlement runs in a child process so its memory is its own)."""
 from __future__ import annotations
 
 import json
-import resource
 import subprocess
 import sys
 import time

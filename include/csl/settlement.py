@@ -232,9 +232,7 @@ def _small(outcome: dict[str, Any]) -> dict[str, Any]:
 
 
 def _sale_figures(conn: psycopg.Connection) -> dict[str, Any]:
-    per_currency = conn.execute(
-        "SELECT currency, count(*), sum(price_minor), sum(price_minor - (price_minor * 0)) FROM pool GROUP BY 1 ORDER BY 1"
-    ).fetchall()
+    per_currency = conn.execute("SELECT currency, count(*), sum(price_minor) FROM pool GROUP BY 1 ORDER BY 1").fetchall()
     contributor = dict(conn.execute(
         "SELECT po.currency, sum(pa.amount_minor) FROM parts pa JOIN pool po USING (license_id) GROUP BY 1").fetchall())
     reused = conn.execute("SELECT count(DISTINCT license_id) FROM existing").fetchone()[0]
@@ -247,7 +245,7 @@ def _sale_figures(conn: psycopg.Connection) -> dict[str, Any]:
         "splits_reused": reused,
         "by_currency": {cur: {"licences": n, "gross_minor": int(gross), "contributors_minor": int(contributor.get(cur, 0)),
                               "platform_minor": int(gross) - int(contributor.get(cur, 0))}
-                        for cur, n, gross, _ in per_currency},
+                        for cur, n, gross in per_currency},
     }
 
 

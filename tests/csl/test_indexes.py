@@ -11,19 +11,8 @@ import pytest
 
 from csl.maintenance import indexes
 from csl.maintenance.indexes import CatalogError, PlanItem, load_catalog
-from csl.migrations import migrate
-from csl.seed import seed
 
 CATALOG = load_catalog()
-
-
-@pytest.fixture
-def platform_db(fresh_database, tmp_path):
-    """A fresh database with the platform schema and the demo rows (no objects)."""
-    with psycopg.connect(fresh_database, autocommit=True) as conn:
-        migrate(conn, components=("platform", "csl_ops"))
-        seed(conn, scale_name="demo", seed_value=5, workdir=tmp_path / "seed", primary=None)
-    return fresh_database
 
 
 def connector(url):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -18,8 +17,6 @@ import pytest
 from hypothesis import given, settings as hsettings, strategies as st
 
 from csl import settlement
-from csl.migrations import migrate
-from csl.seed import seed
 from csl.settlement import GateFailed, Params, SettlementBusy, SettlementParamsError, allocate, split_licence, to_minor
 
 from ..conftest import REPO
@@ -91,14 +88,6 @@ def test_bad_params_are_refused():
 
 
 # -- the run, on real data --------------------------------------------------------------------
-@pytest.fixture
-def platform_db(fresh_database, tmp_path):
-    with psycopg.connect(fresh_database, autocommit=True) as conn:
-        migrate(conn, components=("platform", "csl_ops"))
-        seed(conn, scale_name="demo", seed_value=11, workdir=tmp_path / "seed", primary=None)
-    return fresh_database
-
-
 def connect(url):
     return psycopg.connect(url, autocommit=True)
 
@@ -132,7 +121,7 @@ def test_a_run_settles_every_licence_exactly_and_a_rerun_changes_nothing(platfor
         expected = expected_parts(conn)
         posted = posted_parts(conn)
         assert outcome["licences"] == len(expected)
-        for license_id, (platform_minor, parts) in expected.items():
+        for license_id, (_platform_minor, parts) in expected.items():
             assert posted.get(license_id, {}) == {k: v for k, v in parts.items() if v}, license_id
         markers = dict(conn.execute("SELECT license_id::text, platform_minor FROM csl_ops.settled_licences").fetchall())
         assert markers == {k: v[0] for k, v in expected.items()}
@@ -188,7 +177,7 @@ def test_refunds_after_payout_claw_back_exactly_and_a_negative_balance_is_carrie
                 clawed[party] += amount
         assert dict(clawed) == parts, "a full refund in two pieces reverses every part exactly"
         balances = settlement.balances(conn)
-        for contributor, amount in parts.items():
+        for contributor in parts:
             assert balances[(contributor, currency)] <= 0  # paid out before: now owes it back, carried
         assert not any(p["contributor_id"] in parts for p in outcome["payouts"])
 

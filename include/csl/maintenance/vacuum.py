@@ -386,7 +386,7 @@ def run(connect: Callable[[], psycopg.Connection], policy: Policy, *, run_id: st
         with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
             results = list(pool.map(one, chosen))
         if not dry_run:
-            for candidate, result in zip(chosen, results):
+            for candidate, result in zip(chosen, results, strict=True):
                 record_action(conn, run_id, candidate, result)
     return {"chosen": [asdict(c) for c in chosen], "skipped": skipped,
             "results": [r.as_dict() for r in results], "summary": summarise(results)}
