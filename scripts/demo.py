@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import os
 import sys
+import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -49,7 +51,7 @@ def format_settlement(summary: dict | None, statement: dict | None) -> str:
         return "  (no summary: see the settle task's log)"
     lines = [f"  {summary['status']}: {summary['licences']:,} licences settled, {summary['splits_reused']:,} platform "
              f"splits reused, {summary['clawbacks']['refunds']} refunds clawed back, {summary['payouts']} payout "
-             f"instructions ({summary['payout_minor'] / 100:,.2f} in minor-unit totals)"]
+             f"instructions"]
     for currency, figures in sorted((summary.get("by_currency") or {}).items()):
         lines.append(f"  {currency}: gross {figures['gross_minor'] / 100:,.2f}, contributors "
                      f"{figures['contributors_minor'] / 100:,.2f}, platform {figures['platform_minor'] / 100:,.2f}")
@@ -58,35 +60,64 @@ def format_settlement(summary: dict | None, statement: dict | None) -> str:
     return "\n".join(lines)
 
 
+def show(client: AirflowClient, dag_id: str, run: dict) -> int:
+    """Print one run's outcome; returns 1 if it failed."""
+    run_id = run["dag_run_id"]
+    states: dict[str, list[str]] = {}
+    for ti in client.task_instances(dag_id, run_id):
+        states.setdefault(ti["task_id"], []).append(ti["state"] or "none")
+    shown = []
+    for task_id, task_states in sorted(states.items()):
+        if len(task_states) == 1:
+            shown.append(f"{task_id}={task_states[0]}")
+        else:  # a mapped task: count its instances by state
+            counts = {state: task_states.count(state) for state in sorted(set(task_states))}
+            shown.append(f"{task_id}[{len(task_states)} mapped]=" + "/".join(f"{n} {st}" for st, n in counts.items()))
+    print(f"{dag_id} {run['run_type']} run: {run['state'].upper()}  " + ", ".join(shown))
+    def xcom(task_id: str, key: str = "return_value"):
+        try:
+            return client.xcom(dag_id, run_id, task_id, key=key)
+        except RuntimeError:  # the task failed or never ran: its log says why
+            return None
+
+    if dag_id == "csl_platform_health":
+        summary = xcom("summary", "summary")
+        print(format_health(summary) if summary else "  (no summary: see the task logs)")
+    elif dag_id == "csl_index_install":
+        print(format_index_report(xcom("report", "report")))
+    elif dag_id == "csl_revenue_settlement":
+        print(format_settlement(xcom("settle"), xcom("statement")))
+    elif dag_id == "csl_db_maintenance":
+        print(format_maintenance_report(xcom("report", "report")))
+    return int(run["state"] != "success")
+
+
 def main() -> int:
     load_env_file(REPO / ".env")
     base_url = os.environ["AIRFLOW__API__BASE_URL"]
     password = os.environ["CSL_AIRFLOW_ADMIN_PASSWORD"]
     client = AirflowClient(base_url, "admin", password)
     failures = 0
+    started = datetime.now(timezone.utc).isoformat()
     for dag_id in DEMO_DAGS:
         client.wait_for_dag(dag_id)
-        client.unpause(dag_id)
         response = client.trigger(dag_id)
         if response.status_code >= 400:
             print(f"trigger {dag_id}: HTTP {response.status_code} {response.text}")
             return 1
+        # unpausing also starts the run of the latest scheduled interval (catchup is off): the
+        # schedule at work. Whichever runs first does the work; the other shows a rerun is a no-op.
+        client.unpause(dag_id)
         run_id = response.json()["dag_run_id"]
         print(f"triggered {dag_id} ({run_id}); waiting…", flush=True)
-        run = client.wait_for_run(dag_id, run_id)
-        states = {ti["task_display_name"] if ti.get("map_index", -1) < 0 else
-                  f"{ti['task_id']}[{ti.get('rendered_map_index') or ti['map_index']}]": ti["state"]
-                  for ti in client.task_instances(dag_id, run_id)}
-        print(f"{dag_id}: {run['state'].upper()}  " + ", ".join(f"{k}={v}" for k, v in sorted(states.items())))
-        failures += run["state"] != "success"
-        if dag_id == "csl_platform_health":
-            print(format_health(client.xcom(dag_id, run_id, "summary", key="summary")))
-        elif dag_id == "csl_index_install":
-            print(format_index_report(client.xcom(dag_id, run_id, "report", key="report")))
-        elif dag_id == "csl_revenue_settlement":
-            print(format_settlement(client.xcom(dag_id, run_id, "settle"), client.xcom(dag_id, run_id, "statement")))
-        elif dag_id == "csl_db_maintenance":
-            print(format_maintenance_report(client.xcom(dag_id, run_id, "report", key="report")))
+        client.wait_for_run(dag_id, run_id)
+        time.sleep(1)
+        runs = client.request("GET", f"/dags/{dag_id}/dagRuns",
+                              params={"start_date_gte": started, "order_by": "start_date"}).json()["dag_runs"]
+        for run in runs:
+            if run["state"] not in ("success", "failed"):
+                run = client.wait_for_run(dag_id, run["dag_run_id"])
+            failures += show(client, dag_id, run)
         print()
     print()
     print(f"Airflow UI:  {base_url}   (login: admin / {password})")
