@@ -319,11 +319,15 @@ def _post_clawbacks(conn: psycopg.Connection, run_id: int, run_key: str) -> dict
         cur.executemany(
             "INSERT INTO csl_ops.ledger_accounts (kind, contributor_id, currency) VALUES (%s, %s, %s) ON CONFLICT DO NOTHING",
             sorted({(r[0], r[1], r[2]) for r in rows}, key=str))
-        cur.executemany(
-            "INSERT INTO csl_ops.postings (entry_id, account_id, amount_minor, license_id, source_id, posting_key) "
-            "SELECT %s, a.id, %s, %s, %s, %s FROM csl_ops.ledger_accounts a "
-            "WHERE a.kind = %s AND a.contributor_id IS NOT DISTINCT FROM %s::uuid AND a.currency = %s",
-            [(entries[r[2]], r[3], r[4], r[6], r[5], r[0], r[1], r[2]) for r in rows])
+    columns = list(zip(*rows, strict=True))  # one set-based insert, not a statement per posting
+    conn.execute(
+        "INSERT INTO csl_ops.postings (entry_id, account_id, amount_minor, license_id, source_id, posting_key) "
+        "SELECT (%s::jsonb ->> x.currency)::bigint, a.id, x.amount, x.license_id, x.source_id, x.posting_key "
+        "FROM unnest(%s::text[], %s::uuid[], %s::text[], %s::bigint[], %s::uuid[], %s::text[], %s::text[]) "
+        "     AS x(kind, contributor_id, currency, amount, license_id, posting_key, source_id) "
+        "JOIN csl_ops.ledger_accounts a ON a.kind = x.kind AND a.contributor_id IS NOT DISTINCT FROM x.contributor_id "
+        "     AND a.currency = x.currency",
+        (json.dumps(entries), *[list(c) for c in columns]))
     return {"refunds": len({r[6] for r in rows}), "contributors_minor": total_contributors, "held": len(held)}
 
 

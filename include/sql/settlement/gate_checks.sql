@@ -8,8 +8,10 @@ SELECT 'allocations_sum_to_price',
        count(*) FILTER (WHERE sl.contributor_minor <> coalesce(c.total, 0)
                            OR sl.contributor_minor + sl.platform_minor <> sl.price_minor)
 FROM csl_ops.settled_licences sl
-LEFT JOIN (SELECT license_id, -sum(amount_minor) AS total FROM csl_ops.postings
-           WHERE posting_key LIKE 'sale:%%' GROUP BY 1) c USING (license_id)
+LEFT JOIN (SELECT p.license_id, -sum(p.amount_minor) AS total
+           FROM csl_ops.postings p JOIN csl_ops.journal_entries e ON e.id = p.entry_id
+           WHERE e.run_id = %(run_id)s AND e.kind = 'sale' AND p.license_id IS NOT NULL
+           GROUP BY 1) c USING (license_id)
 WHERE sl.run_id = %(run_id)s
 UNION ALL
 SELECT 'no_due_licence_left', count(*)
@@ -22,9 +24,13 @@ UNION ALL
 SELECT 'platform_rows_round_trip', count(*)
 FROM csl_ops.settled_licences sl
 JOIN revenue_splits rs ON rs.license_id = sl.license_id
-LEFT JOIN csl_ops.postings p ON p.posting_key = 'sale:' || rs.license_id || ':' || rs.contributor_id
+LEFT JOIN (SELECT p.license_id, a.contributor_id, -p.amount_minor AS cents
+           FROM csl_ops.postings p
+           JOIN csl_ops.journal_entries e ON e.id = p.entry_id AND e.kind = 'sale' AND e.run_id = %(run_id)s
+           JOIN csl_ops.ledger_accounts a ON a.id = p.account_id AND a.kind = 'contributor_payable') posted
+       ON posted.license_id = rs.license_id AND posted.contributor_id = rs.contributor_id
 WHERE sl.run_id = %(run_id)s
-  AND (p.id IS NULL OR round(rs.amount::numeric * 100) <> -p.amount_minor OR rs.amount::numeric * 100 <> round(rs.amount::numeric * 100))
+  AND (posted.cents IS NULL OR rs.amount::numeric * 100 <> posted.cents)
 UNION ALL
 SELECT 'no_duplicate_splits', count(*)
 FROM (SELECT rs.license_id, rs.contributor_id FROM revenue_splits rs
