@@ -24,16 +24,17 @@ JOIN csl_ops.ledger_accounts a ON a.kind = 'contributor_payable' AND a.contribut
                               AND a.currency = po.currency
 WHERE pa.amount_minor <> 0;
 
+CREATE TEMP TABLE sale_totals ON COMMIT DROP AS
+SELECT po.currency, sum(po.price_minor)::bigint AS gross, coalesce(sum(c.total), 0)::bigint AS contributors
+FROM pool po
+LEFT JOIN (SELECT license_id, sum(amount_minor) AS total FROM parts GROUP BY 1) c USING (license_id)
+GROUP BY po.currency;
+
 INSERT INTO csl_ops.postings (entry_id, account_id, amount_minor, posting_key)
 SELECT e.id, a.id, t.amount, 'sale-entry:' || e.id || ':' || a.kind
 FROM sale_entries e
-JOIN LATERAL (
-    SELECT 'clearing' AS kind, sum(po.price_minor) AS amount FROM pool po WHERE po.currency = e.currency
-    UNION ALL
-    SELECT 'platform_revenue', -(sum(po.price_minor) - coalesce((SELECT sum(pa.amount_minor) FROM parts pa
-                                 JOIN pool p2 USING (license_id) WHERE p2.currency = e.currency), 0))
-    FROM pool po WHERE po.currency = e.currency
-) t ON true
+JOIN sale_totals st ON st.currency = e.currency
+CROSS JOIN LATERAL (VALUES ('clearing', st.gross), ('platform_revenue', -(st.gross - st.contributors))) t(kind, amount)
 JOIN csl_ops.ledger_accounts a ON a.kind = t.kind AND a.contributor_id IS NULL AND a.currency = e.currency
 WHERE t.amount <> 0;
 
