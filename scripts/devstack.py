@@ -371,6 +371,14 @@ class Stack:
             self.spawn(service, cmd, env=env, cwd=root)
         wait_for(f"SeaweedFS {service}", lambda: http_status(f"http://127.0.0.1:{self.s3_port(service)}/healthz") == 200,
                  timeout=60, log_file=self.logs / f"{service}.log")
+        if service == "s3-primary" and self.pid("edge") is not None:
+            # the edge probes its backend every 2 s: after a restart, wait until it trusts it again
+            wait_for("edge backend healthy again", self.edge_backend_healthy, timeout=30,
+                     log_file=self.logs / "edge.log")
+
+    def edge_backend_healthy(self) -> bool:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.ports['edge']}/__health", timeout=2) as response:
+            return response.headers.get("X-Backend-Healthy") == "true"
 
     def buckets_up(self) -> None:
         """Create the buckets (idempotent); the primary's audio bucket is public-read for the edge."""
@@ -418,8 +426,8 @@ class Stack:
             work = root / "work"
             self.spawn("edge", [VARNISHD, "-F", "-n", str(work), "-a", f"127.0.0.1:{port}",
                                 "-T", "127.0.0.1:0", "-f", str(vcl), "-s", "malloc,64m"])
-        wait_for("Varnish edge", lambda: http_status(f"http://127.0.0.1:{self.ports['edge']}/__health") == 200,
-                 timeout=60, log_file=self.logs / "edge.log")
+        wait_for("Varnish edge (and its backend)", self.edge_backend_healthy, timeout=60,
+                 log_file=self.logs / "edge.log")
 
     # -- the environment the platform and Airflow read -------------------------------------
     def urls(self) -> dict:
