@@ -179,6 +179,9 @@ def settle(conn: psycopg.Connection, params: Params, *, run_key: str) -> dict[st
         with conn.transaction():
             conn.execute("SET LOCAL application_name = 'csl-settlement'")
             _acquire(conn, params.lock_wait_s)
+            # a retried run replaces its earlier failed attempt (findings included)
+            conn.execute("DELETE FROM csl_ops.settlement_findings WHERE run_id IN (SELECT id FROM csl_ops.settlement_runs "
+                         "WHERE run_key = %s AND status <> 'committed')", (run_key,))
             conn.execute("DELETE FROM csl_ops.settlement_runs WHERE run_key = %s AND status <> 'committed'", (run_key,))
             run_id = conn.execute(
                 "INSERT INTO csl_ops.settlement_runs (run_key, status, params) VALUES (%s, 'running', %s) RETURNING id",
@@ -210,7 +213,7 @@ def settle(conn: psycopg.Connection, params: Params, *, run_key: str) -> dict[st
                 raise _Rollback()
     except _Rollback:
         if not outcome.get("gate", {}).get("success", True):
-            _record_failed_gate(conn, run_key, params, outcome)
+            _record_failed_gate(conn, f"{run_key}#dry_run" if params.dry_run else run_key, params, outcome)
             raise GateFailed("settlement gate failed: " + ", ".join(
                 f"{c['check']}={c['violations']}" for c in outcome["gate"]["checks"] if c["violations"]),
                 outcome=outcome) from None
@@ -250,7 +253,8 @@ def _sale_figures(conn: psycopg.Connection) -> dict[str, Any]:
 
 
 _NEW_REFUNDS = """
-SELECT r.id, r.amount, lower(r.currency), sl.license_id, sl.currency, sl.price_minor
+SELECT r.id, r.amount, lower(r.currency), sl.license_id, sl.currency, sl.price_minor,
+       (SELECT count(*) FROM licenses l2 WHERE l2.payment_intent_id = r.payment_intent_id) AS licences_on_intent
 FROM refunds r
 JOIN licenses l ON l.payment_intent_id = r.payment_intent_id
 JOIN csl_ops.settled_licences sl ON sl.license_id = l.id
@@ -280,7 +284,10 @@ def _post_clawbacks(conn: psycopg.Connection, run_id: int, run_key: str) -> dict
     rows: list[tuple[str, str | None, str, int, Any]] = []  # (account kind, contributor, currency, amount, licence, key)
     held = []
     total_contributors = 0
-    for refund_id, amount, refund_currency, license_id, currency, price_minor in new:
+    for refund_id, amount, refund_currency, license_id, currency, price_minor, on_intent in new:
+        if on_intent != 1:
+            held.append((license_id, "refund_ambiguous_licence", {"refund_id": refund_id, "licences_on_intent": on_intent}))
+            continue
         try:
             refund = to_minor(amount)
         except SubCentAmount:
@@ -378,6 +385,8 @@ def run_gate(conn: psycopg.Connection, values: Mapping[str, Any]) -> dict[str, A
 
 def _record_failed_gate(conn: psycopg.Connection, run_key: str, params: Params, outcome: dict[str, Any]) -> None:
     with conn.transaction():
+        conn.execute("DELETE FROM csl_ops.settlement_findings WHERE run_id IN (SELECT id FROM csl_ops.settlement_runs "
+                     "WHERE run_key = %s AND status <> 'committed')", (run_key,))
         run_id = conn.execute(
             "INSERT INTO csl_ops.settlement_runs (run_key, status, params, figures, gate, finished_at) "
             "VALUES (%s, 'gate_failed', %s, %s, %s, now()) "
@@ -493,10 +502,13 @@ class PayoutSender:
                 counts["retry_later"] += 1
                 errors.append({"payout_id": payout_id, "error": f"{type(exc).__name__}: {exc}"})
                 continue
-            if response.status_code == 200 and response.json().get("object") == "transfer":
-                self._confirm(conn, payout_id, contributor, currency, run_id, response.json()["id"])
+            body = _json_or_none(response)
+            if response.status_code == 200 and body and body.get("object") == "transfer":
+                self._confirm(conn, payout_id, contributor, currency, run_id, body["id"])
                 counts["confirmed"] += 1
-            elif response.status_code == 429 or response.status_code >= 500:
+            elif (response.status_code in (409, 429) or response.status_code >= 500 or response.status_code == 200
+                  or (body or {}).get("error", {}).get("type") == "idempotency_error"):
+                # outcome unknown (or a conflict on our own key): retry later with the same idempotency key
                 counts["retry_later"] += 1
                 errors.append({"payout_id": payout_id, "status": response.status_code, "error": _stripe_error(response)})
             else:
@@ -532,6 +544,14 @@ class PayoutSender:
             conn.execute("INSERT INTO csl_ops.postings (entry_id, account_id, amount_minor, source_id, posting_key) "
                          "SELECT %s, id, %s, %s, %s FROM csl_ops.ledger_accounts WHERE kind = 'payouts_in_transit' "
                          "AND currency = %s", (entry, amount, key, f"payout-reversal:{key}:in_transit", currency))
+
+
+def _json_or_none(response: Any) -> dict | None:
+    try:
+        body = response.json()
+    except ValueError:
+        return None
+    return body if isinstance(body, dict) else None
 
 
 def _stripe_error(response: Any) -> str:

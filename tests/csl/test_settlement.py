@@ -201,6 +201,53 @@ def test_corrupted_input_is_a_finding_and_the_gate_stops_everything(platform_db)
         assert conn.execute("SELECT count(*) FROM csl_ops.settlement_findings").fetchone()[0] >= 2
 
 
+def test_after_a_failed_gate_the_fixed_data_settles_under_the_same_run_key(platform_db):
+    with connect(platform_db) as conn:
+        bad = conn.execute("UPDATE licenses SET price = 10.005 WHERE id = (SELECT id FROM licenses "
+                           "WHERE payment_status = 'completed' ORDER BY id LIMIT 1) RETURNING id").fetchone()[0]
+        with pytest.raises(GateFailed):
+            settlement.settle(conn, Params(dry_run=True), run_key="nightly")
+        with pytest.raises(GateFailed):
+            settlement.settle(conn, Params(), run_key="nightly")
+        conn.execute("UPDATE licenses SET price = 10.00 WHERE id = %s", (bad,))  # the data is fixed
+        outcome = settlement.settle(conn, Params(), run_key="nightly")  # the task is cleared and retried
+        assert outcome["status"] == "committed" and outcome["held"] == 0
+        runs = dict(conn.execute("SELECT run_key, status FROM csl_ops.settlement_runs").fetchall())
+        assert runs == {"nightly": "committed", "nightly#dry_run": "gate_failed"}
+
+
+def test_a_licence_without_any_contributor_is_held_not_given_to_the_platform(platform_db):
+    with connect(platform_db) as conn:
+        orphan = conn.execute(
+            "UPDATE generations SET source_samples = '{}' WHERE id = (SELECT generation_id FROM licenses "
+            "WHERE payment_status = 'completed' AND generation_id IS NOT NULL ORDER BY id LIMIT 1) RETURNING id").fetchone()[0]
+        with pytest.raises(GateFailed) as caught:
+            settlement.settle(conn, Params(), run_key="run-1")
+        held = {f["kind"] for f in caught.value.outcome["findings"]}
+        assert held == {"unknown_source_samples"}, held
+        assert conn.execute("SELECT count(*) FROM csl_ops.settled_licences").fetchone()[0] == 0
+        assert orphan
+
+
+def test_a_refund_on_an_intent_shared_by_two_licences_is_held(platform_db):
+    with connect(platform_db) as conn:
+        first, second = conn.execute(
+            "SELECT id, payment_intent_id FROM licenses WHERE payment_status = 'completed' AND payment_intent_id NOT IN "
+            "(SELECT payment_intent_id FROM refunds) ORDER BY id LIMIT 2").fetchall()
+        conn.execute("UPDATE licenses SET payment_intent_id = %s WHERE id = %s", (first[1], second[0]))
+        conn.execute("UPDATE payment_intents SET currency = (SELECT currency FROM payment_intents WHERE id = %s) "
+                     "WHERE id = %s", (first[1], second[1]))
+        settlement.settle(conn, Params(), run_key="run-1")
+        currency = conn.execute("SELECT currency FROM payment_intents WHERE id = %s", (first[1],)).fetchone()[0]
+        conn.execute("INSERT INTO refunds (id, payment_intent_id, amount, currency, reason, status) VALUES "
+                     "('re_shared', %s, 1.00, %s, 'partial', 'succeeded')", (first[1], currency))
+        with pytest.raises(GateFailed) as caught:
+            settlement.settle(conn, Params(), run_key="run-2")
+        assert {f["kind"] for f in caught.value.outcome["findings"]} == {"refund_ambiguous_licence"}
+        assert conn.execute("SELECT count(*) FROM csl_ops.postings WHERE posting_key LIKE 'clawback:re_shared:%'"
+                            ).fetchone()[0] == 0
+
+
 def test_dry_run_commits_nothing(platform_db):
     with connect(platform_db) as conn:
         outcome = settlement.settle(conn, Params(dry_run=True), run_key="dry")

@@ -398,12 +398,15 @@ def _build_on(conn: psycopg.Connection, connect: Callable[[], psycopg.Connection
     except (psycopg.Error, TimeoutError) as exc:
         result.status = "failed"
         result.error = result.error or f"{type(exc).__name__}: {str(exc).splitlines()[0]}"
-        _cleanup_invalid(conn, schema, [temp] if item.action == "swap" else [item.name], result,
+        _cleanup_invalid(conn, schema, [temp, item.name] if item.action == "swap" else [item.name], result,
                          cleanup_timeout_s)
         raise IndexBuildError(f"{item.name}: {result.error}", result=result) from exc
     finally:
         result.duration_ms = int((time.perf_counter() - started) * 1000)
-        conn.execute("SELECT pg_advisory_unlock_all()")
+        try:
+            conn.execute("SELECT pg_advisory_unlock_all()")
+        except psycopg.Error as exc:  # a dead connection releases its locks anyway; keep the real error
+            log.warning("could not release the table build lock: %s", exc)
     return result
 
 
@@ -415,9 +418,13 @@ def _run_action(conn: psycopg.Connection, item: PlanItem, declared: DeclaredInde
         _drop_concurrently(conn, schema, item.name)
         conn.execute(declared.statement_for(table=qualified_table, concurrently=True))
     else:  # swap: the new definition under a temporary name first, so the table never lacks the index
-        _drop_concurrently(conn, schema, temp)
-        conn.execute(declared.statement_for(name=temp, table=qualified_table, concurrently=True))
+        # resumable: a retry after a lock timeout keeps a valid temporary index and never drops
+        # the only valid copy
         status = _index_status(conn, schema, temp)
+        if status is None or not (status[0] and status[1]):
+            _drop_concurrently(conn, schema, temp)
+            conn.execute(declared.statement_for(name=temp, table=qualified_table, concurrently=True))
+            status = _index_status(conn, schema, temp)
         if status is None or not status[0]:
             raise psycopg.errors.ObjectNotInPrerequisiteState(f"{temp} is not valid after its build")
         _drop_concurrently(conn, schema, item.name)

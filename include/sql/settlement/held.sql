@@ -25,4 +25,5 @@ SELECT d.license_id, 'unknown_source_samples',
 FROM due d
 LEFT JOIN (SELECT license_id, sum(weight) AS resolved FROM weights GROUP BY 1) w USING (license_id)
 WHERE d.kind = 'generation'
-  AND coalesce(w.resolved, 0) <> coalesce(cardinality(d.source_samples), 0);
+  AND (coalesce(w.resolved, 0) <> coalesce(cardinality(d.source_samples), 0)
+       OR coalesce(cardinality(d.source_samples), 0) = 0);  -- no source samples (or no generation): no contributor
