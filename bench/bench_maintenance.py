@@ -22,18 +22,6 @@ WORKLOAD = [
 ]
 
 
-def wait_horizon(conn: psycopg.Connection, timeout: float = 60) -> None:
-    mark = conn.execute("SELECT txid_current() % 4294967296").fetchone()[0]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        conn.execute("SELECT txid_current()")
-        held = conn.execute("SELECT count(*) FROM pg_stat_replication WHERE backend_xmin IS NOT NULL "
-                            "AND age(backend_xmin) > age(%s::text::xid)", (str(mark),)).fetchone()[0]
-        if not held:
-            return
-        time.sleep(0.2)
-
-
 def dead_tuples(conn: psycopg.Connection) -> int:
     time.sleep(0.5)
     conn.execute("SELECT pg_stat_clear_snapshot()")
@@ -44,7 +32,7 @@ def bloat(conn: psycopg.Connection) -> float:
     started = time.perf_counter()
     for statement in WORKLOAD:
         conn.execute(statement)
-    wait_horizon(conn)
+    vacuum.wait_for_cleanup_horizon(conn, timeout_s=60)
     return time.perf_counter() - started
 
 
@@ -57,7 +45,7 @@ def run(stack, **_: object) -> dict:
             conn.execute(f"ALTER TABLE {table} SET (autovacuum_enabled = false)")
         try:
             conn.execute("VACUUM ANALYZE")
-            wait_horizon(conn)
+            vacuum.wait_for_cleanup_horizon(conn, timeout_s=60)
 
             bloat(conn)
             dead_before_ours = dead_tuples(conn)
@@ -68,7 +56,7 @@ def run(stack, **_: object) -> dict:
             dead_after_ours = dead_tuples(conn)
 
             conn.execute("VACUUM")  # untimed: both contenders start from the same clean state
-            wait_horizon(conn)
+            vacuum.wait_for_cleanup_horizon(conn, timeout_s=60)
             bloat(conn)
             dead_before_plain = dead_tuples(conn)
             started = time.perf_counter()

@@ -115,28 +115,13 @@ def service_down(stack: Stack):
 
 
 def wait_for_cleanup_horizon(url: str, timeout: float = 30.0) -> None:
-    """Wait until the replica's hot_standby_feedback no longer holds back rows deleted so far.
-
-    The standby reports its xmin every wal_receiver_status_interval; until it passes our
-    transactions, VACUUM on the primary must keep their dead rows ("not yet removable").
-    """
-    import time
-
+    """Wait until the replica's feedback no longer holds back rows deleted so far."""
     import psycopg
 
+    from csl.maintenance.vacuum import wait_for_cleanup_horizon as wait
+
     with psycopg.connect(url, autocommit=True) as conn:
-        mark = conn.execute("SELECT txid_current() % 4294967296").fetchone()[0]
-        deadline = time.monotonic() + timeout
-        while True:
-            conn.execute("SELECT txid_current()")  # keep xids moving so the feedback advances
-            held = conn.execute(
-                "SELECT count(*) FROM pg_stat_replication WHERE backend_xmin IS NOT NULL"
-                " AND age(backend_xmin) > age(%s::text::xid)", (str(mark),)).fetchone()[0]
-            if not held:
-                return
-            if time.monotonic() > deadline:
-                raise AssertionError("the replica's feedback xmin did not advance")
-            time.sleep(0.2)
+        wait(conn, timeout_s=timeout)
 
 
 __all__ = ["PLATFORM_DB", "wait_for_cleanup_horizon"]

@@ -197,7 +197,7 @@ class IndexPlanOperator(CslBaseOperator):
             with db.connect_direct("primary") as conn:
                 plan = indexes.make_plan(indexes.diff(conn, chosen, full_catalog=full), chosen)
             summary = indexes.plan_summary(plan)
-            dry_run = str(self.dry_run).lower() in ("true", "1")
+            dry_run = _truthy(self.dry_run)
             log.info("index plan%s:\n%s", " (dry run: nothing will be built)" if dry_run else "",
                      indexes.format_plan(plan))
             record_run(db, run_key(context), status="success", params=dict(context["params"]),
@@ -280,7 +280,7 @@ class IndexReportOperator(CslBaseOperator):
             "built": [{k: b[k] for k in ("name", "action", "duration_ms", "size_bytes", "attempts")} for b in builds
                       if b["status"] == "success"],
             "failed": [{k: b[k] for k in ("name", "action", "error", "blockers", "cleaned_up")} for b in failed],
-            "not_run": [] if str(context["params"].get("dry_run")).lower() == "true" else missing,
+            "not_run": [] if _truthy(context["params"].get("dry_run")) else missing,
             "unknown": summary["unknown"],
             "total_build_ms": sum(b["duration_ms"] for b in builds),
         }

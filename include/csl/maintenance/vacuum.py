@@ -358,6 +358,26 @@ def format_plan(chosen: list[Candidate], skipped: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def wait_for_cleanup_horizon(conn: psycopg.Connection, *, timeout_s: float = 30.0) -> None:
+    """Wait until no standby's hot_standby_feedback holds back rows deleted so far.
+
+    A standby reports its xmin every ``wal_receiver_status_interval``; until it passes the
+    transactions that made tuples dead, VACUUM on the primary must keep them ("not yet
+    removable"). ``conn`` is an autocommit connection to the primary.
+    """
+    mark = conn.execute("SELECT txid_current() % 4294967296").fetchone()[0]
+    deadline = time.monotonic() + timeout_s
+    while True:
+        conn.execute("SELECT txid_current()")  # keep xids moving so the feedback advances
+        held = conn.execute("SELECT count(*) FROM pg_stat_replication WHERE backend_xmin IS NOT NULL "
+                            "AND age(backend_xmin) > age(%s::text::xid)", (str(mark),)).fetchone()[0]
+        if not held:
+            return
+        if time.monotonic() > deadline:
+            raise MaintenanceError(f"a standby's feedback xmin did not pass our transactions within {timeout_s:g}s")
+        time.sleep(0.2)
+
+
 def candidate_from_dict(data: dict[str, Any]) -> Candidate:
     return Candidate(**data)
 
