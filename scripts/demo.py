@@ -19,7 +19,8 @@ from csl.cli import format_health  # noqa: E402
 from csl.config import load_env_file  # noqa: E402
 
 # The nightly chain, in order; each DAG joins the demo once it exists.
-DEMO_DAGS = ["csl_platform_health", "csl_index_install", "csl_db_maintenance", "csl_revenue_settlement"]
+DEMO_DAGS = ["csl_platform_health", "csl_index_install", "csl_db_maintenance", "csl_revenue_settlement",
+             "csl_storage_integrity"]
 
 
 def format_index_report(report: dict | None) -> str:
@@ -60,6 +61,22 @@ def format_settlement(summary: dict | None, statement: dict | None) -> str:
     return "\n".join(lines)
 
 
+def format_sweep(summary: dict | None) -> str:
+    if not summary:
+        return "  (no summary: see the report task's log)"
+    listed = ", ".join(f"{p} {n:,} objects / {summary['bytes'].get(p, 0) / 1e6:.1f} MB"
+                       for p, n in summary["listed"].items())
+    lines = [f"  {summary['cells']} key-prefix cells in {summary['shards']} shards; {summary['db_refs']:,} database "
+             f"references vs {listed}; {summary['deep_verified']} objects downloaded and hashed"]
+    for kind, per in sorted(summary["findings"].items()):
+        lines.append(f"  {kind:<18} " + ", ".join(f"{p}: {n}" for p, n in sorted(per.items())))
+    if not summary["findings"]:
+        lines.append("  no findings: the database and every provider agree")
+    lines.append(f"  new {summary['new']}, closed {summary['closed']}; open now {summary['open_findings']} "
+                 "(csl_ops.storage_findings)")
+    return "\n".join(lines)
+
+
 def show(client: AirflowClient, dag_id: str, run: dict) -> int:
     """Print one run's outcome; returns 1 if it failed."""
     run_id = run["dag_run_id"]
@@ -89,6 +106,8 @@ def show(client: AirflowClient, dag_id: str, run: dict) -> int:
         print(format_settlement(xcom("settle"), xcom("statement")))
     elif dag_id == "csl_db_maintenance":
         print(format_maintenance_report(xcom("report", "report")))
+    elif dag_id == "csl_storage_integrity":
+        print(format_sweep(xcom("report", "summary")))
     return int(run["state"] != "success")
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from csl.config import Settings, load_env_file
+from csl.cleanup import CleanupError
 from csl.errors import ConfigError, CslError, SeedError
 from csl.maintenance.indexes import CatalogError
 from csl.maintenance.vacuum import MaintenanceError
@@ -143,6 +144,16 @@ def _ratio(text: str) -> float:
     return value
 
 
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}") from None
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {value}")
+    return value
+
+
 def _cmd_maintenance(args: argparse.Namespace, settings: Settings) -> int:
     import dataclasses
     import datetime
@@ -215,6 +226,55 @@ def _cmd_settlement(args: argparse.Namespace, settings: Settings) -> int:
              f"{outcome.get('clawbacks', {}).get('refunds', 0):,} refunds clawed back, "
              f"{len(outcome.get('payouts', [])):,} payout instructions")
     _print(args, outcome, human)
+    return 0
+
+
+def _cmd_storage(args: argparse.Namespace, settings: Settings) -> int:
+    import datetime
+    import uuid
+
+    from csl import cleanup, integrity
+    from csl.db import Database
+    from csl.storage import StorageProvider
+
+    names = args.providers or [p.name for p in settings.storage]
+    providers = [StorageProvider(settings.provider(name)) for name in names]
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    if args.action == "sweep":
+        options = integrity.SweepOptions(depth=args.depth, key_order=args.key_order, deep_rate=args.deep_sample,
+                                         prefix=args.prefix or "")
+        summary = integrity.run_sweep(settings, run_key=args.run_key or f"cli__{stamp}__{uuid.uuid4().hex[:8]}",
+                                      shards=args.shards, workers=args.workers, options=options,
+                                      provider_names=names)
+        with Database(settings.require_database()) as db, db.connect_direct() as conn:
+            findings = integrity.open_findings(conn, sweep_id=summary["sweep_id"])
+        lines = [f"{f['kind']:<18} {f['provider']:<10} {f['key']}" for f in findings[:50]]
+        if len(findings) > 50:
+            lines.append(f"… and {len(findings) - 50} more (--json lists them all)")
+        counts = {kind: sum(per.values()) for kind, per in summary["findings"].items()}
+        failed = summary["failed"] + summary.get("errors", [])
+        lines.append(f"swept {summary['cells']} cells, {summary['db_refs']:,} references, listed {summary['listed']} "
+                     f"in {summary['duration_s']} s; findings {counts or 'none'}; new {summary['new']}, "
+                     f"closed {summary['closed']}")
+        for failure in failed:
+            lines.append(f"FAILED shard {failure['shard']}: {failure['error']}")
+        _print(args, {"summary": summary, "findings": findings}, "\n".join(lines))
+        return 1 if failed else 0
+    with Database(settings.require_database()) as db, db.connect_direct() as conn:
+        if args.action == "restore":
+            restored = cleanup.restore(conn, providers, key=args.key, run_key=args.run_key)
+            _print(args, restored, "\n".join(f"restored {r['key']} on {r['provider']}" for r in restored))
+            return 0
+        result = cleanup.run_cleanup(
+            conn, providers, run_key=args.run_key or f"cli__{stamp}", temp_prefix=args.temp_prefix,
+            temp_ttl_h=args.temp_ttl_h, orphan_grace_h=args.orphan_grace_h, max_objects=args.max_objects,
+            dry_run=not args.apply, purge_quarantine=args.purge_quarantine,
+            quarantine_retention_days=args.quarantine_retention_days)
+    verb = "would move" if result["dry_run"] else "moved"
+    lines = [f"{verb} {c['key']} on {c['provider']} ({c['reason']})" for c in result["candidates"]]
+    lines.append(f"{verb} {len(result['candidates'])} objects to quarantine {result['by_reason'] or ''}"
+                 + ("" if args.apply else " — dry run; pass --apply to move them"))
+    _print(args, result, "\n".join(lines))
     return 0
 
 
@@ -303,6 +363,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="statement: CSV file (default: stdout)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_settlement)
+    p = sub.add_parser("storage", help="integrity sweep (never deletes), cleanup to quarantine, restore")
+    p.add_argument("action", choices=("sweep", "cleanup", "restore"))
+    p.add_argument("--providers", nargs="+", metavar="NAME", help="providers by role (default: all configured)")
+    p.add_argument("--prefix", help="sweep: only keys under this prefix")
+    p.add_argument("--deep-sample", type=_fraction, default=0.0,
+                   help="sweep: share of objects downloaded and hashed (0..1)")
+    p.add_argument("--shards", type=_positive_int(1, 256), default=4)
+    p.add_argument("--workers", type=_positive_int(1, 32), default=2, help="sweep: shards at once (processes)")
+    p.add_argument("--depth", type=_positive_int(1, 8), default=2, help="sweep: key segments per cell")
+    p.add_argument("--key-order", choices=("path", "byte"), default="path",
+                   help="sweep: the providers' listing order (path: SeaweedFS/MinIO, byte: AWS S3)")
+    p.add_argument("--temp-prefix", default="tmp/", help="cleanup: folder of temporary uploads")
+    p.add_argument("--temp-ttl-h", type=_positive_int(0, 24 * 365), default=24)
+    p.add_argument("--orphan-grace-h", type=_positive_int(0, 24 * 365), default=72)
+    p.add_argument("--max-objects", type=_positive_int(0, 10**7), default=1000,
+                   help="cleanup: abort before touching anything when more would move")
+    p.add_argument("--apply", action="store_true", help="cleanup: really move (default: dry run)")
+    p.add_argument("--purge-quarantine", action="store_true",
+                   help="cleanup: delete quarantine older than --quarantine-retention-days")
+    p.add_argument("--quarantine-retention-days", type=_positive_int(1, 3650), default=30)
+    p.add_argument("--key", help="restore: the original key")
+    p.add_argument("--run-key", help="sweep/cleanup: the run's key; restore: everything that run moved")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_storage)
     return parser
 
 
@@ -320,7 +404,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"csl: configuration error: {exc}", file=sys.stderr)
         return 2
-    except (CatalogError, MaintenanceError, SettlementParamsError) as exc:  # bad names or parameters
+    except (CatalogError, MaintenanceError, SettlementParamsError, CleanupError) as exc:  # bad names or parameters
         print(f"csl: {exc}", file=sys.stderr)
         return 2
     except SeedError as exc:  # a request the data set cannot satisfy (scale, reset needed)

@@ -3,9 +3,10 @@
 ``generate`` writes one CSV file per platform table (streamed, never a whole table in
 memory); ``load`` COPYs them in foreign-key order in one transaction; ``upload_objects``
 puts a small valid WAV/MP3 under every ``audio_samples.file_url`` and
-``generations.result_url`` on the primary provider (SHA-256 in the object metadata), plus
-a few deliberate defects for the integrity sweep: rows whose object is missing, orphan
-objects, a corrupt object whose metadata still looks right, objects only on the fallback.
+``generations.result_url`` on the primary provider and mirrors it to the fallback (SHA-256 in
+the object metadata), plus a few deliberate defects for the integrity sweep: rows whose
+object is missing, orphan objects, a corrupt object whose metadata still looks right, objects
+only on the fallback, not yet replicated, or truncated on the fallback.
 Same ``seed`` → same rows, same keys, same bytes.
 """
 
@@ -29,7 +30,7 @@ from csl.audio import CONTENT_TYPES, mp3_bytes, wav_bytes
 from csl.errors import SeedError
 from csl.storage import StorageProvider, sha256_hex
 
-__all__ = ["Scale", "SCALES", "TABLE_ORDER", "generate", "load", "upload_objects", "seed", "loaded_seed"]
+__all__ = ["Scale", "SCALES", "DEFECT_KINDS", "TABLE_ORDER", "generate", "load", "upload_objects", "seed", "loaded_seed"]
 
 log = logging.getLogger("csl.seed")
 
@@ -44,6 +45,9 @@ class Scale:
     defects_per_kind: int
     events_per_license: float
 
+
+# the storage defects the seed plants for the integrity sweep (see upload_objects)
+DEFECT_KINDS = ("missing", "corrupt", "fallback_only", "truncated", "unreplicated", "orphan")
 
 SCALES = {
     "demo": Scale(users=400, contributors=60, samples=300, generations=200, licenses=5_000,
@@ -330,13 +334,12 @@ def generate(scale: Scale, folder: Path, *, seed: int = 42) -> Generated:
         for writer in writers.values():
             writer.close()
 
-    # deliberate storage defects, chosen deterministically among the sample objects
-    defects: dict[str, list[str]] = {"missing": [], "orphan": [], "corrupt": [], "fallback_only": []}
-    n = min(scale.defects_per_kind, max(1, len(objects) // 10))
-    picked = rng.sample(range(len(objects)), 3 * n)
-    defects["missing"] = [objects[i][0] for i in picked[:n]]
-    defects["corrupt"] = [objects[i][0] for i in picked[n:2 * n]]
-    defects["fallback_only"] = [objects[i][0] for i in picked[2 * n:]]
+    # deliberate storage defects, chosen deterministically among the objects
+    defects: dict[str, list[str]] = {kind: [] for kind in DEFECT_KINDS}
+    n = min(scale.defects_per_kind, max(1, len(objects) // 20))
+    picked = rng.sample(range(len(objects)), 5 * n)
+    for i, kind in enumerate(("missing", "corrupt", "fallback_only", "truncated", "unreplicated")):
+        defects[kind] = [objects[j][0] for j in picked[i * n:(i + 1) * n]]
     defects["orphan"] = [object_key("samples", _uuid(rng), "wav") for _ in range(n)]
     counts = {table: writer.rows for table, writer in writers.items()}
     return Generated(folder=folder, counts=counts, objects=objects, defects=defects)
@@ -367,26 +370,34 @@ def load(conn: psycopg.Connection, generated: Generated, *, reset: bool = False)
 
 def upload_objects(generated: Generated, primary: StorageProvider, fallback: StorageProvider | None = None,
                    *, workers: int = 32) -> dict[str, int]:
-    """Upload every object to the primary, then apply the deliberate defects."""
-    missing = set(generated.defects["missing"])
-    fallback_only = set(generated.defects["fallback_only"]) if fallback else set()
-    corrupt = set(generated.defects["corrupt"])
+    """Upload every object to the primary and mirror it to the fallback, then apply the
+    deliberate defects: ``missing`` (on neither), ``fallback_only``, ``unreplicated`` (primary
+    only), ``corrupt`` (the primary's bytes rotted, same size, metadata still the original
+    SHA-256; the fallback copy is good), ``truncated`` (the fallback copy is short) and
+    ``orphan`` (on the primary, referenced by no row)."""
+    defect_of = {key: kind for kind, keys in generated.defects.items() if kind != "orphan" for key in keys}
 
     def put(item: tuple[str, str, int]) -> str:
         key, fmt, object_seed = item
-        body = object_body(fmt, object_seed)
-        target = fallback if key in fallback_only else primary
-        if key in missing:
+        defect = defect_of.get(key)
+        if defect == "missing":
             return "missing"
-        if key in corrupt:
-            # metadata says the original bytes; the stored bytes differ (same size: bit rot)
+        body = object_body(fmt, object_seed)
+        content_type = CONTENT_TYPES[fmt]
+        if defect == "corrupt":
             rotten = bytearray(body)
             rotten[len(rotten) // 2] ^= 0xFF
-            target.client.put_object(Bucket=target.bucket, Key=key, Body=bytes(rotten),
-                                     ContentType=CONTENT_TYPES[fmt], Metadata={"sha256": sha256_hex(body)})
-            return "corrupt"
-        target.put(key, body, content_type=CONTENT_TYPES[fmt], metadata={"origin": "seed"})
-        return "fallback_only" if target is fallback else "uploaded"
+            primary.client.put_object(Bucket=primary.bucket, Key=key, Body=bytes(rotten),
+                                      ContentType=content_type, Metadata={"sha256": sha256_hex(body)})
+        elif defect != "fallback_only":
+            primary.put(key, body, content_type=content_type, metadata={"origin": "seed"})
+        if fallback is not None and defect != "unreplicated":
+            if defect == "truncated":
+                fallback.client.put_object(Bucket=fallback.bucket, Key=key, Body=body[: len(body) // 2],
+                                           ContentType=content_type, Metadata={"sha256": sha256_hex(body)})
+            else:
+                fallback.put(key, body, content_type=content_type, metadata={"origin": "seed"})
+        return defect or "uploaded"
 
     counts: dict[str, int] = {}
     with ThreadPoolExecutor(max_workers=workers) as pool:

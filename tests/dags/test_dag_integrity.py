@@ -43,6 +43,23 @@ BAD_PARAMS = {
         "dry_run": ["sure"],
         "send_payouts": ["yes"],
     },
+    "csl_storage_integrity": {
+        "shards": [0, 257, "many"],
+        "deep_sample": [-0.1, 1.5, "1%"],
+        "prefix": ["samples/*"],
+        "key_order": ["random"],
+        "depth": [0, 9],
+        "providers": ["primary", ["Primary!"], ["primary", "primary"]],
+    },
+    "csl_storage_cleanup": {
+        "dry_run": ["maybe"],
+        "temp_prefix": ["tmp", "_quarantine/", ""],
+        "temp_ttl_h": [-1, "a day"],
+        "orphan_grace_h": [-5],
+        "max_objects": [-1, 10**7],
+        "purge_quarantine": ["yes"],
+        "quarantine_retention_days": [0],
+    },
 }
 GOOD_PARAMS = {
     "csl_revenue_settlement": {"contributor_share_bps": [0, 7000, 10000], "period_start": ["", "2026-11-01"],
@@ -52,6 +69,10 @@ GOOD_PARAMS = {
     "csl_platform_health": {"max_replica_lag_s": [0, 2.5], "tolerate": [[], ["database.replica", "edge"]]},
     "csl_index_install": {"dry_run": [True, False], "only": [[], ["idx_users_email_active"]],
                           "lock_timeout_ms": [10, 2000], "max_lock_retries": [0, 20]},
+    "csl_storage_integrity": {"shards": [1, 16], "deep_sample": [0, 0.25, 1], "prefix": ["", "samples/0a/"],
+                              "key_order": ["path", "byte"], "providers": [[], ["primary", "fallback"]]},
+    "csl_storage_cleanup": {"dry_run": [True], "temp_prefix": ["tmp/", "uploads/tmp/"], "max_objects": [0, 500],
+                            "orphan_grace_h": [0, 72]},
 }
 
 

@@ -1,0 +1,215 @@
+"""Operators for the storage integrity sweep and the storage cleanup (``csl.integrity``,
+``csl.cleanup``): plan → one mapped task per shard → a report that closes the sweep."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from airflow.sdk.exceptions import AirflowException, AirflowFailException
+
+from csl_airflow.operators import CslBaseOperator, _as_list, _int_param, _truthy, run_key
+
+__all__ = ["StorageSweepPlanOperator", "StorageSweepShardOperator", "StorageSweepReportOperator",
+           "StorageCleanupOperator"]
+
+log = logging.getLogger("csl.airflow.storage")
+
+
+def _options(params: dict[str, Any]):
+    from csl.integrity import SweepError, SweepOptions
+
+    try:
+        return SweepOptions(depth=int(params.get("depth", 2)), key_order=str(params.get("key_order", "path")),
+                        deep_rate=float(params.get("deep_sample", 0.0)), prefix=str(params.get("prefix") or ""))
+    except (SweepError, TypeError, ValueError) as exc:
+        raise AirflowFailException(f"bad sweep parameters: {exc}") from exc
+
+
+class _StorageOperator(CslBaseOperator):
+    template_fields: Sequence[str] = ("providers",)
+
+    def __init__(self, *, providers: Any = (), **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.providers = providers
+
+    def storage_providers(self) -> list[Any]:
+        from csl.errors import ConfigError
+        from csl.storage import StorageProvider
+
+        names = (_as_list(self.providers) if self.providers else []) or [p.name for p in self.settings.storage]
+        if not names:
+            raise AirflowFailException("no storage providers configured (connections csl_storage_*)")
+        try:
+            return [StorageProvider(self.settings.provider(name)) for name in names]
+        except ConfigError as exc:
+            raise AirflowFailException(str(exc)) from exc
+
+
+class StorageSweepPlanOperator(_StorageOperator):
+    """Finds every key-prefix cell (database + each provider's delimiter listing), deals the
+    cells out to ``shards`` and opens the sweep's record. Returns one item per shard."""
+
+    template_fields: Sequence[str] = ("providers", "shards")
+
+    def __init__(self, *, shards: Any = 4, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.shards = shards
+
+    def execute(self, context: Any) -> list[dict[str, Any]]:
+        from csl import integrity
+        from csl.db import Database
+        from csl.errors import StorageError
+
+        options = _options(context["params"])
+        providers = self.storage_providers()
+        shards = _int_param(self.shards, "shards")
+        with Database(self.settings.require_database()) as db, db.connect_direct() as conn:
+            try:
+                cells = integrity.discover_cells(conn, providers, options)
+            except StorageError as exc:  # a provider that is down: retry later, name it now
+                raise AirflowException(f"cannot list provider {exc.provider!r}: {exc}") from exc
+            plan = integrity.plan_shards(cells, shards)
+            sweep_id = integrity.start_sweep(conn, run_key=context["ti"].run_id, providers=providers,
+                                             options=options, cells=len(cells))
+            conn.execute("DELETE FROM csl_ops.storage_sweep_shards WHERE sweep_id = %s", (sweep_id,))
+        context["ti"].xcom_push(key="plan", value={"sweep_id": sweep_id, "cells": cells, "shards": len(plan),
+                                                   "providers": [p.name for p in providers]})
+        log.info("sweep %s: %s cells in %s shards over providers %s", sweep_id, len(cells), len(plan),
+                 [p.name for p in providers])
+        return [{"sweep_id": sweep_id, "shard": i, "cells": shard_cells} for i, shard_cells in enumerate(plan)]
+
+
+class StorageSweepShardOperator(_StorageOperator):
+    """Merges the database inventory with every provider's listing for the shard's cells and
+    writes their findings in one transaction. A provider that cannot be listed fails the
+    shard (retried), naming the provider; nothing is written for it."""
+
+    template_fields: Sequence[str] = ("providers", "shard")
+    template_fields_renderers = {"shard": "json"}
+    ui_color = "#fdf1e6"
+
+    def __init__(self, *, shard: Any, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.shard = shard
+
+    def execute(self, context: Any) -> dict[str, Any]:
+        from csl import integrity
+        from csl.db import Database
+        from csl.errors import StorageError
+
+        shard = self.shard
+        cells = shard["cells"]
+        context["shard_name"] = f"{shard['shard']}: {cells[0]} … {cells[-1]}" if cells else str(shard["shard"])
+        options = _options(context["params"])
+        providers = self.storage_providers()
+        with Database(self.settings.require_database()) as db:
+            try:
+                summary = integrity.sweep_shard(lambda: db.connect_direct(autocommit=False), providers,
+                                                sweep_id=shard["sweep_id"], shard=shard["shard"], cells=cells,
+                                                options=options)
+            except integrity.ListingOrderError as exc:
+                self._failed(db, shard, exc)
+                raise AirflowFailException(str(exc)) from exc
+            except StorageError as exc:
+                self._failed(db, shard, exc)
+                raise AirflowException(f"shard {shard['shard']}: provider {exc.provider!r} failed: {exc}") from exc
+        context["ti"].xcom_push(key="shard", value=summary)
+        return summary
+
+    @staticmethod
+    def _failed(db: Any, shard: dict[str, Any], exc: BaseException) -> None:
+        from csl import integrity
+
+        with db.connect_direct() as conn:
+            integrity.record_shard_failure(conn, sweep_id=shard["sweep_id"], shard=shard["shard"],
+                                           cells=shard["cells"], error=exc)
+
+
+class StorageSweepReportOperator(CslBaseOperator):
+    """Closes the sweep: totals per finding kind and provider, bytes, duration; fails naming
+    the shards (and providers) that did not finish. Its outlets (the findings Asset) are
+    emitted only when every shard swept."""
+
+    def __init__(self, *, plan_task_id: str = "plan", **kwargs: Any) -> None:
+        kwargs.setdefault("trigger_rule", "all_done")
+        super().__init__(**kwargs)
+        self.plan_task_id = plan_task_id
+
+    def execute(self, context: Any) -> dict[str, Any]:
+        from csl import integrity
+        from csl.db import Database
+        from csl.runs import record_run
+
+        ti = context["ti"]
+        plan = ti.xcom_pull(task_ids=self.plan_task_id, key="plan")
+        if plan is None:
+            raise AirflowFailException("no plan: the plan task failed (see its log)")
+        options = _options(context["params"])
+        with Database(self.settings.require_database()) as db:
+            with db.connect_direct() as conn:
+                summary = integrity.finish_sweep(conn, sweep_id=plan["sweep_id"], shards=plan["shards"],
+                                                 all_cells=plan["cells"], options=options)
+            failed = summary["failed"] + [{"shard": s, "provider": None, "error": "never ran"}
+                                          for s in summary["not_run"]]
+            record_run(db, run_key(context), status="failed" if failed else "success",
+                       params=dict(context["params"]), outcome=summary,
+                       error="; ".join(f"shard {f['shard']}: {f['error']}" for f in failed) or None)
+        ti.xcom_push(key="summary", value=summary)
+        counts = {kind: sum(per.values()) for kind, per in summary["findings"].items()}
+        log.info("sweep %s: %s references, listed %s, findings %s (new %s, closed %s), open now %s",
+                 summary["sweep_id"], summary["db_refs"], summary["listed"], counts, summary["new"],
+                 summary["closed"], summary["open_findings"])
+        if failed:
+            providers = sorted({f["provider"] for f in failed if f["provider"]})
+            raise AirflowFailException(
+                f"{len(failed)} of {summary['shards']} shards did not sweep"
+                + (f" (provider {', '.join(map(repr, providers))} failed)" if providers else "")
+                + ": " + "; ".join(f"shard {f['shard']}: {f['error']}" for f in failed)[:1500])
+        return summary
+
+
+class StorageCleanupOperator(_StorageOperator):
+    """Expired temporary uploads and old orphans → quarantine (never deleted here), capped."""
+
+    template_fields: Sequence[str] = ("providers", "temp_prefix", "temp_ttl_h", "orphan_grace_h", "max_objects",
+                                      "dry_run", "purge_quarantine", "quarantine_retention_days")
+
+    def __init__(self, *, temp_prefix: Any = "tmp/", temp_ttl_h: Any = 24, orphan_grace_h: Any = 72,
+                 max_objects: Any = 1000, dry_run: Any = True, purge_quarantine: Any = False,
+                 quarantine_retention_days: Any = 30, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.temp_prefix, self.temp_ttl_h, self.orphan_grace_h = temp_prefix, temp_ttl_h, orphan_grace_h
+        self.max_objects, self.dry_run = max_objects, dry_run
+        self.purge_quarantine, self.quarantine_retention_days = purge_quarantine, quarantine_retention_days
+
+    def execute(self, context: Any) -> dict[str, Any]:
+        from csl import cleanup
+        from csl.db import Database
+        from csl.runs import record_run
+
+        providers = self.storage_providers()
+        with Database(self.settings.require_database()) as db:
+            try:
+                with db.connect_direct() as conn:
+                    result = cleanup.run_cleanup(
+                        conn, providers, run_key=context["ti"].run_id, temp_prefix=str(self.temp_prefix),
+                        temp_ttl_h=float(self.temp_ttl_h), orphan_grace_h=float(self.orphan_grace_h),
+                        max_objects=_int_param(self.max_objects, "max_objects"), dry_run=_truthy(self.dry_run),
+                        purge_quarantine=_truthy(self.purge_quarantine),
+                        quarantine_retention_days=_int_param(self.quarantine_retention_days,
+                                                             "quarantine_retention_days"))
+            except cleanup.CleanupError as exc:  # the cap, or a bad prefix: nothing was touched
+                record_run(db, run_key(context), status="failed", params=dict(context["params"]), error=str(exc))
+                raise AirflowFailException(str(exc)) from exc
+            outcome = {"dry_run": result["dry_run"], "by_reason": result["by_reason"],
+                       "candidates": len(result["candidates"]), "moved": len(result["moved"]),
+                       "purged": len(result["purged"])}
+            record_run(db, run_key(context), status="success", params=dict(context["params"]), outcome=outcome)
+        verb = "would move" if result["dry_run"] else "moved"
+        for c in result["candidates"]:
+            log.info("%s %s on %s (%s, %s bytes, last modified %s)", verb, c["key"], c["provider"], c["reason"],
+                     c["size"], c["last_modified"])
+        context["ti"].xcom_push(key="cleanup", value=result)
+        return outcome

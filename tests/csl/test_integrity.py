@@ -1,0 +1,206 @@
+"""The integrity sweep against the real SeaweedFS providers and the seeded platform database."""
+
+from __future__ import annotations
+
+import uuid
+
+import psycopg
+import pytest
+
+from csl import integrity
+from csl.db import Database
+from csl.errors import ProviderUnavailable
+from csl.integrity import SweepOptions, run_sweep
+from csl.storage import StorageProvider
+
+SEEDED = ("samples/", "generations/")  # other tests upload elsewhere (uploads/, tmp/ …)
+
+
+@pytest.fixture
+def providers(settings):
+    return StorageProvider(settings.provider("primary")), StorageProvider(settings.provider("fallback"))
+
+
+def _open(settings, **where) -> set[tuple[str, str, str]]:
+    with psycopg.connect(settings.database.primary_url) as conn:
+        rows = conn.execute("SELECT kind, object_key, provider FROM csl_ops.storage_findings "
+                            "WHERE resolved_at IS NULL").fetchall()
+    return {r for r in rows if r[1].startswith(SEEDED)}
+
+
+def _sweep(settings, **options) -> dict:
+    shards = options.pop("shards", 4)
+    return run_sweep(settings, run_key=f"test-{uuid.uuid4()}", shards=shards, workers=2,
+                     options=SweepOptions(**options))
+
+
+def test_every_seeded_defect_is_found_and_nothing_else(platform, settings):
+    d = platform["defects"]
+    expected = (
+        {("missing", k, p) for k in d["missing"] for p in ("primary", "fallback")}
+        | {("missing", k, "fallback") for k in d["unreplicated"]}
+        | {("fallback_only", k, "fallback") for k in d["fallback_only"]}
+        | {("checksum_mismatch", k, "primary") for k in d["corrupt"]}
+        | {("size_mismatch", k, "fallback") for k in d["truncated"]}
+        | {("orphan", k, "primary") for k in d["orphan"]}
+    )
+    summary = _sweep(settings)
+    assert summary["shards_done"] == summary["shards"] == 4 and not summary["failed"]
+    assert _open(settings) == expected
+    # every object of both buckets was listed, every database reference read
+    total_objects = platform["objects"]
+    assert summary["listed"]["primary"] >= sum(v for k, v in total_objects.items()
+                                               if k not in ("missing", "fallback_only"))
+    with psycopg.connect(settings.database.primary_url) as conn:
+        refs = conn.execute("SELECT (SELECT count(*) FROM audio_samples) + "
+                            "(SELECT count(result_url) FROM generations)").fetchone()[0]
+        assert summary["db_refs"] == refs
+        detail = conn.execute("SELECT detail FROM csl_ops.storage_findings WHERE kind = 'size_mismatch' "
+                              "AND resolved_at IS NULL AND object_key = %s", (d["truncated"][0],)).fetchone()[0]
+        assert detail["actual"] * 2 in (detail["expected"], detail["expected"] - 1)
+
+
+def test_rerun_refreshes_findings_and_a_repaired_object_is_closed(platform, settings, providers):
+    primary, fallback = providers
+    _sweep(settings)
+    before = _open(settings)
+    again = _sweep(settings, shards=3)
+    assert again["new"] == 0 and _open(settings) == before  # same findings, not duplicated
+    key = platform["defects"]["unreplicated"][0]
+    fallback.put(key, primary.get(key))  # what the replication pipeline will do
+    try:
+        repaired = _sweep(settings)
+        assert ("missing", key, "fallback") not in _open(settings)
+        assert _open(settings) == before - {("missing", key, "fallback")}
+        assert repaired["closed"] == 1
+        with psycopg.connect(settings.database.primary_url) as conn:
+            rows = conn.execute("SELECT resolved_at IS NOT NULL, resolved_sweep_id FROM csl_ops.storage_findings "
+                                "WHERE object_key = %s AND kind = 'missing'", (key,)).fetchall()
+        assert rows == [(True, repaired["sweep_id"])]
+    finally:
+        fallback.delete(key)
+    _sweep(settings)
+    assert _open(settings) == before
+
+
+def test_corrupt_copies_with_good_metadata_are_caught_only_by_deep_verification(platform, settings, providers):
+    primary, fallback = providers
+    special = {k for keys in platform["defects"].values() for k in keys}
+    with psycopg.connect(settings.database.primary_url) as conn:
+        key = next(k for (k,) in conn.execute("SELECT file_url FROM audio_samples ORDER BY file_url")
+                   if k not in special)
+    original = primary.get(key)
+    head = primary.head(key)
+    rotten = bytearray(original)
+    rotten[len(rotten) // 3] ^= 0x55
+    for p in (primary, fallback):  # same rot on both copies: sizes and ETags agree with each other
+        p.client.put_object(Bucket=p.bucket, Key=key, Body=bytes(rotten), ContentType=head["content_type"],
+                            Metadata=head["metadata"])
+    cell = integrity.cell_of(key, 2)
+    try:
+        shallow = _sweep(settings, prefix=cell, deep_rate=0.0)
+        assert not any(f[1] == key for f in _open(settings))
+        assert shallow["deep_verified"] == 0
+        deep = _sweep(settings, prefix=cell, deep_rate=1.0)
+        assert {f for f in _open(settings) if f[1] == key} == {("checksum_mismatch", key, "primary"),
+                                                               ("checksum_mismatch", key, "fallback")}
+        assert deep["deep_verified"] >= 1
+        # an open checksum finding is re-verified by every later sweep, sampled or not
+        for p in (primary, fallback):
+            p.put(key, original, content_type=head["content_type"])
+        healed = _sweep(settings, prefix=cell, deep_rate=0.0)
+        assert not any(f[1] == key for f in _open(settings)) and healed["closed"] == 2
+    finally:
+        for p in (primary, fallback):
+            p.put(key, original, content_type=head["content_type"])
+
+
+def test_a_provider_down_mid_sweep_fails_its_shards_by_name_and_writes_nothing(platform, settings, providers,
+                                                                                service_down):
+    options = SweepOptions()
+    with Database(settings.require_database()) as db, db.connect_direct() as conn:
+        cells = integrity.discover_cells(conn, providers, options)
+        plan = integrity.plan_shards(cells, 2)
+        sweep_id = integrity.start_sweep(conn, run_key=f"test-{uuid.uuid4()}", providers=providers,
+                                         options=options, cells=len(cells))
+        before = conn.execute("SELECT count(*), max(last_sweep_id) FROM csl_ops.storage_findings").fetchone()
+        service_down("s3-fallback")
+        with pytest.raises(ProviderUnavailable, match="fallback"):
+            integrity.sweep_shard(lambda: db.connect_direct(autocommit=False), providers, sweep_id=sweep_id,
+                                  shard=0, cells=plan[0], options=options)
+        integrity.record_shard_failure(conn, sweep_id=sweep_id, shard=0, cells=plan[0],
+                                       error=ProviderUnavailable("fallback", "cannot reach it"))
+        summary = integrity.finish_sweep(conn, sweep_id=sweep_id, shards=len(plan), all_cells=cells, options=options)
+        after = conn.execute("SELECT count(*), max(last_sweep_id) FROM csl_ops.storage_findings").fetchone()
+        status = conn.execute("SELECT status FROM csl_ops.storage_sweeps WHERE id = %s", (sweep_id,)).fetchone()
+    assert after == before  # no finding written, none refreshed, none closed
+    assert status == ("failed",)
+    assert summary["failed"] == [{"shard": 0, "provider": "fallback",
+                                  "error": "storage provider 'fallback': cannot reach it"}]
+    assert summary["not_run"] == [1]
+
+
+def test_a_listing_out_of_the_sweeps_key_order_is_refused_not_misreported(platform, settings, providers):
+    primary, _ = providers
+    base = f"ordertest/{uuid.uuid4().hex[:8]}/"
+    keys = [base + "a/b.wav", base + "a-b.wav"]  # SeaweedFS lists a/b.wav first; byte order puts a-b.wav first
+    for key in keys:
+        primary.put(key, b"RIFF")
+    try:
+        with pytest.raises(integrity.ListingOrderError, match="'primary'.*key_order"):
+            with Database(settings.require_database()) as db, db.connect_direct() as conn:
+                options = SweepOptions(key_order="byte", prefix=base)
+                cells = integrity.discover_cells(conn, providers, options)
+                integrity.sweep_shard(lambda: db.connect_direct(autocommit=False), providers, sweep_id=_sweep_id(db),
+                                      shard=0, cells=cells, options=options)
+        summary = _sweep(settings, prefix=base, key_order="path")
+        assert summary["findings"] == {"orphan": {"primary": 2}}
+    finally:
+        for key in keys:
+            primary.delete(key)
+        _sweep(settings, prefix=base)
+
+
+def _sweep_id(db: Database) -> int:
+    with db.connect_direct() as conn:
+        return integrity.start_sweep(conn, run_key=f"test-{uuid.uuid4()}", providers=[], options=SweepOptions(),
+                                     cells=0)
+
+
+def test_cells_and_shards():
+    assert integrity.cell_of("samples/0a/x.wav", 2) == "samples/0a/"
+    assert integrity.cell_of("samples/x.wav", 2) == "samples/*"
+    assert integrity.cell_of("x.wav", 2) == "*"
+    assert integrity.cell_of("a/b/c/d", 1) == "a/"
+    shards = integrity.plan_shards([f"c{i:02d}/" for i in range(10)], 4)
+    assert [len(s) for s in shards] == [3, 3, 2, 2] and sum(shards, []) == [f"c{i:02d}/" for i in range(10)]
+    assert integrity.plan_shards(["a/"], 8) == [["a/"]]
+    with pytest.raises(integrity.SweepError, match="deep_rate"):
+        SweepOptions(deep_rate=2)
+    with pytest.raises(integrity.SweepError, match="key_order"):
+        SweepOptions(key_order="random")
+
+
+def test_cli_sweep_prints_findings_and_counts_and_refuses_bad_input(platform, stack_env):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, **stack_env, "CSL_ENV_FILE": os.devnull}
+    run = lambda *a: subprocess.run([sys.executable, "-m", "csl", "storage", *a], capture_output=True,  # noqa: E731
+                                    text=True, env=env, timeout=300)
+    done = run("sweep", "--prefix", "samples/", "--deep-sample", "0.1", "--json")
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout)
+    orphans = set(platform["defects"]["orphan"])
+    assert {f["key"] for f in out["findings"] if f["kind"] == "orphan"} == {k for k in orphans
+                                                                           if k.startswith("samples/")}
+    assert all(f["key"].startswith("samples/") for f in out["findings"])
+    assert out["summary"]["findings"]["missing"]["fallback"] >= 1
+    human = run("sweep", "--prefix", "samples/")
+    assert human.returncode == 0 and "findings {" in human.stdout and "orphan" in human.stdout
+    bad = run("sweep", "--deep-sample", "1.5")
+    assert bad.returncode == 2 and "--deep-sample" in bad.stderr
+    bad = run("cleanup", "--temp-prefix", "_quarantine/")
+    assert bad.returncode == 2 and "temp_prefix" in bad.stderr

@@ -1,0 +1,71 @@
+"""End to end: the integrity sweep and the cleanup in the real Airflow, on the seeded providers."""
+
+from __future__ import annotations
+
+import uuid
+
+import psycopg
+import pytest
+
+from csl.storage import StorageProvider
+
+from .conftest import ensure_settled, run_dag
+
+pytestmark = pytest.mark.e2e
+SWEEP = "csl_storage_integrity"
+CLEANUP = "csl_storage_cleanup"
+
+
+@pytest.fixture(autouse=True)
+def _settled(airflow):
+    ensure_settled(airflow, SWEEP)
+    ensure_settled(airflow, CLEANUP)
+
+
+def test_sweep_maps_shards_reports_every_defect_and_emits_the_asset(airflow, platform, settings):
+    run_id, run, states = run_dag(airflow, SWEEP, {"shards": 3, "deep_sample": 0.05})
+    assert run["state"] == "success", states
+    shard_states = [s for name, s in states.items() if name.startswith("sweep[")]
+    assert shard_states == ["success"] * 3 and states["plan"] == states["report"] == "success"
+    summary = airflow.xcom(SWEEP, run_id, "report", key="summary")
+    d = platform["defects"]
+    assert summary["shards_done"] == 3 and summary["failed"] == []
+    assert summary["findings"]["checksum_mismatch"] == {"primary": len(d["corrupt"])}
+    assert summary["findings"]["size_mismatch"] == {"fallback": len(d["truncated"])}
+    assert summary["findings"]["fallback_only"] == {"fallback": len(d["fallback_only"])}
+    assert summary["findings"]["missing"]["fallback"] == len(d["missing"]) + len(d["unreplicated"])
+    assert summary["listed"]["primary"] > 400 and summary["bytes"]["primary"] > 0
+    with psycopg.connect(settings.database.primary_url) as conn:
+        status = conn.execute("SELECT status FROM csl_ops.storage_sweeps WHERE run_key = %s", (run_id,)).fetchone()
+    assert status == ("done",)
+    events = airflow.request("GET", "/assets/events", params={"source_dag_id": SWEEP, "source_run_id": run_id})
+    assert events.status_code == 200 and events.json()["total_entries"] == 1, events.text
+
+    bad = airflow.trigger(SWEEP, {"shards": 0})
+    assert bad.status_code == 400 and "shards" in bad.text
+
+
+def test_cleanup_dry_run_cap_and_move_through_airflow(airflow, platform, settings):
+    primary = StorageProvider(settings.provider("primary"))
+    temp = f"tmp/e2e{uuid.uuid4().hex[:6]}/"
+    keys = [f"{temp}{i}.wav" for i in range(2)]
+    for key in keys:
+        primary.put(key, b"RIFF" + key.encode())
+    conf = {"temp_prefix": temp, "temp_ttl_h": 0, "orphan_grace_h": 8760}
+    run_id, run, states = run_dag(airflow, CLEANUP, {**conf, "dry_run": True})
+    assert run["state"] == "success", states
+    result = airflow.xcom(CLEANUP, run_id, "cleanup", key="cleanup")
+    assert sorted(c["key"] for c in result["candidates"]) == keys and result["moved"] == []
+    assert all(primary.exists(k) for k in keys)
+
+    run_id, run, states = run_dag(airflow, CLEANUP, {**conf, "max_objects": 1})
+    assert run["state"] == "failed" and states["cleanup"] == "failed"
+    assert all(primary.exists(k) for k in keys)  # over the cap: nothing touched
+
+    run_id, run, states = run_dag(airflow, CLEANUP, conf)
+    assert run["state"] == "success", states
+    assert not any(primary.exists(k) for k in keys)
+    with psycopg.connect(settings.database.primary_url) as conn:
+        rows = conn.execute("SELECT object_key, reason FROM csl_ops.storage_quarantine WHERE run_key = %s "
+                            "ORDER BY object_key", (run_id,)).fetchall()
+    assert rows == [(k, "expired_upload") for k in keys]
