@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the system packages the local stack needs, only when something is missing:
 # PostgreSQL 15 (+ contrib, hypopg), Varnish with varnish-modules (xkey), gcc (Varnish
-# compiles its VCL). Debian/apt; as root, or through sudo.
+# compiles its VCL), rclone (the storage benchmark's anchor), Chromium (the report's browser
+# test). Debian/apt; as root, or through sudo.
 set -euo pipefail
 
 need=()
@@ -12,6 +13,8 @@ command -v varnishd >/dev/null 2>&1 || [ -x /usr/sbin/varnishd ] || need+=(varni
 compgen -G "/usr/lib/*/varnish/vmods/libvmod_xkey.so" >/dev/null || need+=(varnish-modules)
 command -v gcc >/dev/null 2>&1 || need+=(gcc)
 command -v runuser >/dev/null 2>&1 || need+=(util-linux)
+command -v rclone >/dev/null 2>&1 || need+=(rclone)
+command -v chromium >/dev/null 2>&1 || need+=(chromium fonts-liberation)
 
 if ((${#need[@]} == 0)); then
     exit 0

@@ -509,6 +509,9 @@ def finish_sweep(conn: psycopg.Connection, *, sweep_id: int, shards: int, all_ce
             "UPDATE csl_ops.storage_findings SET resolved_at = now(), resolved_sweep_id = %s "
             "WHERE resolved_at IS NULL AND starts_with(object_key, %s) AND NOT (cell = ANY(%s))",
             (sweep_id, options.prefix, list(all_cells))).rowcount
+    summary["duration_s"] = round(float(conn.execute(
+        "SELECT extract(epoch FROM clock_timestamp() - started_at) FROM csl_ops.storage_sweeps WHERE id = %s",
+        (sweep_id,)).fetchone()[0]), 3)
     summary["open_findings"] = dict(conn.execute(
         "SELECT kind, count(*) FROM csl_ops.storage_findings WHERE resolved_at IS NULL GROUP BY kind").fetchall())
     conn.execute("UPDATE csl_ops.storage_sweeps SET status = %s, summary = %s, finished_at = now() WHERE id = %s",
