@@ -32,6 +32,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -52,6 +53,7 @@ KINDS = ("missing", "orphan", "size_mismatch", "checksum_mismatch", "fallback_on
 KEY_ORDERS = ("path", "byte")
 # health probes, the cleanup's quarantine and temporary uploads are nobody's orphans
 DEFAULT_EXCLUDE = ("_csl_health/", "_quarantine/", "tmp/")
+LOOKAHEAD = 2  # cells whose first listing page is fetched ahead of the merge
 
 
 class SweepError(CslError):
@@ -165,9 +167,9 @@ class _Ordered:
         self._allow_repeats = allow_repeats
         self.head: Any = None
         self.head_order: Any = None
-        self._advance()
+        self.advance()
 
-    def _advance(self) -> None:
+    def advance(self) -> None:
         previous, previous_order = self.head, self.head_order
         self.head = next(self._items, None)
         if self.head is None:
@@ -185,7 +187,7 @@ class _Ordered:
         taken = []
         while self.head is not None and self.head_order == order_value:
             taken.append(self.head)
-            self._advance()
+            self.advance()
         return taken
 
 
@@ -235,6 +237,7 @@ class _Classifier:
     def __init__(self, providers: Sequence[StorageProvider], emit: Callable[[str, str, str, dict], None],
                  tally: _Tally, *, deep_rate: float, salt: str, recheck: set[tuple[str, str]]) -> None:
         self.providers = providers
+        self.count = len(providers)
         self.primary = providers[0].name
         self.emit = emit
         self.tally = tally
@@ -243,6 +246,19 @@ class _Classifier:
         self.recheck = recheck  # (key, provider) with an open checksum finding
 
     def key(self, key: str, refs: list[tuple], held: dict[str, ObjectInfo]) -> None:
+        if refs and len(held) == self.count:  # the common case: referenced, everywhere, alike
+            expected = refs[0][2]
+            first = None
+            for info in held.values():
+                if first is None:
+                    first = info
+                elif info.size != first.size or info.etag != first.etag:
+                    break
+            else:
+                if (expected is None or expected == first.size) and len(refs) == 1 and not (
+                        self.deep_rate and _sampled(key, self.salt, self.deep_rate)) and not (
+                        self.recheck and any((key, name) in self.recheck for name in held)):
+                    return
         present = [p for p in self.providers if p.name in held]
         if not refs:
             for p in present:
@@ -328,40 +344,62 @@ def _db_stream(conn: psycopg.Connection, cells: Sequence[str], options: SweepOpt
         yield from cur
 
 
-def _cell_listing(provider: StorageProvider, cell: str, options: SweepOptions, tally: _Tally) -> Iterator[ObjectInfo]:
+def _cell_list_args(cell: str, options: SweepOptions) -> tuple[str, str | None]:
+    """(prefix, delimiter) of the listing that covers a cell."""
     head, loose = _cell_prefix(cell)
-    prefix = options.prefix if options.prefix.startswith(head) else head
-    listed = tally.listed
-    for item in provider.list_page_stream(prefix, delimiter="/" if loose else None):
-        if not isinstance(item, ObjectInfo):
-            continue  # a sub-folder of a loose cell: its own cells cover it
-        if options.exclude and item.key.startswith(options.exclude):
-            continue
-        listed[provider.name] = listed.get(provider.name, 0) + 1
-        tally.bytes[provider.name] = tally.bytes.get(provider.name, 0) + item.size
-        yield item
+    return (options.prefix if options.prefix.startswith(head) else head), ("/" if loose else None)
+
+
+def _cell_listing(provider: StorageProvider, cell: str, options: SweepOptions, tally: _Tally,
+                  first: Any = None, executor: Any = None) -> Iterator[ObjectInfo]:
+    prefix, delimiter = _cell_list_args(cell, options)
+    # only exclusions below the listed prefix can match here (excluded cells are never listed)
+    exclude = tuple(e for e in options.exclude if e.startswith(prefix))
+    count = size = 0
+    try:
+        for item in provider.list_page_stream(prefix, delimiter=delimiter, first=first, executor=executor):
+            if item.__class__ is not ObjectInfo:
+                continue  # a sub-folder of a loose cell: its own cells cover it
+            if exclude and item.key.startswith(exclude):
+                continue
+            count += 1
+            size += item.size
+            yield item
+    finally:
+        name = provider.name
+        tally.listed[name] = tally.listed.get(name, 0) + count
+        tally.bytes[name] = tally.bytes.get(name, 0) + size
 
 
 def _merge_cell(cell: str, db_rows: Iterator[tuple], providers: Sequence[StorageProvider], options: SweepOptions,
-                classifier: _Classifier, tally: _Tally) -> None:
+                classifier: _Classifier, tally: _Tally, *, firsts: dict[str, Any] | None = None,
+                executor: Any = None) -> None:
     order = _order_key(options.key_order)
+    firsts = firsts or {}
     streams = [_Ordered("database", db_rows, lambda r: r[1], order, allow_repeats=True)]
-    streams += [_Ordered(f"provider {p.name!r}", _cell_listing(p, cell, options, tally), lambda o: o.key, order)
+    streams += [_Ordered(f"provider {p.name!r}",
+                         _cell_listing(p, cell, options, tally, first=firsts.get(p.name), executor=executor),
+                         lambda o: o.key, order)
                 for p in providers]
+    database, listings = streams[0], streams[1:]
+    names = [p.name for p in providers]
     while True:
-        heads = [s.head_order for s in streams if s.head is not None]
-        if not heads:
+        current = None
+        for stream in streams:
+            if stream.head is not None and (current is None or stream.head_order < current):
+                current = stream.head_order
+        if current is None:
             return
-        current = min(heads)
-        refs = streams[0].take(current)
+        refs = database.take(current) if database.head is not None and database.head_order == current else []
         tally.db_refs += len(refs)
         held = {}
         key = refs[0][1] if refs else None
-        for provider, stream in zip(providers, streams[1:]):
-            taken = stream.take(current)
-            if taken:
-                held[provider.name] = taken[0]
-                key = taken[0].key
+        for name, stream in zip(names, listings):
+            if stream.head is not None and stream.head_order == current:
+                info = stream.head
+                stream.advance()
+                held[name] = info
+                key = info.key
         classifier.key(key, refs, held)
 
 
@@ -433,14 +471,29 @@ def sweep_shard(connect: Callable[[], Any], providers: Sequence[StorageProvider]
                                      salt=str(sweep_id), recheck=recheck)
             inventory = _cell_rows(_db_stream(read_conn, cells, options))
             pending = next(inventory, None)
-            for cell in cells:
-                current_cell = cell
-                rows: Iterator[tuple] = iter(())
-                if pending is not None and pending[0] == cell:
-                    rows = pending[1]
-                _merge_cell(cell, rows, providers, options, classifier, tally)
-                if pending is not None and pending[0] == cell:
-                    pending = next(inventory, None)
+            # the first page of the next cells' listings is fetched while this cell is merged:
+            # the server's time overlaps ours, and at most LOOKAHEAD pages per provider wait
+            first_pages: dict[tuple[int, str], Any] = {}
+            with ThreadPoolExecutor(max_workers=2 * len(providers), thread_name_prefix="csl-list") as pool:
+                def look_ahead(index: int) -> None:
+                    for i in range(index, min(index + LOOKAHEAD + 1, len(cells))):
+                        prefix, delimiter = _cell_list_args(cells[i], options)
+                        for p in providers:
+                            if (i, p.name) not in first_pages:
+                                first_pages[(i, p.name)] = pool.submit(p.list_page, prefix, delimiter=delimiter)
+
+                for index, cell in enumerate(cells):
+                    current_cell = cell
+                    look_ahead(index)
+                    firsts = {p.name: first_pages.pop((index, p.name)) for p in providers}
+                    rows: Iterator[tuple] = iter(())
+                    if pending is not None and pending[0] == cell:
+                        rows = pending[1]
+                    _merge_cell(cell, rows, providers, options, classifier, tally, firsts=firsts, executor=pool)
+                    if pending is not None and pending[0] == cell:
+                        pending = next(inventory, None)
+                for future in first_pages.values():
+                    future.cancel()
         read_conn.rollback()
         new, refreshed = write_conn.execute(load("integrity/apply_findings.sql"), {"sweep": sweep_id}).fetchone()
         closed = write_conn.execute(load("integrity/close_findings.sql"),

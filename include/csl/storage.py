@@ -16,7 +16,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any
+from typing import Any, NamedTuple
 
 from csl.config import StorageProviderSettings
 from csl.errors import ProviderUnavailable, StorageError
@@ -34,8 +34,7 @@ def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-@dataclass(frozen=True)
-class ObjectInfo:
+class ObjectInfo(NamedTuple):  # a tuple: a sweep makes hundreds of thousands of them
     key: str
     size: int
     etag: str
@@ -243,37 +242,50 @@ class StorageProvider:
             raise StorageError(self.name, f"list {prefix or '/'!r}: HTTP {response.status_code} {code}: {message}")
         raise AssertionError("unreachable")
 
-    def list_page_stream(self, prefix: str = "", *, delimiter: str | None = None) -> Iterator[ObjectInfo | str]:
-        """The raw listing: ``ObjectInfo`` per object and, with a delimiter, each common prefix
-        as a ``str`` — in the provider's own order, one 1,000-key page in memory at a time."""
+    def list_page(self, prefix: str = "", *, delimiter: str | None = None,
+                  token: str | None = None) -> tuple[list[ObjectInfo | str], str | None]:
+        """One ``ListObjectsV2`` page: its objects (``ObjectInfo``) and, with a delimiter, common
+        prefixes (``str``), in the provider's order; and the continuation token, if any."""
         from xml.etree.ElementTree import fromstring
 
-        token: str | None = None
+        root = fromstring(self._list_page(prefix, delimiter, token))
+        items: list[ObjectInfo | str] = []
+        for element in root:
+            tag = element.tag.rpartition("}")[2]
+            if tag == "Contents":
+                key = size = etag = modified = None
+                for field_ in element:
+                    name = field_.tag.rpartition("}")[2]
+                    if name == "Key":
+                        key = field_.text or ""
+                    elif name == "Size":
+                        size = int(field_.text or 0)
+                    elif name == "ETag":
+                        etag = (field_.text or "").strip('"')
+                    elif name == "LastModified":
+                        modified = field_.text
+                items.append(ObjectInfo(key, size or 0, etag or "", modified or ""))
+            elif tag == "CommonPrefixes":
+                for field_ in element:
+                    if field_.tag.endswith("Prefix"):
+                        items.append(field_.text or "")
+        truncated = root.findtext("{*}IsTruncated") == "true"
+        next_token = root.findtext("{*}NextContinuationToken") if truncated else None
+        return items, next_token or None
+
+    def list_page_stream(self, prefix: str = "", *, delimiter: str | None = None, first: Any = None,
+                         executor: Any = None) -> Iterator[ObjectInfo | str]:
+        """The whole listing, page by page (one page in memory, plus one being fetched when an
+        ``executor`` is given). ``first`` may be a future of the first page, fetched ahead."""
+        page = first.result() if first is not None else self.list_page(prefix, delimiter=delimiter)
         while True:
-            root = fromstring(self._list_page(prefix, delimiter, token))
-            for element in root:
-                tag = element.tag.rpartition("}")[2]
-                if tag == "Contents":
-                    key = size = etag = modified = None
-                    for field_ in element:
-                        name = field_.tag.rpartition("}")[2]
-                        if name == "Key":
-                            key = field_.text or ""
-                        elif name == "Size":
-                            size = int(field_.text or 0)
-                        elif name == "ETag":
-                            etag = (field_.text or "").strip('"')
-                        elif name == "LastModified":
-                            modified = field_.text
-                    yield ObjectInfo(key, size or 0, etag or "", modified or "")
-                elif tag == "CommonPrefixes":
-                    for field_ in element:
-                        if field_.tag.endswith("Prefix"):
-                            yield field_.text or ""
-            truncated = root.findtext("{*}IsTruncated") == "true"
-            token = root.findtext("{*}NextContinuationToken")
-            if not truncated or not token:
+            items, token = page
+            ahead = (executor.submit(self.list_page, prefix, delimiter=delimiter, token=token)
+                     if token and executor is not None else None)
+            yield from items
+            if not token:
                 return
+            page = ahead.result() if ahead is not None else self.list_page(prefix, delimiter=delimiter, token=token)
 
     # -- buckets ---------------------------------------------------------------------------
     def ensure_bucket(self, *, public_read: bool = False) -> bool:
