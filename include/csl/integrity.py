@@ -41,7 +41,7 @@ from psycopg import sql
 
 from csl.errors import CslError, StorageError
 from csl.sqlfiles import load
-from csl.storage import SHA256_META, ObjectInfo, StorageProvider, sha256_hex
+from csl.storage import SHA256_META, ObjectInfo, StorageProvider
 
 __all__ = ["KINDS", "KEY_ORDERS", "DEFAULT_EXCLUDE", "SweepError", "ListingOrderError", "SweepOptions",
            "cell_of", "discover_cells", "plan_shards", "start_sweep", "sweep_shard", "record_shard_failure",
@@ -394,7 +394,7 @@ def _merge_cell(cell: str, db_rows: Iterator[tuple], providers: Sequence[Storage
         tally.db_refs += len(refs)
         held = {}
         key = refs[0][1] if refs else None
-        for name, stream in zip(names, listings):
+        for name, stream in zip(names, listings, strict=True):
             if stream.head is not None and stream.head_order == current:
                 info = stream.head
                 stream.advance()
@@ -410,7 +410,7 @@ def _cell_rows(rows: Iterator[tuple]) -> Iterator[tuple[str, Iterator[tuple]]]:
     while pending is not None:
         cell = pending[0]
 
-        def one_cell() -> Iterator[tuple]:
+        def one_cell(cell: str = cell) -> Iterator[tuple]:
             nonlocal pending
             while pending is not None and pending[0] == cell:
                 yield pending
