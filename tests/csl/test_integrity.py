@@ -30,8 +30,10 @@ def _open(settings, **where) -> set[tuple[str, str, str]]:
 
 def _sweep(settings, **options) -> dict:
     shards = options.pop("shards", 4)
-    return run_sweep(settings, run_key=f"test-{uuid.uuid4()}", shards=shards, workers=2,
-                     options=SweepOptions(**options))
+    summary = run_sweep(settings, run_key=f"test-{uuid.uuid4()}", shards=shards, workers=2,
+                        options=SweepOptions(**options))
+    assert not summary["failed"] and not summary.get("errors"), summary
+    return summary
 
 
 def test_every_seeded_defect_is_found_and_nothing_else(platform, settings):
@@ -188,7 +190,7 @@ def test_cli_sweep_prints_findings_and_counts_and_refuses_bad_input(platform, st
     import sys
 
     env = {**os.environ, **stack_env, "CSL_ENV_FILE": os.devnull}
-    run = lambda *a: subprocess.run([sys.executable, "-m", "csl", "storage", *a], capture_output=True,  # noqa: E731
+    run = lambda *a: subprocess.run([sys.executable, "-m", "csl", "storage", *a], capture_output=True,
                                     text=True, env=env, timeout=300)
     done = run("sweep", "--prefix", "samples/", "--deep-sample", "0.1", "--json")
     assert done.returncode == 0, done.stderr
