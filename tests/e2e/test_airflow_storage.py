@@ -69,3 +69,36 @@ def test_cleanup_dry_run_cap_and_move_through_airflow(airflow, platform, setting
         rows = conn.execute("SELECT object_key, reason FROM csl_ops.storage_quarantine WHERE run_key = %s "
                             "ORDER BY object_key", (run_id,)).fetchall()
     assert rows == [(k, "expired_upload") for k in keys]
+
+
+def test_a_provider_down_fails_the_try_by_name_and_the_retry_sweeps_once_it_is_back(airflow, platform, settings,
+                                                                                   stack):
+    import time
+    from urllib.parse import quote
+
+    with psycopg.connect(settings.database.primary_url) as conn:
+        open_before = conn.execute("SELECT kind, object_key, provider FROM csl_ops.storage_findings "
+                                   "WHERE resolved_at IS NULL ORDER BY 1, 2, 3").fetchall()
+    stack.stop("s3-fallback")
+    try:
+        response = airflow.trigger(SWEEP, {"shards": 2})
+        assert response.status_code == 200, response.text
+        run_id = response.json()["dag_run_id"]
+        deadline = time.monotonic() + 180
+        while True:  # the first try of the plan fails; Airflow schedules the retry
+            plan = next(ti for ti in airflow.task_instances(SWEEP, run_id) if ti["task_id"] == "plan")
+            if plan["state"] in ("up_for_retry", "failed"):
+                break
+            assert time.monotonic() < deadline, plan
+            time.sleep(1)
+        log = airflow.request("GET", f"/dags/{SWEEP}/dagRuns/{quote(run_id, safe='')}/taskInstances/plan/logs/1",
+                              params={"full_content": "true"})
+        assert log.status_code == 200 and "cannot list provider 'fallback'" in log.text, log.text[-2000:]
+    finally:
+        stack.start("s3-fallback")
+    run = airflow.wait_for_run(SWEEP, run_id, timeout=300)
+    assert run["state"] == "success"
+    with psycopg.connect(settings.database.primary_url) as conn:
+        open_after = conn.execute("SELECT kind, object_key, provider FROM csl_ops.storage_findings "
+                                  "WHERE resolved_at IS NULL ORDER BY 1, 2, 3").fetchall()
+    assert open_after == open_before  # the outage left no false findings behind
