@@ -22,7 +22,7 @@ for folder in ("include", "scripts", "bench"):
 
 from devstack import Stack  # noqa: E402
 
-BENCHMARKS = ("seed", "indexes", "maintenance", "settlement", "storage")
+BENCHMARKS = ("seed", "indexes", "maintenance", "settlement", "storage", "reports")
 
 
 def machine() -> dict:

@@ -20,7 +20,7 @@ from csl.config import load_env_file  # noqa: E402
 
 # The nightly chain, in order; each DAG joins the demo once it exists.
 DEMO_DAGS = ["csl_platform_health", "csl_index_install", "csl_db_maintenance", "csl_revenue_settlement",
-             "csl_storage_integrity"]
+             "csl_storage_integrity", "csl_performance_report"]
 
 
 def format_index_report(report: dict | None) -> str:
@@ -77,6 +77,19 @@ def format_sweep(summary: dict | None) -> str:
     return "\n".join(lines)
 
 
+def format_report(outcome: dict | None, base_url: str, run_id: str) -> str:
+    if not outcome:
+        return "  (no report this run: a scheduled run reports only at its report hour; see the snapshot)"
+    from urllib.parse import quote
+
+    lines = [f"  {key.replace('_', ' ')}: {value}" for key, value in outcome["summary"].items()]
+    lines += [f"  note: {note}" for note in outcome["notes"]]
+    lines.append(f"  HTML ({outcome['html_bytes'] / 1000:.0f} kB, built in {outcome['duration_s']} s): {outcome['path']}")
+    lines.append(f"  in the Airflow UI: {base_url}/csl-reports/runs/csl_performance_report/{quote(run_id, safe='')}"
+                 " (Browse → Performance reports)")
+    return "\n".join(lines)
+
+
 def show(client: AirflowClient, dag_id: str, run: dict) -> int:
     """Print one run's outcome; returns 1 if it failed."""
     run_id = run["dag_run_id"]
@@ -108,6 +121,8 @@ def show(client: AirflowClient, dag_id: str, run: dict) -> int:
         print(format_maintenance_report(xcom("report", "report")))
     elif dag_id == "csl_storage_integrity":
         print(format_sweep(xcom("report", "summary")))
+    elif dag_id == "csl_performance_report":
+        print(format_report(xcom("report"), client.base_url, run_id))
     return int(run["state"] != "success")
 
 
@@ -118,6 +133,10 @@ def main() -> int:
     client = AirflowClient(base_url, "admin", password)
     failures = 0
     started = datetime.now(timezone.utc).isoformat()
+    # a statistics snapshot before the chain: the report's window then covers the whole night
+    import subprocess
+
+    subprocess.run([sys.executable, "-m", "csl", "snapshot"], check=True, stdout=subprocess.DEVNULL)
     for dag_id in DEMO_DAGS:
         client.wait_for_dag(dag_id)
         response = client.trigger(dag_id)

@@ -20,6 +20,8 @@ from csl.cleanup import CleanupError
 from csl.errors import ConfigError, CslError, SeedError
 from csl.maintenance.indexes import CatalogError
 from csl.maintenance.vacuum import MaintenanceError
+from csl.reports import ReportParamsError
+from csl.reports.cli import add_cli as add_report_cli
 from csl.settlement import SettlementParamsError
 
 __all__ = ["main"]
@@ -387,6 +389,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run-key", help="sweep/cleanup: the run's key; restore: everything that run moved")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_storage)
+    add_report_cli(sub)  # snapshot, report
     return parser
 
 
@@ -404,7 +407,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"csl: configuration error: {exc}", file=sys.stderr)
         return 2
-    except (CatalogError, MaintenanceError, SettlementParamsError, CleanupError) as exc:  # bad names or parameters
+    except (CatalogError, MaintenanceError, SettlementParamsError, CleanupError, ReportParamsError) as exc:  # bad names or parameters
         print(f"csl: {exc}", file=sys.stderr)
         return 2
     except SeedError as exc:  # a request the data set cannot satisfy (scale, reset needed)

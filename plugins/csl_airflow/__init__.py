@@ -6,8 +6,14 @@ task context into ``csl`` calls, pushes small results to XCom and records runs.
 
 from airflow.plugins_manager import AirflowPlugin
 
+from csl_airflow.reports import ReportLink, external_view, fastapi_app_entry
+
 
 class CslPlugin(AirflowPlugin):
-    """Registers the csl package's Airflow pieces (report views arrive with the report DAG)."""
+    """Registers the csl package's Airflow pieces: the performance reports app (a nav entry
+    under Browse, behind Airflow's auth) and the report task's extra link."""
 
     name = "csl"
+    fastapi_apps = [fastapi_app_entry()]  # noqa: RUF012 - AirflowPlugin's own attribute names
+    external_views = [external_view]  # noqa: RUF012
+    operator_extra_links = [ReportLink()]  # noqa: RUF012

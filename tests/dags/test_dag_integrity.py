@@ -60,6 +60,18 @@ BAD_PARAMS = {
         "purge_quarantine": ["yes"],
         "quarantine_retention_days": [0],
     },
+    "csl_performance_report": {
+        "make_report": ["sometimes", ""],
+        "report_hour_utc": [-1, 24, "5am"],
+        "window_hours": [0, -24, 10_000, "24h"],
+        "top": [0, 1.5],
+        "regression_pct": [0, "half"],
+        "min_calls": [0, "many"],
+        "min_cost_drop_pct": [0, 101],
+        "advise_queries": [-1, 101],
+        "exact_bloat_tables": [["licenses"], "public.licenses", ["public.licenses; drop"]],
+        "retention_days": [0, 3651],
+    },
 }
 GOOD_PARAMS = {
     "csl_revenue_settlement": {"contributor_share_bps": [0, 7000, 10000], "period_start": ["", "2026-11-01"],
@@ -73,6 +85,9 @@ GOOD_PARAMS = {
                               "key_order": ["path", "byte"], "providers": [[], ["primary", "fallback"]]},
     "csl_storage_cleanup": {"dry_run": [True], "temp_prefix": ["tmp/", "uploads/tmp/"], "max_objects": [0, 500],
                             "orphan_grace_h": [0, 72]},
+    "csl_performance_report": {"make_report": ["auto", "always", "never"], "report_hour_utc": [0, 23],
+                               "window_hours": [0.5, 24, 168], "regression_pct": [25, 200], "advise_queries": [0, 10],
+                               "retention_days": [1, 30], "exact_bloat_tables": [[], ["public.licenses"]]},
 }
 
 

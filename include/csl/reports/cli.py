@@ -1,0 +1,119 @@
+"""``python -m csl snapshot`` and ``python -m csl report``: the performance report without Airflow.
+
+Wired into ``csl.cli`` with ``add_cli(sub)``. Exit codes as the rest of the CLI: 0 done,
+1 the work failed (database unreachable, …), 2 bad input (argparse, one line).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+__all__ = ["add_cli"]
+
+
+def _print(args: argparse.Namespace, payload: Any, human: str) -> None:
+    print(json.dumps(payload, indent=2, default=str) if args.json else human)
+
+
+def _window(text: str) -> datetime.timedelta:
+    from csl.reports.analysis import ReportParamsError, parse_window
+
+    try:
+        return parse_window(text)
+    except ReportParamsError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix("window: ")) from None
+
+
+def _number(kind: type, lo: float, hi: float):
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a {'whole ' if kind is int else ''}number, got {text!r}") from None
+        if not lo <= value <= hi:
+            raise argparse.ArgumentTypeError(f"expected {lo:g}..{hi:g}, got {value}")
+        return value
+    return parse
+
+
+def _qualified_table(text: str) -> str:
+    import re
+
+    if not re.fullmatch(r"[a-z_][a-z0-9_]*\.[a-z_][a-z0-9_]*", text):
+        raise argparse.ArgumentTypeError(f"expected schema.table, got {text!r}")
+    return text
+
+
+def _cmd_snapshot(args: argparse.Namespace, settings: Any) -> int:
+    from csl.db import Database
+    from csl.reports import capture, prune
+
+    with Database(settings.require_database()) as db, db.connect_direct("primary") as conn:
+        snap = capture(conn)
+        pruned = prune(conn, retention_days=args.retention_days)
+    payload = {"snapshot": snap.as_dict(), "pruned": pruned, "retention_days": args.retention_days}
+    _print(args, payload, f"snapshot {snap.id} at {snap.taken_at:%Y-%m-%d %H:%M:%S %Z}: {snap.rows_written:,} rows "
+                          f"in {snap.capture_ms} ms; {pruned} snapshot(s) older than {args.retention_days} days removed")
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace, settings: Any) -> int:
+    from csl.db import Database
+    from csl.reports import ReportParams, make_report
+
+    params = ReportParams(window=args.window, top=args.top, regression_pct=args.regression_pct,
+                          min_calls=args.min_calls, min_cost_drop_pct=args.min_cost_drop_pct,
+                          advise_queries=args.advise_queries,
+                          exact_bloat_tables=tuple(args.exact_bloat or ()))
+    out = Path(args.out or os.environ.get("CSL_REPORTS_DIR") or "csl_reports")
+    run_key = "cli__" + datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%S.%fZ")
+    with Database(settings.require_database()) as db, db.connect_direct("primary") as conn:
+        result = make_report(conn, params, run_key=run_key, out_dir=out, advise_with_hypopg=not args.no_hypopg)
+    summary, meta = result["summary"], result["meta"]
+    recs = result["report"]["recommendations"]
+    lines = [f"report {result['id']} ({run_key}): window {meta['window']} "
+             f"{meta['window_start']:%Y-%m-%d %H:%M} → {meta['window_end']:%Y-%m-%d %H:%M %Z}"
+             if meta["window_start"] else f"report {result['id']} ({run_key})",
+             *[f"note: {n}" for n in meta["notes"]],
+             (f"{summary['queries']:,} queries, {summary['db_time_ms']:,.0f} ms, {summary['regressions']} regressions, "
+              f"{summary['missing_index_advice']} index advice, {summary['recommendations']} recommendations "
+              f"({summary['high']} high)"),
+             *[f"  [{r['severity']}] {r['kind']} {r['target']}: {r['message']}"
+               + (f"\n      {r['statement']}" if r["statement"] else "") for r in recs[:25]],
+             f"written to {result['path']}/index.html ({result['html_bytes']:,} bytes) in {result['duration_s']} s"]
+    payload = {"id": result["id"], "run_key": run_key, "path": result["path"], "summary": summary, "meta": meta,
+               "recommendations": recs, "duration_s": result["duration_s"]}
+    _print(args, payload, "\n".join(lines))
+    return 0
+
+
+def add_cli(sub: Any) -> None:
+    """Register ``snapshot`` and ``report`` on the ``csl`` command's subparsers."""
+    p = sub.add_parser("snapshot", help="copy the statistics (queries, tables, indexes, sessions) into csl_ops")
+    p.add_argument("--retention-days", type=_number(int, 1, 3650), default=30,
+                   help="remove snapshots older than this (default 30)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_snapshot)
+
+    p = sub.add_parser("report", help="performance report over a window: HTML + CSV/JSON, stored in csl_ops")
+    p.add_argument("--window", type=_window, default="24h", help="90m, 24h, 7d … (default 24h)")
+    p.add_argument("--out", help="folder for the report's files (default $CSL_REPORTS_DIR or ./csl_reports)")
+    p.add_argument("--top", type=_number(int, 1, 500), default=15, help="rows per top-queries table")
+    p.add_argument("--regression-pct", type=_number(float, 1, 10_000), default=50.0,
+                   help="flag a query whose mean time grew by at least this much vs the previous window")
+    p.add_argument("--min-calls", type=_number(int, 1, 10**9), default=20,
+                   help="calls in both windows for a regression to count")
+    p.add_argument("--min-cost-drop-pct", type=_number(float, 1, 100), default=50.0,
+                   help="HypoPG: suggest an index only when the plan cost drops this much")
+    p.add_argument("--advise-queries", type=_number(int, 0, 100), default=10,
+                   help="HypoPG: how many of the slowest queries to cost")
+    p.add_argument("--exact-bloat", nargs="+", metavar="SCHEMA.TABLE", type=_qualified_table,
+                   help="pgstattuple_approx on these tables (reads them: on request only)")
+    p.add_argument("--no-hypopg", action="store_true", help="skip the missing-index advice")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_report)
