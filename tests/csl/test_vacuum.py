@@ -141,18 +141,22 @@ def test_dry_run_changes_nothing_and_a_rerun_finds_nothing(db_url):
     assert chosen == {}
 
 
-def test_recent_autovacuum_is_skipped_with_that_reason(db_url):
-    make_table(db_url, "auto_done", 1_000)
+def test_recent_autovacuum_is_skipped_with_that_reason_unless_autovacuum_is_off_for_it(db_url):
+    make_table(db_url, "auto_done", 1_000, options="autovacuum_enabled = true")
+    make_table(db_url, "auto_off", 1_000, options="autovacuum_enabled = false")
     with psycopg.connect(db_url) as conn:
-        evidence = [e for e in vacuum.gather(conn) if e.table == "auto_done"]
+        evidence = [e for e in vacuum.gather(conn) if e.table in ("auto_done", "auto_off")]
         server = vacuum.settings(conn)
     from datetime import datetime, timezone
 
-    evidence[0].n_dead_tup = 900
-    evidence[0].last_autovacuum = datetime.now(timezone.utc)
+    for table in evidence:
+        table.n_dead_tup = 900
+        table.last_autovacuum = datetime.now(timezone.utc)
     chosen, skipped = vacuum.choose(evidence, server, Policy())
-    assert chosen == [] and skipped[0]["would_have_been"] == "dead_tuples"
+    assert [s["table"] for s in skipped] == ["public.auto_done"] and skipped[0]["would_have_been"] == "dead_tuples"
     assert "autovacuum vacuumed it 0 min ago" in skipped[0]["reason"]
+    # autovacuum is off for auto_off (its last run predates that): it will not come back, so we act
+    assert [(c.table, c.reason) for c in chosen] == [("auto_off", "dead_tuples")]
 
 
 def test_bad_requests_are_refused(db_url):

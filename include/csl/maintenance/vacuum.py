@@ -12,7 +12,8 @@ reloptions — with stricter factors when asked, and the reason is kept:
 4. ``insert_only`` — rows inserted since the last vacuum over the insert threshold:
    ``VACUUM (ANALYZE)`` so the visibility map lets index-only scans skip the heap.
 
-Tables autovacuum handled recently are skipped with that reason (except wraparound). Every
+Tables autovacuum handled recently are skipped with that reason (except wraparound), unless
+autovacuum is off for them (it would not come back to them). Every
 action runs outside a transaction with ``SKIP_LOCKED``, a ``lock_timeout`` and a
 ``statement_timeout``: a locked table is skipped and reported, never waited on.
 """
@@ -182,7 +183,8 @@ def choose(evidence: list[TableEvidence], server: dict[str, float], policy: Poli
         candidate.evidence = table.figures()
         last_auto = table.last_autoanalyze if candidate.action == "analyze" else table.last_autovacuum
         recent = last_auto is not None and now - last_auto < timedelta(minutes=policy.recent_autovacuum_minutes)
-        if recent and candidate.reason not in ("wraparound", "requested"):
+        # skipping leaves the table to autovacuum: only when autovacuum will come back to it
+        if recent and candidate.reason not in ("wraparound", "requested") and _autovacuum_on(table, server):
             minutes = (now - last_auto).total_seconds() / 60
             verb = "analyzed" if candidate.action == "analyze" else "vacuumed"
             skipped.append({"table": table.qualified, "reason": f"autovacuum {verb} it {minutes:.0f} min ago",
@@ -194,6 +196,11 @@ def choose(evidence: list[TableEvidence], server: dict[str, float], policy: Poli
         skipped.append({"table": extra.qualified, "reason": f"over max_tables={policy.max_tables}",
                         "would_have_been": extra.reason})
     return chosen[: policy.max_tables], skipped
+
+
+def _autovacuum_on(table: TableEvidence, server: dict[str, float]) -> bool:
+    enabled = table.reloptions.get("autovacuum_enabled", "true").strip().lower()
+    return bool(server.get("autovacuum", 1)) and enabled not in ("false", "off", "0", "no")
 
 
 def _resolve_tables(evidence: list[TableEvidence], names: Iterable[str]) -> set[str] | None:
