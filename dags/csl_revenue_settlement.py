@@ -8,15 +8,19 @@ currency, into a double-entry ledger in `csl_ops` (rules: README, "Settlement ru
    `lock_wait_s`, then stops with a clear message): licences due (completed, not yet in the
    ledger) → exact allocation (largest remainder) → existing `revenue_splits` reused when they
    match, new ones written `pending` → postings (idempotent keys licence × kind ×
-   contributor) → clawbacks of refunds after settlement → **data-quality gate** (Great
-   Expectations: entries balance, allocations sum to the price, no due licence left, platform
-   rows round-trip, no duplicates, no findings) → payout instructions for balances at or over
-   `minimum_payout_cents`. A failed gate rolls the run back and keeps its findings and
-   validation (`csl_ops.settlement_runs`, `settlement_findings`, XCom `gate`/`findings`).
+   contributor) → clawbacks of refunds after settlement → payout instructions for balances at
+   or over `minimum_payout_cents` (each with the licences it covers) → **data-quality gate**
+   over all of it (Great Expectations: entries balance, allocations sum to the price, no due
+   licence left, platform rows round-trip, no duplicates, no findings, payouts clear their
+   balances, clawbacks equal the refunded share and never exceed what was allocated). A failed
+   gate rolls the run back (no payout) and keeps its findings and validation
+   (`csl_ops.settlement_runs`, `settlement_findings`, XCom `gate`/`findings`).
    `dry_run` computes and validates, commits nothing. Emits the Asset `csl_settlement_ledger`.
 2. **send_payouts** — only with `send_payouts`: transfers through the `csl_payouts`
-   connection (Stripe `POST /v1/transfers`, idempotency keys); confirmed payouts mark their
-   splits `paid`.
+   connection (Stripe `POST /v1/transfers`, idempotency keys). Each payout is marked `sent`
+   before its call; a confirmed one marks exactly the splits it covers `paid`; one whose
+   outcome stayed unknown past the 24 h idempotency window is looked up (never resent) and,
+   if no transfer is found, set to `needs_review`.
 3. **statement** — per-contributor statement CSV (every posting, running balance).
 
 Without Airflow: `python -m csl settlement run|statement|send-payouts`.

@@ -211,9 +211,10 @@ def _cmd_settlement(args: argparse.Namespace, settings: Settings) -> int:
                 result = sender.send(conn)
             finally:
                 sender.close()
-            _print(args, result, f"payouts: {result['confirmed']} confirmed, {result['failed']} failed, "
+            _print(args, result, f"payouts: {result['confirmed']} confirmed ({result['looked_up']} looked up), "
+                                 f"{result['failed']} failed, {result['needs_review']} need review, "
                                  f"{result['retry_later']} to retry")
-            return 1 if result["failed"] else 0
+            return 1 if result["failed"] or result["needs_review"] or result["retry_later"] else 0
         params = settlement.Params(share_bps=args.contributor_share_bps, minimum_payout_cents=args.minimum_payout_cents,
                                    period_start=args.period_start, period_end=args.period_end, dry_run=args.dry_run)
         run_key = args.run_key or "cli__" + datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")

@@ -2,9 +2,10 @@
 
 Rules (README, "Settlement rules"):
 
-- Money is integer minor units end to end. Platform floats are converted exactly
-  (``round(x * 100)`` on the exact decimal); a value with a real sub-cent part is a finding,
-  never silently rounded. Each currency (from the payment intent) is settled on its own.
+- Money is integer minor units end to end. Platform floats are converted by one rule
+  (``csl_ops.minor_units`` in SQL, ``to_minor`` here): the float's decimal at 15 significant
+  digits, times 100; a value with a real sub-cent part is a finding, never silently rounded.
+  Each currency (from the payment intent) is settled on its own.
 - A licence is due when its payment is ``completed`` and it is not yet in the ledger. The
   contributor pool is ``share_bps`` of the price, rounded half up; a direct sample licence's
   pool goes to the sample's contributor, a generation licence's pool is divided among the
@@ -15,8 +16,11 @@ Rules (README, "Settlement rules"):
 - Refunds after settlement are clawed back in proportion to the cumulative refunded amount,
   exact to the cent; a balance may go negative and is carried forward.
 - Every run holds an advisory lock and runs in one transaction: allocate, post, claw back,
-  then the data-quality gate; a failing gate rolls the run back (nothing half-written) and
-  keeps its findings and validation result. Payout instructions follow only a passing gate.
+  instruct payouts, then the data-quality gate over all of it; a failing gate rolls the run
+  back (nothing half-written, no payout) and keeps its findings and validation result.
+- Each payout records the licences it covers; sending marks a payout ``sent`` (committed)
+  before its HTTP call, and a payout whose outcome stayed unknown past the idempotency
+  window is looked up, never sent blindly again.
 """
 
 from __future__ import annotations
@@ -37,13 +41,34 @@ from csl.errors import CslError
 from csl.sqlfiles import load, statements
 
 __all__ = [
-    "SettlementError", "SettlementParamsError", "SettlementBusy", "GateFailed", "SubCentAmount", "Params",
-    "PayoutSender", "write_statement",
-    "to_minor", "allocate", "split_licence", "settle", "ledger_fingerprint", "balances",
+    "GATE_CHECKS",
+    "IDEMPOTENCY_WINDOW_S",
+    "GateFailed",
+    "Params",
+    "PayoutSender",
+    "SettlementBusy",
+    "SettlementError",
+    "SettlementParamsError",
+    "SubCentAmount",
+    "allocate",
+    "balances",
+    "ledger_fingerprint",
+    "settle",
+    "split_licence",
+    "to_minor",
+    "write_statement",
 ]
 
 log = logging.getLogger("csl.settlement")
 LOCK_KEY = 0x63736C5F736574  # "csl_set"
+SEND_LOCK_KEY = 0x63736C5F706179  # "csl_pay"
+# Stripe keeps an idempotency key (and the answer it gave) for at least 24 hours; past this
+# (an hour of margin) a resend with the same key could create a second transfer.
+IDEMPOTENCY_WINDOW_S = 23 * 3600
+ANALYZE_AFTER_ROWS = 10_000  # a run that settles this many licences refreshes the ledger's statistics
+GATE_CHECKS = ("entries_balance", "allocations_sum_to_price", "no_due_licence_left", "platform_rows_round_trip",
+               "no_duplicate_splits", "findings", "payouts_clear_balances", "payout_licences_are_sales",
+               "clawbacks_match_refunds", "clawbacks_within_allocation", "clawbacks_proportional")
 
 
 class SettlementError(CslError):
@@ -90,11 +115,23 @@ class Params:
 
 # -- the arithmetic (property-tested; the SQL in include/sql/settlement/ follows the same rules) --
 def to_minor(amount: float | Decimal | str) -> int:
-    """Exact minor units of a decimal amount; raises ``SubCentAmount`` on a sub-cent part."""
-    exact = Decimal(repr(amount)) if isinstance(amount, float) else Decimal(str(amount))
-    cents = exact * 100
-    if cents != cents.to_integral_value():
-        raise SubCentAmount(f"{amount!r} has a sub-cent part")
+    """Exact minor units of an amount; raises ``SubCentAmount`` on a real sub-cent part.
+
+    A float is read as its decimal at 15 significant digits, exactly like ``csl_ops.minor_units``
+    (PostgreSQL's float8 → numeric): digits past the 15th are float noise, so ``0.1 + 0.2`` is
+    30 cents while ``10.005`` keeps its half cent. Decimals and strings are taken as written.
+    """
+    exact = Decimal(format(amount, ".15g")) if isinstance(amount, float) else Decimal(str(amount))
+    cents = _whole_cents(exact * 100)
+    if cents is None:
+        raise SubCentAmount(f"{amount!r} is not a whole number of cents")
+    return cents
+
+
+def _whole_cents(cents: Decimal) -> int | None:
+    """``cents`` as an int when it is a finite whole number, else None."""
+    if not cents.is_finite() or cents != cents.to_integral_value():
+        return None
     return int(cents)
 
 
@@ -196,14 +233,23 @@ def settle(conn: psycopg.Connection, params: Params, *, run_key: str) -> dict[st
             lap("clawbacks")
             conn.execute("INSERT INTO csl_ops.settlement_findings (run_id, kind, license_id, detail) "
                          "SELECT %s, kind, license_id, detail FROM held", (run_id,))
+            if figures["licences"] + clawbacks["refunds"] >= ANALYZE_AFTER_ROWS:
+                # the statistics still describe the tables before this run's bulk writes: without
+                # fresh ones the payout and gate queries get nested-loop plans that never finish
+                conn.execute("ANALYZE csl_ops.postings, csl_ops.journal_entries, csl_ops.ledger_accounts, "
+                             "csl_ops.settled_licences, revenue_splits")
+                lap("analyze")
+            payouts = _instruct_payouts(conn, values)
+            if len(payouts) >= ANALYZE_AFTER_ROWS // 10:
+                conn.execute("ANALYZE csl_ops.payouts, csl_ops.payout_licences")
+            lap("payouts")
             gate = run_gate(conn, values)
             lap("gate")
             outcome = {"run_id": run_id, "run_key": run_key, **figures, "clawbacks": clawbacks,
-                       "findings": _findings(conn, run_id), "gate": gate}
+                       "findings": _findings(conn, run_id), "gate": gate, "payouts": payouts,
+                       "ledger_high_water": values["ledger_high_water"]}
             if not gate["success"]:
                 raise _Rollback()
-            outcome["payouts"] = _instruct_payouts(conn, run_id, run_key, params.minimum_payout_cents)
-            lap("payouts")
             outcome["timings_s"] = timings
             status = "dry_run" if params.dry_run else "committed"
             conn.execute("UPDATE csl_ops.settlement_runs SET status = %s, figures = %s, gate = %s, finished_at = now() "
@@ -213,6 +259,7 @@ def settle(conn: psycopg.Connection, params: Params, *, run_key: str) -> dict[st
                 raise _Rollback()
     except _Rollback:
         if not outcome.get("gate", {}).get("success", True):
+            outcome["payouts"] = []  # rolled back with the rest
             _record_failed_gate(conn, f"{run_key}#dry_run" if params.dry_run else run_key, params, outcome)
             raise GateFailed("settlement gate failed: " + ", ".join(
                 f"{c['check']}={c['violations']}" for c in outcome["gate"]["checks"] if c["violations"]),
@@ -253,7 +300,7 @@ def _sale_figures(conn: psycopg.Connection) -> dict[str, Any]:
 
 
 _NEW_REFUNDS = """
-SELECT r.id, r.amount, lower(r.currency), sl.license_id, sl.currency, sl.price_minor,
+SELECT r.id, r.amount, csl_ops.minor_units(r.amount), lower(r.currency), sl.license_id, sl.currency, sl.price_minor,
        (SELECT count(*) FROM licenses l2 WHERE l2.payment_intent_id = r.payment_intent_id) AS licences_on_intent
 FROM refunds r
 JOIN licenses l ON l.payment_intent_id = r.payment_intent_id
@@ -270,7 +317,7 @@ def _post_clawbacks(conn: psycopg.Connection, run_id: int, run_key: str) -> dict
     new = conn.execute(_NEW_REFUNDS).fetchall()
     if not new:
         return {"refunds": 0, "contributors_minor": 0}
-    licences = sorted({r[3] for r in new})
+    licences = sorted({r[4] for r in new})
     parts: dict[Any, dict[str, int]] = defaultdict(dict)
     for license_id, contributor, amount in conn.execute(
             "SELECT license_id, split_part(posting_key, ':', 3), -amount_minor FROM csl_ops.postings "
@@ -284,14 +331,13 @@ def _post_clawbacks(conn: psycopg.Connection, run_id: int, run_key: str) -> dict
     rows: list[tuple[str, str | None, str, int, Any]] = []  # (account kind, contributor, currency, amount, licence, key)
     held = []
     total_contributors = 0
-    for refund_id, amount, refund_currency, license_id, currency, price_minor, on_intent in new:
+    for refund_id, amount, amount_cents, refund_currency, license_id, currency, price_minor, on_intent in new:
         if on_intent != 1:
             held.append((license_id, "refund_ambiguous_licence", {"refund_id": refund_id, "licences_on_intent": on_intent}))
             continue
-        try:
-            refund = to_minor(amount)
-        except SubCentAmount:
-            held.append((license_id, "refund_sub_cent", {"refund_id": refund_id, "amount": amount}))
+        refund = _whole_cents(amount_cents)  # csl_ops.minor_units: the same conversion as prices
+        if refund is None:
+            held.append((license_id, "refund_sub_cent", {"refund_id": refund_id, "amount": repr(amount)}))
             continue
         if refund_currency != currency:
             held.append((license_id, "refund_currency_mismatch", {"refund_id": refund_id, "currency": refund_currency}))
@@ -344,14 +390,20 @@ def _findings(conn: psycopg.Connection, run_id: int) -> list[dict[str, Any]]:
 
 
 def run_gate(conn: psycopg.Connection, values: Mapping[str, Any]) -> dict[str, Any]:
-    """The data-quality gate (Great Expectations) over the run's checks and entry balances."""
+    """The data-quality gate (Great Expectations) over the run's checks (``GATE_CHECKS``), the
+    balance of every journal entry it made (sales, clawbacks, payouts) and its payouts."""
     rows = conn.execute(load("settlement/gate_checks.sql"), values).fetchall()
-    posted = conn.execute("SELECT count(*) FROM csl_ops.journal_entries WHERE run_id = %s",
-                          (values["run_id"],)).fetchone()[0]
-    if not posted and all(v == 0 for _, v in rows):
+    posted = conn.execute("SELECT count(*), count(*) FILTER (WHERE kind = 'clawback') FROM csl_ops.journal_entries "
+                          "WHERE run_id = %s", (values["run_id"],)).fetchone()
+    if posted[1]:
+        rows += conn.execute(load("settlement/gate_clawbacks.sql"), values).fetchall()
+    else:  # the run clawed nothing back: nothing for these checks to judge
+        rows += [("clawbacks_within_allocation", 0), ("clawbacks_proportional", 0)]
+    posted = posted[0]
+    if not posted and all(v == 0 for _, v in rows) and {c for c, _ in rows} == set(GATE_CHECKS):
         # nothing was posted and every check passes: no data for an expectation suite to judge
         return {"success": True, "checks": [{"check": c, "violations": int(v)} for c, v in rows], "entries": 0,
-                "validation": [], "note": "no postings in this run: SQL checks only"}
+                "payouts": 0, "validation": [], "note": "no postings in this run: SQL checks only"}
     import great_expectations as gx
     import pandas as pd
 
@@ -362,16 +414,31 @@ def run_gate(conn: psycopg.Connection, values: Mapping[str, Any]) -> dict[str, A
         "JOIN csl_ops.postings p ON p.entry_id = e.id WHERE e.run_id = %s GROUP BY 1, 2, 3",
         (values["run_id"],)).fetchall(), columns=["entry_id", "kind", "currency", "sum_minor"])
     entries["sum_minor"] = entries["sum_minor"].astype("int64")
+    payouts = pd.DataFrame(conn.execute(
+        "SELECT po.id, po.amount_minor, coalesce(pp.amount_minor, 0) FROM csl_ops.payouts po LEFT JOIN csl_ops.postings pp ON pp.posting_key = 'payout:' || po.idempotency_key "
+        "WHERE po.run_id = %s", (values["run_id"],)).fetchall(),
+        columns=["payout_id", "amount_minor", "posted_minor"])
+    for column in ("amount_minor", "posted_minor"):
+        payouts[column] = payouts[column].astype("int64")
 
     context = gx.get_context(mode="ephemeral")
     context.variables.progress_bars = {"globally": False}
     source = context.data_sources.add_pandas("settlement")
-    results = []
-    for name, frame, expectations in (
+    suites = [
         ("checks", checks, [gx.expectations.ExpectColumnValuesToBeBetween(column="violations", min_value=0, max_value=0),
-                            gx.expectations.ExpectTableRowCountToEqual(value=6)]),
+                            gx.expectations.ExpectColumnDistinctValuesToEqualSet(column="check",
+                                                                                 value_set=list(GATE_CHECKS)),
+                            gx.expectations.ExpectTableRowCountToEqual(value=len(GATE_CHECKS))]),
         ("entries", entries, [gx.expectations.ExpectColumnValuesToBeBetween(column="sum_minor", min_value=0, max_value=0)]),
-    ):
+    ]
+    if len(payouts):
+        suites.append(("payouts", payouts, [
+            gx.expectations.ExpectColumnPairValuesToBeEqual(column_A="amount_minor", column_B="posted_minor"),
+            gx.expectations.ExpectColumnValuesToBeBetween(column="amount_minor",
+                                                          min_value=max(int(values["minimum"]), 1)),
+        ]))
+    results = []
+    for name, frame, expectations in suites:
         batch = source.add_dataframe_asset(name).add_batch_definition_whole_dataframe(name).get_batch(
             batch_parameters={"dataframe": frame})
         for expectation in expectations:
@@ -380,7 +447,7 @@ def run_gate(conn: psycopg.Connection, values: Mapping[str, Any]) -> dict[str, A
                             "result": json.loads(json.dumps(result.result, default=str))})
     return {"success": all(r["success"] for r in results),
             "checks": [{"check": c, "violations": int(v)} for c, v in checks.itertuples(index=False)],
-            "entries": len(entries), "validation": results}
+            "entries": len(entries), "payouts": len(payouts), "validation": results}
 
 
 def _record_failed_gate(conn: psycopg.Connection, run_key: str, params: Params, outcome: dict[str, Any]) -> None:
@@ -400,38 +467,31 @@ def _record_failed_gate(conn: psycopg.Connection, run_key: str, params: Params, 
                              for f in outcome.get("findings", [])])
 
 
-def _instruct_payouts(conn: psycopg.Connection, run_id: int, run_key: str, minimum: int) -> list[dict[str, Any]]:
-    """Balances at or over the minimum become payout instructions; the rest is carried."""
+def _instruct_payouts(conn: psycopg.Connection, values: dict[str, Any]) -> list[dict[str, Any]]:
+    """Balances at or over the minimum become payout instructions (with the licences each
+    covers); the rest is carried. Runs before the gate, which judges the payouts too.
+
+    The balance scan is skipped when no posting was made since the last committed run paid
+    out every balance at or over a minimum no lower than this one: no balance can qualify.
+    (A posting whose transaction commits late only delays its payout to the next run.)
+    """
+    last = conn.execute(
+        "SELECT (figures->>'ledger_high_water')::bigint, (params->>'minimum_payout_cents')::bigint "
+        "FROM csl_ops.settlement_runs WHERE status = 'committed' ORDER BY id DESC LIMIT 1").fetchone()
+    high_water = conn.execute("SELECT coalesce(max(id), 0) FROM csl_ops.postings").fetchone()[0]
+    if last and last[0] is not None and last[0] == high_water and last[1] is not None \
+            and max(int(values["minimum"]), 1) >= max(last[1], 1):
+        values["ledger_high_water"] = high_water
+        return []
+    for statement in statements(load("settlement/payouts.sql")):
+        conn.execute(statement, values)
+    values["ledger_high_water"] = conn.execute("SELECT coalesce(max(id), 0) FROM csl_ops.postings").fetchone()[0]
     rows = conn.execute(
-        "SELECT a.contributor_id, a.currency, -sum(p.amount_minor) AS balance "
-        "FROM csl_ops.ledger_accounts a JOIN csl_ops.postings p ON p.account_id = a.id "
-        "WHERE a.kind = 'contributor_payable' GROUP BY 1, 2 "
-        "HAVING -sum(p.amount_minor) >= greatest(%s, 1) ORDER BY 2, 1", (minimum,)).fetchall()
-    payouts = []
-    if not rows:
-        return payouts
-    for currency in sorted({r[1] for r in rows}):
-        entry = conn.execute(
-            "INSERT INTO csl_ops.journal_entries (run_id, kind, currency, memo) VALUES (%s, 'payout', %s, %s) RETURNING id",
-            (run_id, currency, f"payout instructions of run {run_key}")).fetchone()[0]
-        conn.execute("INSERT INTO csl_ops.ledger_accounts (kind, contributor_id, currency) "
-                     "VALUES ('payouts_in_transit', NULL, %s) ON CONFLICT DO NOTHING", (currency,))
-        total = 0
-        for contributor, _, balance in (r for r in rows if r[1] == currency):
-            key = "csl-payout-" + hashlib.sha256(f"{run_key}:{contributor}:{currency}".encode()).hexdigest()[:32]
-            conn.execute("INSERT INTO csl_ops.payouts (run_id, contributor_id, currency, amount_minor, idempotency_key, "
-                         "status) VALUES (%s, %s, %s, %s, %s, 'instructed')", (run_id, contributor, currency, balance, key))
-            conn.execute("INSERT INTO csl_ops.postings (entry_id, account_id, amount_minor, source_id, posting_key) "
-                         "SELECT %s, id, %s, %s, %s FROM csl_ops.ledger_accounts "
-                         "WHERE kind = 'contributor_payable' AND contributor_id = %s AND currency = %s",
-                         (entry, balance, key, f"payout:{key}", contributor, currency))
-            total += balance
-            payouts.append({"contributor_id": str(contributor), "currency": currency, "amount_minor": int(balance),
-                            "idempotency_key": key})
-        conn.execute("INSERT INTO csl_ops.postings (entry_id, account_id, amount_minor, posting_key) "
-                     "SELECT %s, id, %s, %s FROM csl_ops.ledger_accounts WHERE kind = 'payouts_in_transit' "
-                     "AND currency = %s", (entry, -total, f"payout-entry:{entry}:in_transit", currency))
-    return payouts
+        "SELECT contributor_id::text, currency, amount_minor, idempotency_key, "
+        "       (SELECT count(*) FROM csl_ops.payout_licences pl WHERE pl.payout_id = po.id) "
+        "FROM csl_ops.payouts po WHERE run_id = %s ORDER BY currency, contributor_id", (values["run_id"],)).fetchall()
+    return [{"contributor_id": c, "currency": cur, "amount_minor": int(a), "idempotency_key": k, "licences": int(n)}
+            for c, cur, a, k, n in rows]
 
 
 # -- reading the ledger -----------------------------------------------------------------------
@@ -459,20 +519,32 @@ def ledger_fingerprint(conn: psycopg.Connection) -> str:
 
 # -- payouts: sending instructions (Stripe Connect transfer semantics) ------------------------
 class PayoutSender:
-    """Sends instructed payouts as transfers to an HTTP endpoint with Stripe's request shape
-    (``POST /v1/transfers``, form-encoded, ``Idempotency-Key`` header) and applies the answer:
-    a transfer id confirms the payout and marks its revenue_splits ``paid``; a refusal (4xx)
-    fails it and returns the amount to the contributor's balance (carried to the next run);
-    rate limits and server errors leave it ``instructed`` for the next attempt.
+    """Sends payouts as transfers to an HTTP endpoint with Stripe's request shape (``POST
+    /v1/transfers``, form-encoded, ``Idempotency-Key`` header) and applies the answer.
+
+    Every attempt first marks the payout ``sent`` in a committed transaction, so a crash
+    between the call and its answer can only leave an unknown outcome, never an unsent look:
+
+    - a transfer object confirms the payout and marks exactly the ``revenue_splits`` of the
+      licences it covers ``paid``;
+    - a refusal (4xx other than 409/429 or an idempotency error) fails it: the amount returns
+      to the contributor's balance and its licences are released for the next payout;
+    - anything else (network error, 409, 429, 5xx) leaves it ``sent``: the next send repeats
+      the request with the same idempotency key while the key's window lasts
+      (``idempotency_window_s`` after its first use); past it, the transfer is looked up
+      (``GET /v1/transfers`` by transfer group and destination, matched on our metadata)
+      and, when none is found, the payout is set to ``needs_review`` — never sent blindly.
     """
 
     def __init__(self, *, endpoint: str, api_key: str, transport: Any = None, timeout_s: float = 20.0,
-                 destinations: Mapping[str, str] | None = None) -> None:
+                 destinations: Mapping[str, str] | None = None,
+                 idempotency_window_s: float = IDEMPOTENCY_WINDOW_S) -> None:
         import httpx
 
         self._client = httpx.Client(base_url=endpoint.rstrip("/"), transport=transport, timeout=timeout_s,
                                     headers={"Authorization": f"Bearer {api_key}"})
         self._destinations = destinations or {}
+        self._window_s = idempotency_window_s
 
     def close(self) -> None:
         self._client.close()
@@ -484,66 +556,161 @@ class PayoutSender:
         return (row and row[0]) or f"acct_csl_{str(contributor_id).replace('-', '')[:16]}"
 
     def send(self, conn: psycopg.Connection, *, limit: int = 1000) -> dict[str, Any]:
-        """Send every ``instructed`` payout once; returns counts by outcome and the errors."""
+        """Send (or look up) every payout not yet settled; returns counts by outcome and the
+        errors. ``conn`` must be autocommit: each payout's steps commit on their own."""
+        if not conn.autocommit:
+            raise SettlementError("PayoutSender.send needs an autocommit connection (each step commits on its own)")
+        if not conn.execute("SELECT pg_try_advisory_lock(%s)", (SEND_LOCK_KEY,)).fetchone()[0]:
+            raise SettlementBusy("another payout sender is running; not sending twice")
+        try:
+            pending = conn.execute(
+                "SELECT id, contributor_id::text, currency, amount_minor, idempotency_key, run_id, status, "
+                "       first_sent_at IS NOT NULL AND now() - first_sent_at > make_interval(secs => %s) "
+                "FROM csl_ops.payouts WHERE status IN ('instructed', 'sent') ORDER BY id LIMIT %s",
+                (self._window_s, limit)).fetchall()
+            counts = {"confirmed": 0, "failed": 0, "retry_later": 0, "needs_review": 0, "looked_up": 0}
+            errors: list[dict[str, Any]] = []
+            for payout_id, contributor, currency, amount, key, run_id, status, window_passed in pending:
+                payout = _Payout(payout_id, contributor, currency, int(amount), key, run_id,
+                                 self.destination(conn, contributor))
+                if status == "sent" and window_passed:
+                    counts["looked_up"] += 1
+                    outcome, error = self._look_up(conn, payout)
+                else:
+                    outcome, error = self._post(conn, payout)
+                counts[outcome] += 1
+                if error:
+                    errors.append({"payout_id": payout_id, "outcome": outcome, **error})
+            return {**counts, "errors": errors}
+        finally:
+            conn.execute("SELECT pg_advisory_unlock(%s)", (SEND_LOCK_KEY,))
+
+    def _post(self, conn: psycopg.Connection, payout: _Payout) -> tuple[str, dict[str, Any] | None]:
         import httpx
 
-        pending = conn.execute(
-            "SELECT id, contributor_id::text, currency, amount_minor, idempotency_key, run_id FROM csl_ops.payouts "
-            "WHERE status = 'instructed' ORDER BY id LIMIT %s", (limit,)).fetchall()
-        counts = {"confirmed": 0, "failed": 0, "retry_later": 0}
-        errors = []
-        for payout_id, contributor, currency, amount, key, run_id in pending:
-            form = {"amount": str(amount), "currency": currency, "destination": self.destination(conn, contributor),
-                    "transfer_group": f"csl-settlement-{run_id}", "metadata[contributor_id]": contributor,
-                    "metadata[payout_id]": str(payout_id)}
-            try:
-                response = self._client.post("/v1/transfers", data=form, headers={"Idempotency-Key": key})
-            except httpx.HTTPError as exc:
-                counts["retry_later"] += 1
-                errors.append({"payout_id": payout_id, "error": f"{type(exc).__name__}: {exc}"})
-                continue
-            body = _json_or_none(response)
-            if response.status_code == 200 and body and body.get("object") == "transfer":
-                self._confirm(conn, payout_id, contributor, currency, run_id, body["id"])
-                counts["confirmed"] += 1
-            elif (response.status_code in (409, 429) or response.status_code >= 500 or response.status_code == 200
-                  or (body or {}).get("error", {}).get("type") == "idempotency_error"):
-                # outcome unknown (or a conflict on our own key): retry later with the same idempotency key
-                counts["retry_later"] += 1
-                errors.append({"payout_id": payout_id, "status": response.status_code, "error": _stripe_error(response)})
-            else:
-                self._fail(conn, payout_id, contributor, currency, amount, key, _stripe_error(response))
-                counts["failed"] += 1
-                errors.append({"payout_id": payout_id, "status": response.status_code, "error": _stripe_error(response)})
-        return {**counts, "errors": errors}
+        with conn.transaction():  # committed before the call: a crash from here on is an unknown outcome
+            marked = conn.execute(
+                "UPDATE csl_ops.payouts SET status = 'sent', attempts = attempts + 1, "
+                "first_sent_at = coalesce(first_sent_at, now()), last_sent_at = now(), updated_at = now() "
+                "WHERE id = %s AND status IN ('instructed', 'sent') RETURNING id", (payout.id,)).fetchone()
+        if marked is None:
+            return "retry_later", {"error": "payout changed state while sending"}
+        form = {"amount": str(payout.amount), "currency": payout.currency, "destination": payout.destination,
+                "transfer_group": payout.transfer_group, "metadata[contributor_id]": payout.contributor,
+                "metadata[payout_id]": str(payout.id), "metadata[idempotency_key]": payout.key}
+        try:
+            response = self._client.post("/v1/transfers", data=form, headers={"Idempotency-Key": payout.key})
+        except httpx.HTTPError as exc:
+            return "retry_later", {"error": f"{type(exc).__name__}: {exc}"}
+        body = _json_or_none(response)
+        if response.status_code == 200 and body and body.get("object") == "transfer":
+            return self._apply_transfer(conn, payout, body)
+        error_type = ((body or {}).get("error") or {}).get("type")
+        if (response.status_code in (409, 429) or response.status_code >= 500 or response.status_code < 400
+                or error_type == "idempotency_error"):
+            # outcome unknown (or a conflict on our own key): the same key is sent again next time
+            return "retry_later", {"status": response.status_code, "error": _stripe_error(response)}
+        self._fail(conn, payout, _stripe_error(response))
+        return "failed", {"status": response.status_code, "error": _stripe_error(response)}
+
+    def _look_up(self, conn: psycopg.Connection, payout: _Payout) -> tuple[str, dict[str, Any] | None]:
+        """The outcome of a payout sent long ago: its transfer, by our metadata, in the list of
+        transfers of its group to its destination (every page)."""
+        import httpx
+
+        query: dict[str, Any] = {"transfer_group": payout.transfer_group, "destination": payout.destination,
+                                 "limit": 100}
+        try:
+            while True:
+                response = self._client.get("/v1/transfers", params=query)
+                body = _json_or_none(response)
+                if response.status_code != 200 or not body or body.get("object") != "list":
+                    return "retry_later", {"status": response.status_code,
+                                           "error": "transfer lookup failed: " + _stripe_error(response)}
+                for transfer in body.get("data", []):
+                    metadata = transfer.get("metadata") or {}
+                    if metadata.get("idempotency_key") == payout.key or metadata.get("payout_id") == str(payout.id):
+                        return self._apply_transfer(conn, payout, transfer)
+                if not body.get("has_more") or not body.get("data"):
+                    break
+                query["starting_after"] = body["data"][-1]["id"]
+        except httpx.HTTPError as exc:
+            return "retry_later", {"error": f"transfer lookup failed: {type(exc).__name__}: {exc}"}
+        reason = (f"outcome unknown past the {self._window_s / 3600:g} h idempotency window and no transfer found "
+                  f"in group {payout.transfer_group} to {payout.destination}: resending could pay twice; review it")
+        self._set_needs_review(conn, payout, reason)
+        return "needs_review", {"error": reason}
+
+    def _apply_transfer(self, conn: psycopg.Connection, payout: _Payout,
+                        transfer: Mapping[str, Any]) -> tuple[str, dict[str, Any] | None]:
+        if (transfer.get("amount") != payout.amount or str(transfer.get("currency", "")).lower() != payout.currency
+                or transfer.get("reversed")):
+            reason = (f"transfer {transfer.get('id')} does not match the payout (amount {transfer.get('amount')} "
+                      f"{transfer.get('currency')}, reversed={transfer.get('reversed')}; expected {payout.amount} "
+                      f"{payout.currency})")
+            self._set_needs_review(conn, payout, reason)
+            return "needs_review", {"error": reason}
+        self._confirm(conn, payout, str(transfer["id"]))
+        return "confirmed", None
 
     @staticmethod
-    def _confirm(conn, payout_id, contributor, currency, run_id, transfer_id) -> None:
+    def _confirm(conn: psycopg.Connection, payout: _Payout, transfer_id: str) -> None:
         with conn.transaction():
-            conn.execute("UPDATE csl_ops.payouts SET status = 'confirmed', transfer_id = %s, updated_at = now() "
-                         "WHERE id = %s AND status = 'instructed'", (transfer_id, payout_id))
-            conn.execute(
-                "UPDATE revenue_splits rs SET status = 'paid', payment_date = now() "
-                "FROM csl_ops.settled_licences sl WHERE sl.license_id = rs.license_id AND rs.contributor_id = %s "
-                "AND rs.status = 'pending' AND sl.currency = %s AND sl.run_id <= %s", (contributor, currency, run_id))
+            confirmed = conn.execute(
+                "UPDATE csl_ops.payouts SET status = 'confirmed', transfer_id = %s, error = NULL, updated_at = now() "
+                "WHERE id = %s AND status = 'sent' RETURNING id", (transfer_id, payout.id)).fetchone()
+            if confirmed is None:
+                return
+            conn.execute(  # exactly the licences this payout covers, for its contributor
+                "UPDATE revenue_splits rs SET status = 'paid', payment_date = now() FROM csl_ops.payout_licences pl "
+                "WHERE pl.payout_id = %s AND rs.license_id = pl.license_id AND rs.contributor_id = pl.contributor_id "
+                "AND rs.status = 'pending'", (payout.id,))
 
     @staticmethod
-    def _fail(conn, payout_id, contributor, currency, amount, key, error) -> None:
+    def _set_needs_review(conn: psycopg.Connection, payout: _Payout, reason: str) -> None:
+        with conn.transaction():
+            conn.execute("UPDATE csl_ops.payouts SET status = 'needs_review', error = %s, updated_at = now() "
+                         "WHERE id = %s AND status = 'sent'", (reason, payout.id))
+        log.error("payout %s (%s %s to %s) needs review: %s", payout.id, payout.amount, payout.currency,
+                  payout.contributor, reason)
+
+    @staticmethod
+    def _fail(conn: psycopg.Connection, payout: _Payout, error: str) -> None:
         with conn.transaction():
             updated = conn.execute("UPDATE csl_ops.payouts SET status = 'failed', error = %s, updated_at = now() "
-                                   "WHERE id = %s AND status = 'instructed' RETURNING run_id", (error, payout_id)).fetchone()
+                                   "WHERE id = %s AND status = 'sent' RETURNING run_id", (error, payout.id)).fetchone()
             if updated is None:
                 return
+            conn.execute("UPDATE csl_ops.payout_licences SET released = true WHERE payout_id = %s", (payout.id,))
             entry = conn.execute("INSERT INTO csl_ops.journal_entries (run_id, kind, currency, memo) VALUES "
                                  "(%s, 'payout', %s, %s) RETURNING id",
-                                 (updated[0], currency, f"payout {payout_id} refused: amount back to the balance")).fetchone()[0]
+                                 (updated[0], payout.currency,
+                                  f"payout {payout.id} refused: amount back to the balance")).fetchone()[0]
             conn.execute("INSERT INTO csl_ops.postings (entry_id, account_id, amount_minor, source_id, posting_key) "
                          "SELECT %s, id, %s, %s, %s FROM csl_ops.ledger_accounts WHERE kind = 'contributor_payable' "
                          "AND contributor_id = %s AND currency = %s",
-                         (entry, -amount, key, f"payout-reversal:{key}", contributor, currency))
+                         (entry, -payout.amount, payout.key, f"payout-reversal:{payout.key}", payout.contributor,
+                          payout.currency))
             conn.execute("INSERT INTO csl_ops.postings (entry_id, account_id, amount_minor, source_id, posting_key) "
                          "SELECT %s, id, %s, %s, %s FROM csl_ops.ledger_accounts WHERE kind = 'payouts_in_transit' "
-                         "AND currency = %s", (entry, amount, key, f"payout-reversal:{key}:in_transit", currency))
+                         "AND currency = %s", (entry, payout.amount, payout.key, f"payout-reversal:{payout.key}:in_transit",
+                                               payout.currency))
+
+
+@dataclass(frozen=True)
+class _Payout:
+    id: int
+    contributor: str
+    currency: str
+    amount: int
+    key: str
+    run_id: int
+    destination: str
+
+    @property
+    def transfer_group(self) -> str:
+        return f"csl-settlement-{self.run_id}"
+
 
 
 def _json_or_none(response: Any) -> dict | None:

@@ -481,7 +481,11 @@ class SettlementOperator(CslBaseOperator):
 
 
 class PayoutSendOperator(CslBaseOperator):
-    """Sends instructed payouts (only when ``enabled``) through the ``csl_payouts`` connection."""
+    """Sends payouts (only when ``enabled``) through the ``csl_payouts`` connection (host, port,
+    schema = ``http``/``https``, password = the API key); see ``csl.settlement.PayoutSender``.
+
+    Refused payouts and payouts needing review fail the task without retry; payouts whose
+    outcome is still unknown raise so that Airflow retries (same idempotency keys)."""
 
     template_fields: Sequence[str] = ("enabled",)
 
@@ -508,12 +512,15 @@ class PayoutSendOperator(CslBaseOperator):
                 result = sender.send(conn)
         finally:
             sender.close()
+        context["ti"].xcom_push(key="errors", value=result["errors"][:200])
+        if result["failed"] or result["needs_review"]:  # a person must act: retrying the task cannot help
+            raise AirflowFailException(f"{result['failed']} payout(s) refused, {result['needs_review']} need review "
+                                       f"(outcome unknown past the idempotency window): {result['errors'][:5]}")
         if result["retry_later"]:
-            raise RuntimeError(f"{result['retry_later']} payout(s) to retry (rate limit or server error): "
-                               f"{result['errors'][:3]}")  # transient: Airflow retries the task
-        if result["failed"]:
-            raise AirflowFailException(f"{result['failed']} payout(s) refused: {result['errors'][:5]}")
-        return result
+            raise RuntimeError(f"{result['retry_later']} payout(s) with an unknown outcome, sent again with the same "
+                               f"idempotency key on retry: {result['errors'][:3]}")  # transient: Airflow retries
+        log.info("payouts: %s confirmed (%s looked up)", result["confirmed"], result["looked_up"])
+        return {k: v for k, v in result.items() if k != "errors"}
 
 
 class StatementOperator(CslBaseOperator):

@@ -10,13 +10,17 @@ import threading
 import time
 import uuid
 from collections import Counter, defaultdict
+from decimal import Decimal
 
 import httpx
 import psycopg
 import pytest
-from hypothesis import given, settings as hsettings, strategies as st
+from hypothesis import given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
 
 from csl import settlement
+from csl.migrations import migrate
 from csl.settlement import GateFailed, Params, SettlementBusy, SettlementParamsError, allocate, split_licence, to_minor
 
 from ..conftest import REPO
@@ -76,8 +80,39 @@ def test_refunds_in_pieces_reverse_the_parts_exactly(price, weights, cuts):
 def test_to_minor_is_exact_and_refuses_sub_cents():
     assert to_minor(9.99) == 999 and to_minor(0.1) == 10 and to_minor(round(19.99 * 3, 2)) == 5997
     assert to_minor(299.7) == 29970 and to_minor("10.00") == 1000
-    with pytest.raises(settlement.SubCentAmount):
-        to_minor(10.005)
+    # float noise past 15 significant digits is not money: 0.30000000000000004 is 30 cents
+    assert to_minor(0.1 + 0.2) == 30 and to_minor(19.99 * 3) == 5997 and to_minor(1.15 * 100 / 100) == 115
+    assert to_minor(12345678901.23) == 1234567890123
+    for sub_cent in (10.005, 0.001, 19.999, "10.005", float("nan"), float("inf")):
+        with pytest.raises(settlement.SubCentAmount):
+            to_minor(sub_cent)
+
+
+EDGE_AMOUNTS = [0.0, 0.01, 0.1, 0.1 + 0.2, 0.3, 0.7 * 3, 1.15, 2.675, 4.35 * 100 / 100, 9.99, 10.005, 10.004999999999999,
+                19.99 * 3, 299.7, 1e-3, 1234567.891, 12345678901.23, 99999999999.99, 0.07 * 100, 8.675 - 0.005]
+
+
+def test_prices_and_refunds_convert_by_one_rule_in_sql_and_python(fresh_database):
+    """csl_ops.minor_units (SQL: prices, refunds, platform splits) and to_minor agree on every float."""
+    import random
+
+    rng = random.Random(5)
+    amounts = EDGE_AMOUNTS + [rng.randrange(0, 10**9) / 100 for _ in range(2000)] \
+        + [rng.randrange(0, 10**6) / 100 * rng.choice([0.7, 0.3, 0.25, 1 / 3]) for _ in range(2000)] \
+        + [a + b for a, b in zip([rng.randrange(0, 10**5) / 100 for _ in range(1000)],
+                                 [rng.randrange(0, 10**5) / 100 for _ in range(1000)], strict=True)]
+    with connect(fresh_database) as conn:
+        migrate(conn, components=("csl_ops",))
+        rows = conn.execute("SELECT a, csl_ops.minor_units(a) FROM unnest(%s::float8[]) AS a", (amounts,)).fetchall()
+    for amount, cents in rows:
+        whole = cents == cents.to_integral_value()
+        try:
+            python = to_minor(amount)
+        except settlement.SubCentAmount:
+            python = None
+        assert python == (int(cents) if whole else None), (amount, cents, python)
+    converted = {a: c for a, c in rows}
+    assert converted[0.1 + 0.2] == 30 and converted[10.005] == Decimal("1000.5")
 
 
 def test_bad_params_are_refused():
@@ -147,6 +182,11 @@ def test_payouts_over_the_minimum_and_the_rest_carried(platform_db):
         assert all(balances[k] == 0 for k in paid)
         carried = {k: v for k, v in balances.items() if v}
         assert carried and all(0 < v < 5000 for v in carried.values())
+        # nothing new and the same minimum: nothing to pay; a lower minimum pays what was carried
+        assert settlement.settle(conn, Params(minimum_payout_cents=5000), run_key="run-2")["payouts"] == []
+        lower = settlement.settle(conn, Params(minimum_payout_cents=1), run_key="run-3")["payouts"]
+        assert {(p["contributor_id"], p["currency"]): p["amount_minor"] for p in lower} == carried
+        assert not any(settlement.balances(conn).values())
 
 
 def test_refunds_after_payout_claw_back_exactly_and_a_negative_balance_is_carried(platform_db):
@@ -335,56 +375,314 @@ def test_statement_csv_has_running_balances(platform_db, tmp_path):
 
 
 # -- sending payouts (Stripe's transfer API shape, at the HTTP layer) ---------------------------
-def stripe_transport(outcomes: dict[str, tuple[int, dict]], seen: list[httpx.Request]):
-    def handler(request: httpx.Request) -> httpx.Response:
-        seen.append(request)
-        form = dict(httpx.QueryParams(request.content.decode()))
-        status, body = outcomes.get((form["metadata[contributor_id]"], form["currency"]), (200, None))
-        if status == 200 and body is None:
-            body = {"id": f"tr_{form['metadata[payout_id]']}", "object": "transfer", "amount": int(form["amount"]),
-                    "currency": form["currency"], "destination": form["destination"]}
-        return httpx.Response(status, json=body)
+API_KEY = "sk_test_csl"
 
-    return httpx.MockTransport(handler)
+
+class FakeStripe:
+    """Stripe's transfer endpoints as far as payouts use them, in memory.
+
+    ``POST /v1/transfers`` (form-encoded; idempotent: a repeated ``Idempotency-Key`` gets the
+    saved first answer, a 429 is not saved) and ``GET /v1/transfers`` (a list filtered by
+    ``transfer_group`` and ``destination``, newest first, paged by ``limit``/``starting_after``).
+    ``refuse``, ``rate_limit`` and ``lose_answer`` name idempotency keys: refused (400), rate
+    limited (429), or the transfer made but its answer lost (the client sees a timeout). Used over
+    ``httpx.MockTransport`` here and behind a real HTTP server in the e2e test.
+    """
+
+    def __init__(self, *, refuse=(), rate_limit=(), lose_answer=()):
+        self.refuse, self.rate_limit, self.lose_answer = set(refuse), set(rate_limit), set(lose_answer)
+        self.transfers: list[dict] = []
+        self.saved: dict[str, tuple[int, dict]] = {}
+        self.requests: list[tuple[str, str, dict, dict]] = []  # (method, path, form or query, headers)
+        self.lock = threading.Lock()
+
+    def handle(self, method: str, path: str, params: dict, headers) -> tuple[int, dict]:
+        with self.lock:
+            self.requests.append((method, path, params, dict(headers)))
+            if headers.get("authorization") != f"Bearer {API_KEY}":
+                return 401, {"error": {"type": "invalid_request_error", "message": "Invalid API Key provided"}}
+            if path != "/v1/transfers":
+                return 404, {"error": {"type": "invalid_request_error", "message": f"Unrecognized request URL {path}"}}
+            if method == "GET":
+                return 200, self._list(params)
+            key = headers.get("idempotency-key")
+            if key in self.saved:
+                return self.saved[key]
+            if key in self.rate_limit:
+                return 429, {"error": {"type": "rate_limit_error", "message": "Too many requests hit the API too quickly."}}
+            if key in self.refuse:
+                answer = 400, {"error": {"type": "invalid_request_error", "code": "account_invalid",
+                                         "message": "The destination account is not connected to your platform."}}
+            else:
+                transfer = {"id": f"tr_{len(self.transfers) + 1:08d}", "object": "transfer", "amount": int(params["amount"]),
+                            "currency": params["currency"], "destination": params["destination"],
+                            "transfer_group": params.get("transfer_group"), "reversed": False,
+                            "created": int(time.time()),
+                            "metadata": {k[9:-1]: v for k, v in params.items() if k.startswith("metadata[")}}
+                self.transfers.append(transfer)
+                answer = 200, transfer
+            self.saved[key] = answer
+            return answer
+
+    def _list(self, query: dict) -> dict:
+        found = [t for t in reversed(self.transfers)
+                 if t["transfer_group"] == query.get("transfer_group", t["transfer_group"])
+                 and t["destination"] == query.get("destination", t["destination"])]
+        if "starting_after" in query:
+            found = found[[t["id"] for t in found].index(query["starting_after"]) + 1:]
+        limit = int(query.get("limit", 10))
+        return {"object": "list", "url": "/v1/transfers", "has_more": len(found) > limit, "data": found[:limit]}
+
+    def transport(self) -> httpx.MockTransport:
+        def handler(request: httpx.Request) -> httpx.Response:
+            params = dict(httpx.QueryParams(request.content.decode())) if request.method == "POST" \
+                else dict(request.url.params)
+            status, body = self.handle(request.method, request.url.path, params, request.headers)
+            if request.method == "POST" and request.headers.get("Idempotency-Key") in self.lose_answer:
+                raise httpx.ReadTimeout("the answer never arrived", request=request)
+            return httpx.Response(status, json=body)
+
+        return httpx.MockTransport(handler)
+
+    def posts(self) -> list[dict]:
+        return [dict(params, idempotency_key=headers.get("idempotency-key"))
+                for method, _, params, headers in self.requests if method == "POST"]
+
+
+def payout_rows(conn):
+    return {(c, cur): (status, transfer, attempts) for c, cur, status, transfer, attempts in conn.execute(
+        "SELECT contributor_id::text, currency, status, transfer_id, attempts FROM csl_ops.payouts").fetchall()}
+
+
+def paid_splits(conn):
+    return set(conn.execute("SELECT license_id::text, contributor_id::text FROM revenue_splits "
+                            "WHERE status = 'paid' AND payment_date > now() - interval '1 hour'").fetchall())
+
+
+def covered(conn, statuses):
+    return set(conn.execute(
+        "SELECT pl.license_id::text, pl.contributor_id::text FROM csl_ops.payout_licences pl "
+        "JOIN csl_ops.payouts po ON po.id = pl.payout_id JOIN revenue_splits rs ON rs.license_id = pl.license_id "
+        "AND rs.contributor_id = pl.contributor_id WHERE po.status = ANY(%s)", (list(statuses),)).fetchall())
 
 
 def test_payouts_are_sent_with_idempotency_keys_and_their_outcomes_applied(platform_db):
     with connect(platform_db) as conn:
+        # the platform's own old 'paid' marks are not ours to judge here: start from pending splits
+        conn.execute("UPDATE revenue_splits SET status = 'pending', payment_date = NULL")
         outcome = settlement.settle(conn, Params(minimum_payout_cents=1000), run_key="run-1")
         payouts = outcome["payouts"]
-        assert len(payouts) >= 3
-        refused, limited = payouts[0]["contributor_id"], payouts[1]["contributor_id"]
-        refused_key = (refused, payouts[0]["currency"])
-        limited_key = (limited, payouts[1]["currency"])
-        seen: list[httpx.Request] = []
-        transport = stripe_transport({
-            refused_key: (400, {"error": {"type": "invalid_request_error", "code": "account_invalid",
-                                      "message": "The destination account is not connected"}}),
-            limited_key: (429, {"error": {"type": "rate_limit_error", "message": "Too many requests"}}),
-        }, seen)
-        sender = settlement.PayoutSender(endpoint="https://api.stripe.test", api_key="sk_test_x", transport=transport)
+        assert len(payouts) >= 3 and all(p["licences"] > 0 for p in payouts)
+        refused, limited = (payouts[0]["contributor_id"], payouts[0]["currency"]), \
+            (payouts[1]["contributor_id"], payouts[1]["currency"])
+        stripe = FakeStripe(refuse=[payouts[0]["idempotency_key"]], rate_limit=[payouts[1]["idempotency_key"]])
+        sender = settlement.PayoutSender(endpoint="https://api.stripe.test", api_key=API_KEY,
+                                         transport=stripe.transport())
         result = sender.send(conn)
         assert (result["confirmed"], result["failed"], result["retry_later"]) == (len(payouts) - 2, 1, 1)
-        first = seen[0]
-        assert first.url.path == "/v1/transfers" and first.headers["Authorization"] == "Bearer sk_test_x"
-        assert first.headers["Idempotency-Key"] == payouts[0]["idempotency_key"]
-        form = dict(httpx.QueryParams(first.content.decode()))
-        assert form["amount"] == str(payouts[0]["amount_minor"]) and form["currency"] == payouts[0]["currency"]
-        statuses = {(c, cur): st for c, cur, st in conn.execute(
-            "SELECT contributor_id::text, currency, status FROM csl_ops.payouts").fetchall()}
-        assert statuses[refused_key] == "failed" and statuses[limited_key] == "instructed"
-        assert {s for k, s in statuses.items() if k not in (refused_key, limited_key)} == {"confirmed"}
+        posts = stripe.posts()
+        assert [p["idempotency_key"] for p in posts] == [p["idempotency_key"] for p in payouts]
+        assert [(int(p["amount"]), p["currency"]) for p in posts] == [(p["amount_minor"], p["currency"]) for p in payouts]
+        rows = payout_rows(conn)
+        assert rows[refused][0] == "failed" and rows[limited][0] == "sent"  # unknown outcome: sent, not instructed
+        assert {s for k, (s, _, _) in rows.items() if k not in (refused, limited)} == {"confirmed"}
+        assert {t for k, (_, t, _) in rows.items() if k not in (refused, limited)} == {t["id"] for t in stripe.transfers}
         # refused: the money is back on the contributor's balance, carried to the next run
-        assert settlement.balances(conn)[(refused, payouts[0]["currency"])] == payouts[0]["amount_minor"]
-        paid = conn.execute("SELECT count(*) FROM revenue_splits WHERE status = 'paid' AND payment_date IS NOT NULL "
-                            "AND contributor_id = %s", (payouts[2]["contributor_id"],)).fetchone()[0]
-        assert paid > 0
-        assert conn.execute("SELECT count(*) FROM revenue_splits rs JOIN csl_ops.settled_licences sl USING (license_id) "
-                            "WHERE rs.status = 'paid' AND rs.contributor_id = %s AND sl.currency = %s "
-                            "AND rs.payment_date > now() - interval '1 minute'", refused_key).fetchone()[0] == 0
-        # a second send retries only the rate-limited one, with the same idempotency key
-        seen.clear()
+        assert settlement.balances(conn)[refused] == payouts[0]["amount_minor"]
+        # exactly the licences the confirmed payouts cover are paid, nothing else
+        assert paid_splits(conn) == covered(conn, ["confirmed"]) != set()
+        # a second send repeats only the rate-limited one, with the same idempotency key
+        stripe.rate_limit.clear()
+        stripe.requests.clear()
         again = sender.send(conn)
-        assert [r.headers["Idempotency-Key"] for r in seen] == [payouts[1]["idempotency_key"]]
-        assert again["retry_later"] == 1
+        assert [p["idempotency_key"] for p in stripe.posts()] == [payouts[1]["idempotency_key"]]
+        assert again["confirmed"] == 1 and payout_rows(conn)[limited][:1] == ("confirmed",)
+        assert paid_splits(conn) == covered(conn, ["confirmed"])
+        # the refused payout's licences are released: the next run's payout covers them again
+        refused_licences = {lic for lic, c in covered(conn, ["failed"]) if c == refused[0]}
+        run2 = settlement.settle(conn, Params(minimum_payout_cents=1000), run_key="run-2")
+        assert [(p["contributor_id"], p["currency"], p["amount_minor"]) for p in run2["payouts"]] == \
+            [(*refused, payouts[0]["amount_minor"])]
+        assert {lic for lic, c in covered(conn, ["instructed"]) if c == refused[0]} == refused_licences
         sender.close()
+
+
+def sell(conn, contributor, currency, price):
+    """A new completed direct licence of one of the contributor's samples, on its own payment intent."""
+    pi = f"pi_test_{uuid.uuid4().hex[:16]}"
+    conn.execute("INSERT INTO payment_intents (id, user_id, amount, currency, status) SELECT %s, user_id, %s, %s, "
+                 "'succeeded' FROM licenses LIMIT 1", (pi, price, currency))
+    return conn.execute(
+        "INSERT INTO licenses (user_id, audio_sample_id, license_type, price, payment_status, payment_intent_id) "
+        "SELECT l.user_id, s.id, l.license_type, %s, 'completed', %s FROM audio_samples s "
+        "CROSS JOIN (SELECT user_id, license_type FROM licenses LIMIT 1) l WHERE s.contributor_id = %s LIMIT 1 "
+        "RETURNING id::text", (price, pi, contributor)).fetchone()[0]
+
+
+def test_a_payout_marks_paid_exactly_the_licences_it_covers(platform_db):
+    """Two payouts to one contributor; only the later is confirmed: only its licence is paid."""
+    with connect(platform_db) as conn:
+        conn.execute("UPDATE revenue_splits SET status = 'pending', payment_date = NULL")
+        first = settlement.settle(conn, Params(minimum_payout_cents=1), run_key="run-1")["payouts"][0]
+        contributor, currency = first["contributor_id"], first["currency"]
+        new_licence = sell(conn, contributor, currency, 25.0)
+        second = settlement.settle(conn, Params(minimum_payout_cents=1), run_key="run-2")["payouts"]
+        assert [(p["contributor_id"], p["currency"], p["amount_minor"], p["licences"]) for p in second] == \
+            [(contributor, currency, 1750, 1)]
+        stripe = FakeStripe(rate_limit=[first["idempotency_key"]])  # the first payout's answer is not in yet
+        sender = settlement.PayoutSender(endpoint="https://api.stripe.test", api_key=API_KEY,
+                                         transport=stripe.transport())
+        sender.send(conn)
+        rows = {k: s for k, s in conn.execute("SELECT idempotency_key, status FROM csl_ops.payouts").fetchall()}
+        assert rows[first["idempotency_key"]] == "sent" and rows[second[0]["idempotency_key"]] == "confirmed"
+        first_licences = {r[0] for r in conn.execute(
+            "SELECT pl.license_id::text FROM csl_ops.payout_licences pl JOIN csl_ops.payouts po ON po.id = pl.payout_id "
+            "WHERE po.idempotency_key = %s", (first["idempotency_key"],)).fetchall()}
+        paid = {lic for lic, c in paid_splits(conn) if c == contributor}
+        assert first_licences and new_licence in paid and not first_licences & paid
+        assert paid_splits(conn) == covered(conn, ["confirmed"])
+        sender.close()
+
+
+def test_sent_is_committed_before_the_call_and_a_lost_answer_is_never_paid_twice(platform_db):
+    with connect(platform_db) as conn, connect(platform_db) as watcher:
+        payouts = settlement.settle(conn, Params(minimum_payout_cents=1000), run_key="run-1")["payouts"]
+        lost = payouts[0]["contributor_id"]
+        stripe = FakeStripe(lose_answer=[payouts[0]["idempotency_key"]])
+        seen_status = {}
+        transport = stripe.transport()
+
+        def watching(request: httpx.Request) -> httpx.Response:
+            key = request.headers.get("Idempotency-Key")
+            if key:  # what another session (a restarted worker) sees while the call is in flight
+                seen_status[key] = watcher.execute("SELECT status, attempts FROM csl_ops.payouts "
+                                                   "WHERE idempotency_key = %s", (key,)).fetchone()
+            return transport.handle_request(request)
+
+        sender = settlement.PayoutSender(endpoint="https://api.stripe.test", api_key=API_KEY,
+                                         transport=httpx.MockTransport(watching))
+        result = sender.send(conn)
+        assert set(seen_status.values()) == {("sent", 1)}
+        assert result["retry_later"] == 1 and payout_rows(conn)[(lost, payouts[0]["currency"])][0] == "sent"
+        # within the idempotency window the same key is sent again: Stripe answers with the first transfer
+        stripe.lose_answer.clear()
+        assert sender.send(conn)["confirmed"] == 1
+        made = [t for t in stripe.transfers if t["metadata"]["idempotency_key"] == payouts[0]["idempotency_key"]]
+        assert len(made) == 1 and payout_rows(conn)[(lost, payouts[0]["currency"])][:2] == ("confirmed", made[0]["id"])
+        sender.close()
+
+
+def test_past_the_idempotency_window_an_unknown_payout_is_looked_up_never_resent(platform_db):
+    with connect(platform_db) as conn:
+        payouts = settlement.settle(conn, Params(minimum_payout_cents=1000), run_key="run-1")["payouts"]
+        made_it, never_arrived = payouts[0], payouts[1]
+        stripe = FakeStripe(lose_answer=[made_it["idempotency_key"]], rate_limit=[never_arrived["idempotency_key"]])
+        sender = settlement.PayoutSender(endpoint="https://api.stripe.test", api_key=API_KEY,
+                                         transport=stripe.transport())
+        sender.send(conn)
+        group = stripe.transfers[0]["transfer_group"]
+        for i in range(250):  # later transfers of the same group to the same account: the lookup must page
+            stripe.transfers.append({"id": f"tr_later_{i}", "object": "transfer", "amount": 100, "reversed": False,
+                                     "currency": made_it["currency"], "destination": stripe.transfers[0]["destination"],
+                                     "transfer_group": group, "metadata": {}})
+        keys = (made_it["idempotency_key"], never_arrived["idempotency_key"])
+        conn.execute("UPDATE csl_ops.payouts SET first_sent_at = now() - interval '25 hours' "
+                     "WHERE idempotency_key = ANY(%s)", (list(keys),))
+        conn.execute("UPDATE csl_ops.payouts SET status = 'confirmed' WHERE NOT idempotency_key = ANY(%s)", (list(keys),))
+        stripe.requests.clear()
+        stripe.lose_answer.clear()
+        stripe.rate_limit.clear()
+        result = sender.send(conn)
+        assert stripe.posts() == [], "nothing is sent again past the window"
+        assert (result["looked_up"], result["confirmed"], result["needs_review"]) == (2, 1, 1)
+        transfer = next(t for t in stripe.transfers if t["metadata"].get("idempotency_key") == made_it["idempotency_key"])
+        rows = payout_rows(conn)
+        assert rows[(made_it["contributor_id"], made_it["currency"])][:2] == ("confirmed", transfer["id"])
+        assert rows[(never_arrived["contributor_id"], never_arrived["currency"])][0] == "needs_review"
+        error = conn.execute("SELECT error FROM csl_ops.payouts WHERE idempotency_key = %s", (keys[1],)).fetchone()[0]
+        assert "no transfer found" in error and "review" in error
+        assert sender.send(conn)["needs_review"] == 0 and stripe.posts() == []  # left for a person
+        sender.close()
+
+
+# -- the gate judges payouts and clawbacks; refunds convert like prices --------------------------
+def refundable_licence(conn, *, generation=False, min_price=1.0):
+    """A settled, completed licence whose payment intent pays only it and has no refund yet."""
+    return conn.execute(
+        "SELECT l.id::text, l.payment_intent_id, l.price, lower(pi.currency) FROM licenses l "
+        "JOIN payment_intents pi ON pi.id = l.payment_intent_id "
+        "JOIN csl_ops.settled_licences sl ON sl.license_id = l.id "
+        "WHERE l.payment_status = 'completed' AND l.price >= %s AND (l.generation_id IS NOT NULL) = %s "
+        "AND (NOT %s OR cardinality((SELECT source_samples FROM generations g WHERE g.id = l.generation_id)) >= 2) "
+        "AND NOT EXISTS (SELECT 1 FROM refunds r WHERE r.payment_intent_id = l.payment_intent_id) "
+        "AND (SELECT count(*) FROM licenses l2 WHERE l2.payment_intent_id = l.payment_intent_id) = 1 "
+        "ORDER BY l.price DESC, l.id LIMIT 1", (min_price, generation, generation)).fetchone()
+
+
+def refund(conn, refund_id, payment_intent, amount, currency):
+    conn.execute("INSERT INTO refunds (id, payment_intent_id, amount, currency, reason, status) "
+                 "VALUES (%s, %s, %s, %s, 'test', 'succeeded')", (refund_id, payment_intent, amount, currency))
+
+
+def test_refunds_convert_like_prices_float_noise_is_not_a_sub_cent(platform_db):
+    with connect(platform_db) as conn:
+        settlement.settle(conn, Params(), run_key="run-1")
+        license_id, pi, _, currency = refundable_licence(conn)
+        refund(conn, "re_noise", pi, 0.1 + 0.2, currency)  # 0.30000000000000004: float noise, 30 cents
+        outcome = settlement.settle(conn, Params(), run_key="run-2")
+        assert outcome["clawbacks"]["refunds"] == 1
+        assert conn.execute("SELECT amount_minor FROM csl_ops.postings WHERE posting_key = 'clawback:re_noise:clearing'"
+                            ).fetchone()[0] == -30
+        license_id, pi, _, currency = refundable_licence(conn, min_price=10.01)
+        refund(conn, "re_half_cent", pi, 10.005, currency)  # a real half cent: held, never rounded
+        with pytest.raises(GateFailed) as caught:
+            settlement.settle(conn, Params(), run_key="run-3")
+        assert [(f["kind"], f["license_id"]) for f in caught.value.outcome["findings"]] == \
+            [("refund_sub_cent", license_id)]
+        assert conn.execute("SELECT count(*) FROM csl_ops.postings WHERE posting_key LIKE 'clawback:re_half_cent:%'"
+                            ).fetchone()[0] == 0
+
+
+def test_the_gate_checks_clawbacks_against_the_refunded_share_not_only_their_balance(platform_db):
+    """An earlier clawback that took more than a contributor's part (balanced, so no entry check
+    sees it) fails the gate as soon as the licence is refunded again."""
+    with connect(platform_db) as conn:
+        run_id = settlement.settle(conn, Params(minimum_payout_cents=10**9), run_key="run-1")["run_id"]
+        license_id, pi, price, currency = refundable_licence(conn, generation=True)
+        contributor, part = min(posted_parts(conn)[license_id].items())
+        entry = conn.execute("INSERT INTO csl_ops.journal_entries (run_id, kind, currency, memo) VALUES "
+                             "(%s, 'clawback', %s, 'a buggy earlier clawback') RETURNING id", (run_id, currency)).fetchone()[0]
+        conn.execute(
+            "INSERT INTO csl_ops.postings (entry_id, account_id, amount_minor, license_id, source_id, posting_key) "
+            "SELECT %s, a.id, CASE a.kind WHEN 'platform_revenue' THEN -%s ELSE %s END, %s, 're_bug', "
+            "       'clawback:re_bug:' || coalesce(a.contributor_id::text, 'platform') FROM csl_ops.ledger_accounts a "
+            "WHERE a.currency = %s AND (a.kind = 'platform_revenue' OR (a.kind = 'contributor_payable' "
+            "AND a.contributor_id = %s))", (entry, part + 1, part + 1, license_id, currency, contributor))
+        postings_before = conn.execute("SELECT count(*) FROM csl_ops.postings").fetchone()[0]
+        refund(conn, "re_partial", pi, round(price / 4, 2), currency)
+        with pytest.raises(GateFailed) as caught:
+            settlement.settle(conn, Params(minimum_payout_cents=1), run_key="run-2")
+        violations = {c["check"]: c["violations"] for c in caught.value.outcome["gate"]["checks"]}
+        assert violations["clawbacks_within_allocation"] >= 1 and violations["clawbacks_proportional"] >= 1
+        assert violations["entries_balance"] == 0 and violations["findings"] == 0
+        assert conn.execute("SELECT count(*) FROM csl_ops.postings").fetchone()[0] == postings_before
+        assert conn.execute("SELECT count(*) FROM csl_ops.payouts").fetchone()[0] == 0
+
+
+def test_the_gate_judges_the_payouts_and_a_wrong_one_stops_the_run(platform_db):
+    with connect(platform_db) as conn:
+        outcome = settlement.settle(conn, Params(), run_key="run-1")
+        assert outcome["payouts"] and outcome["gate"]["payouts"] == len(outcome["payouts"])
+        assert {v["asset"] for v in outcome["gate"]["validation"]} == {"checks", "entries", "payouts"}
+        # a bug in the payout step (simulated: every instruction one cent over the balance)
+        sell(conn, outcome["payouts"][0]["contributor_id"], outcome["payouts"][0]["currency"], 99.0)
+        conn.execute("CREATE FUNCTION pg_temp.one_cent_more() RETURNS trigger LANGUAGE plpgsql AS "
+                     "$$ BEGIN NEW.amount_minor := NEW.amount_minor + 1; RETURN NEW; END $$")
+        conn.execute("CREATE TRIGGER one_cent_more BEFORE INSERT ON csl_ops.payouts FOR EACH ROW "
+                     "EXECUTE FUNCTION pg_temp.one_cent_more()")
+        payouts_before = conn.execute("SELECT count(*) FROM csl_ops.payouts").fetchone()[0]
+        with pytest.raises(GateFailed) as caught:
+            settlement.settle(conn, Params(), run_key="run-2")
+        violations = {c["check"]: c["violations"] for c in caught.value.outcome["gate"]["checks"]}
+        assert violations["payouts_clear_balances"] == 1 and caught.value.outcome["payouts"] == []
+        assert conn.execute("SELECT count(*) FROM csl_ops.payouts").fetchone()[0] == payouts_before

@@ -1,11 +1,11 @@
 -- Licences due for settlement: payment completed, not yet in the ledger, created in the
--- period. price_raw keeps the float dollars as exact numeric (15 significant digits, as
--- PostgreSQL casts float8): a value with a real sub-cent part is a finding, never rounded.
+-- period. price_raw is the price in cents by csl_ops.minor_units (the one conversion of
+-- platform floats): a value with a real sub-cent part is a finding, never rounded.
 CREATE TEMP TABLE due ON COMMIT DROP AS
 SELECT l.id                                          AS license_id,
        lower(pi.currency)                            AS currency,
        l.price,
-       l.price::numeric * 100                        AS price_raw,
+       csl_ops.minor_units(l.price)                  AS price_raw,
        CASE WHEN l.audio_sample_id IS NOT NULL THEN 'direct' ELSE 'generation' END AS kind,
        s.contributor_id                              AS sample_contributor,
        g.source_samples

@@ -1,9 +1,11 @@
 -- Licences the run cannot settle as they are; each becomes a finding and fails the gate.
 CREATE TEMP TABLE held (license_id uuid, kind text, detail jsonb) ON COMMIT DROP;
 INSERT INTO held
-SELECT license_id, 'sub_cent_price', jsonb_build_object('price', price) FROM due WHERE price_raw <> round(price_raw)
+SELECT license_id, 'price_out_of_range', jsonb_build_object('price', price) FROM due
+ WHERE NOT price_raw BETWEEN 0 AND 1e15  -- negative, NaN, infinite or absurd
 UNION ALL
-SELECT license_id, 'negative_price', jsonb_build_object('price', price) FROM due WHERE price_raw < 0
+SELECT license_id, 'sub_cent_price', jsonb_build_object('price', price) FROM due
+ WHERE price_raw BETWEEN 0 AND 1e15 AND price_raw <> round(price_raw)
 UNION ALL
 SELECT license_id, 'no_currency', jsonb_build_object('currency', currency) FROM due
  WHERE currency IS NULL OR currency !~ '^[a-z]{3}$'

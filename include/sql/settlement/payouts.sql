@@ -1,0 +1,64 @@
+-- Payout instructions of a run (before the gate, so the gate judges them too): every
+-- contributor payable balance at or over the minimum is paid out in full (one journal entry
+-- per currency: each payable debited, payouts in transit credited); the rest is carried. Each
+-- payout records the licences it covers: the contributor's sale parts not yet covered by a
+-- live (not refused) payout.
+-- The run has just written most of the postings and accounts, so their statistics are stale:
+-- balances are aggregated per account before any join, and the small temp tables are analyzed,
+-- so that no plan rests on "this table is empty".
+CREATE TEMP TABLE payable ON COMMIT DROP AS
+SELECT a.id AS account_id, a.contributor_id, a.currency, b.balance
+FROM (SELECT account_id, -sum(amount_minor)::bigint AS balance FROM csl_ops.postings GROUP BY account_id) b
+JOIN csl_ops.ledger_accounts a ON a.id = b.account_id AND a.kind = 'contributor_payable'
+WHERE b.balance >= greatest(%(minimum)s, 1);
+ANALYZE payable;
+
+INSERT INTO csl_ops.ledger_accounts (kind, contributor_id, currency)
+SELECT DISTINCT 'payouts_in_transit', NULL::uuid, currency FROM payable
+ON CONFLICT DO NOTHING;
+
+CREATE TEMP TABLE payout_entries ON COMMIT DROP AS
+WITH inserted AS (
+    INSERT INTO csl_ops.journal_entries (run_id, kind, currency, memo)
+    SELECT %(run_id)s, 'payout', currency, 'payout instructions of run ' || %(run_key)s
+    FROM (SELECT DISTINCT currency FROM payable) c
+    RETURNING id, currency
+) SELECT * FROM inserted;
+
+-- the key is sha256("<run_key>:<contributor>:<currency>"): a rerun of the same run_key makes the same keys
+CREATE TEMP TABLE new_payouts ON COMMIT DROP AS
+WITH inserted AS (
+    INSERT INTO csl_ops.payouts (run_id, contributor_id, currency, amount_minor, idempotency_key, status)
+    SELECT %(run_id)s, contributor_id, currency, balance,
+           'csl-payout-' || left(encode(sha256(convert_to(%(run_key)s::text || ':' || contributor_id || ':' || currency,
+                                                          'UTF8')), 'hex'), 32),
+           'instructed'
+    FROM payable
+    ORDER BY currency, contributor_id
+    RETURNING id, contributor_id, currency, amount_minor, idempotency_key
+) SELECT i.*, pa.account_id FROM inserted i JOIN payable pa USING (contributor_id, currency);
+ANALYZE new_payouts;
+
+INSERT INTO csl_ops.postings (entry_id, account_id, amount_minor, source_id, posting_key)
+SELECT e.id, np.account_id, np.amount_minor, np.idempotency_key, 'payout:' || np.idempotency_key
+FROM new_payouts np
+JOIN payout_entries e USING (currency);
+
+INSERT INTO csl_ops.postings (entry_id, account_id, amount_minor, posting_key)
+SELECT e.id, a.id, -t.total, 'payout-entry:' || e.id || ':in_transit'
+FROM payout_entries e
+JOIN (SELECT currency, sum(amount_minor)::bigint AS total FROM new_payouts GROUP BY 1) t USING (currency)
+JOIN csl_ops.ledger_accounts a ON a.kind = 'payouts_in_transit' AND a.contributor_id IS NULL AND a.currency = e.currency;
+
+-- chosen first, inserted second: an INSERT whose anti-join reads the table it is filling
+-- rescans every page it has just written (quadratic at a million rows)
+CREATE TEMP TABLE covered ON COMMIT DROP AS
+SELECT np.id AS payout_id, p.license_id, np.contributor_id, -p.amount_minor AS amount_minor
+FROM new_payouts np
+JOIN csl_ops.postings p ON p.account_id = np.account_id AND p.license_id IS NOT NULL
+JOIN csl_ops.journal_entries e ON e.id = p.entry_id AND e.kind = 'sale'
+WHERE NOT EXISTS (SELECT 1 FROM csl_ops.payout_licences pl
+                  WHERE pl.license_id = p.license_id AND pl.contributor_id = np.contributor_id AND NOT pl.released);
+
+INSERT INTO csl_ops.payout_licences (payout_id, license_id, contributor_id, amount_minor)
+SELECT payout_id, license_id, contributor_id, amount_minor FROM covered;
