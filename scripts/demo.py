@@ -51,7 +51,8 @@ def format_settlement(summary: dict | None, statement: dict | None) -> str:
     if not summary:
         return "  (no summary: see the settle task's log)"
     lines = [f"  {summary['status']}: {summary['licences']:,} licences settled, {summary['splits_reused']:,} platform "
-             f"splits reused, {summary['clawbacks']['refunds']} refunds clawed back, {summary['payouts']} payout "
+             f"splits reused ({summary.get('splits_paid_before', 0):,} already paid by the platform: recorded, not paid "
+             f"again), {summary['clawbacks']['refunds']} refunds clawed back, {summary['payouts']} payout "
              f"instructions"]
     for currency, figures in sorted((summary.get("by_currency") or {}).items()):
         lines.append(f"  {currency}: gross {figures['gross_minor'] / 100:,.2f}, contributors "

@@ -286,6 +286,8 @@ def _sale_figures(conn: psycopg.Connection) -> dict[str, Any]:
     contributor = dict(conn.execute(
         "SELECT po.currency, sum(pa.amount_minor) FROM parts pa JOIN pool po USING (license_id) GROUP BY 1").fetchall())
     reused = conn.execute("SELECT count(DISTINCT license_id) FROM existing").fetchone()[0]
+    prepaid = conn.execute("SELECT count(DISTINCT e.license_id) FROM existing e JOIN pool USING (license_id) "
+                           "WHERE e.paid").fetchone()[0]
     held = conn.execute("SELECT count(DISTINCT license_id) FROM held").fetchone()[0]
     due = conn.execute("SELECT count(*) FROM due").fetchone()[0]
     return {
@@ -293,6 +295,7 @@ def _sale_figures(conn: psycopg.Connection) -> dict[str, Any]:
         "licences": sum(r[1] for r in per_currency),
         "held": held,
         "splits_reused": reused,
+        "splits_paid_before": prepaid,
         "by_currency": {cur: {"licences": n, "gross_minor": int(gross), "contributors_minor": int(contributor.get(cur, 0)),
                               "platform_minor": int(gross) - int(contributor.get(cur, 0))}
                         for cur, n, gross in per_currency},

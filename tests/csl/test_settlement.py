@@ -180,13 +180,15 @@ def test_payouts_over_the_minimum_and_the_rest_carried(platform_db):
         assert paid and all(v >= 5000 for v in paid.values())
         balances = settlement.balances(conn)
         assert all(balances[k] == 0 for k in paid)
-        carried = {k: v for k, v in balances.items() if v}
-        assert carried and all(0 < v < 5000 for v in carried.values())
+        # carried: under the minimum; negative where a refund clawed back what the platform paid before
+        carried = {k: v for k, v in balances.items() if v > 0}
+        owing = {k: v for k, v in balances.items() if v < 0}
+        assert carried and all(v < 5000 for v in carried.values())
         # nothing new and the same minimum: nothing to pay; a lower minimum pays what was carried
         assert settlement.settle(conn, Params(minimum_payout_cents=5000), run_key="run-2")["payouts"] == []
         lower = settlement.settle(conn, Params(minimum_payout_cents=1), run_key="run-3")["payouts"]
         assert {(p["contributor_id"], p["currency"]): p["amount_minor"] for p in lower} == carried
-        assert not any(settlement.balances(conn).values())
+        assert {k: v for k, v in settlement.balances(conn).items() if v} == owing
 
 
 def test_refunds_after_payout_claw_back_exactly_and_a_negative_balance_is_carried(platform_db):
@@ -686,3 +688,40 @@ def test_the_gate_judges_the_payouts_and_a_wrong_one_stops_the_run(platform_db):
         violations = {c["check"]: c["violations"] for c in caught.value.outcome["gate"]["checks"]}
         assert violations["payouts_clear_balances"] == 1 and caught.value.outcome["payouts"] == []
         assert conn.execute("SELECT count(*) FROM csl_ops.payouts").fetchone()[0] == payouts_before
+
+
+def test_splits_the_platform_already_paid_are_recorded_as_paid_and_never_paid_again(platform_db):
+    with connect(platform_db) as conn:
+        before = dict(conn.execute(
+            "SELECT rs.license_id::text || ':' || rs.contributor_id, rs.payment_date FROM revenue_splits rs "
+            "WHERE rs.status = 'paid'").fetchall())
+        assert before, "the seed has platform splits already marked paid"
+        outcome = settlement.settle(conn, Params(minimum_payout_cents=1), run_key="run-1")
+        assert outcome["status"] == "committed" and outcome["splits_paid_before"] > 0
+        prepaid = dict(conn.execute(
+            "SELECT split_part(posting_key, ':', 2) || ':' || split_part(posting_key, ':', 3), amount_minor "
+            "FROM csl_ops.postings WHERE posting_key LIKE 'prepaid:%'").fetchall())
+        sales = dict(conn.execute(
+            "SELECT split_part(posting_key, ':', 2) || ':' || split_part(posting_key, ':', 3), -amount_minor "
+            "FROM csl_ops.postings WHERE posting_key LIKE 'sale:%'").fetchall())
+        settled_paid = {k for k in before if k in sales}
+        # every settled split the platform had paid: its payment is on the ledger, at the sale's amount
+        assert set(prepaid) == settled_paid and all(prepaid[k] == sales[k] for k in prepaid)
+        assert len({k.split(":")[0] for k in prepaid}) == outcome["splits_paid_before"]
+        # no payout covers them, so sending can never pay them twice
+        covered_keys = {f"{lic}:{c}" for lic, c in conn.execute(
+            "SELECT license_id::text, contributor_id::text FROM csl_ops.payout_licences").fetchall()}
+        assert covered_keys and not (covered_keys & set(prepaid))
+        # payouts pay what the ledger owes: sales minus what was paid before minus clawbacks
+        owed = dict(conn.execute(
+            "SELECT a.contributor_id::text || ':' || a.currency, -sum(p.amount_minor) FROM csl_ops.postings p "
+            "JOIN csl_ops.ledger_accounts a ON a.id = p.account_id AND a.kind = 'contributor_payable' "
+            "JOIN csl_ops.journal_entries e ON e.id = p.entry_id "
+            "WHERE NOT (e.kind = 'payout' AND p.posting_key LIKE 'payout:%') GROUP BY 1").fetchall())
+        paid_now = {f"{p['contributor_id']}:{p['currency']}": p["amount_minor"] for p in outcome["payouts"]}
+        assert paid_now and all(owed[k] == v for k, v in paid_now.items())
+        # and the platform's own rows keep their payment dates
+        after = dict(conn.execute(
+            "SELECT rs.license_id::text || ':' || rs.contributor_id, rs.payment_date FROM revenue_splits rs "
+            "WHERE rs.status = 'paid'").fetchall())
+        assert {k: after[k] for k in before} == before

@@ -58,7 +58,10 @@ FROM new_payouts np
 JOIN csl_ops.postings p ON p.account_id = np.account_id AND p.license_id IS NOT NULL
 JOIN csl_ops.journal_entries e ON e.id = p.entry_id AND e.kind = 'sale'
 WHERE NOT EXISTS (SELECT 1 FROM csl_ops.payout_licences pl
-                  WHERE pl.license_id = p.license_id AND pl.contributor_id = np.contributor_id AND NOT pl.released);
+                  WHERE pl.license_id = p.license_id AND pl.contributor_id = np.contributor_id AND NOT pl.released)
+  -- the platform paid it before settlement (see post_sales.sql)
+  AND NOT EXISTS (SELECT 1 FROM csl_ops.postings pp
+                  WHERE pp.posting_key = 'prepaid:' || p.license_id || ':' || np.contributor_id);
 
 INSERT INTO csl_ops.payout_licences (payout_id, license_id, contributor_id, amount_minor)
 SELECT payout_id, license_id, contributor_id, amount_minor FROM covered;

@@ -24,6 +24,41 @@ JOIN csl_ops.ledger_accounts a ON a.kind = 'contributor_payable' AND a.contribut
                               AND a.currency = po.currency
 WHERE pa.amount_minor <> 0;
 
+-- Splits the platform already paid out (revenue_splits.status = 'paid'): the payment that
+-- already left is posted too, so the contributor's payable never counts it again and no payout
+-- pays it twice (one 'payout' entry per currency: each payable debited, payouts in transit credited).
+CREATE TEMP TABLE prepaid ON COMMIT DROP AS
+SELECT pa.license_id, pa.contributor_id, po.currency, pa.amount_minor
+FROM parts pa
+JOIN pool po USING (license_id)
+JOIN existing e ON e.license_id = pa.license_id AND e.contributor_id = pa.contributor_id
+WHERE e.paid AND pa.amount_minor <> 0;
+
+INSERT INTO csl_ops.ledger_accounts (kind, contributor_id, currency)
+SELECT DISTINCT 'payouts_in_transit', NULL::uuid, currency FROM prepaid
+ON CONFLICT DO NOTHING;
+
+CREATE TEMP TABLE prepaid_entries ON COMMIT DROP AS
+WITH inserted AS (
+    INSERT INTO csl_ops.journal_entries (run_id, kind, currency, memo)
+    SELECT %(run_id)s, 'payout', currency, 'paid by the platform before settlement; recorded by run ' || %(run_key)s
+    FROM (SELECT DISTINCT currency FROM prepaid) c
+    RETURNING id, currency
+) SELECT * FROM inserted;
+
+INSERT INTO csl_ops.postings (entry_id, account_id, amount_minor, license_id, posting_key)
+SELECT e.id, a.id, pp.amount_minor, pp.license_id, 'prepaid:' || pp.license_id || ':' || pp.contributor_id
+FROM prepaid pp
+JOIN prepaid_entries e USING (currency)
+JOIN csl_ops.ledger_accounts a ON a.kind = 'contributor_payable' AND a.contributor_id = pp.contributor_id
+                              AND a.currency = pp.currency;
+
+INSERT INTO csl_ops.postings (entry_id, account_id, amount_minor, posting_key)
+SELECT e.id, a.id, -t.total, 'prepaid-entry:' || e.id || ':in_transit'
+FROM prepaid_entries e
+JOIN (SELECT currency, sum(amount_minor)::bigint AS total FROM prepaid GROUP BY 1) t USING (currency)
+JOIN csl_ops.ledger_accounts a ON a.kind = 'payouts_in_transit' AND a.contributor_id IS NULL AND a.currency = e.currency;
+
 CREATE TEMP TABLE sale_totals ON COMMIT DROP AS
 SELECT po.currency, sum(po.price_minor)::bigint AS gross, coalesce(sum(c.total), 0)::bigint AS contributors
 FROM pool po

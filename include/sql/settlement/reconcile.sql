@@ -1,7 +1,9 @@
 -- Revenue-split rows the platform already wrote for due licences: reused when they match our
--- parts to the cent, otherwise the licence is held with a split_mismatch finding.
+-- parts to the cent, otherwise the licence is held with a split_mismatch finding. ``paid``: the
+-- platform already paid the contributor for it (post_sales records that payment).
 CREATE TEMP TABLE existing ON COMMIT DROP AS
-SELECT rs.license_id, rs.contributor_id, count(*) AS n, sum(csl_ops.minor_units(rs.amount)) AS amount_raw
+SELECT rs.license_id, rs.contributor_id, count(*) AS n, sum(csl_ops.minor_units(rs.amount)) AS amount_raw,
+       bool_and(rs.status = 'paid') AS paid
 FROM revenue_splits rs
 WHERE rs.license_id IN (SELECT license_id FROM pool)
 GROUP BY rs.license_id, rs.contributor_id;
