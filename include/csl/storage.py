@@ -27,6 +27,7 @@ __all__ = ["ObjectInfo", "StorageProvider", "StorageService", "UploadResult", "q
 log = logging.getLogger("csl.storage")
 
 HEALTH_PREFIX = "_csl_health/"
+LIST_ATTEMPTS = 5  # listing pages: 0.2, 0.4, 0.8, 1.6 s between attempts
 SHA256_META = "sha256"  # stored as x-amz-meta-sha256
 
 
@@ -224,19 +225,20 @@ class StorageProvider:
         self._signer.add_auth(request)
         import httpx
 
-        for attempt in range(self._max_attempts):
+        attempts = max(self._max_attempts, LIST_ATTEMPTS)  # a listing is safe to repeat
+        for attempt in range(attempts):
             try:
                 response = self._http.get(url, headers=dict(request.headers.items()))
             except (httpx.ConnectError, httpx.TimeoutException, httpx.RemoteProtocolError) as exc:
-                if attempt + 1 < self._max_attempts:
-                    time.sleep(0.2 * (attempt + 1))
+                if attempt + 1 < attempts:
+                    time.sleep(0.2 * 2 ** attempt)
                     continue
                 raise ProviderUnavailable(self.name, f"list {prefix or '/'!r}: cannot reach "
                                                      f"{self.settings.endpoint_url} ({type(exc).__name__})") from exc
             if response.status_code == 200:
                 return response.content
-            if response.status_code >= 500 and attempt + 1 < self._max_attempts:
-                time.sleep(0.2 * (attempt + 1))
+            if response.status_code >= 500 and attempt + 1 < attempts:  # e.g. SeaweedFS's transient InternalError
+                time.sleep(0.2 * 2 ** attempt)
                 continue
             code, message = _s3_error(response.content)
             raise StorageError(self.name, f"list {prefix or '/'!r}: HTTP {response.status_code} {code}: {message}")

@@ -206,3 +206,36 @@ def test_cli_sweep_prints_findings_and_counts_and_refuses_bad_input(platform, st
     assert bad.returncode == 2 and "--deep-sample" in bad.stderr
     bad = run("cleanup", "--temp-prefix", "_quarantine/")
     assert bad.returncode == 2 and "temp_prefix" in bad.stderr
+
+
+def test_a_transient_server_error_while_listing_is_retried_a_persistent_one_names_the_provider(settings):
+    import httpx
+
+    from csl.errors import StorageError
+
+    page = (b'<?xml version="1.0" encoding="UTF-8"?><ListBucketResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/">'
+            b"<IsTruncated>false</IsTruncated><Contents><Key>samples/0a/x.wav</Key><Size>12</Size>"
+            b"<ETag>&quot;abc&quot;</ETag><LastModified>2026-11-25T10:00:00.000Z</LastModified></Contents>"
+            b"</ListBucketResult>")
+    error = (b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>InternalError</Code>'
+             b"<Message>We encountered an internal error, please try again.</Message></Error>")
+    answers: list[int] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        assert request.headers["authorization"].startswith("AWS4-HMAC-SHA256 ")
+        answers.append(1)
+        if len(answers) <= failures:
+            return httpx.Response(500, content=error)
+        return httpx.Response(200, content=page)
+
+    provider = StorageProvider(settings.provider("fallback"))
+    provider.__dict__["_http"] = httpx.Client(transport=httpx.MockTransport(handler))
+    failures = 2
+    items, token = provider.list_page("samples/")
+    assert [(o.key, o.size, o.etag) for o in items] == [("samples/0a/x.wav", 12, "abc")] and token is None
+    assert len(answers) == 3
+    answers.clear()
+    failures = 99
+    with pytest.raises(StorageError, match="'fallback'.*HTTP 500 InternalError"):
+        provider.list_page("samples/")
+    assert len(answers) == 5
