@@ -472,7 +472,7 @@ class SettlementOperator(CslBaseOperator):
                        outcome={k: v for k, v in outcome.items() if k not in ("findings", "payouts")}
                        | {"payouts": len(outcome.get("payouts", []))})
         summary = {k: outcome.get(k) for k in ("status", "run_id", "due", "licences", "held", "splits_reused",
-                                              "by_currency", "clawbacks", "timings_s")}
+                                              "splits_paid_before", "by_currency", "clawbacks", "timings_s")}
         summary["payouts"] = len(outcome.get("payouts", []))
         summary["payout_minor"] = sum(p["amount_minor"] for p in outcome.get("payouts", []))
         ti.xcom_push(key="gate", value=outcome.get("gate"))
