@@ -84,7 +84,7 @@ def find_candidates(conn: psycopg.Connection, providers: Sequence[StorageProvide
         head = provider.head(key)
         if head is None or _referenced(conn, key):
             continue  # gone, or referenced again since the sweep: not an orphan any more
-        modified = provider.client.head_object(Bucket=provider.bucket, Key=key)["LastModified"]
+        modified = head["last_modified"]
         if now - modified <= timedelta(hours=orphan_grace_h):
             continue  # rewritten recently
         out.append(Candidate(name, key, "orphan", head["size"], head["etag"], modified.isoformat()))

@@ -7,7 +7,6 @@ down), 2 bad input or configuration (one clear line on stderr).
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
@@ -17,6 +16,8 @@ from typing import Any
 
 from csl.config import Settings, load_env_file
 from csl.cleanup import CleanupError
+from csl.cliargs import number
+from csl.cliargs import print_result as _print
 from csl.errors import ConfigError, CslError, SeedError
 from csl.maintenance.indexes import CatalogError
 from csl.maintenance.vacuum import MaintenanceError
@@ -27,6 +28,10 @@ from csl.settlement import SettlementParamsError
 __all__ = ["main"]
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def _int(lo: int, hi: int):
+    return number(int, lo, hi)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -43,13 +48,6 @@ def _env_file() -> Path | None:
         if candidate.is_file():
             return candidate
     return None
-
-
-def _print(args: argparse.Namespace, payload: Any, human: str) -> None:
-    if args.json:
-        print(json.dumps(payload, indent=2, default=str))
-    else:
-        print(human)
 
 
 def _cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
@@ -95,18 +93,6 @@ def _cmd_health(args: argparse.Namespace, settings: Settings) -> int:
     return 0 if report["ok"] else 1
 
 
-def _positive_int(lo: int, hi: int):
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-        if not lo <= value <= hi:
-            raise argparse.ArgumentTypeError(f"expected {lo}..{hi}, got {value}")
-        return value
-    return parse
-
-
 def _cmd_indexes(args: argparse.Namespace, settings: Settings) -> int:
     import datetime
 
@@ -134,26 +120,6 @@ def _cmd_indexes(args: argparse.Namespace, settings: Settings) -> int:
                 for r in results) if results else "\nnothing to build: every declared index is valid and as declared"
     _print(args, payload, human)
     return 1 if failed else 0
-
-
-def _ratio(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {text!r}") from None
-    if not 0 < value <= 1:
-        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {value}")
-    return value
-
-
-def _fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}") from None
-    if not 0 <= value <= 1:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {value}")
-    return value
 
 
 def _cmd_maintenance(args: argparse.Namespace, settings: Settings) -> int:
@@ -336,28 +302,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("action", choices=("plan", "apply"))
     p.add_argument("--only", nargs="+", metavar="INDEX", help="only these catalog entries (unknown names: error)")
     p.add_argument("--dry-run", action="store_true", help="with apply: show the plan, build nothing")
-    p.add_argument("--lock-timeout-ms", type=_positive_int(1, 600_000), default=2000)
-    p.add_argument("--statement-timeout-s", type=_positive_int(1, 86_400), default=3600)
-    p.add_argument("--max-lock-retries", type=_positive_int(0, 20), default=3)
+    p.add_argument("--lock-timeout-ms", type=_int(1, 600_000), default=2000)
+    p.add_argument("--statement-timeout-s", type=_int(1, 86_400), default=3600)
+    p.add_argument("--max-lock-retries", type=_int(0, 20), default=3)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_indexes)
     p = sub.add_parser("maintenance", help="VACUUM / ANALYZE chosen by evidence: plan, or run")
     p.add_argument("action", choices=("plan", "run"))
     p.add_argument("--tables", nargs="+", metavar="TABLE", help="only these tables (schema.table or table)")
     p.add_argument("--mode", choices=("auto", "analyze", "vacuum", "freeze"), default="auto")
-    p.add_argument("--max-tables", type=_positive_int(1, 10_000), default=50)
-    p.add_argument("--dead-ratio", type=_ratio, default=0.1)
-    p.add_argument("--max-duration-s", type=_positive_int(1, 86_400), default=3600,
+    p.add_argument("--max-tables", type=_int(1, 10_000), default=50)
+    p.add_argument("--dead-ratio", type=number(float, 0, 1, low_open=True), default=0.1)
+    p.add_argument("--max-duration-s", type=_int(1, 86_400), default=3600,
                    help="start no new action after this many seconds")
-    p.add_argument("--workers", type=_positive_int(1, 16), default=2,
+    p.add_argument("--workers", type=_int(1, 16), default=2,
                    help="actions at once (the DAG's csl_maintenance pool has 2 slots)")
     p.add_argument("--dry-run", action="store_true")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_maintenance)
     p = sub.add_parser("settlement", help="revenue-split settlement: run, statement CSV, send payouts")
     p.add_argument("action", choices=("run", "statement", "send-payouts"))
-    p.add_argument("--contributor-share-bps", type=_positive_int(0, 10_000), default=7000)
-    p.add_argument("--minimum-payout-cents", type=_positive_int(0, 10**12), default=1000)
+    p.add_argument("--contributor-share-bps", type=_int(0, 10_000), default=7000)
+    p.add_argument("--minimum-payout-cents", type=_int(0, 10**12), default=1000)
     p.add_argument("--period-start", help="ISO date/time (licences created at or after)")
     p.add_argument("--period-end", help="ISO date/time (licences created before)")
     p.add_argument("--run-key", help="idempotency key of the run (default: a timestamp)")
@@ -370,22 +336,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("action", choices=("sweep", "cleanup", "restore"))
     p.add_argument("--providers", nargs="+", metavar="NAME", help="providers by role (default: all configured)")
     p.add_argument("--prefix", help="sweep: only keys under this prefix")
-    p.add_argument("--deep-sample", type=_fraction, default=0.0,
+    p.add_argument("--deep-sample", type=number(float, 0, 1), default=0.0,
                    help="sweep: share of objects downloaded and hashed (0..1)")
-    p.add_argument("--shards", type=_positive_int(1, 256), default=4)
-    p.add_argument("--workers", type=_positive_int(1, 32), default=2, help="sweep: shards at once (processes)")
-    p.add_argument("--depth", type=_positive_int(1, 8), default=2, help="sweep: key segments per cell")
+    p.add_argument("--shards", type=_int(1, 256), default=4)
+    p.add_argument("--workers", type=_int(1, 32), default=2, help="sweep: shards at once (processes)")
+    p.add_argument("--depth", type=_int(1, 8), default=2, help="sweep: key segments per cell")
     p.add_argument("--key-order", choices=("path", "byte"), default="path",
                    help="sweep: the providers' listing order (path: SeaweedFS/MinIO, byte: AWS S3)")
     p.add_argument("--temp-prefix", default="tmp/", help="cleanup: folder of temporary uploads")
-    p.add_argument("--temp-ttl-h", type=_positive_int(0, 24 * 365), default=24)
-    p.add_argument("--orphan-grace-h", type=_positive_int(0, 24 * 365), default=72)
-    p.add_argument("--max-objects", type=_positive_int(0, 10**7), default=1000,
+    p.add_argument("--temp-ttl-h", type=_int(0, 24 * 365), default=24)
+    p.add_argument("--orphan-grace-h", type=_int(0, 24 * 365), default=72)
+    p.add_argument("--max-objects", type=_int(0, 10**7), default=1000,
                    help="cleanup: abort before touching anything when more would move")
     p.add_argument("--apply", action="store_true", help="cleanup: really move (default: dry run)")
     p.add_argument("--purge-quarantine", action="store_true",
                    help="cleanup: delete quarantine older than --quarantine-retention-days")
-    p.add_argument("--quarantine-retention-days", type=_positive_int(1, 3650), default=30)
+    p.add_argument("--quarantine-retention-days", type=_int(1, 3650), default=30)
     p.add_argument("--key", help="restore: the original key")
     p.add_argument("--run-key", help="sweep/cleanup: the run's key; restore: everything that run moved")
     p.add_argument("--json", action="store_true")

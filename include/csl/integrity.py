@@ -41,11 +41,11 @@ from psycopg import sql
 
 from csl.errors import CslError, StorageError
 from csl.sqlfiles import load
-from csl.storage import SHA256_META, ObjectInfo, StorageProvider
+from csl.storage import ObjectInfo, StorageProvider
 
 __all__ = ["KINDS", "KEY_ORDERS", "DEFAULT_EXCLUDE", "SweepError", "ListingOrderError", "SweepOptions",
-           "cell_of", "discover_cells", "plan_shards", "start_sweep", "sweep_shard", "record_shard_failure",
-           "finish_sweep", "open_findings", "run_sweep"]
+           "cell_of", "discover_cells", "plan_shards", "plan_sweep", "start_sweep", "sweep_shard",
+           "record_shard_failure", "finish_sweep", "open_findings", "run_sweep"]
 
 log = logging.getLogger("csl.integrity")
 
@@ -213,24 +213,6 @@ def _sampled(key: str, salt: str, rate: float) -> bool:
     return int.from_bytes(digest, "big") < rate * 2 ** 64
 
 
-def _download(provider: StorageProvider, key: str) -> tuple[str, str | None] | None:
-    """(content SHA-256, metadata SHA-256) of an object; None if it vanished meanwhile."""
-    from botocore.exceptions import ClientError
-
-    try:
-        response = provider.client.get_object(Bucket=provider.bucket, Key=key)
-        digest = hashlib.sha256()
-        for chunk in response["Body"].iter_chunks(1 << 20):
-            digest.update(chunk)
-    except ClientError as exc:
-        if exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 404:
-            return None
-        raise provider._fail("get", key, exc) from exc
-    except Exception as exc:
-        raise provider._fail("get", key, exc) from exc
-    return digest.hexdigest(), response.get("Metadata", {}).get(SHA256_META)
-
-
 class _Classifier:
     """Turns one key's database references and per-provider listings into findings."""
 
@@ -312,7 +294,7 @@ class _Classifier:
             return
         hashes: dict[str, tuple[str, str | None]] = {}
         for p in candidates:
-            got = _download(p, key)
+            got = p.digest(key)
             if got is not None:
                 hashes[p.name] = got
         self.tally.deep_verified += 1
@@ -433,6 +415,17 @@ def start_sweep(conn: psycopg.Connection, *, run_key: str, providers: Sequence[S
         (run_key, [p.name for p in providers], options.key_order, json.dumps(options.as_dict()), cells),
     ).fetchone()
     return row[0]
+
+
+def plan_sweep(conn: psycopg.Connection, providers: Sequence[StorageProvider], *, run_key: str, shards: int,
+               options: SweepOptions) -> tuple[int, list[str], list[list[str]]]:
+    """Find the cells, deal them out to shards and open (or reopen) the sweep's record with no
+    shard results yet; returns (sweep id, every cell, the cells of each shard)."""
+    cells = discover_cells(conn, providers, options)
+    plan = plan_shards(cells, shards)
+    sweep_id = start_sweep(conn, run_key=run_key, providers=providers, options=options, cells=len(cells))
+    conn.execute("DELETE FROM csl_ops.storage_sweep_shards WHERE sweep_id = %s", (sweep_id,))
+    return sweep_id, cells, plan
 
 
 _STAGE = """
@@ -608,10 +601,7 @@ def run_sweep(settings: Any, *, run_key: str, shards: int = 4, workers: int = 2,
     providers = [StorageProvider(settings.provider(name)) for name in names]
     started = time.perf_counter()
     with Database(settings.require_database(), max_pool_size=2) as db, db.connect_direct() as conn:
-        cells = discover_cells(conn, providers, options)
-        plan = plan_shards(cells, shards)
-        sweep_id = start_sweep(conn, run_key=run_key, providers=providers, options=options, cells=len(cells))
-        conn.execute("DELETE FROM csl_ops.storage_sweep_shards WHERE sweep_id = %s", (sweep_id,))
+        sweep_id, cells, plan = plan_sweep(conn, providers, run_key=run_key, shards=shards, options=options)
         jobs = [(settings, sweep_id, i, cells_, options, names) for i, cells_ in enumerate(plan)]
         if workers <= 1 or len(jobs) <= 1:
             results = [_shard_worker(job) for job in jobs]

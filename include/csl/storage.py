@@ -142,7 +142,26 @@ class StorageProvider:
             "etag": response.get("ETag", "").strip('"'),
             "content_type": response.get("ContentType"),
             "metadata": response.get("Metadata", {}),
+            "last_modified": response.get("LastModified"),
         }
+
+    def digest(self, key: str) -> tuple[str, str | None] | None:
+        """(SHA-256 of the stored bytes, the SHA-256 its metadata claims), streamed in 1 MiB
+        chunks; ``None`` only for a real 404."""
+        from botocore.exceptions import ClientError
+
+        try:
+            response = self.client.get_object(Bucket=self.bucket, Key=key)
+            content = hashlib.sha256()
+            for chunk in response["Body"].iter_chunks(1 << 20):
+                content.update(chunk)
+        except ClientError as exc:
+            if exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 404:
+                return None
+            raise self._fail("get", key, exc) from exc
+        except Exception as exc:
+            raise self._fail("get", key, exc) from exc
+        return content.hexdigest(), response.get("Metadata", {}).get(SHA256_META)
 
     def exists(self, key: str) -> bool:
         """True/False for a definite answer; raises when the provider cannot say."""

@@ -67,13 +67,12 @@ class StorageSweepPlanOperator(_StorageOperator):
         shards = _int_param(self.shards, "shards")
         with Database(self.settings.require_database()) as db, db.connect_direct() as conn:
             try:
-                cells = integrity.discover_cells(conn, providers, options)
+                sweep_id, cells, plan = integrity.plan_sweep(conn, providers, run_key=context["ti"].run_id,
+                                                             shards=shards, options=options)
             except StorageError as exc:  # a provider that is down: retry later, name it now
                 raise AirflowException(f"cannot list provider {exc.provider!r}: {exc}") from exc
-            plan = integrity.plan_shards(cells, shards)
-            sweep_id = integrity.start_sweep(conn, run_key=context["ti"].run_id, providers=providers,
-                                             options=options, cells=len(cells))
-            conn.execute("DELETE FROM csl_ops.storage_sweep_shards WHERE sweep_id = %s", (sweep_id,))
+            except integrity.SweepError as exc:
+                raise AirflowFailException(str(exc)) from exc
         context["ti"].xcom_push(key="plan", value={"sweep_id": sweep_id, "cells": cells, "shards": len(plan),
                                                    "providers": [p.name for p in providers]})
         log.info("sweep %s: %s cells in %s shards over providers %s", sweep_id, len(cells), len(plan),

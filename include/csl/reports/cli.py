@@ -8,16 +8,14 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
 from pathlib import Path
 from typing import Any
 
+from csl.cliargs import number
+from csl.cliargs import print_result as _print
+
 __all__ = ["add_cli"]
-
-
-def _print(args: argparse.Namespace, payload: Any, human: str) -> None:
-    print(json.dumps(payload, indent=2, default=str) if args.json else human)
 
 
 def _window(text: str) -> datetime.timedelta:
@@ -27,18 +25,6 @@ def _window(text: str) -> datetime.timedelta:
         return parse_window(text)
     except ReportParamsError as exc:
         raise argparse.ArgumentTypeError(str(exc).removeprefix("window: ")) from None
-
-
-def _number(kind: type, lo: float, hi: float):
-    def parse(text: str):
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a {'whole ' if kind is int else ''}number, got {text!r}") from None
-        if not lo <= value <= hi:
-            raise argparse.ArgumentTypeError(f"expected {lo:g}..{hi:g}, got {value}")
-        return value
-    return parse
 
 
 def _qualified_table(text: str) -> str:
@@ -95,7 +81,7 @@ def _cmd_report(args: argparse.Namespace, settings: Any) -> int:
 def add_cli(sub: Any) -> None:
     """Register ``snapshot`` and ``report`` on the ``csl`` command's subparsers."""
     p = sub.add_parser("snapshot", help="copy the statistics (queries, tables, indexes, sessions) into csl_ops")
-    p.add_argument("--retention-days", type=_number(int, 1, 3650), default=30,
+    p.add_argument("--retention-days", type=number(int, 1, 3650), default=30,
                    help="remove snapshots older than this (default 30)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_snapshot)
@@ -103,14 +89,14 @@ def add_cli(sub: Any) -> None:
     p = sub.add_parser("report", help="performance report over a window: HTML + CSV/JSON, stored in csl_ops")
     p.add_argument("--window", type=_window, default="24h", help="90m, 24h, 7d … (default 24h)")
     p.add_argument("--out", help="folder for the report's files (default $CSL_REPORTS_DIR or ./csl_reports)")
-    p.add_argument("--top", type=_number(int, 1, 500), default=15, help="rows per top-queries table")
-    p.add_argument("--regression-pct", type=_number(float, 1, 10_000), default=50.0,
+    p.add_argument("--top", type=number(int, 1, 500), default=15, help="rows per top-queries table")
+    p.add_argument("--regression-pct", type=number(float, 1, 10_000), default=50.0,
                    help="flag a query whose mean time grew by at least this much vs the previous window")
-    p.add_argument("--min-calls", type=_number(int, 1, 10**9), default=20,
+    p.add_argument("--min-calls", type=number(int, 1, 10**9), default=20,
                    help="calls in both windows for a regression to count")
-    p.add_argument("--min-cost-drop-pct", type=_number(float, 1, 100), default=50.0,
+    p.add_argument("--min-cost-drop-pct", type=number(float, 1, 100), default=50.0,
                    help="HypoPG: suggest an index only when the plan cost drops this much")
-    p.add_argument("--advise-queries", type=_number(int, 0, 100), default=10,
+    p.add_argument("--advise-queries", type=number(int, 0, 100), default=10,
                    help="HypoPG: how many of the slowest queries to cost")
     p.add_argument("--exact-bloat", nargs="+", metavar="SCHEMA.TABLE", type=_qualified_table,
                    help="pgstattuple_approx on these tables (reads them: on request only)")
