@@ -42,7 +42,9 @@ def bench_database(stack, settings: Settings) -> str:
     url = base.rsplit("/", 1)[0] + f"/{BENCH_DB}"
     try:
         with psycopg.connect(url, autocommit=True) as conn:
-            if conn.execute("SELECT count(*) FROM csl_ops.seed_runs WHERE scale = 'bench'").fetchone()[0]:
+            loaded = conn.execute("SELECT (counts->>'licenses')::bigint FROM csl_ops.seed_runs WHERE scale = 'bench' "
+                                  "ORDER BY 1 DESC LIMIT 1").fetchone()
+            if loaded and loaded[0] == SCALES["bench"].licenses:  # else the scale changed: load it again
                 migrate(conn, components=("csl_ops",))  # later migrations, for the newer benchmarks
                 return url
     except psycopg.Error:

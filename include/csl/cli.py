@@ -181,6 +181,13 @@ def _cmd_settlement(args: argparse.Namespace, settings: Settings) -> int:
                                  f"{result['failed']} failed, {result['needs_review']} need review, "
                                  f"{result['retry_later']} to retry")
             return 1 if result["failed"] or result["needs_review"] or result["retry_later"] else 0
+        if args.action == "review-payout":
+            if args.payout is None:
+                raise SettlementParamsError("review-payout: --payout ID is required")
+            result = settlement.review_payout(conn, args.payout, transfer_id=args.transfer, not_paid=args.not_paid)
+            _print(args, result, f"payout {result['payout_id']}: {result['status']} "
+                                 f"({result['amount_minor']} {result['currency']} to {result['contributor_id']})")
+            return 0
         params = settlement.Params(share_bps=args.contributor_share_bps, minimum_payout_cents=args.minimum_payout_cents,
                                    period_start=args.period_start, period_end=args.period_end, dry_run=args.dry_run)
         run_key = args.run_key or "cli__" + datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
@@ -321,7 +328,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_maintenance)
     p = sub.add_parser("settlement", help="revenue-split settlement: run, statement CSV, send payouts")
-    p.add_argument("action", choices=("run", "statement", "send-payouts"))
+    p.add_argument("action", choices=("run", "statement", "send-payouts", "review-payout"))
     p.add_argument("--contributor-share-bps", type=_int(0, 10_000), default=7000)
     p.add_argument("--minimum-payout-cents", type=_int(0, 10**12), default=1000)
     p.add_argument("--period-start", help="ISO date/time (licences created at or after)")
@@ -330,6 +337,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="compute and validate, commit nothing")
     p.add_argument("--contributor", help="statement: one contributor's id")
     p.add_argument("--out", help="statement: CSV file (default: stdout)")
+    p.add_argument("--payout", type=_int(1, 2**62), help="review-payout: the payout's id")
+    p.add_argument("--transfer", help="review-payout: the transfer found for it (tr_…): confirm it")
+    p.add_argument("--not-paid", metavar="REASON",
+                   help="review-payout: no transfer was made: fail it (the next run pays the balance anew)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_settlement)
     p = sub.add_parser("storage", help="integrity sweep (never deletes), cleanup to quarantine, restore")

@@ -15,9 +15,12 @@ Rules (README, "Settlement rules"):
   licence is held with a finding; new rows are written ``pending``, in exact cents.
 - Refunds after settlement are clawed back in proportion to the cumulative refunded amount,
   exact to the cent; a balance may go negative and is carried forward.
-- Every run holds an advisory lock and runs in one transaction: allocate, post, claw back,
-  instruct payouts, then the data-quality gate over all of it; a failing gate rolls the run
-  back (nothing half-written, no payout) and keeps its findings and validation result.
+- Every run holds an advisory lock and runs in one REPEATABLE READ transaction (one snapshot):
+  allocate, post, claw back, instruct payouts, then the data-quality gate over all of it; a
+  failing gate rolls the run back (nothing half-written, no payout) and keeps its findings
+  and validation result.
+- The ledger is append-only; every posting has a composite idempotency key (licence × kind ×
+  account, source × kind × account, or entry × account), so nothing can be posted twice.
 - Each payout records the licences it covers; sending marks a payout ``sent`` (committed)
   before its HTTP call, and a payout whose outcome stayed unknown past the idempotency
   window is looked up, never sent blindly again.
@@ -28,6 +31,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
+import sys
+import threading
 import time
 from collections import defaultdict
 from collections.abc import Mapping
@@ -53,6 +59,7 @@ __all__ = [
     "allocate",
     "balances",
     "ledger_fingerprint",
+    "review_payout",
     "settle",
     "split_licence",
     "to_minor",
@@ -65,9 +72,10 @@ SEND_LOCK_KEY = 0x63736C5F706179  # "csl_pay"
 # Stripe keeps an idempotency key (and the answer it gave) for at least 24 hours; past this
 # (an hour of margin) a resend with the same key could create a second transfer.
 IDEMPOTENCY_WINDOW_S = 23 * 3600
+WORK_MEM = "256MB"  # per hash or sort of the run's one backend (SET LOCAL: this transaction only)
 ANALYZE_AFTER_ROWS = 10_000  # a run that settles this many licences refreshes the ledger's statistics
-GATE_CHECKS = ("entries_balance", "allocations_sum_to_price", "no_due_licence_left", "platform_rows_round_trip",
-               "no_duplicate_splits", "findings", "payouts_clear_balances", "payout_licences_are_sales",
+GATE_CHECKS = ("postings_reference_entries_and_accounts", "entries_balance", "allocations_sum_to_price", "no_due_licence_left", "platform_rows_round_trip",
+               "no_duplicate_splits", "findings", "payouts_clear_balances", "payout_ranges_are_disjoint",
                "clawbacks_match_refunds", "clawbacks_within_allocation", "clawbacks_proportional")
 
 
@@ -176,8 +184,10 @@ def _clawback_parts(parts: Mapping[str, int], price_minor: int, refunded_before:
 
 # -- the run ----------------------------------------------------------------------------------
 def _acquire(conn: psycopg.Connection, wait_s: float) -> None:
+    """The settlement lock, for the session (taken before the run's transaction, so that its
+    snapshot is taken after a run that held the lock has committed)."""
     deadline = time.monotonic() + wait_s
-    while not conn.execute("SELECT pg_try_advisory_xact_lock(%s)", (LOCK_KEY,)).fetchone()[0]:
+    while not conn.execute("SELECT pg_try_advisory_lock(%s)", (LOCK_KEY,)).fetchone()[0]:
         if time.monotonic() >= deadline:
             holder = conn.execute(
                 "SELECT a.pid, a.application_name, now() - a.xact_start FROM pg_locks l JOIN pg_stat_activity a "
@@ -197,10 +207,21 @@ def settle(conn: psycopg.Connection, params: Params, *, run_key: str) -> dict[st
     """
     if not conn.autocommit:
         raise SettlementError("settle needs an autocommit connection (it manages its own transaction)")
-    previous = conn.execute("SELECT id, status, figures FROM csl_ops.settlement_runs WHERE run_key = %s",
-                            (run_key,)).fetchone()
-    if previous and previous[1] == "committed":
-        return {**previous[2], "status": "already committed", "run_id": previous[0]}
+    _acquire(conn, params.lock_wait_s)
+    try:
+        previous = conn.execute("SELECT id, status, figures FROM csl_ops.settlement_runs WHERE run_key = %s",
+                                (run_key,)).fetchone()
+        if previous and previous[1] == "committed":
+            return {**previous[2], "status": "already committed", "run_id": previous[0]}
+        return _settle(conn, params, run_key)
+    finally:
+        try:
+            conn.execute("SELECT pg_advisory_unlock(%s)", (LOCK_KEY,))
+        except psycopg.OperationalError:  # the connection is gone, and the session lock with it
+            pass
+
+
+def _settle(conn: psycopg.Connection, params: Params, run_key: str) -> dict[str, Any]:
     values = {"share_bps": params.share_bps, "period_start": params.period_start, "period_end": params.period_end,
               "run_key": run_key, "minimum": params.minimum_payout_cents}
     started = time.perf_counter()
@@ -214,8 +235,15 @@ def settle(conn: psycopg.Connection, params: Params, *, run_key: str) -> dict[st
     outcome: dict[str, Any] = {}
     try:
         with conn.transaction():
+            # one snapshot for the whole run: the gate judges exactly what the run read (under READ
+            # COMMITTED a licence completed during the run would fail "no due licence left")
+            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
             conn.execute("SET LOCAL application_name = 'csl-settlement'")
-            _acquire(conn, params.lock_wait_s)
+            # a run hashes and sorts every due licence several times: with the default 4 MB each
+            # hash spills to disk in batches (measured: 2-3x slower at a million licences)
+            conn.execute(f"SET LOCAL work_mem = '{WORK_MEM}'")
+            # JIT compiles each large query for 0.1-0.5 s; these are set-based passes it barely speeds up
+            conn.execute("SET LOCAL jit = off")
             # a retried run replaces its earlier failed attempt (findings included)
             conn.execute("DELETE FROM csl_ops.settlement_findings WHERE run_id IN (SELECT id FROM csl_ops.settlement_runs "
                          "WHERE run_key = %s AND status <> 'committed')", (run_key,))
@@ -224,10 +252,16 @@ def settle(conn: psycopg.Connection, params: Params, *, run_key: str) -> dict[st
                 "INSERT INTO csl_ops.settlement_runs (run_key, status, params) VALUES (%s, 'running', %s) RETURNING id",
                 (run_key, json.dumps(vars(params)))).fetchone()[0]
             values["run_id"] = run_id
+            values["postings_before"] = conn.execute("SELECT coalesce(max(id), 0) FROM csl_ops.postings").fetchone()[0]
             for name in ("due", "held", "parts", "reconcile", "post_sales"):
                 for statement in statements(load(f"settlement/{name}.sql")):
+                    t0 = time.perf_counter()
                     conn.execute(statement, values)
+                    if "INSERT INTO revenue_splits" in statement:  # the platform's table: reported apart
+                        timings[f"{name}.revenue_splits"] = round(time.perf_counter() - t0, 3)
                 lap(name)
+                if name == "due" and conn.execute("SELECT EXISTS (SELECT 1 FROM due)").fetchone()[0]:
+                    _GateLibraries.preload()  # the gate will judge postings: import its libraries meanwhile
             figures = _sale_figures(conn)
             clawbacks = _post_clawbacks(conn, run_id, run_key)
             lap("clawbacks")
@@ -241,7 +275,7 @@ def settle(conn: psycopg.Connection, params: Params, *, run_key: str) -> dict[st
                 lap("analyze")
             payouts = _instruct_payouts(conn, values)
             if len(payouts) >= ANALYZE_AFTER_ROWS // 10:
-                conn.execute("ANALYZE csl_ops.payouts, csl_ops.payout_licences")
+                conn.execute("ANALYZE csl_ops.payouts, csl_ops.payout_ranges")
             lap("payouts")
             gate = run_gate(conn, values)
             lap("gate")
@@ -282,12 +316,12 @@ def _small(outcome: dict[str, Any]) -> dict[str, Any]:
 
 
 def _sale_figures(conn: psycopg.Connection) -> dict[str, Any]:
-    per_currency = conn.execute("SELECT currency, count(*), sum(price_minor) FROM pool GROUP BY 1 ORDER BY 1").fetchall()
-    contributor = dict(conn.execute(
-        "SELECT po.currency, sum(pa.amount_minor) FROM parts pa JOIN pool po USING (license_id) GROUP BY 1").fetchall())
-    reused = conn.execute("SELECT count(DISTINCT license_id) FROM existing").fetchone()[0]
-    prepaid = conn.execute("SELECT count(DISTINCT e.license_id) FROM existing e JOIN pool USING (license_id) "
-                           "WHERE e.paid").fetchone()[0]
+    # the contributors' total of a licence is its pool (the parts always sum to it)
+    per_currency = conn.execute("SELECT currency, count(*), sum(price_minor), sum(pool_minor) FROM pool "
+                                "GROUP BY 1 ORDER BY 1").fetchall()
+    contributor = {cur: pool for cur, _, _, pool in per_currency}
+    reused = conn.execute("SELECT count(*) FROM pool WHERE license_id IN (SELECT license_id FROM existing)").fetchone()[0]
+    prepaid = conn.execute("SELECT count(DISTINCT license_id) FROM prepaid").fetchone()[0]
     held = conn.execute("SELECT count(DISTINCT license_id) FROM held").fetchone()[0]
     due = conn.execute("SELECT count(*) FROM due").fetchone()[0]
     return {
@@ -298,19 +332,22 @@ def _sale_figures(conn: psycopg.Connection) -> dict[str, Any]:
         "splits_paid_before": prepaid,
         "by_currency": {cur: {"licences": n, "gross_minor": int(gross), "contributors_minor": int(contributor.get(cur, 0)),
                               "platform_minor": int(gross) - int(contributor.get(cur, 0))}
-                        for cur, n, gross in per_currency},
+                        for cur, n, gross, _ in per_currency},
     }
 
 
+# refunds not clawed back yet (a clawback's lines are keyed by the refund id) of settled licences
 _NEW_REFUNDS = """
+WITH fresh AS MATERIALIZED (
+    SELECT r.id, r.amount, r.currency, r.payment_intent_id, r.created_at FROM refunds r
+    WHERE r.status = 'succeeded'
+      AND NOT EXISTS (SELECT 1 FROM csl_ops.postings p WHERE p.source_id = r.id AND p.kind = 'clawback')
+)
 SELECT r.id, r.amount, csl_ops.minor_units(r.amount), lower(r.currency), sl.license_id, sl.currency, sl.price_minor,
        (SELECT count(*) FROM licenses l2 WHERE l2.payment_intent_id = r.payment_intent_id) AS licences_on_intent
-FROM refunds r
-JOIN licenses l ON l.payment_intent_id = r.payment_intent_id
-JOIN csl_ops.settled_licences sl ON sl.license_id = l.id
-WHERE r.status = 'succeeded'
-  AND NOT EXISTS (SELECT 1 FROM csl_ops.postings p WHERE p.posting_key = 'clawback:' || r.id || ':clearing')
-  AND NOT EXISTS (SELECT 1 FROM held h WHERE h.kind LIKE 'refund_%%' AND h.detail->>'refund_id' = r.id)
+FROM fresh r
+JOIN csl_ops.settled_licences sl ON sl.payment_intent_id = r.payment_intent_id
+WHERE NOT EXISTS (SELECT 1 FROM held h WHERE h.kind LIKE 'refund_%%' AND h.detail->>'refund_id' = r.id)
 ORDER BY sl.license_id, r.created_at, r.id
 """
 
@@ -323,15 +360,17 @@ def _post_clawbacks(conn: psycopg.Connection, run_id: int, run_key: str) -> dict
     licences = sorted({r[4] for r in new})
     parts: dict[Any, dict[str, int]] = defaultdict(dict)
     for license_id, contributor, amount in conn.execute(
-            "SELECT license_id, split_part(posting_key, ':', 3), -amount_minor FROM csl_ops.postings "
-            "WHERE license_id = ANY(%s) AND posting_key LIKE 'sale:%%'", (licences,)).fetchall():
+            "SELECT p.license_id, a.contributor_id::text, -p.amount_minor FROM csl_ops.postings p "
+            "JOIN csl_ops.ledger_accounts a ON a.id = p.account_id "
+            "WHERE p.license_id = ANY(%s) AND p.kind = 'sale' AND p.source_id IS NULL", (licences,)).fetchall():
         parts[license_id][contributor] = amount
     refunded_before: dict[Any, int] = defaultdict(int)
     for license_id, total in conn.execute(
-            "SELECT license_id, sum(amount_minor) FROM csl_ops.postings WHERE license_id = ANY(%s) "
-            "AND posting_key LIKE 'clawback:%%:clearing' GROUP BY 1", (licences,)).fetchall():
+            "SELECT p.license_id, sum(p.amount_minor) FROM csl_ops.postings p "
+            "JOIN csl_ops.ledger_accounts a ON a.id = p.account_id AND a.kind = 'clearing' "
+            "WHERE p.license_id = ANY(%s) AND p.kind = 'clawback' GROUP BY 1", (licences,)).fetchall():
         refunded_before[license_id] = -int(total)
-    rows: list[tuple[str, str | None, str, int, Any]] = []  # (account kind, contributor, currency, amount, licence, key)
+    rows: list[tuple[str, str | None, str, int, Any, str]] = []  # (account kind, contributor, currency, amount, licence, refund)
     held = []
     total_contributors = 0
     for refund_id, amount, amount_cents, refund_currency, license_id, currency, price_minor, on_intent in new:
@@ -356,12 +395,10 @@ def _post_clawbacks(conn: psycopg.Connection, run_id: int, run_key: str) -> dict
         total_contributors += contributors
         for contributor, value in claw.items():
             if value:
-                rows.append(("contributor_payable", contributor, currency, value, license_id,
-                             f"clawback:{refund_id}:{contributor}", refund_id))
+                rows.append(("contributor_payable", contributor, currency, value, license_id, refund_id))
         if refund - contributors:
-            rows.append(("platform_revenue", None, currency, refund - contributors, license_id,
-                         f"clawback:{refund_id}:platform", refund_id))
-        rows.append(("clearing", None, currency, -refund, license_id, f"clawback:{refund_id}:clearing", refund_id))
+            rows.append(("platform_revenue", None, currency, refund - contributors, license_id, refund_id))
+        rows.append(("clearing", None, currency, -refund, license_id, refund_id))
     for license_id, kind, detail in held:
         conn.execute("INSERT INTO held VALUES (%s, %s, %s)", (license_id, kind, json.dumps(detail, default=str)))
     if not rows:
@@ -371,25 +408,58 @@ def _post_clawbacks(conn: psycopg.Connection, run_id: int, run_key: str) -> dict
         entries[currency] = conn.execute(
             "INSERT INTO csl_ops.journal_entries (run_id, kind, currency, memo) VALUES (%s, 'clawback', %s, %s) "
             "RETURNING id", (run_id, currency, f"refund clawbacks by run {run_key}")).fetchone()[0]
+    accounts = sorted({(r[0], r[1], r[2]) for r in rows}, key=str)
     with conn.cursor() as cur:
         cur.executemany(
             "INSERT INTO csl_ops.ledger_accounts (kind, contributor_id, currency) VALUES (%s, %s, %s) ON CONFLICT DO NOTHING",
-            sorted({(r[0], r[1], r[2]) for r in rows}, key=str))
-    columns = list(zip(*rows, strict=True))  # one set-based insert, not a statement per posting
-    conn.execute(
-        "INSERT INTO csl_ops.postings (entry_id, account_id, amount_minor, license_id, source_id, posting_key) "
-        "SELECT (%s::jsonb ->> x.currency)::bigint, a.id, x.amount, x.license_id, x.source_id, x.posting_key "
-        "FROM unnest(%s::text[], %s::uuid[], %s::text[], %s::bigint[], %s::uuid[], %s::text[], %s::text[]) "
-        "     AS x(kind, contributor_id, currency, amount, license_id, posting_key, source_id) "
-        "JOIN csl_ops.ledger_accounts a ON a.kind = x.kind AND a.contributor_id IS NOT DISTINCT FROM x.contributor_id "
-        "     AND a.currency = x.currency",
-        (json.dumps(entries), *[list(c) for c in columns]))
-    return {"refunds": len({r[6] for r in rows}), "contributors_minor": total_contributors, "held": len(held)}
+            accounts)
+    account_ids = {(kind, contributor, currency): account_id for account_id, kind, contributor, currency in conn.execute(
+        "SELECT id, kind, contributor_id::text, currency FROM csl_ops.ledger_accounts "
+        "WHERE currency = ANY(%s)", (sorted({r[2] for r in rows}),)).fetchall()}
+    columns = list(zip(*[(entries[cur], account_ids[(kind, contributor, cur)], amount, license_id, refund_id)
+                         for kind, contributor, cur, amount, license_id, refund_id in rows], strict=True))
+    conn.execute(  # one set-based insert, not a statement per posting
+        "INSERT INTO csl_ops.postings (entry_id, account_id, amount_minor, license_id, source_id, kind) "
+        "SELECT * , 'clawback' FROM unnest(%s::bigint[], %s::bigint[], %s::bigint[], %s::uuid[], %s::text[])",
+        [list(c) for c in columns])
+    return {"refunds": len({r[5] for r in rows}), "contributors_minor": total_contributors, "held": len(held)}
 
 
 def _findings(conn: psycopg.Connection, run_id: int) -> list[dict[str, Any]]:
     rows = conn.execute("SELECT kind, license_id, detail FROM held ORDER BY kind, license_id").fetchall()
     return [{"kind": k, "license_id": str(l) if l else None, "detail": d} for k, l, d in rows]
+
+
+class _GateLibraries:
+    """Great Expectations takes about 6 s to import. A run that will post starts the import in
+    a thread while PostgreSQL does the bulk of the work (psycopg releases the GIL while it waits),
+    and the gate waits for it. Not a daemon thread: an import cut short by interpreter exit
+    could hang, so at worst a failing run exits a few seconds later."""
+
+    _thread: threading.Thread | None = None
+    _lock = threading.Lock()
+
+    @classmethod
+    def preload(cls) -> None:
+        with cls._lock:
+            if cls._thread is None and "great_expectations" not in sys.modules:
+                cls._thread = threading.Thread(target=cls._import, name="csl-gate-import")
+                cls._thread.start()
+
+    @staticmethod
+    def _import() -> None:
+        try:
+            import great_expectations  # noqa: F401
+            import pandas  # noqa: F401
+        except Exception:  # noqa: BLE001 - the gate's own import reports it
+            log.exception("preloading the gate's libraries failed")
+
+    @classmethod
+    def wait(cls) -> None:
+        with cls._lock:
+            thread = cls._thread
+        if thread is not None:
+            thread.join()
 
 
 def run_gate(conn: psycopg.Connection, values: Mapping[str, Any]) -> dict[str, Any]:
@@ -407,6 +477,7 @@ def run_gate(conn: psycopg.Connection, values: Mapping[str, Any]) -> dict[str, A
         # nothing was posted and every check passes: no data for an expectation suite to judge
         return {"success": True, "checks": [{"check": c, "violations": int(v)} for c, v in rows], "entries": 0,
                 "payouts": 0, "validation": [], "note": "no postings in this run: SQL checks only"}
+    _GateLibraries.wait()
     import great_expectations as gx
     import pandas as pd
 
@@ -418,7 +489,8 @@ def run_gate(conn: psycopg.Connection, values: Mapping[str, Any]) -> dict[str, A
         (values["run_id"],)).fetchall(), columns=["entry_id", "kind", "currency", "sum_minor"])
     entries["sum_minor"] = entries["sum_minor"].astype("int64")
     payouts = pd.DataFrame(conn.execute(
-        "SELECT po.id, po.amount_minor, coalesce(pp.amount_minor, 0) FROM csl_ops.payouts po LEFT JOIN csl_ops.postings pp ON pp.posting_key = 'payout:' || po.idempotency_key "
+        "SELECT po.id, po.amount_minor, coalesce(pp.amount_minor, 0) FROM csl_ops.payouts po "
+        "LEFT JOIN csl_ops.postings pp ON pp.source_id = po.idempotency_key AND pp.kind = 'payout' "
         "WHERE po.run_id = %s", (values["run_id"],)).fetchall(),
         columns=["payout_id", "amount_minor", "posted_minor"])
     for column in ("amount_minor", "posted_minor"):
@@ -489,10 +561,18 @@ def _instruct_payouts(conn: psycopg.Connection, values: dict[str, Any]) -> list[
     for statement in statements(load("settlement/payouts.sql")):
         conn.execute(statement, values)
     values["ledger_high_water"] = conn.execute("SELECT coalesce(max(id), 0) FROM csl_ops.postings").fetchone()[0]
-    rows = conn.execute(
-        "SELECT contributor_id::text, currency, amount_minor, idempotency_key, "
-        "       (SELECT count(*) FROM csl_ops.payout_licences pl WHERE pl.payout_id = po.id) "
-        "FROM csl_ops.payouts po WHERE run_id = %s ORDER BY currency, contributor_id", (values["run_id"],)).fetchall()
+    rows = conn.execute(  # licences covered: sale lines in its ranges, less those the platform paid before
+        "SELECT po.contributor_id::text, po.currency, po.amount_minor, po.idempotency_key, "
+        "       coalesce(c.sales - c.prepaid, 0) "
+        "FROM csl_ops.payouts po "
+        "LEFT JOIN (SELECT r.payout_id, count(*) FILTER (WHERE p.kind = 'sale') AS sales, "
+        "                  count(*) FILTER (WHERE p.kind = 'prepaid') AS prepaid "
+        "           FROM csl_ops.payout_ranges r JOIN csl_ops.postings p ON p.account_id = r.account_id "
+        "                AND p.id > r.from_id AND p.id <= r.through_id AND p.kind IN ('sale', 'prepaid') "
+        "                AND p.license_id IS NOT NULL AND p.source_id IS NULL "
+        "           WHERE r.payout_id IN (SELECT id FROM csl_ops.payouts WHERE run_id = %(run)s) GROUP BY 1) c "
+        "       ON c.payout_id = po.id "
+        "WHERE po.run_id = %(run)s ORDER BY po.currency, po.contributor_id", {"run": values["run_id"]}).fetchall()
     return [{"contributor_id": c, "currency": cur, "amount_minor": int(a), "idempotency_key": k, "licences": int(n)}
             for c, cur, a, k, n in rows]
 
@@ -510,11 +590,13 @@ def ledger_fingerprint(conn: psycopg.Connection) -> str:
     """A hash over every posting's business content (not ids or times): equal ledgers, equal hashes."""
     digest = hashlib.sha256()
     with conn.cursor(name="ledger_fingerprint") if not conn.autocommit else conn.cursor() as cur:
-        cur.execute("SELECT p.posting_key, p.amount_minor, a.kind, a.contributor_id::text, a.currency, "
-                    "p.license_id::text, e.kind FROM csl_ops.postings p "
+        # line postings only (their keys are business identities); entry totals follow from them
+        cur.execute("SELECT p.kind, coalesce(p.license_id::text, p.source_id), a.kind, a.contributor_id::text, "
+                    "a.currency, p.amount_minor, e.kind FROM csl_ops.postings p "
                     "JOIN csl_ops.ledger_accounts a ON a.id = p.account_id "
                     "JOIN csl_ops.journal_entries e ON e.id = p.entry_id "
-                    "WHERE p.posting_key NOT LIKE '%%-entry:%%' ORDER BY p.posting_key")
+                    "WHERE p.license_id IS NOT NULL OR p.source_id IS NOT NULL "
+                    "ORDER BY 1, 2, 3, 4 NULLS FIRST, 5")
         for row in cur:
             digest.update(repr(row).encode())
     return digest.hexdigest()
@@ -657,17 +739,24 @@ class PayoutSender:
         return "confirmed", None
 
     @staticmethod
-    def _confirm(conn: psycopg.Connection, payout: _Payout, transfer_id: str) -> None:
+    def _confirm(conn: psycopg.Connection, payout: _Payout, transfer_id: str, *, from_status: str = "sent") -> bool:
         with conn.transaction():
             confirmed = conn.execute(
                 "UPDATE csl_ops.payouts SET status = 'confirmed', transfer_id = %s, error = NULL, updated_at = now() "
-                "WHERE id = %s AND status = 'sent' RETURNING id", (transfer_id, payout.id)).fetchone()
+                "WHERE id = %s AND status = %s RETURNING id", (transfer_id, payout.id, from_status)).fetchone()
             if confirmed is None:
-                return
-            conn.execute(  # exactly the licences this payout covers, for its contributor
-                "UPDATE revenue_splits rs SET status = 'paid', payment_date = now() FROM csl_ops.payout_licences pl "
-                "WHERE pl.payout_id = %s AND rs.license_id = pl.license_id AND rs.contributor_id = pl.contributor_id "
-                "AND rs.status = 'pending'", (payout.id,))
+                return False
+            # exactly the licences this payout covers (its ranges' sale lines), for its contributor: read
+            # by the account's (account_id, id) index, then updated by licence (two plain plans)
+            licences = [row[0] for row in conn.execute(
+                "SELECT p.license_id FROM csl_ops.payout_ranges r "
+                "JOIN csl_ops.postings p ON p.account_id = r.account_id AND p.id > r.from_id AND p.id <= r.through_id "
+                "WHERE r.payout_id = %s AND p.kind = 'sale' AND p.license_id IS NOT NULL AND p.source_id IS NULL",
+                (payout.id,)).fetchall()]
+            conn.execute("UPDATE revenue_splits SET status = 'paid', payment_date = now() "
+                         "WHERE license_id = ANY(%s) AND contributor_id = %s AND status = 'pending'",
+                         (licences, payout.contributor))
+        return True
 
     @staticmethod
     def _set_needs_review(conn: psycopg.Connection, payout: _Payout, reason: str) -> None:
@@ -678,26 +767,61 @@ class PayoutSender:
                   payout.contributor, reason)
 
     @staticmethod
-    def _fail(conn: psycopg.Connection, payout: _Payout, error: str) -> None:
+    def _fail(conn: psycopg.Connection, payout: _Payout, error: str, *, from_status: str = "sent") -> bool:
         with conn.transaction():
             updated = conn.execute("UPDATE csl_ops.payouts SET status = 'failed', error = %s, updated_at = now() "
-                                   "WHERE id = %s AND status = 'sent' RETURNING run_id", (error, payout.id)).fetchone()
+                                   "WHERE id = %s AND status = %s RETURNING run_id",
+                                   (error, payout.id, from_status)).fetchone()
             if updated is None:
-                return
-            conn.execute("UPDATE csl_ops.payout_licences SET released = true WHERE payout_id = %s", (payout.id,))
+                return False
+            conn.execute("UPDATE csl_ops.payout_ranges SET released = true WHERE payout_id = %s", (payout.id,))
             entry = conn.execute("INSERT INTO csl_ops.journal_entries (run_id, kind, currency, memo) VALUES "
                                  "(%s, 'payout', %s, %s) RETURNING id",
                                  (updated[0], payout.currency,
                                   f"payout {payout.id} refused: amount back to the balance")).fetchone()[0]
-            conn.execute("INSERT INTO csl_ops.postings (entry_id, account_id, amount_minor, source_id, posting_key) "
-                         "SELECT %s, id, %s, %s, %s FROM csl_ops.ledger_accounts WHERE kind = 'contributor_payable' "
-                         "AND contributor_id = %s AND currency = %s",
-                         (entry, -payout.amount, payout.key, f"payout-reversal:{payout.key}", payout.contributor,
-                          payout.currency))
-            conn.execute("INSERT INTO csl_ops.postings (entry_id, account_id, amount_minor, source_id, posting_key) "
-                         "SELECT %s, id, %s, %s, %s FROM csl_ops.ledger_accounts WHERE kind = 'payouts_in_transit' "
-                         "AND currency = %s", (entry, payout.amount, payout.key, f"payout-reversal:{payout.key}:in_transit",
-                                               payout.currency))
+            conn.execute("INSERT INTO csl_ops.postings (entry_id, account_id, amount_minor, source_id, kind) "
+                         "SELECT %s, id, %s, %s, 'payout_reversal' FROM csl_ops.ledger_accounts "
+                         "WHERE kind = 'contributor_payable' AND contributor_id = %s AND currency = %s",
+                         (entry, -payout.amount, payout.key, payout.contributor, payout.currency))
+            conn.execute("INSERT INTO csl_ops.postings (entry_id, account_id, amount_minor, source_id, kind) "
+                         "SELECT %s, id, %s, %s, 'payout_reversal' FROM csl_ops.ledger_accounts "
+                         "WHERE kind = 'payouts_in_transit' AND currency = %s",
+                         (entry, payout.amount, payout.key, payout.currency))
+        return True
+
+
+def review_payout(conn: psycopg.Connection, payout_id: int, *, transfer_id: str | None = None,
+                  not_paid: str | None = None) -> dict[str, Any]:
+    """Resolve a payout in ``needs_review`` after a person has checked the provider's records:
+
+    - ``transfer_id``: the transfer exists (found in the dashboard): the payout is confirmed with
+      it and the licences it covers become ``paid``;
+    - ``not_paid`` (the reason, for the record): no transfer was made: the payout fails, its amount
+      returns to the contributor's balance and its licences are released, so the next run pays
+      them under a new payout (a new idempotency key: never a blind resend of the old one).
+    """
+    if (transfer_id is None) == (not_paid is None):
+        raise SettlementParamsError("review_payout: give exactly one of transfer_id (it was paid) or not_paid (reason)")
+    if transfer_id is not None and not re.fullmatch(r"tr_[A-Za-z0-9]+", transfer_id):
+        raise SettlementParamsError(f"review_payout: {transfer_id!r} is not a transfer id (tr_…)")
+    row = conn.execute("SELECT id, contributor_id::text, currency, amount_minor, idempotency_key, run_id, status "
+                       "FROM csl_ops.payouts WHERE id = %s", (payout_id,)).fetchone()
+    if row is None:
+        raise SettlementParamsError(f"review_payout: no payout {payout_id}")
+    if row[6] != "needs_review":
+        raise SettlementError(f"payout {payout_id} is {row[6]!r}, not 'needs_review': nothing to resolve")
+    payout = _Payout(row[0], row[1], row[2], int(row[3]), row[4], row[5], destination="")
+    if transfer_id is not None:
+        done = PayoutSender._confirm(conn, payout, transfer_id, from_status="needs_review")
+        outcome = "confirmed"
+    else:
+        done = PayoutSender._fail(conn, payout, f"reviewed: not paid: {not_paid}", from_status="needs_review")
+        outcome = "failed"
+    if not done:
+        raise SettlementError(f"payout {payout_id} changed state during the review; look again")
+    log.warning("payout %s reviewed: %s (%s)", payout_id, outcome, transfer_id or not_paid)
+    return {"payout_id": payout_id, "status": outcome, "amount_minor": payout.amount, "currency": payout.currency,
+            "contributor_id": payout.contributor, "transfer_id": transfer_id}
 
 
 @dataclass(frozen=True)

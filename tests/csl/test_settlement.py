@@ -143,8 +143,9 @@ def expected_parts(conn, share_bps=7000):
 def posted_parts(conn):
     parts = defaultdict(dict)
     for license_id, contributor, amount in conn.execute(
-            "SELECT license_id::text, split_part(posting_key, ':', 3), -amount_minor FROM csl_ops.postings "
-            "WHERE posting_key LIKE 'sale:%'").fetchall():
+            "SELECT p.license_id::text, a.contributor_id::text, -p.amount_minor FROM csl_ops.postings p "
+            "JOIN csl_ops.ledger_accounts a ON a.id = p.account_id "
+            "WHERE p.kind = 'sale' AND p.license_id IS NOT NULL").fetchall():
         parts[license_id][contributor] = amount
     return parts
 
@@ -212,10 +213,11 @@ def test_refunds_after_payout_claw_back_exactly_and_a_negative_balance_is_carrie
         outcome = settlement.settle(conn, Params(minimum_payout_cents=1), run_key="run-2")
         assert outcome["clawbacks"]["refunds"] == 2
         clawed = defaultdict(int)
-        for key, amount in conn.execute("SELECT posting_key, amount_minor FROM csl_ops.postings "
-                                        "WHERE posting_key LIKE 'clawback:re_test_%'").fetchall():
-            _, _, party = key.split(":")
-            if party not in ("platform", "clearing"):
+        for party, amount in conn.execute(
+                "SELECT coalesce(a.contributor_id::text, a.kind), p.amount_minor FROM csl_ops.postings p "
+                "JOIN csl_ops.ledger_accounts a ON a.id = p.account_id "
+                "WHERE p.kind = 'clawback' AND p.source_id LIKE 're_test_%'").fetchall():
+            if party not in ("platform_revenue", "clearing"):
                 clawed[party] += amount
         assert dict(clawed) == parts, "a full refund in two pieces reverses every part exactly"
         balances = settlement.balances(conn)
@@ -286,7 +288,7 @@ def test_a_refund_on_an_intent_shared_by_two_licences_is_held(platform_db):
         with pytest.raises(GateFailed) as caught:
             settlement.settle(conn, Params(), run_key="run-2")
         assert {f["kind"] for f in caught.value.outcome["findings"]} == {"refund_ambiguous_licence"}
-        assert conn.execute("SELECT count(*) FROM csl_ops.postings WHERE posting_key LIKE 'clawback:re_shared:%'"
+        assert conn.execute("SELECT count(*) FROM csl_ops.postings WHERE kind = 'clawback' AND source_id = 're_shared'"
                             ).fetchone()[0] == 0
 
 
@@ -321,8 +323,10 @@ def test_two_concurrent_runs_make_one_ledger(platform_db):
     with connect(platform_db) as conn:
         assert sum(r["licences"] for r in results) == conn.execute(
             "SELECT count(*) FROM csl_ops.settled_licences").fetchone()[0]
-        assert conn.execute("SELECT count(*), count(DISTINCT posting_key) FROM csl_ops.postings").fetchone()[0] == \
-            conn.execute("SELECT count(DISTINCT posting_key) FROM csl_ops.postings").fetchone()[0]
+        assert conn.execute("SELECT count(*) FROM (SELECT license_id, account_id FROM csl_ops.postings WHERE kind = 'sale' "
+                            "AND license_id IS NOT NULL GROUP BY 1, 2 HAVING count(*) > 1) d").fetchone()[0] == 0
+        assert conn.execute("SELECT count(*) FROM csl_ops.journal_entries WHERE kind = 'sale'").fetchone()[0] == \
+            conn.execute("SELECT count(DISTINCT currency) FROM csl_ops.settled_licences").fetchone()[0]
 
 
 def test_sigkill_mid_run_then_rerun_gives_the_same_ledger(stack, platform_db, tmp_path):
@@ -633,15 +637,16 @@ def test_refunds_convert_like_prices_float_noise_is_not_a_sub_cent(platform_db):
         refund(conn, "re_noise", pi, 0.1 + 0.2, currency)  # 0.30000000000000004: float noise, 30 cents
         outcome = settlement.settle(conn, Params(), run_key="run-2")
         assert outcome["clawbacks"]["refunds"] == 1
-        assert conn.execute("SELECT amount_minor FROM csl_ops.postings WHERE posting_key = 'clawback:re_noise:clearing'"
-                            ).fetchone()[0] == -30
+        assert conn.execute("SELECT p.amount_minor FROM csl_ops.postings p JOIN csl_ops.ledger_accounts a "
+                            "ON a.id = p.account_id AND a.kind = 'clearing' "
+                            "WHERE p.kind = 'clawback' AND p.source_id = 're_noise'").fetchone()[0] == -30
         license_id, pi, _, currency = refundable_licence(conn, min_price=10.01)
         refund(conn, "re_half_cent", pi, 10.005, currency)  # a real half cent: held, never rounded
         with pytest.raises(GateFailed) as caught:
             settlement.settle(conn, Params(), run_key="run-3")
         assert [(f["kind"], f["license_id"]) for f in caught.value.outcome["findings"]] == \
             [("refund_sub_cent", license_id)]
-        assert conn.execute("SELECT count(*) FROM csl_ops.postings WHERE posting_key LIKE 'clawback:re_half_cent:%'"
+        assert conn.execute("SELECT count(*) FROM csl_ops.postings WHERE kind = 'clawback' AND source_id = 're_half_cent'"
                             ).fetchone()[0] == 0
 
 
@@ -655,9 +660,9 @@ def test_the_gate_checks_clawbacks_against_the_refunded_share_not_only_their_bal
         entry = conn.execute("INSERT INTO csl_ops.journal_entries (run_id, kind, currency, memo) VALUES "
                              "(%s, 'clawback', %s, 'a buggy earlier clawback') RETURNING id", (run_id, currency)).fetchone()[0]
         conn.execute(
-            "INSERT INTO csl_ops.postings (entry_id, account_id, amount_minor, license_id, source_id, posting_key) "
-            "SELECT %s, a.id, CASE a.kind WHEN 'platform_revenue' THEN -%s ELSE %s END, %s, 're_bug', "
-            "       'clawback:re_bug:' || coalesce(a.contributor_id::text, 'platform') FROM csl_ops.ledger_accounts a "
+            "INSERT INTO csl_ops.postings (entry_id, account_id, amount_minor, license_id, source_id, kind) "
+            "SELECT %s, a.id, CASE a.kind WHEN 'platform_revenue' THEN -%s ELSE %s END, %s, 're_bug', 'clawback' "
+            "FROM csl_ops.ledger_accounts a "
             "WHERE a.currency = %s AND (a.kind = 'platform_revenue' OR (a.kind = 'contributor_payable' "
             "AND a.contributor_id = %s))", (entry, part + 1, part + 1, license_id, currency, contributor))
         postings_before = conn.execute("SELECT count(*) FROM csl_ops.postings").fetchone()[0]
@@ -699,11 +704,13 @@ def test_splits_the_platform_already_paid_are_recorded_as_paid_and_never_paid_ag
         outcome = settlement.settle(conn, Params(minimum_payout_cents=1), run_key="run-1")
         assert outcome["status"] == "committed" and outcome["splits_paid_before"] > 0
         prepaid = dict(conn.execute(
-            "SELECT split_part(posting_key, ':', 2) || ':' || split_part(posting_key, ':', 3), amount_minor "
-            "FROM csl_ops.postings WHERE posting_key LIKE 'prepaid:%'").fetchall())
+            "SELECT p.license_id::text || ':' || a.contributor_id, p.amount_minor FROM csl_ops.postings p "
+            "JOIN csl_ops.ledger_accounts a ON a.id = p.account_id "
+            "WHERE p.kind = 'prepaid' AND p.license_id IS NOT NULL").fetchall())
         sales = dict(conn.execute(
-            "SELECT split_part(posting_key, ':', 2) || ':' || split_part(posting_key, ':', 3), -amount_minor "
-            "FROM csl_ops.postings WHERE posting_key LIKE 'sale:%'").fetchall())
+            "SELECT p.license_id::text || ':' || a.contributor_id, -p.amount_minor FROM csl_ops.postings p "
+            "JOIN csl_ops.ledger_accounts a ON a.id = p.account_id "
+            "WHERE p.kind = 'sale' AND p.license_id IS NOT NULL").fetchall())
         settled_paid = {k for k in before if k in sales}
         # every settled split the platform had paid: its payment is on the ledger, at the sale's amount
         assert set(prepaid) == settled_paid and all(prepaid[k] == sales[k] for k in prepaid)
@@ -717,7 +724,7 @@ def test_splits_the_platform_already_paid_are_recorded_as_paid_and_never_paid_ag
             "SELECT a.contributor_id::text || ':' || a.currency, -sum(p.amount_minor) FROM csl_ops.postings p "
             "JOIN csl_ops.ledger_accounts a ON a.id = p.account_id AND a.kind = 'contributor_payable' "
             "JOIN csl_ops.journal_entries e ON e.id = p.entry_id "
-            "WHERE NOT (e.kind = 'payout' AND p.posting_key LIKE 'payout:%') GROUP BY 1").fetchall())
+            "WHERE p.kind <> 'payout' GROUP BY 1").fetchall())
         paid_now = {f"{p['contributor_id']}:{p['currency']}": p["amount_minor"] for p in outcome["payouts"]}
         assert paid_now and all(owed[k] == v for k, v in paid_now.items())
         # and the platform's own rows keep their payment dates
@@ -725,3 +732,128 @@ def test_splits_the_platform_already_paid_are_recorded_as_paid_and_never_paid_ag
             "SELECT rs.license_id::text || ':' || rs.contributor_id, rs.payment_date FROM revenue_splits rs "
             "WHERE rs.status = 'paid'").fetchall())
         assert {k: after[k] for k in before} == before
+
+
+# -- the ledger's guarantees without per-row foreign keys; one snapshot per run; review ------------
+def test_the_ledger_is_append_only(platform_db):
+    with connect(platform_db) as conn:
+        settlement.settle(conn, Params(), run_key="run-1")
+        fingerprint = settlement.ledger_fingerprint(conn)
+        for change in ("UPDATE csl_ops.postings SET amount_minor = amount_minor + 1 WHERE id = "
+                       "(SELECT min(id) FROM csl_ops.postings)",
+                       "DELETE FROM csl_ops.journal_entries WHERE id = (SELECT max(id) FROM csl_ops.journal_entries)",
+                       "UPDATE csl_ops.ledger_accounts SET currency = 'xxx'",
+                       "TRUNCATE csl_ops.settled_licences",
+                       "DELETE FROM csl_ops.payouts"):
+            with pytest.raises(psycopg.errors.RestrictViolation, match="append-only"):
+                conn.execute(change)
+        assert settlement.ledger_fingerprint(conn) == fingerprint
+
+
+def test_a_posting_naming_a_missing_account_fails_the_gate(platform_db):
+    """Postings carry no per-row foreign keys: the gate checks every posting the run wrote."""
+    with connect(platform_db) as conn:
+        victim = conn.execute("SELECT id::text FROM licenses WHERE payment_status = 'completed' "
+                              "AND audio_sample_id IS NOT NULL ORDER BY id LIMIT 1").fetchone()[0]
+        conn.execute("CREATE FUNCTION pg_temp.lose_account() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+                     f"IF NEW.kind = 'sale' AND NEW.license_id = '{victim}' THEN NEW.account_id := -1; END IF; "
+                     "RETURN NEW; END $$")
+        conn.execute("CREATE TRIGGER lose_account BEFORE INSERT ON csl_ops.postings FOR EACH ROW "
+                     "EXECUTE FUNCTION pg_temp.lose_account()")
+        with pytest.raises(GateFailed) as caught:
+            settlement.settle(conn, Params(), run_key="run-1")
+        violations = {c["check"]: c["violations"] for c in caught.value.outcome["gate"]["checks"]}
+        assert violations["postings_reference_entries_and_accounts"] == 1
+        assert violations["entries_balance"] == 0  # the amounts still balance: only the reference is wrong
+        assert conn.execute("SELECT count(*) FROM csl_ops.postings").fetchone()[0] == 0
+
+
+def test_a_licence_completed_during_a_run_is_left_for_the_next_run(platform_db, monkeypatch):
+    """The run reads one snapshot: a sale completed while it runs neither fails its gate nor is
+    half-settled; the next run settles it."""
+    with connect(platform_db) as conn:
+        late = conn.execute("SELECT l.id::text FROM licenses l JOIN payment_intents pi ON pi.id = l.payment_intent_id "
+                            "WHERE l.payment_status = 'pending' AND l.audio_sample_id IS NOT NULL "
+                            "ORDER BY l.id LIMIT 1").fetchone()[0]
+        real_gate = settlement.run_gate
+
+        def gate_after_a_late_sale(run_conn, values):
+            with connect(platform_db) as platform:
+                platform.execute("UPDATE licenses SET payment_status = 'completed' WHERE id = %s", (late,))
+            return real_gate(run_conn, values)
+
+        monkeypatch.setattr(settlement, "run_gate", gate_after_a_late_sale)
+        outcome = settlement.settle(conn, Params(), run_key="run-1")
+        assert outcome["status"] == "committed" and outcome["gate"]["success"]
+        settled = "SELECT count(*) FROM csl_ops.settled_licences WHERE license_id = %s"
+        assert conn.execute(settled, (late,)).fetchone()[0] == 0
+        monkeypatch.setattr(settlement, "run_gate", real_gate)
+        again = settlement.settle(conn, Params(), run_key="run-2")
+        assert again["licences"] == 1 and conn.execute(settled, (late,)).fetchone()[0] == 1
+
+
+def test_a_payout_needing_review_is_resolved_by_a_person_never_resent_blindly(platform_db):
+    with connect(platform_db) as conn:
+        payouts = settlement.settle(conn, Params(minimum_payout_cents=1000), run_key="run-1")["payouts"]
+        found, lost = payouts[0], payouts[1]
+        ids = dict(conn.execute("SELECT idempotency_key, id FROM csl_ops.payouts WHERE idempotency_key = ANY(%s)",
+                                ([found["idempotency_key"], lost["idempotency_key"]],)).fetchall())
+        conn.execute("UPDATE csl_ops.payouts SET status = 'needs_review', attempts = 1, "
+                     "first_sent_at = now() - interval '2 days', last_sent_at = now() - interval '2 days' "
+                     "WHERE id = ANY(%s)", (list(ids.values()),))
+        found_id, lost_id = ids[found["idempotency_key"]], ids[lost["idempotency_key"]]
+        with pytest.raises(SettlementParamsError, match="exactly one"):
+            settlement.review_payout(conn, found_id)
+        with pytest.raises(SettlementParamsError, match="not a transfer id"):
+            settlement.review_payout(conn, found_id, transfer_id="12345")
+        # the transfer was found in the provider's dashboard: confirmed, its licences paid
+        assert settlement.review_payout(conn, found_id, transfer_id="tr_found1")["status"] == "confirmed"
+        assert conn.execute("SELECT status, transfer_id FROM csl_ops.payouts WHERE id = %s",
+                            (found_id,)).fetchone() == ("confirmed", "tr_found1")
+        assert conn.execute(
+            "SELECT count(*) FILTER (WHERE rs.status = 'paid'), count(*) FROM csl_ops.payout_licences pl "
+            "JOIN revenue_splits rs ON rs.license_id = pl.license_id AND rs.contributor_id = pl.contributor_id "
+            "WHERE pl.payout_id = %s", (found_id,)).fetchone() == (found["licences"], found["licences"])
+        # no transfer was made: the amount returns to the balance, the next run pays it under a new key
+        key = (lost["contributor_id"], lost["currency"])
+        assert settlement.balances(conn).get(key, 0) == 0
+        settlement.review_payout(conn, lost_id, not_paid="no transfer in the dashboard")
+        assert settlement.balances(conn)[key] == lost["amount_minor"]
+        with pytest.raises(settlement.SettlementError, match="not 'needs_review'"):
+            settlement.review_payout(conn, lost_id, not_paid="twice")
+        again = settlement.settle(conn, Params(minimum_payout_cents=1000), run_key="run-2")["payouts"]
+        anew = [p for p in again if (p["contributor_id"], p["currency"]) == key]
+        assert len(anew) == 1 and anew[0]["amount_minor"] == lost["amount_minor"]
+        assert anew[0]["idempotency_key"] != lost["idempotency_key"] and anew[0]["licences"] == lost["licences"]
+
+
+def test_a_payout_refused_after_a_later_one_was_instructed_is_covered_again_by_the_next(platform_db):
+    """Coverage is ranges of the account's postings: a refusal that arrives after the next payout
+    was instructed leaves a gap, which the payout after adopts (never two payouts for one licence)."""
+    def licences(conn, payout_key):
+        return set(conn.execute("SELECT pl.license_id::text FROM csl_ops.payout_licences pl JOIN csl_ops.payouts po "
+                                "ON po.id = pl.payout_id WHERE po.idempotency_key = %s", (payout_key,)).fetchall())
+
+    with connect(platform_db) as conn:
+        first = settlement.settle(conn, Params(minimum_payout_cents=1000), run_key="run-1")["payouts"][0]
+        key = (first["contributor_id"], first["currency"])
+        first_licences = licences(conn, first["idempotency_key"])
+        assert len(first_licences) == first["licences"] > 0
+        conn.execute("UPDATE csl_ops.payouts SET status = 'confirmed', first_sent_at = now() WHERE idempotency_key <> %s",
+                     (first["idempotency_key"],))
+        late_sale = sell(conn, *key, 99.0)  # the first payout is still in flight when the next run pays this
+        second = next(p for p in settlement.settle(conn, Params(minimum_payout_cents=1000), run_key="run-2")["payouts"]
+                      if (p["contributor_id"], p["currency"]) == key)
+        assert licences(conn, second["idempotency_key"]) == {(late_sale,)}
+        stripe = FakeStripe(refuse=[first["idempotency_key"]])
+        sender = settlement.PayoutSender(endpoint="https://api.stripe.test", api_key=API_KEY,
+                                         transport=stripe.transport())
+        result = sender.send(conn)
+        assert (result["failed"], result["confirmed"]) == (1, 1)
+        third = settlement.settle(conn, Params(minimum_payout_cents=1000), run_key="run-3")["payouts"]
+        assert [(p["contributor_id"], p["currency"], p["amount_minor"]) for p in third] == [(*key, first["amount_minor"])]
+        assert licences(conn, third[0]["idempotency_key"]) == first_licences
+        assert sender.send(conn)["confirmed"] == 1
+        sender.close()
+        paid = {lic for lic, c in paid_splits(conn) if c == key[0]}
+        assert {lic for (lic,) in first_licences} | {late_sale} <= paid

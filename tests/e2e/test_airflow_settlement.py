@@ -36,7 +36,7 @@ def test_settles_then_a_rerun_has_nothing_to_do(airflow, settings):
     assert summary["status"] == "committed" and summary["held"] == 0
     assert settled_before + summary["licences"] == completed
     with psycopg.connect(settings.database.primary_url) as conn:  # splits the platform had paid: recorded, once
-        prepaid = conn.execute("SELECT count(*) FROM csl_ops.postings WHERE posting_key LIKE 'prepaid:%'").fetchone()[0]
+        prepaid = conn.execute("SELECT count(*) FROM csl_ops.postings WHERE kind = 'prepaid' AND license_id IS NOT NULL").fetchone()[0]
     assert prepaid > 0 and isinstance(summary["splits_paid_before"], int)
     assert airflow.xcom(DAG, run_id, "settle", key="gate")["success"] is True
     statement = airflow.xcom(DAG, run_id, "statement")

@@ -7,15 +7,14 @@
 WITH touched AS (
     SELECT DISTINCT p.license_id FROM csl_ops.postings p
     JOIN csl_ops.journal_entries e ON e.id = p.entry_id AND e.kind = 'clawback' AND e.run_id = %(run_id)s
+    WHERE p.id > %(postings_before)s
 ), sale AS (
     SELECT p.license_id, a.contributor_id, -p.amount_minor AS part
-    FROM touched t JOIN csl_ops.postings p USING (license_id)
-    JOIN csl_ops.journal_entries e ON e.id = p.entry_id AND e.kind = 'sale'
+    FROM touched t JOIN csl_ops.postings p ON p.license_id = t.license_id AND p.kind = 'sale' AND p.source_id IS NULL
     JOIN csl_ops.ledger_accounts a ON a.id = p.account_id AND a.kind = 'contributor_payable'
 ), claw AS (
     SELECT p.license_id, a.kind, a.contributor_id, sum(p.amount_minor)::bigint AS amount
-    FROM touched t JOIN csl_ops.postings p USING (license_id)
-    JOIN csl_ops.journal_entries e ON e.id = p.entry_id AND e.kind = 'clawback'
+    FROM touched t JOIN csl_ops.postings p ON p.license_id = t.license_id AND p.kind = 'clawback'
     JOIN csl_ops.ledger_accounts a ON a.id = p.account_id
     GROUP BY 1, 2, 3
 ), lic AS (  -- joined aggregates, not a subquery per licence (quadratic over the CTEs)

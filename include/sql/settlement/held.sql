@@ -1,16 +1,22 @@
 -- Licences the run cannot settle as they are; each becomes a finding and fails the gate.
+-- One pass over the due licences; a licence may have several findings.
 CREATE TEMP TABLE held (license_id uuid, kind text, detail jsonb) ON COMMIT DROP;
 INSERT INTO held
-SELECT license_id, 'price_out_of_range', jsonb_build_object('price', price) FROM due
- WHERE NOT price_raw BETWEEN 0 AND 1e15  -- negative, NaN, infinite or absurd
-UNION ALL
-SELECT license_id, 'sub_cent_price', jsonb_build_object('price', price) FROM due
- WHERE price_raw BETWEEN 0 AND 1e15 AND price_raw <> round(price_raw)
-UNION ALL
-SELECT license_id, 'no_currency', jsonb_build_object('currency', currency) FROM due
- WHERE currency IS NULL OR currency !~ '^[a-z]{3}$'
-UNION ALL
-SELECT license_id, 'sample_without_contributor', '{}'::jsonb FROM due WHERE kind = 'direct' AND sample_contributor IS NULL;
+SELECT d.license_id, f.kind, f.detail
+FROM due d
+CROSS JOIN LATERAL (VALUES
+    (CASE WHEN NOT d.price_raw BETWEEN 0 AND 1e15 THEN 'price_out_of_range' END,   -- negative, NaN, infinite or absurd
+     jsonb_build_object('price', d.price)),
+    (CASE WHEN d.price_raw BETWEEN 0 AND 1e15 AND d.price_raw <> round(d.price_raw) THEN 'sub_cent_price' END,
+     jsonb_build_object('price', d.price)),
+    (CASE WHEN d.currency IS NULL OR d.currency !~ '^[a-z]{3}$' THEN 'no_currency' END,
+     jsonb_build_object('currency', d.currency)),
+    (CASE WHEN d.kind = 'direct' AND d.sample_contributor IS NULL THEN 'sample_without_contributor' END, '{}'::jsonb)
+) AS f(kind, detail)
+WHERE (NOT d.price_raw BETWEEN 0 AND 1e15 OR d.price_raw <> round(d.price_raw)
+       OR d.currency IS NULL OR d.currency !~ '^[a-z]{3}$'
+       OR (d.kind = 'direct' AND d.sample_contributor IS NULL))
+  AND f.kind IS NOT NULL;
 
 -- Generation licences: contributors weighted by how many of the source samples are theirs.
 CREATE TEMP TABLE weights ON COMMIT DROP AS
@@ -29,3 +35,4 @@ LEFT JOIN (SELECT license_id, sum(weight) AS resolved FROM weights GROUP BY 1) w
 WHERE d.kind = 'generation'
   AND (coalesce(w.resolved, 0) <> coalesce(cardinality(d.source_samples), 0)
        OR coalesce(cardinality(d.source_samples), 0) = 0);  -- no source samples (or no generation): no contributor
+ANALYZE held;

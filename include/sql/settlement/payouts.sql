@@ -1,8 +1,7 @@
 -- Payout instructions of a run (before the gate, so the gate judges them too): every
 -- contributor payable balance at or over the minimum is paid out in full (one journal entry
 -- per currency: each payable debited, payouts in transit credited); the rest is carried. Each
--- payout records the licences it covers: the contributor's sale parts not yet covered by a
--- live (not refused) payout.
+-- payout records the licences it covers as ranges of its account's postings.
 -- The run has just written most of the postings and accounts, so their statistics are stale:
 -- balances are aggregated per account before any join, and the small temp tables are analyzed,
 -- so that no plan rests on "this table is empty".
@@ -39,29 +38,30 @@ WITH inserted AS (
 ) SELECT i.*, pa.account_id FROM inserted i JOIN payable pa USING (contributor_id, currency);
 ANALYZE new_payouts;
 
-INSERT INTO csl_ops.postings (entry_id, account_id, amount_minor, source_id, posting_key)
-SELECT e.id, np.account_id, np.amount_minor, np.idempotency_key, 'payout:' || np.idempotency_key
+-- What each new payout covers (see 0010_payout_ranges.sql): its account's lines after the
+-- account's last range, up to the highest posting id now (every sale line of this run is
+-- below it), and every released range of the account that no live payout covers.
+INSERT INTO csl_ops.payout_ranges (payout_id, account_id, from_id, through_id)
+SELECT np.id, np.account_id, coalesce(m.through, 0), hw.id
+FROM new_payouts np
+CROSS JOIN (SELECT coalesce(max(id), 0) AS id FROM csl_ops.postings) hw
+LEFT JOIN (SELECT r.account_id, max(r.through_id) AS through FROM csl_ops.payout_ranges r
+           WHERE r.account_id IN (SELECT account_id FROM new_payouts) GROUP BY 1) m USING (account_id)
+WHERE coalesce(m.through, 0) < hw.id
+UNION ALL
+SELECT DISTINCT np.id, r.account_id, r.from_id, r.through_id
+FROM new_payouts np
+JOIN csl_ops.payout_ranges r ON r.account_id = np.account_id AND r.released
+WHERE NOT EXISTS (SELECT 1 FROM csl_ops.payout_ranges x
+                  WHERE x.account_id = r.account_id AND x.from_id = r.from_id AND NOT x.released);
+
+INSERT INTO csl_ops.postings (entry_id, account_id, amount_minor, source_id, kind)
+SELECT e.id, np.account_id, np.amount_minor, np.idempotency_key, 'payout'
 FROM new_payouts np
 JOIN payout_entries e USING (currency);
 
-INSERT INTO csl_ops.postings (entry_id, account_id, amount_minor, posting_key)
-SELECT e.id, a.id, -t.total, 'payout-entry:' || e.id || ':in_transit'
+INSERT INTO csl_ops.postings (entry_id, account_id, amount_minor, kind)
+SELECT e.id, a.id, -t.total, 'payout'
 FROM payout_entries e
 JOIN (SELECT currency, sum(amount_minor)::bigint AS total FROM new_payouts GROUP BY 1) t USING (currency)
 JOIN csl_ops.ledger_accounts a ON a.kind = 'payouts_in_transit' AND a.contributor_id IS NULL AND a.currency = e.currency;
-
--- chosen first, inserted second: an INSERT whose anti-join reads the table it is filling
--- rescans every page it has just written (quadratic at a million rows)
-CREATE TEMP TABLE covered ON COMMIT DROP AS
-SELECT np.id AS payout_id, p.license_id, np.contributor_id, -p.amount_minor AS amount_minor
-FROM new_payouts np
-JOIN csl_ops.postings p ON p.account_id = np.account_id AND p.license_id IS NOT NULL
-JOIN csl_ops.journal_entries e ON e.id = p.entry_id AND e.kind = 'sale'
-WHERE NOT EXISTS (SELECT 1 FROM csl_ops.payout_licences pl
-                  WHERE pl.license_id = p.license_id AND pl.contributor_id = np.contributor_id AND NOT pl.released)
-  -- the platform paid it before settlement (see post_sales.sql)
-  AND NOT EXISTS (SELECT 1 FROM csl_ops.postings pp
-                  WHERE pp.posting_key = 'prepaid:' || p.license_id || ':' || np.contributor_id);
-
-INSERT INTO csl_ops.payout_licences (payout_id, license_id, contributor_id, amount_minor)
-SELECT payout_id, license_id, contributor_id, amount_minor FROM covered;
