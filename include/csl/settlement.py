@@ -465,6 +465,7 @@ class _GateLibraries:
 def run_gate(conn: psycopg.Connection, values: Mapping[str, Any]) -> dict[str, Any]:
     """The data-quality gate (Great Expectations) over the run's checks (``GATE_CHECKS``), the
     balance of every journal entry it made (sales, clawbacks, payouts) and its payouts."""
+    started = time.perf_counter()
     rows = conn.execute(load("settlement/gate_checks.sql"), values).fetchall()
     posted = conn.execute("SELECT count(*), count(*) FILTER (WHERE kind = 'clawback') FROM csl_ops.journal_entries "
                           "WHERE run_id = %s", (values["run_id"],)).fetchone()
@@ -477,6 +478,7 @@ def run_gate(conn: psycopg.Connection, values: Mapping[str, Any]) -> dict[str, A
         # nothing was posted and every check passes: no data for an expectation suite to judge
         return {"success": True, "checks": [{"check": c, "violations": int(v)} for c, v in rows], "entries": 0,
                 "payouts": 0, "validation": [], "note": "no postings in this run: SQL checks only"}
+    checked = time.perf_counter()
     _GateLibraries.wait()
     import great_expectations as gx
     import pandas as pd
@@ -512,6 +514,7 @@ def run_gate(conn: psycopg.Connection, values: Mapping[str, Any]) -> dict[str, A
             gx.expectations.ExpectColumnValuesToBeBetween(column="amount_minor",
                                                           min_value=max(int(values["minimum"]), 1)),
         ]))
+    imported = time.perf_counter()
     results = []
     for name, frame, expectations in suites:
         batch = source.add_dataframe_asset(name).add_batch_definition_whole_dataframe(name).get_batch(
@@ -522,7 +525,9 @@ def run_gate(conn: psycopg.Connection, values: Mapping[str, Any]) -> dict[str, A
                             "result": json.loads(json.dumps(result.result, default=str))})
     return {"success": all(r["success"] for r in results),
             "checks": [{"check": c, "violations": int(v)} for c, v in checks.itertuples(index=False)],
-            "entries": len(entries), "payouts": len(payouts), "validation": results}
+            "entries": len(entries), "payouts": len(payouts), "validation": results,
+            "timings_s": {"checks_sql": round(checked - started, 3), "import_and_frames": round(imported - checked, 3),
+                          "validation": round(time.perf_counter() - imported, 3)}}
 
 
 def _record_failed_gate(conn: psycopg.Connection, run_key: str, params: Params, outcome: dict[str, Any]) -> None:

@@ -5,7 +5,7 @@
 -- the work there is.
 CREATE TEMP TABLE due ON COMMIT DROP AS
 WITH todo AS MATERIALIZED (
-    SELECT l.id
+    SELECT l.id, l.payment_intent_id, l.price, l.audio_sample_id, l.generation_id
     FROM licenses l
     WHERE l.payment_status = 'completed'
       AND (%(period_start)s::timestamptz IS NULL OR l.created_at >= %(period_start)s::timestamptz)
@@ -20,8 +20,7 @@ SELECT l.id                                          AS license_id,
        CASE WHEN l.audio_sample_id IS NOT NULL THEN 'direct' ELSE 'generation' END AS kind,
        s.contributor_id                              AS sample_contributor,
        g.source_samples
-FROM todo
-JOIN licenses l ON l.id = todo.id
+FROM todo l
 LEFT JOIN payment_intents pi ON pi.id = l.payment_intent_id
 LEFT JOIN audio_samples s ON s.id = l.audio_sample_id
 LEFT JOIN generations g ON g.id = l.generation_id;
