@@ -552,14 +552,19 @@ def _instruct_payouts(conn: psycopg.Connection, values: dict[str, Any]) -> list[
     covers); the rest is carried. Runs before the gate, which judges the payouts too.
 
     The balance scan is skipped when no posting was made since the last committed run paid
-    out every balance at or over a minimum no lower than this one: no balance can qualify.
-    (A posting whose transaction commits late only delays its payout to the next run.)
+    out every balance at or over a minimum no lower than this one, and no payout was refused
+    since: no balance can qualify. Only runs (under the lock) and refusals write postings; a
+    refusal's reversal may take an id below the last run's high-water mark and commit after
+    its snapshot, so refusals are looked for by time, with an hour's margin for a refusal's
+    transaction that began before that run and committed after it.
     """
     last = conn.execute(
-        "SELECT (figures->>'ledger_high_water')::bigint, (params->>'minimum_payout_cents')::bigint "
-        "FROM csl_ops.settlement_runs WHERE status = 'committed' ORDER BY id DESC LIMIT 1").fetchone()
+        "SELECT (figures->>'ledger_high_water')::bigint, (params->>'minimum_payout_cents')::bigint, "
+        "       EXISTS (SELECT 1 FROM csl_ops.payouts po WHERE po.status = 'failed' "
+        "               AND po.updated_at >= r.started_at - interval '1 hour') "
+        "FROM csl_ops.settlement_runs r WHERE status = 'committed' ORDER BY id DESC LIMIT 1").fetchone()
     high_water = conn.execute("SELECT coalesce(max(id), 0) FROM csl_ops.postings").fetchone()[0]
-    if last and last[0] is not None and last[0] == high_water and last[1] is not None \
+    if last and last[0] is not None and last[0] == high_water and last[1] is not None and not last[2] \
             and max(int(values["minimum"]), 1) >= max(last[1], 1):
         values["ledger_high_water"] = high_water
         return []
@@ -596,12 +601,12 @@ def ledger_fingerprint(conn: psycopg.Connection) -> str:
     digest = hashlib.sha256()
     with conn.cursor(name="ledger_fingerprint") if not conn.autocommit else conn.cursor() as cur:
         # line postings only (their keys are business identities); entry totals follow from them
-        cur.execute("SELECT p.kind, coalesce(p.license_id::text, p.source_id), a.kind, a.contributor_id::text, "
+        cur.execute("SELECT p.kind, p.license_id::text, p.source_id, a.kind, a.contributor_id::text, "
                     "a.currency, p.amount_minor, e.kind FROM csl_ops.postings p "
                     "JOIN csl_ops.ledger_accounts a ON a.id = p.account_id "
                     "JOIN csl_ops.journal_entries e ON e.id = p.entry_id "
                     "WHERE p.license_id IS NOT NULL OR p.source_id IS NOT NULL "
-                    "ORDER BY 1, 2, 3, 4 NULLS FIRST, 5")
+                    "ORDER BY 1, 2 NULLS FIRST, 3 NULLS FIRST, 4, 5 NULLS FIRST, 6, 7")
         for row in cur:
             digest.update(repr(row).encode())
     return digest.hexdigest()

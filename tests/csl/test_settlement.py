@@ -857,3 +857,21 @@ def test_a_payout_refused_after_a_later_one_was_instructed_is_covered_again_by_t
         sender.close()
         paid = {lic for lic, c in paid_splits(conn) if c == key[0]}
         assert {lic for (lic,) in first_licences} | {late_sale} <= paid
+
+
+def test_a_refusal_committed_during_a_run_is_paid_by_the_next_run(platform_db):
+    """A refusal's reversal can take a posting id below a concurrent run's high-water mark and
+    commit after its snapshot: the next run must not skip the payout scan because of the mark."""
+    with connect(platform_db) as conn:
+        refused = settlement.settle(conn, Params(minimum_payout_cents=1000), run_key="run-1")["payouts"][0]
+        stripe = FakeStripe(refuse=[refused["idempotency_key"]])
+        sender = settlement.PayoutSender(endpoint="https://api.stripe.test", api_key=API_KEY,
+                                         transport=stripe.transport())
+        assert sender.send(conn)["failed"] == 1
+        sender.close()
+        # as if the reversal had been numbered below run-1's mark (it ran while run-1 was posting)
+        conn.execute("UPDATE csl_ops.settlement_runs SET figures = jsonb_set(figures, '{ledger_high_water}', "
+                     "to_jsonb((SELECT max(id) FROM csl_ops.postings))) WHERE run_key = 'run-1'")
+        again = settlement.settle(conn, Params(minimum_payout_cents=1000), run_key="run-2")["payouts"]
+        assert [(p["contributor_id"], p["currency"], p["amount_minor"]) for p in again] == \
+            [(refused["contributor_id"], refused["currency"], refused["amount_minor"])]

@@ -29,6 +29,11 @@ JOIN csl_ops.ledger_accounts a ON a.kind = 'contributor_payable' AND a.contribut
                               AND a.currency = po.currency
 JOIN csl_ops.postings p ON p.license_id = pl.license_id AND p.kind = 'sale' AND p.account_id = a.id
                        AND p.source_id IS NULL;
+DO $$ BEGIN
+    IF (SELECT count(*) FROM csl_ops.payout_licences) <> (SELECT count(*) FROM csl_ops.payout_ranges) THEN
+        RAISE EXCEPTION 'payout_licences rows without their sale posting: coverage would be lost; not migrating';
+    END IF;
+END $$;
 DROP TABLE csl_ops.payout_licences;
 
 -- the same rows as before, for readers (statements, tests, data teams): each covered licence
