@@ -4,11 +4,11 @@
 Daily. Royalties for cultural contributors from licence sales, in integer minor units, per
 currency, into a double-entry ledger in `csl_ops` (rules: README, "Settlement rules").
 
-1. **settle** — one transaction under an advisory lock (a second concurrent run waits
-   `lock_wait_s`, then stops with a clear message): licences due (completed, not yet in the
+1. **settle** — one REPEATABLE READ transaction (one snapshot) under an advisory lock (a second
+   concurrent run waits `lock_wait_s`, then stops with a clear message): licences due (completed, not yet in the
    ledger) → exact allocation (largest remainder) → existing `revenue_splits` reused when they
-   match, new ones written `pending` → postings (idempotent keys licence × kind ×
-   contributor) → clawbacks of refunds after settlement → payout instructions for balances at
+   match, new ones written `pending` → postings in an append-only ledger (idempotent keys
+   licence × kind × account) → clawbacks of refunds after settlement → payout instructions for balances at
    or over `minimum_payout_cents` (each with the licences it covers) → **data-quality gate**
    over all of it (Great Expectations: entries balance, allocations sum to the price, no due
    licence left, platform rows round-trip, no duplicates, no findings, payouts clear their
@@ -20,10 +20,11 @@ currency, into a double-entry ledger in `csl_ops` (rules: README, "Settlement ru
    connection (Stripe `POST /v1/transfers`, idempotency keys). Each payout is marked `sent`
    before its call; a confirmed one marks exactly the splits it covers `paid`; one whose
    outcome stayed unknown past the 24 h idempotency window is looked up (never resent) and,
-   if no transfer is found, set to `needs_review`.
+   if no transfer is found, set to `needs_review` (a person resolves it with
+   `python -m csl settlement review-payout`).
 3. **statement** — per-contributor statement CSV (every posting, running balance).
 
-Without Airflow: `python -m csl settlement run|statement|send-payouts`.
+Without Airflow: `python -m csl settlement run|statement|send-payouts|review-payout`.
 """
 
 from __future__ import annotations

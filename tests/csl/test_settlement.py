@@ -875,3 +875,24 @@ def test_a_refusal_committed_during_a_run_is_paid_by_the_next_run(platform_db):
         again = settlement.settle(conn, Params(minimum_payout_cents=1000), run_key="run-2")["payouts"]
         assert [(p["contributor_id"], p["currency"], p["amount_minor"]) for p in again] == \
             [(refused["contributor_id"], refused["currency"], refused["amount_minor"])]
+
+
+def test_cli_review_payout(platform_db, stack_env):
+    import json
+    import os
+
+    env = {**os.environ, **stack_env, "CSL_ENV_FILE": os.devnull, "DATABASE_URL": platform_db}
+    run = lambda *a: subprocess.run([sys.executable, "-m", "csl", "settlement", "review-payout", *a],  # noqa: E731
+                                    capture_output=True, text=True, env=env, timeout=120)
+    with connect(platform_db) as conn:
+        payout = settlement.settle(conn, Params(), run_key="run-1")["payouts"][0]
+        payout_id = conn.execute("UPDATE csl_ops.payouts SET status = 'needs_review', attempts = 1, "
+                                 "first_sent_at = now() - interval '2 days' WHERE idempotency_key = %s RETURNING id",
+                                 (payout["idempotency_key"],)).fetchone()[0]
+    done = run("--payout", str(payout_id), "--not-paid", "no transfer in the dashboard", "--json")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["status"] == "failed"
+    again = run("--payout", str(payout_id), "--transfer", "tr_1")
+    assert again.returncode == 1 and "not 'needs_review'" in again.stderr
+    bad = run("--transfer", "tr_1")
+    assert bad.returncode == 2 and "--payout" in bad.stderr
