@@ -132,7 +132,7 @@ class StorageProvider:
         try:
             response = self.client.head_object(Bucket=self.bucket, Key=key)
         except ClientError as exc:
-            if exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 404:
+            if _is_missing(exc):
                 return None
             raise self._fail("head", key, exc) from exc
         except Exception as exc:
@@ -156,7 +156,7 @@ class StorageProvider:
             for chunk in response["Body"].iter_chunks(1 << 20):
                 content.update(chunk)
         except ClientError as exc:
-            if exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 404:
+            if _is_missing(exc):
                 return None
             raise self._fail("get", key, exc) from exc
         except Exception as exc:
@@ -485,3 +485,8 @@ def queue_replication(connect: Any) -> Any:
             if not conn.autocommit:
                 conn.commit()
     return record
+
+
+def _is_missing(exc: Exception) -> bool:
+    """A botocore ClientError that is a real 404 (the object is not there), not a failure."""
+    return getattr(exc, "response", {}).get("ResponseMetadata", {}).get("HTTPStatusCode") == 404

@@ -2,21 +2,18 @@
 -- One pass over the due licences; a licence may have several findings.
 CREATE TEMP TABLE held (license_id uuid, kind text, detail jsonb) ON COMMIT DROP;
 INSERT INTO held
-SELECT d.license_id, f.kind, f.detail
+SELECT d.license_id, f.kind,
+       CASE f.kind WHEN 'no_currency' THEN jsonb_build_object('currency', d.currency)
+                   WHEN 'sample_without_contributor' THEN '{}'::jsonb
+                   ELSE jsonb_build_object('price', d.price) END
 FROM due d
 CROSS JOIN LATERAL (VALUES
-    (CASE WHEN NOT d.price_raw BETWEEN 0 AND 1e15 THEN 'price_out_of_range' END,   -- negative, NaN, infinite or absurd
-     jsonb_build_object('price', d.price)),
-    (CASE WHEN d.price_raw BETWEEN 0 AND 1e15 AND d.price_raw <> round(d.price_raw) THEN 'sub_cent_price' END,
-     jsonb_build_object('price', d.price)),
-    (CASE WHEN d.currency IS NULL OR d.currency !~ '^[a-z]{3}$' THEN 'no_currency' END,
-     jsonb_build_object('currency', d.currency)),
-    (CASE WHEN d.kind = 'direct' AND d.sample_contributor IS NULL THEN 'sample_without_contributor' END, '{}'::jsonb)
-) AS f(kind, detail)
-WHERE (NOT d.price_raw BETWEEN 0 AND 1e15 OR d.price_raw <> round(d.price_raw)
-       OR d.currency IS NULL OR d.currency !~ '^[a-z]{3}$'
-       OR (d.kind = 'direct' AND d.sample_contributor IS NULL))
-  AND f.kind IS NOT NULL;
+    (CASE WHEN NOT d.price_raw BETWEEN 0 AND 1e15 THEN 'price_out_of_range' END),  -- negative, NaN, infinite or absurd
+    (CASE WHEN d.price_raw BETWEEN 0 AND 1e15 AND d.price_raw <> round(d.price_raw) THEN 'sub_cent_price' END),
+    (CASE WHEN d.currency IS NULL OR d.currency !~ '^[a-z]{3}$' THEN 'no_currency' END),
+    (CASE WHEN d.kind = 'direct' AND d.sample_contributor IS NULL THEN 'sample_without_contributor' END)
+) AS f(kind)
+WHERE f.kind IS NOT NULL;
 
 -- Generation licences: contributors weighted by how many of the source samples are theirs.
 CREATE TEMP TABLE weights ON COMMIT DROP AS
