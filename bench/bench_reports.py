@@ -64,12 +64,15 @@ def run_workload(url: str, rng: random.Random) -> dict:
 def run(stack, **_: object) -> dict:
     env: dict[str, str] = {}
     load_env_file(stack.env_file, environ=env)
-    url = bench_database(stack, Settings.from_env(env))
+    settings = Settings.from_env(env)
+    url = bench_database(stack, settings)
+    replica_url = settings.require_database().replica_url.rsplit("/", 1)[0] + "/" + url.rsplit("/", 1)[1]
+    replicas = {"replica": lambda: psycopg.connect(replica_url, autocommit=True)}  # read as the DAG does
     rng = random.Random(42)
     with psycopg.connect(url, autocommit=True) as conn:
         for name in ("licenses_usage_terms_idx", "licenses_expiry_date_idx"):  # an earlier run's advice, if taken
             conn.execute(f"DROP INDEX IF EXISTS {name}")
-        first = reports.capture(conn)  # the window's baseline
+        first = reports.capture(conn, replicas=replicas)  # the window's baseline
         workload = run_workload(url, rng)
 
         bare = []
@@ -78,7 +81,7 @@ def run(stack, **_: object) -> dict:
             for query in BARE_READS:
                 conn.execute(query).fetchall()
             bare.append((time.perf_counter() - started) * 1000)
-        snaps = [reports.capture(conn) for _ in range(SNAPSHOTS)]
+        snaps = [reports.capture(conn, replicas=replicas) for _ in range(SNAPSHOTS)]
         capture_ms = [s.capture_ms for s in snaps]
         rows = conn.execute("SELECT count(*) FROM csl_ops.perf_snapshot_statements WHERE snapshot_id = %s",
                             (snaps[-1].id,)).fetchone()[0]
@@ -87,7 +90,7 @@ def run(stack, **_: object) -> dict:
         with tempfile.TemporaryDirectory(prefix="csl-bench-report-") as out:
             started = time.perf_counter()
             result = reports.make_report(conn, reports.ReportParams(window="1h"), run_key=f"bench-{time.time_ns()}",
-                                         out_dir=Path(out))
+                                         out_dir=Path(out), replicas=replicas)
             report_s = time.perf_counter() - started
             files = sorted(Path(result["path"]).iterdir())
             files_bytes = sum(p.stat().st_size for p in files)

@@ -42,9 +42,10 @@ def bench_database(stack, settings: Settings) -> str:
     url = base.rsplit("/", 1)[0] + f"/{BENCH_DB}"
     try:
         with psycopg.connect(url, autocommit=True) as conn:
-            loaded = conn.execute("SELECT (counts->>'licenses')::bigint FROM csl_ops.seed_runs WHERE scale = 'bench' "
-                                  "ORDER BY 1 DESC LIMIT 1").fetchone()
-            if loaded and loaded[0] == SCALES["bench"].licenses:  # else the scale changed: load it again
+            loaded = conn.execute("SELECT (counts->>'licenses')::bigint, counts ? 'csl_ops.payout_accounts' "
+                                  "FROM csl_ops.seed_runs WHERE scale = 'bench' ORDER BY 1 DESC LIMIT 1").fetchone()
+            # else the scale or the data set changed (payout accounts since issue 12): load it again
+            if loaded and loaded[0] == SCALES["bench"].licenses and loaded[1]:
                 migrate(conn, components=("csl_ops",))  # later migrations, for the newer benchmarks
                 return url
     except psycopg.Error:

@@ -50,10 +50,10 @@ WHERE l.payment_status = 'completed';
 ROLLBACK;
 """
 WORKER = """
-import json, resource, sys, time, psycopg
+import json, os, resource, sys, time, psycopg
 sys.path.insert(0, {include!r})
 from csl import settlement
-with psycopg.connect({url!r}, autocommit=True) as conn:
+with psycopg.connect(os.environ["CSL_BENCH_URL"], autocommit=True) as conn:
     started = time.perf_counter()
     out = settlement.settle(conn, settlement.Params(), run_key={key!r})
     wall = time.perf_counter() - started
@@ -64,9 +64,17 @@ print(json.dumps({{"wall_s": wall, "licences": out.get("licences"), "payouts": l
 
 
 def _worker(url: str, key: str) -> dict:
-    code = WORKER.format(include=str(REPO / "include"), url=url, key=key)
+    import os
+
+    from csl.config import redact
+
+    code = WORKER.format(include=str(REPO / "include"), key=key)
     started = time.perf_counter()
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    # the URL (with its password) in the environment, never in the command line
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            env={**os.environ, "CSL_BENCH_URL": url})
+    if result.returncode:
+        raise RuntimeError(f"settlement worker {key!r} failed: {redact(result.stderr[-3000:], url)}")
     figures = json.loads(result.stdout.strip().splitlines()[-1])
     figures["process_wall_s"] = round(time.perf_counter() - started, 2)
     return figures

@@ -25,6 +25,9 @@ import pendulum
 from airflow.sdk import Param, dag
 
 from csl_airflow.operators import MaintenanceActOperator, MaintenancePlanOperator, MaintenanceReportOperator
+from csl_airflow.params import full_match
+
+IDENTIFIER = "[a-z_][a-z0-9_]{0,62}"
 
 
 @dag(
@@ -38,8 +41,8 @@ from csl_airflow.operators import MaintenanceActOperator, MaintenancePlanOperato
     default_args={"owner": "csl-platform", "retries": 1, "retry_delay": pendulum.duration(minutes=2)},
     params={
         "dry_run": Param(False, type="boolean", description="Show what would be done, with the evidence; run nothing."),
-        "tables": Param([], type="array", uniqueItems=True,
-                        items={"type": "string", "pattern": "^([a-z_][a-z0-9_]*\\.)?[a-z_][a-z0-9_]*$"},
+        "tables": Param([], type=["null", "array"], uniqueItems=True,
+                        items={"type": "string", "pattern": full_match(f"(?:{IDENTIFIER}\\.)?{IDENTIFIER}")},
                         description="Only these tables (table or schema.table); empty = every user table. "
                                     "An unknown table fails the plan before anything runs."),
         "mode": Param("auto", type="string", enum=["auto", "analyze", "vacuum", "freeze"],

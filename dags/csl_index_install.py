@@ -26,6 +26,7 @@ import pendulum
 from airflow.sdk import Param, dag
 
 from csl_airflow.operators import IndexBuildOperator, IndexPlanOperator, IndexReportOperator
+from csl_airflow.params import full_match
 
 
 @dag(
@@ -39,8 +40,8 @@ from csl_airflow.operators import IndexBuildOperator, IndexPlanOperator, IndexRe
     default_args={"owner": "csl-platform", "retries": 0},
     params={
         "dry_run": Param(False, type="boolean", description="Show the plan only; build nothing."),
-        "only": Param([], type="array", items={"type": "string", "pattern": "^[a-z_][a-z0-9_]{0,62}$"},
-                      uniqueItems=True,
+        "only": Param([], type=["null", "array"], uniqueItems=True,
+                      items={"type": "string", "pattern": full_match("[a-z_][a-z0-9_]{0,62}")},
                       description="Only these catalog indexes (names from include/sql/indexes/catalog.sql); "
                                   "empty = all. An unknown name fails the plan before any DDL."),
         "lock_timeout_ms": Param(2000, type="integer", minimum=10, maximum=600_000,

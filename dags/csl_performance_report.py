@@ -5,15 +5,19 @@ Replaces the platform's `analyzePerformance()` (which read columns that do not e
 cumulative `pg_stat_statements`).
 
 1. **snapshot** — every hour: `pg_stat_statements` (by query id), table and index activity and
-   I/O, sizes, connections by state, replica lag, copied into `csl_ops`; statistics resets and
-   deallocated entries are detected so no figure is ever negative. Snapshots older than
-   `retention_days` are removed.
+   I/O, sizes, connections by state, replica lag, and the read replica's own index scans, copied
+   into `csl_ops`; statistics resets and deallocated entries are detected so no figure is ever
+   negative; texts that may carry a secret are stored redacted. Snapshots older than
+   `retention_days` and reports older than `report_retention_days` are removed.
 2. **report** — at `report_hour_utc` (and on every manual run): deltas over `window_hours`
    ending at this run's snapshot → top queries (total/mean time, calls, I/O), **regressions**
    (mean time up ≥ `regression_pct` vs the previous window, ≥ `min_calls` calls in both),
-   unused / duplicate / INVALID indexes (never primary keys, unique or constraint indexes),
-   **missing-index advice verified with HypoPG** (suggested only when the plan cost drops ≥
-   `min_cost_drop_pct`, with the `CREATE INDEX CONCURRENTLY` to run), bloat, dead tuples,
+   unused / duplicate / INVALID indexes (never primary keys, unique or constraint indexes;
+   *unused* only after `unused_index_days` without a scan on the primary and on every replica;
+   an index of the declared catalog is never given a `DROP INDEX`),
+   **missing-index advice verified with HypoPG** (planned as `advisor_role`, read-only; suggested
+   only when the plan cost drops ≥ `min_cost_drop_pct`, with the `CREATE INDEX CONCURRENTLY` to
+   run), bloat, dead tuples,
    vacuum/analyze staleness, wraparound, sequences, cache hit ratio, sessions, replicas and
    what our own pipelines did. Every recommendation names its evidence.
 
@@ -59,22 +63,34 @@ from csl_airflow.reports import PerfReportOperator, PerfSnapshotOperator
                                    description="HypoPG: suggest an index only when the plan cost drops by this much."),
         "advise_queries": Param(10, type="integer", minimum=0, maximum=100,
                                 description="HypoPG: how many of the slowest queries to cost (0: no advice)."),
-        "exact_bloat_tables": Param([], type="array", uniqueItems=True,
+        "exact_bloat_tables": Param([], type=["null", "array"], uniqueItems=True,
                                     items={"type": "string", "pattern": "^[a-z_][a-z0-9_]*\\.[a-z_][a-z0-9_]*$"},
                                     description="Exact bloat (pgstattuple_approx, reads the table) for these "
-                                                "schema.table names; empty: the statistics estimate only."),
+                                                "schema.table names; empty or null: the statistics estimate only."),
+        "unused_index_days": Param(7, type="number", minimum=0.001, maximum=3650,
+                                   description="Days of statistics without a scan on the primary and on every "
+                                               "replica before an index is called unused (and given a DROP INDEX)."),
+        "advisor_role": Param("csl_advisor", type="string", pattern="^[A-Za-z_][A-Za-z0-9_$]{0,62}$",
+                              description="HypoPG plans query texts as this role (it must not be able to write); "
+                                          "missing or writable: no advice, never as the owner."),
         "retention_days": Param(30, type="integer", minimum=1, maximum=3650,
                                 description="Snapshots older than this many days are removed."),
+        "report_retention_days": Param(90, type="integer", minimum=1, maximum=3650,
+                                       description="Stored reports (and their folders) older than this many days "
+                                                   "are removed, on every run."),
     },
 )
 def csl_performance_report():
-    snapshot = PerfSnapshotOperator(task_id="snapshot", retention_days="{{ params.retention_days }}")
+    snapshot = PerfSnapshotOperator(task_id="snapshot", retention_days="{{ params.retention_days }}",
+                                    report_retention_days="{{ params.report_retention_days }}")
     report = PerfReportOperator(
         task_id="report", snapshot_task_id="snapshot",
         make_report="{{ params.make_report }}", report_hour_utc="{{ params.report_hour_utc }}",
         window_hours="{{ params.window_hours }}", top="{{ params.top }}", regression_pct="{{ params.regression_pct }}",
         min_calls="{{ params.min_calls }}", min_cost_drop_pct="{{ params.min_cost_drop_pct }}",
         advise_queries="{{ params.advise_queries }}", exact_bloat_tables="{{ params.exact_bloat_tables | tojson }}",
+        unused_index_days="{{ params.unused_index_days }}", advisor_role="{{ params.advisor_role }}",
+        report_retention_days="{{ params.report_retention_days }}",
     )
     snapshot >> report
 

@@ -43,9 +43,10 @@ STORAGE_PROVIDERS = ["primary", "fallback"]
         "max_replica_lag_s": Param(30, type="number", minimum=0, maximum=3600,
                                    description="Replay lag (seconds) above which the replica counts as down "
                                                "and reads go to the primary."),
-        "tolerate": Param([], type="array", items={"type": "string", "enum": COMPONENTS}, uniqueItems=True,
+        "tolerate": Param([], type=["null", "array"], items={"type": "string", "enum": COMPONENTS},
+                          uniqueItems=True, examples=COMPONENTS,
                           description="Components allowed to be down without failing the run "
-                                      "(e.g. database.replica during a replica rebuild)."),
+                                      "(e.g. database.replica during a replica rebuild). Empty = none."),
     },
     render_template_as_native_obj=True,
 )

@@ -33,11 +33,13 @@ import pendulum
 from airflow.sdk import Asset, Param, dag
 
 from csl_airflow.operators import PayoutSendOperator, SettlementOperator, StatementOperator
+from csl_airflow.params import PERIOD_BOUND
 
 # A name, not a scheme URI: any "scheme://" URI makes Airflow load every provider's URI
 # normaliser at parse time (boto3 among them), on each parse of this file.
 LEDGER = Asset(name="csl_settlement_ledger")
-DATE_PATTERN = "^$|^[0-9]{4}-[0-9]{2}-[0-9]{2}([T ][0-9:.+-Z]*)?$"
+BOUND = ("an ISO date (midnight UTC) or date-time (UTC unless it gives an offset), "
+         "e.g. 2026-11-01 or 2026-11-01T09:00+01:00")
 
 
 @dag(
@@ -50,13 +52,13 @@ DATE_PATTERN = "^$|^[0-9]{4}-[0-9]{2}-[0-9]{2}([T ][0-9:.+-Z]*)?$"
     doc_md=__doc__,
     default_args={"owner": "csl-finance", "retries": 2, "retry_delay": pendulum.duration(minutes=5)},
     params={
-        "period_start": Param("", type="string", pattern=DATE_PATTERN,
-                              description="Optional: only licences created at or after (ISO date). Empty = no bound."),
-        "period_end": Param("", type="string", pattern=DATE_PATTERN,
-                            description="Optional: only licences created before (ISO date). Empty = no bound."),
+        "period_start": Param(None, type=["null", "string"], pattern=PERIOD_BOUND,
+                              description=f"Optional: only licences created at or after {BOUND}. Empty = no bound."),
+        "period_end": Param(None, type=["null", "string"], pattern=PERIOD_BOUND,
+                            description=f"Optional: only licences created before {BOUND}. Empty = no bound."),
         "contributor_share_bps": Param(7000, type="integer", minimum=0, maximum=10_000,
                                        description="Contributors' share of each price in basis points (7000 = 70 %)."),
-        "minimum_payout_cents": Param(1000, type="integer", minimum=0,
+        "minimum_payout_cents": Param(1000, type="integer", minimum=0, maximum=100_000_000,
                                       description="Balances below this (minor units) are carried, not paid."),
         "dry_run": Param(False, type="boolean", description="Compute and validate; commit nothing."),
         "send_payouts": Param(False, type="boolean",

@@ -16,7 +16,9 @@ longer sees it.
 3. **report** — counts per kind and provider, bytes, duration (XCom `summary`,
    `csl_ops.storage_sweeps`); emits the Asset `csl_storage_findings` when every shard swept.
 
-Findings live in `csl_ops.storage_findings`. Without Airflow: `python -m csl storage sweep`.
+Findings live in `csl_ops.storage_findings`; the primary's copy is the reference, and a sweep
+of some providers closes only findings it could judge. Without Airflow:
+`python -m csl storage sweep`.
 """
 
 from __future__ import annotations
@@ -44,15 +46,17 @@ FINDINGS = Asset(name="csl_storage_findings")
         "deep_sample": Param(0.01, type="number", minimum=0, maximum=1,
                              description="Share of objects downloaded and hashed against their SHA-256 metadata "
                                          "(objects whose ETags disagree are always checked)."),
-        "prefix": Param("", type="string", pattern="^[^*]*$", maxLength=512,
+        "prefix": Param(None, type=["null", "string"], pattern="^[^*]*$", maxLength=512,
                         description="Only keys under this prefix (empty = everything)."),
         "key_order": Param("path", type="string", enum=["path", "byte"],
                            description="The providers' listing order: path (SeaweedFS, MinIO) or byte (AWS S3). "
                                        "A provider listing in another order stops its shard, never misreports."),
         "depth": Param(2, type="integer", minimum=1, maximum=8, description="Key segments per cell."),
-        "providers": Param([], type="array", uniqueItems=True, items={"type": "string", "pattern": "^[a-z0-9_-]+$"},
+        "providers": Param([], type=["null", "array"], uniqueItems=True,
+                           items={"type": "string", "pattern": "^[a-z0-9_-]+$"},
                            description="Providers by role (primary, fallback); empty = every configured one. "
-                                       "The first is the reference copy."),
+                                       "The primary's copy is the reference, in any order; a sweep closes only "
+                                       "findings about the providers it swept."),
     },
 )
 def csl_storage_integrity():

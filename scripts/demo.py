@@ -50,13 +50,21 @@ def format_maintenance_report(report: dict | None) -> str:
 def format_settlement(summary: dict | None, statement: dict | None) -> str:
     if not summary:
         return "  (no summary: see the settle task's log)"
+    from csl.money import from_minor
+
+    clawbacks = summary["clawbacks"]
     lines = [f"  {summary['status']}: {summary['licences']:,} licences settled, {summary['splits_reused']:,} platform "
              f"splits reused ({summary.get('splits_paid_before', 0):,} already paid by the platform: recorded, not paid "
-             f"again), {summary['clawbacks']['refunds']} refunds clawed back, {summary['payouts']} payout "
-             f"instructions"]
+             f"again), {clawbacks['refunds']} refunds and {clawbacks.get('disputes', 0)} lost disputes clawed back, "
+             f"{summary['payouts']} payout instructions"]
     for currency, figures in sorted((summary.get("by_currency") or {}).items()):
-        lines.append(f"  {currency}: gross {figures['gross_minor'] / 100:,.2f}, contributors "
-                     f"{figures['contributors_minor'] / 100:,.2f}, platform {figures['platform_minor'] / 100:,.2f}")
+        major = {k: f"{from_minor(figures[k], currency):,}" for k in ("gross_minor", "contributors_minor", "platform_minor")}
+        lines.append(f"  {currency}: gross {major['gross_minor']}, contributors {major['contributors_minor']}, "
+                     f"platform {major['platform_minor']}")
+    holds = summary.get("payout_holds") or {}
+    if holds:
+        lines.append("  held, balance carried: " + ", ".join(f"{n} {reason.replace('_', ' ')}"
+                                                            for reason, n in sorted(holds.items())))
     if statement:
         lines.append(f"  statement CSV: {statement['path']} ({statement['rows']:,} postings)")
     return "\n".join(lines)

@@ -13,6 +13,15 @@ PostgreSQL. Ports are chosen free once and kept in ``DIR/stack.json`` with the g
 secrets, so ``up`` again reuses everything that is already running. Each service logs to
 ``DIR/logs/NAME.log``; its pid is in ``DIR/pids/NAME.pid`` (PostgreSQL's in its data dir).
 Only standard library here: it runs before the virtualenv has anything installed.
+
+Access: PostgreSQL's Unix socket sits in a 0700 directory of the user the server runs as, and
+only that OS user gets in, as the superuser ``postgres`` (peer authentication mapped in
+``pg_ident.conf``); TCP on loopback needs a password (SCRAM). Secrets never go on a command line
+(``ps`` shows those to everyone): SQL goes to psql on stdin with role passwords as SCRAM
+verifiers, the replica authenticates with a 0600 passfile. Files holding secrets (``stack.json``,
+the env file, Airflow's passwords file, passfiles) and the logs are 0600 from their first byte.
+The Airflow admin password is for clients (the env file, ``stack.json``), never in the
+environment of Airflow's processes and so of its tasks.
 """
 
 from __future__ import annotations
@@ -20,8 +29,10 @@ from __future__ import annotations
 import argparse
 import base64
 import hashlib
+import hmac
 import json
 import os
+import pwd
 import secrets
 import shutil
 import signal
@@ -44,6 +55,8 @@ FALLBACK_BUCKET = "cultural-audio-fallback"
 S3_SERVICES = ("s3-primary", "s3-fallback")
 AIRFLOW_SERVICES = ("airflow-api-server", "airflow-scheduler", "airflow-dag-processor", "airflow-triggerer")
 ALL_SERVICES = ("pg-primary", "pg-replica", *S3_SERVICES, "edge", *AIRFLOW_SERVICES)
+# In the env file for clients (the demo, the tests log in with it); never in Airflow's processes.
+CLIENT_ONLY_ENV = ("CSL_AIRFLOW_ADMIN_PASSWORD",)
 
 
 def log(message: str) -> None:
@@ -112,6 +125,50 @@ def chown_postgres(path: Path) -> None:
         shutil.chown(path, "postgres", "postgres")
 
 
+def postgres_os_user() -> str:
+    """The OS user PostgreSQL's binaries run as: ``postgres`` when we are root, else ourselves."""
+    return "postgres" if os.geteuid() == 0 else pwd.getpwuid(os.geteuid()).pw_name
+
+
+def write_private(path: Path, text: str, *, for_postgres: bool = False) -> None:
+    """Write ``path`` as a 0600 file from its first byte, also over an older, wider one: a fresh
+    file beside it (created 0600), renamed over the old. ``for_postgres``: owned by the user the
+    PostgreSQL binaries run as (a passfile must belong to the client that reads it)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "w") as out:
+            out.write(text)
+        if for_postgres:
+            chown_postgres(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def private_log(path: Path, *, for_postgres: bool = False) -> Path:
+    """A log file that only its writer (and root) can read: logs may quote what failed."""
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600))
+    path.chmod(0o600)
+    if for_postgres:
+        chown_postgres(path)
+    return path
+
+
+def scram_verifier(password: str, *, iterations: int = 4096) -> str:
+    """The SCRAM-SHA-256 verifier PostgreSQL stores for ``password`` (what psql's ``\\password``
+    sends): given in ``CREATE ROLE … PASSWORD``, it is stored as is, so the clear password is
+    never in a statement, a server log line or ``pg_stat_activity``."""
+    salt = os.urandom(16)
+    salted = hashlib.pbkdf2_hmac("sha256", password.encode(), salt, iterations)
+    stored_key = hashlib.sha256(hmac.new(salted, b"Client Key", "sha256").digest()).digest()
+    server_key = hmac.new(salted, b"Server Key", "sha256").digest()
+    b64 = (lambda raw: base64.b64encode(raw).decode())
+    return f"SCRAM-SHA-256${iterations}:{b64(salt)}${b64(stored_key)}:{b64(server_key)}"
+
+
 class Stack:
     def __init__(self, state: Path, env_file: Path) -> None:
         self.state = state.resolve()
@@ -131,6 +188,9 @@ class Stack:
         self.state.mkdir(parents=True, exist_ok=True)
         self.logs.mkdir(exist_ok=True)
         self.pids.mkdir(exist_ok=True)
+        for path in self.logs.glob("*.log"):  # logs of stacks made when they were world-readable
+            if path.stat().st_mode & 0o077:
+                path.chmod(0o600)
         cfg = self.load_config()
         changed = False
 
@@ -164,7 +224,8 @@ class Stack:
         secret("s3_fallback_key", lambda: "CSLF" + secrets.token_hex(8).upper())
         secret("airflow_fernet", lambda: base64.urlsafe_b64encode(os.urandom(32)).decode())
         if changed:
-            self.config_path.write_text(json.dumps(cfg, indent=2))
+            write_private(self.config_path, json.dumps(cfg, indent=2))
+        elif self.config_path.stat().st_mode & 0o077:
             self.config_path.chmod(0o600)
         return cfg
 
@@ -175,6 +236,13 @@ class Stack:
     @property
     def secrets(self) -> dict:
         return self.config["secrets"]
+
+    def redact(self, text: str) -> str:
+        """``text`` with every secret of this stack replaced by ``***`` (for error output)."""
+        for value in sorted(self.config.get("secrets", {}).values(), key=len, reverse=True):
+            if len(value) >= 6:
+                text = text.replace(value, "***")
+        return text
 
     # -- process bookkeeping ---------------------------------------------------------------
     def pid_file(self, name: str) -> Path:
@@ -197,7 +265,7 @@ class Stack:
 
     def spawn(self, name: str, cmd: list[str], *, env: dict | None = None, cwd: Path | None = None) -> int:
         """Start a long-running process in its own process group, logging to a file."""
-        log_path = self.logs / f"{name}.log"
+        log_path = private_log(self.logs / f"{name}.log")
         with log_path.open("ab") as out:
             proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                     env=env, cwd=cwd, start_new_session=True)
@@ -253,10 +321,34 @@ class Stack:
         return self.pg_dir / "sock"
 
     def psql(self, sql: str, *, db: str = "postgres", port_name: str = "pg_primary") -> str:
+        """Run ``sql`` as the superuser ``postgres`` over the Unix socket; its output (``-At``).
+
+        The text goes on stdin, never on the command line (``ps`` shows every user the
+        arguments). psql runs it as a script: statement by statement, each in its own
+        transaction unless the text says BEGIN/COMMIT; the first error stops it (exit 3).
+        """
         result = as_postgres([str(PG_BIN / "psql"), "-X", "-q", "-At", "-v", "ON_ERROR_STOP=1",
                               "-h", str(self.pg_socket), "-p", str(self.ports[port_name]), "-U", "postgres",
-                              "-d", db, "-c", sql])
+                              "-d", db, "-f", "-"], input=sql)
         return result.stdout.strip()
+
+    def pg_access(self, data: Path) -> bool:
+        """Write the data dir's pg_hba.conf/pg_ident.conf (ours: peer for the server's OS user on
+        the socket, SCRAM on loopback); True when they changed, e.g. on a stack made with trust."""
+        wanted = {"pg_hba.conf": PG_HBA, "pg_ident.conf": PG_IDENT.format(os_user=postgres_os_user())}
+        changed = False
+        for name, text in wanted.items():
+            path = data / name
+            if not path.exists() or path.read_text() != text:
+                write_private(path, text, for_postgres=True)
+                changed = True
+        return changed
+
+    def pg_reload(self, data: Path, port_name: str) -> None:
+        as_postgres([str(PG_BIN / "pg_ctl"), "-D", str(data), "reload"])
+        wait_for(f"{data.name}: pg_hba.conf loaded",
+                 lambda: self.psql("SELECT count(*) FROM pg_hba_file_rules WHERE error IS NOT NULL",
+                                   port_name=port_name) == "0", timeout=10)
 
     def pg_ready(self, port_name: str) -> bool:
         result = subprocess.run([str(PG_BIN / "pg_isready"), "-q", "-h", "127.0.0.1", "-p",
@@ -266,44 +358,59 @@ class Stack:
     def pg_primary_up(self) -> None:
         data = self.pg_dir / "primary"
         self.pg_dir.mkdir(exist_ok=True)
-        self.pg_socket.mkdir(exist_ok=True)
+        self.pg_socket.mkdir(mode=0o700, exist_ok=True)
+        self.pg_socket.chmod(0o700)  # also on stacks made when it was world-usable
         chown_postgres(self.pg_dir)
         chown_postgres(self.pg_socket)
-        log_file = self.logs / "pg-primary.log"
-        log_file.touch()
-        chown_postgres(log_file)
+        log_file = private_log(self.logs / "pg-primary.log", for_postgres=True)
         fresh = not (data / "PG_VERSION").exists()
         if fresh:
             log("initdb: PostgreSQL primary")
             if data.exists():
                 shutil.rmtree(data)
             pwfile = self.pg_dir / ".pwfile"
-            pwfile.write_text(self.secrets["pg_superuser"] + "\n")
-            pwfile.chmod(0o600)
-            chown_postgres(pwfile)
+            write_private(pwfile, self.secrets["pg_superuser"] + "\n", for_postgres=True)
             try:
                 as_postgres([str(PG_BIN / "initdb"), "-D", str(data), "-U", "postgres", "-E", "UTF8", "--no-locale",
-                             "--auth-local=trust", "--auth-host=scram-sha-256", f"--pwfile={pwfile}"])
+                             "--auth-local=peer", "--auth-host=scram-sha-256", f"--pwfile={pwfile}"])
             finally:
                 pwfile.unlink(missing_ok=True)
             conf = data / "postgresql.conf"
             conf.write_text(conf.read_text() + PRIMARY_CONF.format(port=self.ports["pg_primary"],
                                                                      socket=self.pg_socket))
+        access_changed = self.pg_access(data)
         if self.pid("pg-primary") is None:
             log(f"starting PostgreSQL primary on 127.0.0.1:{self.ports['pg_primary']}")
             as_postgres([str(PG_BIN / "pg_ctl"), "-D", str(data), "-l", str(log_file), "-w", "-t", "60", "start"])
+        elif access_changed:
+            log("PostgreSQL primary: local trust replaced by peer authentication (pg_hba.conf reloaded)")
+            self.pg_reload(data, "pg_primary")
         wait_for("PostgreSQL primary", lambda: self.pg_ready("pg_primary"), timeout=60, log_file=log_file)
         if fresh or not self.psql("SELECT 1 FROM pg_database WHERE datname = 'airflow'"):
             self.pg_bootstrap()
+        self.pg_advisor_role()
+
+    def pg_advisor_role(self) -> None:
+        """The role the report's index advisor plans under (csl.reports.advice): it can read every
+        table and the statistics, and write nothing. csl may SET ROLE to it. Idempotent."""
+        self.psql("""
+            DO $$ BEGIN
+                IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'csl_advisor') THEN
+                    CREATE ROLE csl_advisor NOLOGIN;
+                END IF;
+            END $$;
+            GRANT pg_monitor, pg_read_all_data TO csl_advisor;
+            GRANT csl_advisor TO csl;
+        """)
 
     def pg_bootstrap(self) -> None:
         s = self.secrets
         log("creating roles csl, airflow, replicator and databases cultural_sound_lab, airflow")
         self.psql(f"""
-            CREATE ROLE csl LOGIN PASSWORD '{s["pg_csl"]}';
+            CREATE ROLE csl LOGIN PASSWORD '{scram_verifier(s["pg_csl"])}';
             GRANT pg_monitor, pg_signal_backend TO csl;
-            CREATE ROLE airflow LOGIN PASSWORD '{s["pg_airflow"]}';
-            CREATE ROLE replicator LOGIN REPLICATION PASSWORD '{s["pg_replicator"]}';
+            CREATE ROLE airflow LOGIN PASSWORD '{scram_verifier(s["pg_airflow"])}';
+            CREATE ROLE replicator LOGIN REPLICATION PASSWORD '{scram_verifier(s["pg_replicator"])}';
         """)
         # extensions need a superuser; made in template1 so every database created later has them
         self.psql("CREATE EXTENSION IF NOT EXISTS pg_stat_statements; CREATE EXTENSION IF NOT EXISTS hypopg;"
@@ -313,21 +420,33 @@ class Stack:
 
     def pg_replica_up(self) -> None:
         data = self.pg_dir / "replica"
-        log_file = self.logs / "pg-replica.log"
-        log_file.touch()
-        chown_postgres(log_file)
+        log_file = private_log(self.logs / "pg-replica.log", for_postgres=True)
+        # the replicator's password, for pg_basebackup and then the standby's walreceiver
+        passfile = self.pg_dir / "replicator.pgpass"
+        if "'" in str(passfile) or "\\" in str(passfile):
+            raise StackError(f"{passfile}: the state folder's path must not contain quotes or backslashes")
+        primary = f"127.0.0.1:{self.ports['pg_primary']}"
+        write_private(passfile, f"{primary}:*:replicator:{self.secrets['pg_replicator']}\n", for_postgres=True)
+        conninfo = f"host=127.0.0.1 port={self.ports['pg_primary']} user=replicator passfile='{passfile}'"
         if not (data / "PG_VERSION").exists():
-            log("pg_basebackup -R: building the hot standby")
+            log("pg_basebackup: building the hot standby")
             if data.exists():
                 shutil.rmtree(data)
-            as_postgres(["env", f"PGPASSWORD={self.secrets['pg_replicator']}", str(PG_BIN / "pg_basebackup"),
-                         "-h", "127.0.0.1", "-p", str(self.ports["pg_primary"]), "-U", "replicator",
-                         "-D", str(data), "-R", "-X", "stream", "-c", "fast"])
+            as_postgres([str(PG_BIN / "pg_basebackup"), "-d", conninfo, "-D", str(data), "-X", "stream", "-c", "fast"])
+            # what -R would write, minus the password it copies into primary_conninfo
+            signal_file = data / "standby.signal"
+            signal_file.touch()
+            chown_postgres(signal_file)
             auto = data / "postgresql.auto.conf"
-            auto.write_text(auto.read_text() + f"port = {self.ports['pg_replica']}\n")
+            auto.write_text(auto.read_text() + f"port = {self.ports['pg_replica']}\n"
+                            f"primary_conninfo = '{conninfo.replace(chr(39), chr(39) * 2)}'\n")
+        access_changed = self.pg_access(data)
         if self.pid("pg-replica") is None:
             log(f"starting PostgreSQL replica on 127.0.0.1:{self.ports['pg_replica']}")
             as_postgres([str(PG_BIN / "pg_ctl"), "-D", str(data), "-l", str(log_file), "-w", "-t", "60", "start"])
+        elif access_changed:
+            log("PostgreSQL replica: local trust replaced by peer authentication (pg_hba.conf reloaded)")
+            self.pg_reload(data, "pg_replica")
         wait_for("PostgreSQL replica", lambda: self.pg_ready("pg_replica"), timeout=60, log_file=log_file)
         wait_for("replica streaming from the primary",
                  lambda: self.psql("SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'") != "0",
@@ -346,8 +465,9 @@ class Stack:
 
     def s3_up(self, service: str) -> None:
         root = self.state / service
-        for sub in ("data", "logs", "tmp"):
-            (root / sub).mkdir(parents=True, exist_ok=True)
+        for sub in ("data", "logs", "tmp"):  # objects (private ones too) and logs naming the access key
+            (root / sub).mkdir(mode=0o700, parents=True, exist_ok=True)
+            (root / sub).chmod(0o700)
         if self.pid(service) is None:
             role = service.split("-", 1)[1]
             p = {listener: self.ports[f"{service}.{listener}"] for listener in WEED_LISTENERS}
@@ -369,7 +489,8 @@ class Stack:
                    "-master.telemetry=false"]
             log(f"starting SeaweedFS {service} (S3 on 127.0.0.1:{p['s3']})")
             self.spawn(service, cmd, env=env, cwd=root)
-        wait_for(f"SeaweedFS {service}", lambda: http_status(f"http://127.0.0.1:{self.s3_port(service)}/healthz") == 200,
+        wait_for(f"SeaweedFS {service}",
+                 lambda: http_status(f"http://127.0.0.1:{self.s3_port(service)}/healthz") == 200,
                  timeout=60, log_file=self.logs / f"{service}.log")
         if service == "s3-primary" and self.pid("edge") is not None:
             # the edge probes its backend every 2 s: after a restart, wait until it trusts it again
@@ -465,6 +586,8 @@ class Stack:
             "CDN_PROVIDER": "varnish",
             "CDN_BASE_URL": u["edge"],
             "CDN_CACHE_TTL": "86400",
+            # for clients only (scripts/demo.py, the tests): kept out of airflow_process_env()
+            "CSL_AIRFLOW_ADMIN_PASSWORD": s["airflow_admin"],
             # Airflow connections (the DAGs read only these)
             "AIRFLOW_CONN_CSL_DB": u["primary"],
             "AIRFLOW_CONN_CSL_DB_REPLICA": u["replica"],
@@ -489,8 +612,7 @@ class Stack:
             if "'" in value:
                 raise StackError(f"{key}: value contains a single quote")
             lines.append(f"{key}='{value}'")
-        self.env_file.write_text("\n".join(lines) + "\n")
-        self.env_file.chmod(0o600)
+        write_private(self.env_file, "\n".join(lines) + "\n")
 
     # -- Airflow ---------------------------------------------------------------------------
     @property
@@ -524,22 +646,29 @@ class Stack:
             "AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL": "10",
             "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "False",
             "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(self.airflow_home / "logs"),
-            "CSL_AIRFLOW_ADMIN_PASSWORD": s["airflow_admin"],
         }
 
     def airflow_process_env(self) -> dict:
+        """The environment of Airflow's processes (and so of every task): the stack's settings
+        without the client-only secrets, also when the calling shell has them exported."""
         env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")}
         env.update(self.env_values())
+        for key in CLIENT_ONLY_ENV:
+            env.pop(key, None)
         env["PATH"] = f"{VENV_BIN}:{env.get('PATH', '/usr/bin:/bin')}"
         env["PYTHONUNBUFFERED"] = "1"
         return env
 
+    def write_airflow_passwords(self) -> Path:
+        """The simple auth manager's passwords file (the api-server reads the admin's from it)."""
+        self.airflow_home.mkdir(exist_ok=True)
+        path = self.airflow_home / "passwords.json"
+        write_private(path, json.dumps({"admin": self.secrets["airflow_admin"]}))
+        return path
+
     def airflow_up(self) -> None:
         home = self.airflow_home
-        home.mkdir(exist_ok=True)
-        passwords = home / "passwords.json"
-        passwords.write_text(json.dumps({"admin": self.secrets["airflow_admin"]}))
-        passwords.chmod(0o600)
+        self.write_airflow_passwords()
         env = self.airflow_process_env()
         airflow = str(VENV_BIN / "airflow")
         marker = home / ".migrated"
@@ -549,7 +678,7 @@ class Stack:
         wanted = f"{version} {hashlib.sha256(pools.read_bytes()).hexdigest()[:12]}"
         if not marker.exists() or marker.read_text() != wanted:
             log(f"airflow db migrate + pools (Airflow {version}, metadata in PostgreSQL)")
-            with (self.logs / "airflow-migrate.log").open("ab") as out:
+            with private_log(self.logs / "airflow-migrate.log").open("ab") as out:
                 subprocess.run([airflow, "db", "migrate"], env=env, stdout=out, stderr=subprocess.STDOUT,
                                check=True)
                 subprocess.run([airflow, "pools", "import", str(pools)], env=env, stdout=out,
@@ -647,6 +776,20 @@ log_line_prefix = '%m [%p] %q%u@%d '
 log_lock_waits = on
 """
 
+PG_HBA = """# Written by scripts/devstack.py (`up` rewrites it). The Unix socket: only the OS user the
+# server runs as, as the superuser postgres (pg_ident.conf); loopback TCP: passwords (SCRAM).
+# TYPE  DATABASE     USER  ADDRESS       METHOD
+local   all          all                 peer map=devstack
+local   replication  all                 peer map=devstack
+host    all          all   127.0.0.1/32  scram-sha-256
+host    replication  all   127.0.0.1/32  scram-sha-256
+"""
+
+PG_IDENT = """# Written by scripts/devstack.py (`up` rewrites it).
+# MAPNAME  SYSTEM-USERNAME  PG-USERNAME
+devstack   {os_user}  postgres
+"""
+
 
 def code_hash() -> str:
     digest = hashlib.sha256()
@@ -694,7 +837,8 @@ def main(argv: list[str] | None = None) -> int:
             stack.stop(args.service)
     except (StackError, subprocess.CalledProcessError) as exc:
         detail = exc.stderr.strip() if isinstance(exc, subprocess.CalledProcessError) and exc.stderr else ""
-        print(f"[devstack] error: {exc}{(': ' + detail) if detail else ''}", file=sys.stderr)
+        # no secret is on a command line or in our SQL; redacting the text is the second fence
+        print(stack.redact(f"[devstack] error: {exc}{(': ' + detail) if detail else ''}"), file=sys.stderr)
         return 1
     return 0
 

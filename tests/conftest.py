@@ -124,4 +124,22 @@ def wait_for_cleanup_horizon(url: str, timeout: float = 30.0) -> None:
         wait(conn, timeout_s=timeout)
 
 
-__all__ = ["PLATFORM_DB", "wait_for_cleanup_horizon"]
+def process_tree(root_pids: list[int]) -> list[int]:
+    """The pids and every descendant (PostgreSQL's backends, walsender, walreceiver…)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    found, todo = [], list(root_pids)
+    while todo:
+        pid = todo.pop()
+        found.append(pid)
+        todo.extend(children.get(pid, []))
+    return found
+
+
+__all__ = ["PLATFORM_DB", "process_tree", "wait_for_cleanup_horizon"]

@@ -23,6 +23,7 @@ from csl.maintenance.indexes import CatalogError
 from csl.maintenance.vacuum import MaintenanceError
 from csl.reports import ReportParamsError
 from csl.reports.cli import add_cli as add_report_cli
+from csl.storage_cli import add_cli as add_storage_cli
 from csl.settlement import SettlementParamsError
 
 __all__ = ["main"]
@@ -32,6 +33,31 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 
 def _int(lo: int, hi: int):
     return number(int, lo, hi)
+
+
+def _period(text: str):
+    """An ISO date or date-time (``csl.settlement.parse_period``), refused by argparse (exit 2)."""
+    from csl.settlement import SettlementParamsError, parse_period
+
+    try:
+        return parse_period(text)
+    except SettlementParamsError as exc:
+        raise argparse.ArgumentTypeError(str(exc).split(": ", 1)[1]) from None
+
+
+def _uuid(text: str) -> str:
+    import uuid
+
+    try:
+        return str(uuid.UUID(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a UUID (a contributor's id), got {text[:60]!r}") from None
+
+
+def _key(text: str) -> str:
+    if not 1 <= len(text) <= 250 or not text.isprintable():
+        raise argparse.ArgumentTypeError(f"expected 1..250 printable characters, got {text[:60]!r}")
+    return text
 
 
 class _Parser(argparse.ArgumentParser):
@@ -75,7 +101,7 @@ def _cmd_seed(args: argparse.Namespace, settings: Settings) -> int:
     with Database(settings.require_database()) as db, db.connect_direct("primary") as conn, \
             tempfile.TemporaryDirectory(prefix="csl-seed-") as workdir:
         result = seed(conn, scale_name=args.scale, seed_value=args.seed, workdir=Path(workdir),
-                      primary=primary, fallback=fallback, reset=args.reset)
+                      primary=primary, fallback=fallback, reset=args.reset, force=args.force)
     if result["status"] == "already loaded":
         human = f"already loaded: {result['scale']} data set, seed {result['seed']} (use --reset to reload)"
     else:
@@ -157,6 +183,21 @@ def _cmd_settlement(args: argparse.Namespace, settings: Settings) -> int:
     from csl import settlement
     from csl.db import Database
 
+    sender = params = None  # every argument is judged before the database is touched
+    if args.action == "send-payouts":
+        endpoint, key = os.environ.get("CSL_PAYOUT_ENDPOINT"), os.environ.get("CSL_PAYOUT_API_KEY")
+        if not endpoint or not key:
+            raise ConfigError("CSL_PAYOUT_ENDPOINT/CSL_PAYOUT_API_KEY", "both required to send payouts")
+        try:
+            sender = settlement.PayoutSender(endpoint=endpoint, api_key=key)
+        except ConfigError as exc:
+            raise ConfigError("CSL_PAYOUT_ENDPOINT", exc.problem) from None
+    elif args.action == "review-payout":
+        if args.payout is None:
+            raise SettlementParamsError("review-payout: --payout ID is required")
+    elif args.action == "run":
+        params = settlement.Params(share_bps=args.contributor_share_bps, minimum_payout_cents=args.minimum_payout_cents,
+                                   period_start=args.period_start, period_end=args.period_end, dry_run=args.dry_run)
     with Database(settings.require_database()) as db, db.connect_direct("primary") as conn:
         if args.action == "statement":
             out = open(args.out, "w", newline="") if args.out else sys.stdout  # noqa: SIM115
@@ -168,11 +209,7 @@ def _cmd_settlement(args: argparse.Namespace, settings: Settings) -> int:
             if args.out:
                 print(f"wrote {rows:,} postings to {args.out}")
             return 0
-        if args.action == "send-payouts":
-            endpoint, key = os.environ.get("CSL_PAYOUT_ENDPOINT"), os.environ.get("CSL_PAYOUT_API_KEY")
-            if not endpoint or not key:
-                raise ConfigError("CSL_PAYOUT_ENDPOINT/CSL_PAYOUT_API_KEY", "both required to send payouts")
-            sender = settlement.PayoutSender(endpoint=endpoint, api_key=key)
+        if sender is not None:
             try:
                 result = sender.send(conn)
             finally:
@@ -182,14 +219,10 @@ def _cmd_settlement(args: argparse.Namespace, settings: Settings) -> int:
                                  f"{result['retry_later']} to retry")
             return 1 if result["failed"] or result["needs_review"] or result["retry_later"] else 0
         if args.action == "review-payout":
-            if args.payout is None:
-                raise SettlementParamsError("review-payout: --payout ID is required")
             result = settlement.review_payout(conn, args.payout, transfer_id=args.transfer, not_paid=args.not_paid)
             _print(args, result, f"payout {result['payout_id']}: {result['status']} "
                                  f"({result['amount_minor']} {result['currency']} to {result['contributor_id']})")
             return 0
-        params = settlement.Params(share_bps=args.contributor_share_bps, minimum_payout_cents=args.minimum_payout_cents,
-                                   period_start=args.period_start, period_end=args.period_end, dry_run=args.dry_run)
         run_key = args.run_key or "cli__" + datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
         try:
             outcome = settlement.settle(conn, params, run_key=run_key)
@@ -197,60 +230,14 @@ def _cmd_settlement(args: argparse.Namespace, settings: Settings) -> int:
             _print(args, exc.outcome, f"GATE FAILED: {exc}\n" + "\n".join(
                 f"  finding {f['kind']}: licence {f['license_id']} {f['detail']}" for f in exc.outcome["findings"][:20]))
             return 1
+    clawbacks, holds = outcome.get("clawbacks", {}), outcome.get("payout_holds", [])
     human = (f"{outcome['status']}: {outcome.get('licences', 0):,} licences settled, "
              f"{outcome.get('splits_reused', 0):,} platform splits reused, "
-             f"{outcome.get('clawbacks', {}).get('refunds', 0):,} refunds clawed back, "
-             f"{len(outcome.get('payouts', [])):,} payout instructions")
+             f"{clawbacks.get('refunds', 0):,} refunds and {clawbacks.get('disputes', 0):,} lost disputes clawed back, "
+             f"{len(outcome.get('payouts', [])):,} payout instructions"
+             + "".join(f"\n  held (balance carried): {h['balance_minor']} {h['currency']} of {h['contributor_id']}: "
+                       f"{h['reason']}" for h in holds[:20]))
     _print(args, outcome, human)
-    return 0
-
-
-def _cmd_storage(args: argparse.Namespace, settings: Settings) -> int:
-    import datetime
-    import uuid
-
-    from csl import cleanup, integrity
-    from csl.db import Database
-    from csl.storage import StorageProvider
-
-    names = args.providers or [p.name for p in settings.storage]
-    providers = [StorageProvider(settings.provider(name)) for name in names]
-    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    if args.action == "sweep":
-        options = integrity.SweepOptions(depth=args.depth, key_order=args.key_order, deep_rate=args.deep_sample,
-                                         prefix=args.prefix or "")
-        summary = integrity.run_sweep(settings, run_key=args.run_key or f"cli__{stamp}__{uuid.uuid4().hex[:8]}",
-                                      shards=args.shards, workers=args.workers, options=options,
-                                      provider_names=names)
-        with Database(settings.require_database()) as db, db.connect_direct() as conn:
-            findings = integrity.open_findings(conn, sweep_id=summary["sweep_id"])
-        lines = [f"{f['kind']:<18} {f['provider']:<10} {f['key']}" for f in findings[:50]]
-        if len(findings) > 50:
-            lines.append(f"… and {len(findings) - 50} more (--json lists them all)")
-        counts = {kind: sum(per.values()) for kind, per in summary["findings"].items()}
-        failed = summary["failed"] + summary.get("errors", [])
-        lines.append(f"swept {summary['cells']} cells, {summary['db_refs']:,} references, listed {summary['listed']} "
-                     f"in {summary['duration_s']} s; findings {counts or 'none'}; new {summary['new']}, "
-                     f"closed {summary['closed']}")
-        for failure in failed:
-            lines.append(f"FAILED shard {failure['shard']}: {failure['error']}")
-        _print(args, {"summary": summary, "findings": findings}, "\n".join(lines))
-        return 1 if failed else 0
-    with Database(settings.require_database()) as db, db.connect_direct() as conn:
-        if args.action == "restore":
-            restored = cleanup.restore(conn, providers, key=args.key, run_key=args.run_key)
-            _print(args, restored, "\n".join(f"restored {r['key']} on {r['provider']}" for r in restored))
-            return 0
-        result = cleanup.run_cleanup(
-            conn, providers, run_key=args.run_key or f"cli__{stamp}", temp_prefix=args.temp_prefix,
-            temp_ttl_h=args.temp_ttl_h, orphan_grace_h=args.orphan_grace_h, max_objects=args.max_objects,
-            dry_run=not args.apply, purge_quarantine=args.purge_quarantine,
-            quarantine_retention_days=args.quarantine_retention_days)
-    verb = "would move" if result["dry_run"] else "moved"
-    lines = [f"{verb} {c['key']} on {c['provider']} ({c['reason']})" for c in result["candidates"]]
-    lines.append(f"{verb} {len(result['candidates'])} objects to quarantine {result['by_reason'] or ''}"
-                 + ("" if args.apply else " — dry run; pass --apply to move them"))
-    _print(args, result, "\n".join(lines))
     return 0
 
 
@@ -295,7 +282,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("seed", help="load deterministic synthetic platform data (COPY) and upload its objects")
     p.add_argument("--scale", choices=("demo", "bench"), default="demo")
     p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--reset", action="store_true", help="replace data already loaded (TRUNCATEs platform tables)")
+    p.add_argument("--reset", action="store_true",
+                   help="replace a data set csl seed loaded before (TRUNCATEs the platform tables)")
+    p.add_argument("--force", action="store_true",
+                   help="with --reset: also when the tables hold rows csl seed did not load (a dev/test database only)")
     p.add_argument("--no-objects", action="store_true", help="load rows only, upload no storage objects")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_seed)
@@ -330,12 +320,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("settlement", help="revenue-split settlement: run, statement CSV, send payouts")
     p.add_argument("action", choices=("run", "statement", "send-payouts", "review-payout"))
     p.add_argument("--contributor-share-bps", type=_int(0, 10_000), default=7000)
-    p.add_argument("--minimum-payout-cents", type=_int(0, 10**12), default=1000)
-    p.add_argument("--period-start", help="ISO date/time (licences created at or after)")
-    p.add_argument("--period-end", help="ISO date/time (licences created before)")
-    p.add_argument("--run-key", help="idempotency key of the run (default: a timestamp)")
+    p.add_argument("--minimum-payout-cents", type=_int(0, 10**12), default=1000,
+                   help="balances below this many minor units of their currency are carried (1000 = $10, ¥1,000)")
+    p.add_argument("--period-start", type=_period, help="ISO date or date-time (licences created at or after; "
+                                                         "UTC unless it has an offset)")
+    p.add_argument("--period-end", type=_period, help="ISO date or date-time (licences created before)")
+    p.add_argument("--run-key", type=_key, help="idempotency key of the run (default: a timestamp)")
     p.add_argument("--dry-run", action="store_true", help="compute and validate, commit nothing")
-    p.add_argument("--contributor", help="statement: one contributor's id")
+    p.add_argument("--contributor", type=_uuid, help="statement: one contributor's id")
     p.add_argument("--out", help="statement: CSV file (default: stdout)")
     p.add_argument("--payout", type=_int(1, 2**62), help="review-payout: the payout's id")
     p.add_argument("--transfer", help="review-payout: the transfer found for it (tr_…): confirm it")
@@ -343,30 +335,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="review-payout: no transfer was made: fail it (the next run pays the balance anew)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_settlement)
-    p = sub.add_parser("storage", help="integrity sweep (never deletes), cleanup to quarantine, restore")
-    p.add_argument("action", choices=("sweep", "cleanup", "restore"))
-    p.add_argument("--providers", nargs="+", metavar="NAME", help="providers by role (default: all configured)")
-    p.add_argument("--prefix", help="sweep: only keys under this prefix")
-    p.add_argument("--deep-sample", type=number(float, 0, 1), default=0.0,
-                   help="sweep: share of objects downloaded and hashed (0..1)")
-    p.add_argument("--shards", type=_int(1, 256), default=4)
-    p.add_argument("--workers", type=_int(1, 32), default=2, help="sweep: shards at once (processes)")
-    p.add_argument("--depth", type=_int(1, 8), default=2, help="sweep: key segments per cell")
-    p.add_argument("--key-order", choices=("path", "byte"), default="path",
-                   help="sweep: the providers' listing order (path: SeaweedFS/MinIO, byte: AWS S3)")
-    p.add_argument("--temp-prefix", default="tmp/", help="cleanup: folder of temporary uploads")
-    p.add_argument("--temp-ttl-h", type=_int(0, 24 * 365), default=24)
-    p.add_argument("--orphan-grace-h", type=_int(0, 24 * 365), default=72)
-    p.add_argument("--max-objects", type=_int(0, 10**7), default=1000,
-                   help="cleanup: abort before touching anything when more would move")
-    p.add_argument("--apply", action="store_true", help="cleanup: really move (default: dry run)")
-    p.add_argument("--purge-quarantine", action="store_true",
-                   help="cleanup: delete quarantine older than --quarantine-retention-days")
-    p.add_argument("--quarantine-retention-days", type=_int(1, 3650), default=30)
-    p.add_argument("--key", help="restore: the original key")
-    p.add_argument("--run-key", help="sweep/cleanup: the run's key; restore: everything that run moved")
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(func=_cmd_storage)
+    add_storage_cli(sub)  # sweep, cleanup, restore
     add_report_cli(sub)  # snapshot, report
     return parser
 
@@ -401,7 +370,9 @@ def main(argv: list[str] | None = None) -> int:
         import psycopg
 
         if isinstance(exc, psycopg.OperationalError):
+            from csl.config import redact
+
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            print(f"csl: database unreachable: {first}", file=sys.stderr)
+            print(f"csl: database unreachable: {redact(first, os.environ.get('DATABASE_URL', ''))}", file=sys.stderr)
             return 1
         raise

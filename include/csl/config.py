@@ -5,16 +5,21 @@ it resolved from connections), then the platform's own environment names
 (``DATABASE_URL``, ``DATABASE_READ_REPLICA_URL``, ``STORAGE_PROVIDER``, ``MINIO_*``,
 ``S3_*``, ``SUPABASE_*``, ``CDN_*``). Malformed values are refused when the settings are
 built; a missing value is refused when the part that needs it is used, so ``csl migrate``
-does not ask for storage credentials. Secrets never appear in ``repr`` or logs.
+does not ask for storage credentials. Numbers, booleans and URLs become real, finite,
+in-range values or are refused in one line naming the setting (``nan``, ``inf``, ``1.5``
+where whole seconds are meant, ``"false"`` for a bool that is not a string). Secrets never
+appear in ``repr``, logs or error messages: URLs are shown through ``mask_url``.
 """
 
 from __future__ import annotations
 
+import math
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit
 
 from csl.errors import ConfigError
 
@@ -26,6 +31,11 @@ __all__ = [
     "Settings",
     "load_env_file",
     "mask_url",
+    "redact",
+    "parse_http_url",
+    "parse_bool",
+    "parse_number",
+    "parse_integer",
 ]
 
 STORAGE_KINDS = ("minio", "s3", "supabase")
@@ -58,59 +68,214 @@ class Secret:
         return bool(self._value)
 
 
+# Query parameters and key=value DSN keys whose values are secrets (libpq's password and
+# sslpassword, and the tokens, keys and signatures other services put in URLs).
+_SECRET_NAME = re.compile(r"pass|secret|token|key|sig|credential|auth", re.IGNORECASE)
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
+_DSN_PAIR = re.compile(r"""([^\s=']+)\s*=\s*('(?:[^'\\]|\\.)*(?:'|$)|\S*)""", re.DOTALL)
+_MASK = "***"
+
+
+def _secret_spans(text: str) -> list[tuple[int, int]]:
+    """Where the secrets are in a URL or a libpq ``key=value`` DSN, as (start, end) offsets.
+
+    A URL's userinfo is taken to end at its *last* ``@``: libpq and ``urllib`` disagree on
+    where a malformed userinfo ends, and the widest reading hides the password under both.
+    """
+    spans: list[tuple[int, int]] = []
+    scheme = _SCHEME.match(text)
+    if scheme is None:
+        for pair in _DSN_PAIR.finditer(text):
+            if _SECRET_NAME.search(pair.group(1)):
+                spans.append(pair.span(2))
+        return spans
+    start = scheme.end()
+    at = text.rfind("@", start)
+    if at >= 0:
+        colon = text.find(":", start, at)
+        if colon >= 0:
+            spans.append((colon + 1, at))
+    # query parameters, and fragment ones (``#access_token=…``); searched from the scheme on, as
+    # a '?' or '@' may sit in the password or in a parameter value
+    marks = [i for i in (text.find("?", start), text.find("#", start)) if i >= 0]
+    if marks:
+        tail = min(marks)
+        for param in re.finditer(r"[^&#?]+", text[tail:]):
+            name, sep, _ = param.group().partition("=")
+            if sep and _SECRET_NAME.search(unquote(name)):
+                spans.append((tail + param.start() + len(name) + 1, tail + param.end()))
+    return spans
+
+
 def mask_url(url: str) -> str:
-    """The URL with its password replaced by ``***`` (for logs and reprs)."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rsplit("@", 1)
-    userinfo = netloc[0].split(":", 1)[0]
-    return urlunsplit(parts._replace(netloc=f"{userinfo}:***@{netloc[1]}"))
+    """``url`` (a URL or a libpq ``key=value`` DSN) with every secret replaced by ``***``: the
+    userinfo password, and query parameters or DSN keys named like secrets (``password``,
+    ``sslpassword``, tokens, keys, signatures). For logs, reprs, errors and health output."""
+    merged: list[list[int]] = []
+    for begin, end in sorted(_secret_spans(url)):
+        if merged and begin <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], end)
+        else:
+            merged.append([begin, end])
+    masked = url
+    for begin, end in reversed(merged):
+        masked = masked[:begin] + _MASK + masked[end:]
+    return masked
+
+
+def redact(text: str, url: str) -> str:
+    """``text`` (e.g. a driver's error message) with ``url`` and each of its secrets, as written
+    and percent-decoded, replaced by their masked forms: libpq echoes parts of what it was given."""
+    text = text.replace(url, mask_url(url))
+    secrets = set()
+    for begin, end in _secret_spans(url):
+        raw = url[begin:end]
+        secrets.update((raw, unquote(raw), raw.strip("'")))
+    for secret in sorted((s for s in secrets if s), key=len, reverse=True):
+        text = text.replace(secret, _MASK)
+    return text
+
+
+def _show(value: object) -> str:
+    """A value for an error message: one line, bounded (never used for URLs or secrets)."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _plain(setting: str, value: str) -> None:
+    if any(ch.isspace() or not ch.isprintable() for ch in value):
+        raise ConfigError(setting, "must not contain spaces or control characters")
+
+
+_PORT_PROBLEM = "port must be a whole number from 1 to 65535"
+_LIBPQ_INTEGERS = {"connect_timeout": (0, 86400), "keepalives": (0, 1), "keepalives_idle": (0, 86400),
+                   "keepalives_interval": (0, 86400), "keepalives_count": (0, 1000),
+                   "tcp_user_timeout": (0, 86_400_000)}
+_SSLMODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
 
 
 def _postgres_url(setting: str, value: str) -> str:
-    parts = urlsplit(value)
-    if parts.scheme not in ("postgresql", "postgres"):
-        raise ConfigError(
-            setting, f"expected a postgresql://user:password@host:port/dbname URL, got scheme {parts.scheme!r}"
-        )
-    if not parts.hostname or not parts.path.strip("/"):
-        raise ConfigError(setting, "expected a postgresql://user:password@host:port/dbname URL with host and database")
+    """A ``postgresql://`` URL that libpq parses, with a host, a database and sane numbers.
+
+    Refusals name the part that is wrong and never echo the URL or a value taken from it
+    (a mangled userinfo can turn a password into a "port" or a "host").
+    """
+    if not isinstance(value, str):
+        raise ConfigError(setting, "expected a postgresql://user:password@host:port/dbname URL")
+    parts = _SCHEME.match(value)
+    scheme = value[: parts.end() - 3] if parts else ""
+    if scheme not in ("postgresql", "postgres"):
+        shown = f"scheme {scheme!r}" if scheme else "no scheme"
+        raise ConfigError(setting, f"expected a postgresql://user:password@host:port/dbname URL, got {shown}")
+    _plain(setting, value)
+    import psycopg  # here, not at the top: DAG files import this module
+    from psycopg.conninfo import conninfo_to_dict
+
     try:
-        parts.port  # noqa: B018 - raises on a malformed port
-    except ValueError as exc:
-        raise ConfigError(setting, f"malformed port ({exc})") from None
+        params = conninfo_to_dict(value)
+    except psycopg.Error as exc:
+        reason = redact(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__, value)
+        raise ConfigError(setting, f"not a valid PostgreSQL URL: {reason}") from None
+    if not params.get("host") or not params.get("dbname"):
+        raise ConfigError(setting, "expected a postgresql://user:password@host:port/dbname URL with host and database")
+    for port in str(params.get("port", "")).split(","):
+        if port and not (port.isascii() and port.isdigit() and 1 <= int(port) <= 65535):
+            raise ConfigError(setting, _PORT_PROBLEM)
+    for name, (low, high) in _LIBPQ_INTEGERS.items():
+        if name in params:
+            text = str(params[name])
+            if not (text.isascii() and text.isdigit() and low <= int(text) <= high):
+                raise ConfigError(setting, f"{name} must be a whole number from {low} to {high}")
+    if params.get("sslmode", "prefer") not in _SSLMODES:
+        raise ConfigError(setting, f"sslmode must be one of {', '.join(_SSLMODES)}")
     return value
 
 
-def _http_url(setting: str, value: str) -> str:
-    parts = urlsplit(value)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ConfigError(setting, f"expected an http(s)://host[:port] URL, got {value!r}")
+def parse_http_url(setting: str, value: str) -> str:
+    """An ``http(s)://host[:port][/path]`` base URL: no credentials, query or fragment in it
+    (credentials have their own settings), so it is safe to print anywhere."""
+    if not isinstance(value, str):
+        raise ConfigError(setting, "expected an http(s)://host[:port] URL")
+    _plain(setting, value)
     try:
-        parts.port  # noqa: B018
-    except ValueError as exc:
-        raise ConfigError(setting, f"malformed port ({exc})") from None
+        parts = urlsplit(value)
+    except ValueError:
+        raise ConfigError(setting, f"expected an http(s)://host[:port] URL, got {mask_url(value)!r}") from None
+    if parts.username is not None or parts.password is not None:
+        raise ConfigError(setting, "must not contain user:password@ (credentials have their own settings)")
+    if "?" in value or "#" in value:
+        raise ConfigError(setting, f"must not have a query or fragment, got {mask_url(value)!r}")
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(setting, f"expected an http(s)://host[:port] URL, got {_show(value)}")
+    try:
+        port = parts.port
+    except ValueError:
+        raise ConfigError(setting, _PORT_PROBLEM) from None
+    if port is not None and not 1 <= port <= 65535:
+        raise ConfigError(setting, _PORT_PROBLEM)
     return value.rstrip("/")
 
 
-def _bool(setting: str, value: str) -> bool:
-    lowered = value.strip().lower()
-    if lowered in ("1", "true", "yes", "on"):
-        return True
-    if lowered in ("0", "false", "no", "off", ""):
-        return False
-    raise ConfigError(setting, f"expected true or false, got {value!r}")
+def parse_bool(setting: str, value: str | bool) -> bool:
+    """``true/false``, ``1/0``, ``yes/no``, ``on/off`` (any case), or a real bool; else refused."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        lowered = value.strip().lower()
+        if lowered in ("1", "true", "yes", "on"):
+            return True
+        if lowered in ("0", "false", "no", "off", ""):
+            return False
+    raise ConfigError(setting, f"expected true or false, got {_show(value)}")
 
 
-def _number(setting: str, value: str, *, minimum: float = 0) -> float:
-    try:
+_DECIMAL = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?", re.ASCII)
+_WHOLE = re.compile(r"[+-]?[0-9]+", re.ASCII)
+
+
+def parse_number(setting: str, value: str | float, *, minimum: float, maximum: float) -> float:
+    """A finite decimal number within ``minimum..maximum``. ``nan``, ``inf``, ``1e400``, ``1_0``
+    and non-ASCII digits are refused: every comparison with the result means what it says."""
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise ConfigError(setting, f"expected a number, got {_show(value)}")
+    if isinstance(value, str):
+        if not _DECIMAL.fullmatch(value.strip()):
+            raise ConfigError(setting, f"expected a number, got {_show(value)}")
         number = float(value)
-    except ValueError:
-        raise ConfigError(setting, f"expected a number, got {value!r}") from None
-    if number < minimum:
-        raise ConfigError(setting, f"expected a number >= {minimum}, got {value!r}")
+    else:
+        number = float(value)
+    if not math.isfinite(number) or not minimum <= number <= maximum:
+        raise ConfigError(setting, f"expected a number from {minimum:g} to {maximum:g}, got {_show(value)}")
     return number
+
+
+def parse_integer(setting: str, value: str | int, *, minimum: int, maximum: int) -> int:
+    """A whole number within ``minimum..maximum`` (``1.5``, ``1e3``, ``nan`` and bools refused)."""
+    if isinstance(value, str) and _WHOLE.fullmatch(value.strip()):
+        number = int(value)
+    elif isinstance(value, int) and not isinstance(value, bool):
+        number = value
+    else:
+        raise ConfigError(setting, f"expected a whole number, got {_show(value)}")
+    if not minimum <= number <= maximum:
+        raise ConfigError(setting, f"expected a whole number from {minimum} to {maximum}, got {_show(value)}")
+    return number
+
+
+MAX_REPLICA_LAG_S = 3600.0  # the bound of the platform-health DAG's Param too
+MAX_CACHE_TTL_S = 365 * 86400  # a year: the longest edge TTL the CDNs accept
+
+
+def _require_bool(setting: str, value: object) -> None:
+    if not isinstance(value, bool):
+        raise ConfigError(setting, f"expected true or false, got {_show(value)}")
+
+
+def _require_number(setting: str, value: object, *, whole: bool = False, **bounds: float) -> None:
+    """A field set in code holds the parsed value itself: a real number, never its text."""
+    if isinstance(value, str):
+        raise ConfigError(setting, f"expected a {'whole ' if whole else ''}number, got the text {_show(value)}")
+    (parse_integer if whole else parse_number)(setting, value, **bounds)  # type: ignore[operator]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -127,8 +292,10 @@ class DatabaseSettings:
         _postgres_url("DATABASE_URL", self.primary_url)
         if self.replica_url:
             _postgres_url("DATABASE_READ_REPLICA_URL", self.replica_url)
-        if self.max_replica_lag_s < 0:
-            raise ConfigError("CSL_MAX_REPLICA_LAG_S", "expected a number >= 0")
+        _require_number("CSL_MAX_REPLICA_LAG_S", self.max_replica_lag_s, minimum=0, maximum=MAX_REPLICA_LAG_S)
+        _require_number("connect_timeout_s", self.connect_timeout_s, whole=True, minimum=1, maximum=600)
+        if not isinstance(self.application_name, str) or not self.application_name.isprintable():
+            raise ConfigError("application_name", "expected printable text")
 
     def __repr__(self) -> str:
         replica = mask_url(self.replica_url) if self.replica_url else None
@@ -157,9 +324,11 @@ class StorageProviderSettings:
         if self.kind not in STORAGE_KINDS:
             raise ConfigError("STORAGE_PROVIDER", f"expected one of {', '.join(STORAGE_KINDS)}, got {self.kind!r}")
         if self.endpoint_url is not None:
-            _http_url(f"{prefix}_ENDPOINT", self.endpoint_url)
+            parse_http_url(f"{prefix}_ENDPOINT", self.endpoint_url)
         if not self.bucket:
             raise ConfigError(f"{prefix}_BUCKET", "must not be empty")
+        _require_bool(f"{prefix}_FORCE_PATH_STYLE", self.force_path_style)
+        _require_bool(f"{prefix}_PUBLIC_BUCKET", self.public_bucket)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -172,10 +341,12 @@ class EdgeSettings:
     cache_ttl_s: int = 86400
 
     def __post_init__(self) -> None:
+        _require_bool("CDN_ENABLED", self.enabled)
+        _require_number("CDN_CACHE_TTL", self.cache_ttl_s, whole=True, minimum=0, maximum=MAX_CACHE_TTL_S)
         if self.provider not in CDN_PROVIDERS:
             raise ConfigError("CDN_PROVIDER", f"expected one of {', '.join(CDN_PROVIDERS)}, got {self.provider!r}")
         if self.base_url is not None:
-            _http_url("CDN_BASE_URL", self.base_url)
+            parse_http_url("CDN_BASE_URL", self.base_url)
         if self.enabled and not self.base_url:
             raise ConfigError("CDN_BASE_URL", "required when CDN_ENABLED is true")
 
@@ -232,7 +403,8 @@ def _database_from_env(env: Mapping[str, str]) -> DatabaseSettings | None:
     return DatabaseSettings(
         primary_url=url,
         replica_url=_get(env, "DATABASE_READ_REPLICA_URL"),
-        max_replica_lag_s=_number("CSL_MAX_REPLICA_LAG_S", lag) if lag else 30.0,
+        max_replica_lag_s=parse_number("CSL_MAX_REPLICA_LAG_S", lag, minimum=0, maximum=MAX_REPLICA_LAG_S)
+        if lag else 30.0,
     )
 
 
@@ -251,34 +423,35 @@ def provider_from_env(env: Mapping[str, str], *, name: str, kind: str) -> Storag
         return StorageProviderSettings(
             name=name,
             kind=kind,
-            endpoint_url=_http_url("MINIO_ENDPOINT", _required(env, "MINIO_ENDPOINT", why)),
+            endpoint_url=parse_http_url("MINIO_ENDPOINT", _required(env, "MINIO_ENDPOINT", why)),
             access_key=Secret(_required(env, "MINIO_ACCESS_KEY", why)),
             secret_key=Secret(_required(env, "MINIO_SECRET_KEY", why)),
             bucket=_get(env, "MINIO_BUCKET", "cultural-audio"),
             region=region,
-            force_path_style=_bool("MINIO_FORCE_PATH_STYLE", _get(env, "MINIO_FORCE_PATH_STYLE", "true")),
-            public_bucket=_bool("MINIO_PUBLIC_BUCKET", _get(env, "MINIO_PUBLIC_BUCKET", "false")),
+            force_path_style=parse_bool("MINIO_FORCE_PATH_STYLE", _get(env, "MINIO_FORCE_PATH_STYLE", "true")),
+            public_bucket=parse_bool("MINIO_PUBLIC_BUCKET", _get(env, "MINIO_PUBLIC_BUCKET", "false")),
         )
     if kind == "s3":
         endpoint = _get(env, "S3_ENDPOINT")
         return StorageProviderSettings(
             name=name,
             kind=kind,
-            endpoint_url=_http_url("S3_ENDPOINT", endpoint) if endpoint else None,
+            endpoint_url=parse_http_url("S3_ENDPOINT", endpoint) if endpoint else None,
             access_key=Secret(_required(env, "AWS_ACCESS_KEY_ID", why)),
             secret_key=Secret(_required(env, "AWS_SECRET_ACCESS_KEY", why)),
             bucket=_required(env, "S3_BUCKET", why),
             region=region,
-            force_path_style=_bool("S3_FORCE_PATH_STYLE", _get(env, "S3_FORCE_PATH_STYLE", "true" if endpoint else "false")),
-            public_bucket=_bool("S3_PUBLIC_BUCKET", _get(env, "S3_PUBLIC_BUCKET", "false")),
+            force_path_style=parse_bool("S3_FORCE_PATH_STYLE",
+                                        _get(env, "S3_FORCE_PATH_STYLE", "true" if endpoint else "false")),
+            public_bucket=parse_bool("S3_PUBLIC_BUCKET", _get(env, "S3_PUBLIC_BUCKET", "false")),
         )
     if kind == "supabase":
-        base = _http_url("SUPABASE_URL", _required(env, "SUPABASE_URL", why))
+        base = parse_http_url("SUPABASE_URL", _required(env, "SUPABASE_URL", why))
         endpoint = _get(env, "SUPABASE_S3_ENDPOINT") or f"{base}/storage/v1/s3"
         return StorageProviderSettings(
             name=name,
             kind=kind,
-            endpoint_url=_http_url("SUPABASE_S3_ENDPOINT", endpoint),
+            endpoint_url=parse_http_url("SUPABASE_S3_ENDPOINT", endpoint),
             access_key=Secret(_required(env, "SUPABASE_S3_ACCESS_KEY_ID", why)),
             secret_key=Secret(_required(env, "SUPABASE_S3_SECRET_ACCESS_KEY", why)),
             bucket=_get(env, "SUPABASE_AUDIO_BUCKET", "audio-samples"),
@@ -305,10 +478,10 @@ def _storage_from_env(env: Mapping[str, str]) -> list[StorageProviderSettings]:
 def _edge_from_env(env: Mapping[str, str]) -> EdgeSettings:
     ttl = _get(env, "CDN_CACHE_TTL", "86400")
     return EdgeSettings(
-        enabled=_bool("CDN_ENABLED", _get(env, "CDN_ENABLED", "false")),
+        enabled=parse_bool("CDN_ENABLED", _get(env, "CDN_ENABLED", "false")),
         provider=_get(env, "CDN_PROVIDER", "varnish"),
         base_url=_get(env, "CDN_BASE_URL"),
-        cache_ttl_s=int(_number("CDN_CACHE_TTL", ttl)),
+        cache_ttl_s=parse_integer("CDN_CACHE_TTL", ttl, minimum=0, maximum=MAX_CACHE_TTL_S),
     )
 
 

@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 import psycopg
 from psycopg_pool import ConnectionPool
 
-from csl.config import DatabaseSettings, mask_url
+from csl.config import DatabaseSettings, mask_url, redact
 from csl.errors import DatabaseError, ReplicaUnavailable
 
 __all__ = ["Database", "ReadRoute", "RETRYABLE_SQLSTATES", "set_timeouts"]
@@ -85,6 +85,11 @@ class Database:
         assert url is not None
         return url
 
+    def _redact(self, text: str, role: str) -> str:
+        """A driver's message without the URL's secrets (libpq quotes parts of what it was given)."""
+        url = self.settings.primary_url if role == "primary" else self.settings.replica_url
+        return redact(text, url) if url else text
+
     def _kwargs(self) -> dict[str, Any]:
         return {
             "connect_timeout": self.settings.connect_timeout_s,
@@ -124,7 +129,7 @@ class Database:
                     if autocommit:
                         conn.autocommit = False
         except psycopg.OperationalError as exc:
-            raise DatabaseError(f"{role} database: {exc}".strip()) from exc
+            raise DatabaseError(f"{role} database: {self._redact(str(exc), role)}".strip()) from exc
 
     def connect_direct(self, role: str = "primary", *, autocommit: bool = True) -> psycopg.Connection:
         """A fresh, unpooled connection (for DDL outside transactions, probes, COPY)."""
@@ -154,7 +159,7 @@ class Database:
             with self.connect_direct("replica") as conn:
                 row = conn.execute(REPLICA_LAG_SQL).fetchone()
         except (psycopg.Error, OSError) as exc:
-            return {"configured": True, "ok": False, "error": _one_line(exc)}
+            return {"configured": True, "ok": False, "error": self._redact(_one_line(exc), "replica")}
         latency_ms = (time.perf_counter() - started) * 1000
         in_recovery, lag_s, receiver = row
         status: dict[str, Any] = {
@@ -167,7 +172,7 @@ class Database:
         }
         if not in_recovery:
             status.update(ok=False, error="not in recovery: this server is not a standby")
-        elif lag_s is not None and lag_s > self.settings.max_replica_lag_s:
+        elif lag_s is not None and not lag_s <= self.settings.max_replica_lag_s:  # NaN on either side: not ok
             status.update(ok=False, error=f"replay lag {lag_s:.1f}s exceeds {self.settings.max_replica_lag_s:g}s")
         return status
 
@@ -231,7 +236,7 @@ class Database:
                     time.sleep(delay)
                     continue
                 if isinstance(exc, psycopg.OperationalError) and sqlstate is None:
-                    raise DatabaseError(f"primary database: {_one_line(exc)}") from exc
+                    raise DatabaseError(f"primary database: {self._redact(_one_line(exc), 'primary')}") from exc
                 raise
 
     # -- health ----------------------------------------------------------------------------
@@ -254,7 +259,7 @@ class Database:
             if in_recovery:
                 primary["error"] = "in recovery: DATABASE_URL points at a standby"
         except (psycopg.Error, OSError) as exc:
-            primary = {"ok": False, "error": _one_line(exc)}
+            primary = {"ok": False, "error": self._redact(_one_line(exc), "primary")}
         replica = self.replica_status()
         route = self.read_route(refresh=True)
         return {

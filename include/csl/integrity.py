@@ -11,18 +11,24 @@ order and merged in one streaming pass**, so memory does not grow with the bucke
 stream is checked to stay in order; a provider that lists in another order stops the shard
 with ``ListingOrderError`` rather than produce false findings.
 
-Findings (``csl_ops.storage_findings``): ``missing`` (a referenced object a provider lacks),
-``orphan`` (an object nothing refers to), ``size_mismatch`` (against the database, or between
-providers when the database does not know the size), ``checksum_mismatch`` (content that
-differs from its own SHA-256 metadata, or metadata that differs between providers) and
-``fallback_only`` (only a non-primary provider holds it). Objects whose ETags disagree
+The database side is every reference column of ``csl.references`` (samples, generation
+results, avatars), URL-form values normalised to keys. Findings
+(``csl_ops.storage_findings``): ``missing`` (a referenced object a provider lacks),
+``orphan`` (an object nothing refers to), ``size_mismatch`` (against the database, or against
+the reference copy when the database does not know the size), ``checksum_mismatch`` (content
+that differs from its own SHA-256 metadata, or metadata that differs from the reference copy)
+and ``fallback_only`` (the primary lacks it, another provider holds it). The reference copy is
+the ``primary`` role's (``csl.storage.reference_order``), never the first provider someone
+typed; a sweep without the primary reports no ``fallback_only``. Objects whose ETags disagree
 between providers, a deterministic sample (``deep_rate``) and every open checksum finding are
 downloaded and hashed, so a corrupt object whose metadata still looks right is caught.
 
-Findings are staged while the shard runs and written in one transaction at its end, with the
-open findings of its cells that were not seen again closed. A provider that is down fails the
-shard, naming the provider, and writes nothing: it never turns into false ``missing`` rows.
-The sweep never deletes.
+Findings are staged while the shard runs and written in one transaction at its end. Each
+finding records the providers it depends on (its own, plus the reference copy it was compared
+with); open findings of the shard's cells that were not seen again are closed only when the
+sweep listed every provider they depend on, so sweeping some providers never closes the
+others' findings. A provider that is down fails the shard, naming the provider, and writes
+nothing: it never turns into false ``missing`` rows. The sweep never deletes.
 """
 
 from __future__ import annotations
@@ -33,15 +39,16 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import psycopg
 from psycopg import sql
 
 from csl.errors import CslError, StorageError
+from csl.references import REFERENCE_COLUMNS, references_query
 from csl.sqlfiles import load
-from csl.storage import ObjectInfo, StorageProvider
+from csl.storage import PRIMARY, RESERVED_PREFIXES, ObjectInfo, StorageProvider, reference_order
 
 __all__ = ["KINDS", "KEY_ORDERS", "DEFAULT_EXCLUDE", "SweepError", "ListingOrderError", "SweepOptions",
            "cell_of", "discover_cells", "plan_shards", "plan_sweep", "start_sweep", "sweep_shard",
@@ -52,7 +59,7 @@ log = logging.getLogger("csl.integrity")
 KINDS = ("missing", "orphan", "size_mismatch", "checksum_mismatch", "fallback_only")
 KEY_ORDERS = ("path", "byte")
 # health probes, the cleanup's quarantine and temporary uploads are nobody's orphans
-DEFAULT_EXCLUDE = ("_csl_health/", "_quarantine/", "tmp/")
+DEFAULT_EXCLUDE = RESERVED_PREFIXES
 LOOKAHEAD = 2  # cells whose first listing page is fetched ahead of the merge
 
 
@@ -71,6 +78,8 @@ class SweepOptions:
     deep_rate: float = 0.0
     prefix: str = ""
     exclude: tuple[str, ...] = DEFAULT_EXCLUDE
+    buckets: tuple[str, ...] = ()  # bucket names URL-form references may carry; () = the swept providers'
+    references: tuple[tuple[str, str], ...] = REFERENCE_COLUMNS
 
     def __post_init__(self) -> None:
         if not 1 <= self.depth <= 8:
@@ -84,7 +93,12 @@ class SweepOptions:
 
     def as_dict(self) -> dict[str, Any]:
         return {"depth": self.depth, "key_order": self.key_order, "deep_rate": self.deep_rate,
-                "prefix": self.prefix, "exclude": list(self.exclude)}
+                "prefix": self.prefix, "exclude": list(self.exclude), "buckets": list(self.buckets),
+                "references": [list(r) for r in self.references]}
+
+    def query_params(self, providers: Sequence[StorageProvider]) -> dict[str, Any]:
+        return {"depth": self.depth, "prefix": self.prefix,
+                "buckets": list(self.buckets) or sorted({p.bucket for p in providers})}
 
 
 # -- cells -------------------------------------------------------------------------------
@@ -124,7 +138,8 @@ def _provider_cells(provider: StorageProvider, depth: int, prefix: str = "", lev
 
 def discover_cells(conn: psycopg.Connection, providers: Sequence[StorageProvider], options: SweepOptions) -> list[str]:
     """Every cell that the database or any provider has something in, sorted, minus excluded ones."""
-    cells = {row[0] for row in conn.execute(load("integrity/cells.sql"), {"depth": options.depth})}
+    query = sql.SQL(load("integrity/cells.sql")).format(refs=references_query(options.references))
+    cells = {row[0] for row in conn.execute(query, options.query_params(providers))}
     for provider in providers:
         cells.update(_provider_cells(provider, options.depth))
     chosen = [c for c in cells if _cell_overlaps(c, options.prefix)
@@ -214,13 +229,17 @@ def _sampled(key: str, salt: str, rate: float) -> bool:
 
 
 class _Classifier:
-    """Turns one key's database references and per-provider listings into findings."""
+    """Turns one key's database references and per-provider listings into findings.
 
-    def __init__(self, providers: Sequence[StorageProvider], emit: Callable[[str, str, str, dict], None],
+    ``providers`` come in ``reference_order``: the primary (when swept) is the reference copy.
+    ``emit(kind, key, provider, detail, reference)`` names, besides the provider a finding is
+    about, the provider it was compared with (or None): the finding depends on both listings."""
+
+    def __init__(self, providers: Sequence[StorageProvider], emit: Callable[[str, str, str, dict, str | None], None],
                  tally: _Tally, *, deep_rate: float, salt: str, recheck: set[tuple[str, str]]) -> None:
-        self.providers = providers
+        self.providers = reference_order(providers)
         self.count = len(providers)
-        self.primary = providers[0].name
+        self.primary = PRIMARY if any(p.name == PRIMARY for p in providers) else None
         self.emit = emit
         self.tally = tally
         self.deep_rate = deep_rate
@@ -245,21 +264,22 @@ class _Classifier:
         if not refs:
             for p in present:
                 info = held[p.name]
-                self.emit("orphan", key, p.name, {"size": info.size, "etag": info.etag})
+                self.emit("orphan", key, p.name, {"size": info.size, "etag": info.etag}, None)
             return
         sources = sorted({r[3] for r in refs})
         if not present:
             for p in self.providers:
-                self.emit("missing", key, p.name, {"referenced_by": sources, "present_on": []})
+                self.emit("missing", key, p.name, {"referenced_by": sources, "present_on": []}, None)
             return
         names = [p.name for p in present]
-        if self.primary not in held:
+        if self.primary is not None and self.primary not in held:
             for p in present:
-                self.emit("fallback_only", key, p.name, {"referenced_by": sources, "present_on": names})
-        else:
+                self.emit("fallback_only", key, p.name, {"referenced_by": sources, "present_on": names},
+                          self.primary)
+        else:  # the primary holds it, or was not swept: each swept provider answers for itself
             for p in self.providers:
                 if p.name not in held:
-                    self.emit("missing", key, p.name, {"referenced_by": sources, "present_on": names})
+                    self.emit("missing", key, p.name, {"referenced_by": sources, "present_on": names}, None)
         expected = next((r[2] for r in refs if r[2] is not None), None)
         sized_ok = []
         if expected is not None:
@@ -267,7 +287,7 @@ class _Classifier:
                 actual = held[p.name].size
                 if actual != expected:
                     self.emit("size_mismatch", key, p.name, {"expected": expected, "actual": actual,
-                                                             "expected_from": "database"})
+                                                             "expected_from": "database"}, None)
                 else:
                     sized_ok.append(p)
         else:
@@ -277,7 +297,7 @@ class _Classifier:
                 actual = held[p.name].size
                 if actual != reference:
                     self.emit("size_mismatch", key, p.name, {"expected": reference, "actual": actual,
-                                                             "expected_from": present[0].name})
+                                                             "expected_from": present[0].name}, present[0].name)
                 else:
                     sized_ok.append(p)
         self._checksums(key, sized_ok, held)
@@ -304,7 +324,7 @@ class _Classifier:
         for name, (content, meta) in hashes.items():
             if meta is not None and content != meta:
                 self.emit("checksum_mismatch", key, name, {"metadata_sha256": meta, "content_sha256": content,
-                                                           "found_by": "download"})
+                                                           "found_by": "download"}, None)
                 flagged.add(name)
         healthy = [(n, h) for n, h in hashes.items() if n not in flagged]
         if len(healthy) < 2:
@@ -314,15 +334,17 @@ class _Classifier:
             if (meta or content) != (ref_meta or ref_content) or content != ref_content:
                 self.emit("checksum_mismatch", key, name, {"sha256": meta or content, "reference": ref_name,
                                                            "reference_sha256": ref_meta or ref_content,
-                                                           "found_by": "cross-provider"})
+                                                           "found_by": "cross-provider"}, ref_name)
 
 
-def _db_stream(conn: psycopg.Connection, cells: Sequence[str], options: SweepOptions) -> Iterator[tuple]:
+def _db_stream(conn: psycopg.Connection, providers: Sequence[StorageProvider], cells: Sequence[str],
+               options: SweepOptions) -> Iterator[tuple]:
     query = sql.SQL(load("integrity/inventory.sql")).format(
-        order=sql.Identifier("parts" if options.key_order == "path" else "key"))
+        order=sql.Identifier("parts" if options.key_order == "path" else "key"),
+        refs=references_query(options.references))
     with conn.cursor(name="csl_inventory") as cur:
         cur.itersize = 5000
-        cur.execute(query, {"depth": options.depth, "cells": list(cells), "prefix": options.prefix})
+        cur.execute(query, {**options.query_params(providers), "cells": list(cells)})
         yield from cur
 
 
@@ -344,6 +366,8 @@ def _cell_listing(provider: StorageProvider, cell: str, options: SweepOptions, t
                 continue  # a sub-folder of a loose cell: its own cells cover it
             if exclude and item.key.startswith(exclude):
                 continue
+            if item.key.endswith("/") and not item.size:
+                continue  # a folder marker (SeaweedFS lists an emptied folder so), not an object
             count += 1
             size += item.size
             yield item
@@ -362,7 +386,7 @@ def _merge_cell(cell: str, db_rows: Iterator[tuple], providers: Sequence[Storage
     streams += [_Ordered(f"provider {p.name!r}",
                          _cell_listing(p, cell, options, tally, first=firsts.get(p.name), executor=executor),
                          lambda o: o.key, order)
-                for p in providers]
+                for p in providers]  # reference_order, like the classifier's
     database, listings = streams[0], streams[1:]
     names = [p.name for p in providers]
     while True:
@@ -411,8 +435,10 @@ def start_sweep(conn: psycopg.Connection, *, run_key: str, providers: Sequence[S
     row = conn.execute(
         "INSERT INTO csl_ops.storage_sweeps (run_key, providers, key_order, params, cells) "
         "VALUES (%s, %s, %s, %s, %s) ON CONFLICT (run_key) DO UPDATE SET status = 'running', "
-        "params = excluded.params, cells = excluded.cells, finished_at = NULL RETURNING id",
-        (run_key, [p.name for p in providers], options.key_order, json.dumps(options.as_dict()), cells),
+        "providers = excluded.providers, params = excluded.params, cells = excluded.cells, finished_at = NULL "
+        "RETURNING id",
+        (run_key, [p.name for p in reference_order(providers)], options.key_order, json.dumps(options.as_dict()),
+         cells),
     ).fetchone()
     return row[0]
 
@@ -430,7 +456,8 @@ def plan_sweep(conn: psycopg.Connection, providers: Sequence[StorageProvider], *
 
 _STAGE = """
 CREATE TEMP TABLE shard_findings (
-    kind text NOT NULL, object_key text NOT NULL, provider text NOT NULL, cell text NOT NULL, detail jsonb NOT NULL
+    kind text NOT NULL, object_key text NOT NULL, provider text NOT NULL, cell text NOT NULL, detail jsonb NOT NULL,
+    depends_on text[] NOT NULL
 ) ON COMMIT DROP
 """
 
@@ -443,26 +470,33 @@ def sweep_shard(connect: Callable[[], Any], providers: Sequence[StorageProvider]
     inventory cursor and the staging writer)."""
     if not providers:
         raise SweepError("no storage providers configured")
+    providers = reference_order(providers)
+    names = [p.name for p in providers]
     started = time.perf_counter()
     tally = _Tally()
     with connect() as read_conn, connect() as write_conn:
         read_conn.autocommit = False
         write_conn.autocommit = False
+        row = write_conn.execute("SELECT providers FROM csl_ops.storage_sweeps WHERE id = %s", (sweep_id,)).fetchone()
+        if row is None or sorted(row[0]) != sorted(names):
+            raise SweepError(f"sweep {sweep_id} was planned for providers {row[0] if row else None}, "
+                             f"not {names}: a shard sweeps what its sweep planned")
         write_conn.execute(_STAGE)
         recheck = {(k, p) for k, p in write_conn.execute(
             "SELECT object_key, provider FROM csl_ops.storage_findings WHERE resolved_at IS NULL "
             "AND kind = 'checksum_mismatch' AND cell = ANY(%s)", (list(cells),))}
         with write_conn.cursor() as cur, cur.copy(
-                "COPY shard_findings (kind, object_key, provider, cell, detail) FROM STDIN") as copy:
+                "COPY shard_findings (kind, object_key, provider, cell, detail, depends_on) FROM STDIN") as copy:
             current_cell = ""
 
-            def emit(kind: str, key: str, provider: str, detail: dict) -> None:
-                copy.write_row((kind, key, provider, current_cell, json.dumps(detail)))
+            def emit(kind: str, key: str, provider: str, detail: dict, reference: str | None) -> None:
+                depends_on = [provider] if reference in (None, provider) else sorted((provider, reference))
+                copy.write_row((kind, key, provider, current_cell, json.dumps(detail), depends_on))
                 tally.add_finding(kind, provider)
 
             classifier = _Classifier(providers, emit, tally, deep_rate=options.deep_rate,
                                      salt=str(sweep_id), recheck=recheck)
-            inventory = _cell_rows(_db_stream(read_conn, cells, options))
+            inventory = _cell_rows(_db_stream(read_conn, providers, cells, options))
             pending = next(inventory, None)
             # the first page of the next cells' listings is fetched while this cell is merged:
             # the server's time overlaps ours, and at most LOOKAHEAD pages per provider wait
@@ -490,9 +524,11 @@ def sweep_shard(connect: Callable[[], Any], providers: Sequence[StorageProvider]
         read_conn.rollback()
         new, refreshed = write_conn.execute(load("integrity/apply_findings.sql"), {"sweep": sweep_id}).fetchone()
         closed = write_conn.execute(load("integrity/close_findings.sql"),
-                                    {"sweep": sweep_id, "cells": list(cells), "prefix": options.prefix}).rowcount
+                                    {"sweep": sweep_id, "cells": list(cells), "prefix": options.prefix,
+                                     "providers": names}).rowcount
         summary = {
             "shard": shard,
+            "providers": names,
             "cells": len(cells),
             "db_refs": tally.db_refs,
             "listed": tally.listed,
@@ -505,10 +541,11 @@ def sweep_shard(connect: Callable[[], Any], providers: Sequence[StorageProvider]
             "duration_s": round(time.perf_counter() - started, 3),
         }
         write_conn.execute(
-            "INSERT INTO csl_ops.storage_sweep_shards (sweep_id, shard, cells, status, summary) "
-            "VALUES (%s, %s, %s, 'done', %s) ON CONFLICT (sweep_id, shard) DO UPDATE SET status = 'done', "
-            "cells = excluded.cells, summary = excluded.summary, error = NULL, finished_at = now()",
-            (sweep_id, shard, list(cells), json.dumps(summary)))
+            "INSERT INTO csl_ops.storage_sweep_shards (sweep_id, shard, cells, providers, status, summary) "
+            "VALUES (%s, %s, %s, %s, 'done', %s) ON CONFLICT (sweep_id, shard) DO UPDATE SET status = 'done', "
+            "cells = excluded.cells, providers = excluded.providers, summary = excluded.summary, error = NULL, "
+            "finished_at = now()",
+            (sweep_id, shard, list(cells), names, json.dumps(summary)))
         write_conn.commit()
     log.info("sweep %s shard %s: %s cells, %s references, listed %s, findings %s (new %s, closed %s) in %.1fs",
              sweep_id, shard, len(cells), tally.db_refs, tally.listed, tally.findings, new, closed,
@@ -520,16 +557,18 @@ def record_shard_failure(conn: psycopg.Connection, *, sweep_id: int, shard: int,
                          error: BaseException) -> None:
     provider = getattr(error, "provider", None)
     conn.execute(
-        "INSERT INTO csl_ops.storage_sweep_shards (sweep_id, shard, cells, status, summary, error) "
-        "VALUES (%s, %s, %s, 'failed', %s, %s) ON CONFLICT (sweep_id, shard) DO UPDATE SET status = 'failed', "
+        "INSERT INTO csl_ops.storage_sweep_shards (sweep_id, shard, cells, providers, status, summary, error) "
+        "SELECT %s, %s, %s, providers, 'failed', %s, %s FROM csl_ops.storage_sweeps WHERE id = %s "
+        "ON CONFLICT (sweep_id, shard) DO UPDATE SET status = 'failed', "
         "summary = excluded.summary, error = excluded.error, finished_at = now()",
-        (sweep_id, shard, list(cells), json.dumps({"provider": provider}), str(error)[:2000]))
+        (sweep_id, shard, list(cells), json.dumps({"provider": provider}), str(error)[:2000], sweep_id))
 
 
 def finish_sweep(conn: psycopg.Connection, *, sweep_id: int, shards: int, all_cells: Sequence[str],
                  options: SweepOptions) -> dict[str, Any]:
     """Aggregate the shards. When every shard is done, findings in cells that no longer exist
-    anywhere are closed too; otherwise the sweep is marked failed and the failures named."""
+    anywhere are closed too (those the swept providers can judge); otherwise the sweep is
+    marked failed and the failures named."""
     rows = conn.execute("SELECT shard, status, summary, error FROM csl_ops.storage_sweep_shards "
                         "WHERE sweep_id = %s ORDER BY shard", (sweep_id,)).fetchall()
     done = [r for r in rows if r[1] == "done"]
@@ -552,12 +591,14 @@ def finish_sweep(conn: psycopg.Connection, *, sweep_id: int, shards: int, all_ce
     ok = not failed and not missing_shards
     if ok:
         summary["closed"] += conn.execute(
-            "UPDATE csl_ops.storage_findings SET resolved_at = now(), resolved_sweep_id = %s "
-            "WHERE resolved_at IS NULL AND starts_with(object_key, %s) AND NOT (cell = ANY(%s))",
+            "UPDATE csl_ops.storage_findings f SET resolved_at = now(), resolved_sweep_id = s.id "
+            "FROM csl_ops.storage_sweeps s WHERE s.id = %s AND f.resolved_at IS NULL "
+            "AND starts_with(f.object_key, %s) AND NOT (f.cell = ANY(%s)) AND f.depends_on <@ s.providers",
             (sweep_id, options.prefix, list(all_cells))).rowcount
-    summary["duration_s"] = round(float(conn.execute(
-        "SELECT extract(epoch FROM clock_timestamp() - started_at) FROM csl_ops.storage_sweeps WHERE id = %s",
-        (sweep_id,)).fetchone()[0]), 3)
+    duration, summary["providers"] = conn.execute(
+        "SELECT extract(epoch FROM clock_timestamp() - started_at), providers FROM csl_ops.storage_sweeps "
+        "WHERE id = %s", (sweep_id,)).fetchone()
+    summary["duration_s"] = round(float(duration), 3)
     summary["open_findings"] = dict(conn.execute(
         "SELECT kind, count(*) FROM csl_ops.storage_findings WHERE resolved_at IS NULL GROUP BY kind").fetchall())
     conn.execute("UPDATE csl_ops.storage_sweeps SET status = %s, summary = %s, finished_at = now() WHERE id = %s",
@@ -598,7 +639,10 @@ def run_sweep(settings: Any, *, run_key: str, shards: int = 4, workers: int = 2,
     from csl.db import Database
 
     names = list(provider_names) if provider_names else [p.name for p in settings.storage]
-    providers = [StorageProvider(settings.provider(name)) for name in names]
+    providers = reference_order([StorageProvider(settings.provider(name)) for name in names])
+    names = [p.name for p in providers]
+    if not options.buckets:  # URL-form references may name any configured bucket, swept or not
+        options = replace(options, buckets=tuple(sorted({p.bucket for p in settings.storage})))
     started = time.perf_counter()
     with Database(settings.require_database(), max_pool_size=2) as db, db.connect_direct() as conn:
         sweep_id, cells, plan = plan_sweep(conn, providers, run_key=run_key, shards=shards, options=options)

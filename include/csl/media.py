@@ -1,11 +1,14 @@
 """What an uploaded file really is: extension, declared MIME type and magic bytes must agree.
 
 The platform checked MIME type and extension only, so a renamed ``.exe`` passed. Here the
-content decides; the extension and the declared type must both name that same kind.
+content decides; the extension and the declared type must both name that same kind. The file
+name and the declared type travel as object metadata and HTTP headers, so control characters
+(CR/LF, NUL, bidi overrides …) in them are refused too: bad input, never a provider failure.
 """
 
 from __future__ import annotations
 
+import unicodedata
 from dataclasses import dataclass
 
 from csl.errors import CslError
@@ -72,8 +75,27 @@ def sniff(data: bytes) -> str | None:
     return None
 
 
+_BIDI_CONTROLS = set("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
+
+def _check_text(what: str, text: str, *, max_bytes: int) -> None:
+    if not isinstance(text, str) or not text.strip():
+        raise UploadRejected(f"{what} is empty")
+    bad = next((c for c in text if unicodedata.category(c) == "Cc" or c in _BIDI_CONTROLS), None)
+    if bad is not None:
+        raise UploadRejected(f"{what} {text!r} contains the control character U+{ord(bad):04X}")
+    if len(text.encode()) > max_bytes:
+        raise UploadRejected(f"{what} is {len(text.encode())} bytes long, more than {max_bytes}")
+
+
 def validate(data: bytes, *, filename: str, content_type: str, limits: dict[str, int] | None = None) -> MediaKind:
     """The file's kind when name, declared type, content and size all agree; else ``UploadRejected``."""
+    _check_text("file name", filename, max_bytes=255)
+    if "/" in filename or "\\" in filename:
+        raise UploadRejected(f"file name {filename!r} must be a name, not a path")
+    _check_text("content type", content_type, max_bytes=255)
+    if not content_type.isascii():
+        raise UploadRejected(f"content type {content_type!r} must be ASCII")
     if not data:
         raise UploadRejected(f"{filename!r}: the file is empty")
     extension = filename.rsplit(".", 1)[-1].lower() if "." in filename else ""

@@ -82,12 +82,16 @@ def applied(conn: psycopg.Connection) -> dict[tuple[str, int], str]:
 
 
 def migrate(conn: psycopg.Connection, *, components: tuple[str, ...] = ("csl_ops",),
-            root: Path | None = None) -> list[dict[str, object]]:
+            root: Path | None = None, lock_timeout_s: float = 10.0) -> list[dict[str, object]]:
     """Apply pending migrations of ``components``; return what was applied (empty = no-op).
 
     ``conn`` must be an autocommit connection to the primary; every migration runs in its
-    own transaction.
+    own transaction, with ``lock_timeout_s``: a migration that would queue behind a long
+    transaction (and block every query on the table behind it) stops instead, naming the table
+    lock it waited for, with nothing of it applied.
     """
+    if not 0 < lock_timeout_s <= 3600:
+        raise DatabaseError(f"lock_timeout_s must be in (0, 3600], got {lock_timeout_s!r}")
     if not conn.autocommit:
         raise DatabaseError("migrate needs an autocommit connection (each migration is its own transaction)")
     ordered = [c for c in COMPONENTS if c in components]
@@ -111,14 +115,21 @@ def migrate(conn: psycopg.Connection, *, components: tuple[str, ...] = ("csl_ops
                         )
                     continue
                 started = time.perf_counter()
-                with conn.transaction():
-                    conn.execute(migration.sql)
-                    duration_ms = int((time.perf_counter() - started) * 1000)
-                    conn.execute(
-                        "INSERT INTO csl_ops.schema_migrations (component, version, name, checksum, duration_ms)"
-                        " VALUES (%s, %s, %s, %s, %s)",
-                        (component, migration.version, migration.name, migration.checksum, duration_ms),
-                    )
+                try:
+                    with conn.transaction():
+                        conn.execute(f"SET LOCAL lock_timeout = '{int(lock_timeout_s * 1000)}ms'")
+                        conn.execute(migration.sql)
+                        duration_ms = int((time.perf_counter() - started) * 1000)
+                        conn.execute(
+                            "INSERT INTO csl_ops.schema_migrations (component, version, name, checksum, duration_ms)"
+                            " VALUES (%s, %s, %s, %s, %s)",
+                            (component, migration.version, migration.name, migration.checksum, duration_ms),
+                        )
+                except psycopg.errors.LockNotAvailable as exc:
+                    raise DatabaseError(
+                        f"migration {component}/{migration.path.name}: a lock was not granted within "
+                        f"{lock_timeout_s:g} s ({str(exc).strip().splitlines()[0]}); another session holds it: "
+                        "nothing of this migration was applied, run it again when that session is done") from None
                 log.info("applied %s/%s in %d ms", component, migration.path.name, duration_ms)
                 done.append({"component": component, "version": migration.version,
                              "name": migration.name, "duration_ms": duration_ms})

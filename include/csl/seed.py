@@ -287,7 +287,9 @@ def generate(scale: Scale, folder: Path, *, seed: int = 42) -> Generated:
             pi = _stripe_id(rng, "pi_")
             pi_status = {"completed": "succeeded", "refunded": "succeeded", "pending": "processing",
                          "failed": "requires_payment_method"}[status]
-            w["payment_intents"].row(pi, buyer, price, currency, pi_status, json.dumps({"license_id": lid}),
+            charge = "ch_" + pi[3:]  # the intent's charge (Stripe's latest_charge): what a dispute names
+            metadata = {"license_id": lid, **({"latest_charge": charge} if pi_status == "succeeded" else {})}
+            w["payment_intents"].row(pi, buyer, price, currency, pi_status, json.dumps(metadata),
                                      "card_declined" if status == "failed" else None, None, _ts(created),
                                      _ts(created + timedelta(seconds=rng.randrange(2, 120))))
             limit = rng.choice([None, 10, 50, 100])
@@ -306,9 +308,10 @@ def generate(scale: Scale, folder: Path, *, seed: int = 42) -> Generated:
                 partial = round(price * rng.choice([0.25, 0.5]), 2)
                 w["refunds"].row(_stripe_id(rng, "re_"), pi, partial, currency, "partial_refund", "succeeded",
                                  _ts(refunded_at))
-            if status == "completed" and rng.random() < 0.001:
-                w["disputes"].row(_stripe_id(rng, "dp_"), _stripe_id(rng, "ch_"), price, currency, "fraudulent",
-                                  "needs_response", _ts(created + timedelta(days=21)), _ts(created))
+            if status == "completed" and rng.random() < 0.002:  # chargebacks: lost ones are clawed back
+                w["disputes"].row(_stripe_id(rng, "dp_"), charge, price, currency, "fraudulent",
+                                  _weighted(rng, [("lost", 2), ("won", 1), ("needs_response", 1)]),
+                                  _ts(created + timedelta(days=21)), _ts(created))
             if status == "completed" and contributor and rng.random() < 0.3:
                 # what the platform itself wrote: a float amount at a 70 % share
                 paid = rng.random() < 0.5
@@ -343,15 +346,35 @@ def generate(scale: Scale, folder: Path, *, seed: int = 42) -> Generated:
         defects[kind] = [objects[j][0] for j in picked[i * n:(i + 1) * n]]
     defects["orphan"] = [object_key("samples", _uuid(rng), "wav") for _ in range(n)]
     counts = {table: writer.rows for table, writer in writers.items()}
+    counts["csl_ops.payout_accounts"] = _payout_accounts(folder, contributors, seed)
     return Generated(folder=folder, counts=counts, objects=objects, defects=defects)
 
 
+def _payout_accounts(folder: Path, contributors: list[str], seed: int) -> int:
+    """``csl_ops.payout_accounts`` as the platform fills it when a contributor connects an account:
+    one in twenty contributors has none yet, one in twenty is not verified yet (their balances
+    are carried, with a finding). Its own random stream: the platform rows do not change."""
+    rng = random.Random(seed * 7919 + 1)
+    writer = _Writer(folder, "csl_ops.payout_accounts")
+    try:
+        for n, contributor in enumerate(contributors):
+            if n % 20 == 19:
+                continue
+            created = _when(rng)
+            verified = None if n % 20 == 18 else created + timedelta(hours=rng.randrange(1, 72))
+            writer.row(contributor, _stripe_id(rng, "acct_")[:21], _ts(verified), _ts(created), _ts(verified or created))
+    finally:
+        writer.close()
+    return writer.rows
+
+
 def load(conn: psycopg.Connection, generated: Generated, *, reset: bool = False) -> dict[str, float]:
-    """COPY every CSV in FK order, in one transaction; returns seconds per table."""
+    """COPY every CSV in FK order, in one transaction; returns seconds per table. ``reset``
+    TRUNCATEs the platform tables first (``seed`` checks that they hold seeded data)."""
     timings: dict[str, float] = {}
     with conn.transaction():
         if reset:
-            conn.execute("TRUNCATE " + ", ".join(TABLE_ORDER) + " CASCADE")
+            conn.execute("TRUNCATE " + ", ".join(TABLE_ORDER) + ", csl_ops.payout_accounts CASCADE")
         else:
             nonempty = [t for t in TABLE_ORDER if conn.execute(f"SELECT EXISTS (SELECT 1 FROM {t})").fetchone()[0]]
             if nonempty:
@@ -365,6 +388,11 @@ def load(conn: psycopg.Connection, generated: Generated, *, reset: bool = False)
                         while block := source.read(1 << 20):
                             copy.write(block)
                 timings[table] = time.perf_counter() - started
+            started = time.perf_counter()
+            with cur.copy("COPY csl_ops.payout_accounts (contributor_id, account_id, verified_at, created_at, "
+                          "updated_at) FROM STDIN (FORMAT csv)") as copy:
+                copy.write((generated.folder / "csl_ops.payout_accounts.csv").read_bytes())
+            timings["csl_ops.payout_accounts"] = time.perf_counter() - started
         conn.execute("ANALYZE " + ", ".join(TABLE_ORDER))
     return timings
 
@@ -423,11 +451,23 @@ def loaded_seed(conn: psycopg.Connection) -> dict[str, Any] | None:
 
 def seed(conn: psycopg.Connection, *, scale_name: str, seed_value: int, workdir: Path,
          primary: StorageProvider | None, fallback: StorageProvider | None = None,
-         reset: bool = False) -> dict[str, Any]:
-    """Generate, load and upload; a rerun with the same scale and seed is a no-op."""
+         reset: bool = False, force: bool = False) -> dict[str, Any]:
+    """Generate, load and upload; a rerun with the same scale and seed is a no-op.
+
+    ``reset`` replaces data that ``seed`` loaded before (a ``csl_ops.seed_runs`` record says
+    so). Platform tables holding rows without such a record are somebody's real data: they are
+    only truncated with ``force`` as well (``SeedError`` otherwise, before anything changes).
+    """
     if scale_name not in SCALES:
         raise SeedError(f"unknown scale {scale_name!r}; expected one of {', '.join(SCALES)}")
     previous = loaded_seed(conn)
+    if reset and previous is None and not force:
+        nonempty = [t for t in TABLE_ORDER if conn.execute(f"SELECT EXISTS (SELECT 1 FROM {t})").fetchone()[0]]
+        if nonempty:
+            raise SeedError(
+                f"refusing to reset {conn.info.dbname!r}: its platform tables hold rows ({', '.join(nonempty[:4])}"
+                f"{', …' if len(nonempty) > 4 else ''}) that csl seed did not load (no csl_ops.seed_runs record); "
+                "if this really is a dev/test database, add --force")
     if previous and not reset:
         if previous["scale"] == scale_name and previous["seed"] == seed_value:
             return {"status": "already loaded", **previous}

@@ -1,34 +1,40 @@
-"""Revenue-split settlement: exact to the cent, exactly once, with a double-entry ledger.
+"""Revenue-split settlement: exact to the minor unit, exactly once, paid to the right account.
 
 Rules (README, "Settlement rules"):
 
-- Money is integer minor units end to end. Platform floats are converted by one rule
-  (``csl_ops.minor_units`` in SQL, ``to_minor`` here): the float's decimal at 15 significant
-  digits, times 100; a value with a real sub-cent part is a finding, never silently rounded.
+- Money is integer minor units end to end, by each currency's ISO 4217 exponent (``csl.money``:
+  ¥1,000 is 1,000 minor units, 12.345 KWD is 12,345). Platform floats are converted by one rule
+  (``csl_ops.minor_units`` in SQL, ``csl.money.to_minor`` here); a value with a real part below
+  the minor unit, or a currency without an exponent, is a finding, never rounded or guessed.
   Each currency (from the payment intent) is settled on its own.
-- A licence is due when its payment is ``completed`` and it is not yet in the ledger. The
-  contributor pool is ``share_bps`` of the price, rounded half up; a direct sample licence's
-  pool goes to the sample's contributor, a generation licence's pool is divided among the
-  contributors of its source samples, weighted by how many samples each contributed, by
-  largest remainder (ties: lowest contributor id). The parts always sum exactly.
-- Existing ``revenue_splits`` rows are reused when they match to the cent, otherwise the
-  licence is held with a finding; new rows are written ``pending``, in exact cents.
-- Refunds after settlement are clawed back in proportion to the cumulative refunded amount,
-  exact to the cent; a balance may go negative and is carried forward.
-- Every run holds an advisory lock and runs in one REPEATABLE READ transaction (one snapshot):
-  allocate, post, claw back, instruct payouts, then the data-quality gate over all of it; a
-  failing gate rolls the run back (nothing half-written, no payout) and keeps its findings
-  and validation result.
+- A licence is due when its payment is ``completed``, its payment intent ``succeeded`` for an
+  amount that covers every licence it pays, and it is not yet in the ledger. The contributor
+  pool is ``share_bps`` of the price, rounded half up; a direct sample licence's pool goes to the
+  sample's contributor, a generation licence's pool is divided among the contributors of its
+  source samples, weighted by how many samples each contributed, by largest remainder (ties:
+  lowest contributor id). The parts always sum exactly.
+- Existing ``revenue_splits`` rows are reused when they match to the minor unit, otherwise the
+  licence is held with a finding; new rows are written ``pending``, exact to the minor unit.
+- Refunds and lost disputes (chargebacks) after settlement are clawed back in proportion to the
+  cumulative reversed amount, exact to the minor unit; a balance may go negative and is carried.
+- Every run holds an advisory lock and runs in one REPEATABLE READ transaction (one snapshot),
+  with statement, lock and idle timeouts: allocate, post, claw back, audit the platform's splits,
+  instruct payouts, then the data-quality gate over all of it; a failing gate rolls the run back
+  (nothing half-written, no payout) and keeps its findings and validation result.
 - The ledger is append-only; every posting has a composite idempotency key (licence × kind ×
   account, source × kind × account, or entry × account), so nothing can be posted twice.
-- Each payout records the licences it covers; sending marks a payout ``sent`` (committed)
-  before its HTTP call, and a payout whose outcome stayed unknown past the idempotency
-  window is looked up, never sent blindly again.
+- A payout pays a verified connected account from ``csl_ops.payout_accounts``, copied onto the
+  payout when it is instructed (no account: a finding, the balance is carried). It records the
+  licences it covers and moves only forward (a trigger). Sending marks it ``sent`` (committed)
+  before the HTTP call; only a refusal the provider states fails it, anything ambiguous is an
+  unknown outcome (the same key again, or a lookup past the idempotency window), and a payout
+  whose licences the old platform paid meanwhile goes to ``needs_review`` before any money moves.
 """
 
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import json
 import logging
 import re
@@ -37,13 +43,15 @@ import threading
 import time
 from collections import defaultdict
 from collections.abc import Mapping
-from dataclasses import dataclass
-from decimal import Decimal
+from dataclasses import asdict, dataclass
+from datetime import date, datetime, timezone
 from typing import Any
+from urllib.parse import urlsplit
 
 import psycopg
 
-from csl.errors import CslError
+from csl.errors import ConfigError, CslError
+from csl.money import SubUnitAmount, from_minor, to_minor
 from csl.sqlfiles import load, statements
 
 __all__ = [
@@ -51,14 +59,20 @@ __all__ = [
     "IDEMPOTENCY_WINDOW_S",
     "GateFailed",
     "Params",
+    "PayoutConfigError",
+    "PayoutProviderUnavailable",
     "PayoutSender",
     "SettlementBusy",
     "SettlementError",
     "SettlementParamsError",
-    "SubCentAmount",
+    "SettlementRace",
+    "SubUnitAmount",
     "allocate",
     "balances",
+    "classify_answer",
     "ledger_fingerprint",
+    "parse_period",
+    "payout_endpoint",
     "review_payout",
     "settle",
     "split_licence",
@@ -74,9 +88,15 @@ SEND_LOCK_KEY = 0x63736C5F706179  # "csl_pay"
 IDEMPOTENCY_WINDOW_S = 23 * 3600
 WORK_MEM = "256MB"  # per hash or sort of the run's one backend (SET LOCAL: this transaction only)
 ANALYZE_AFTER_ROWS = 10_000  # a run that settles this many licences refreshes the ledger's statistics
+# a backend whose client died (a SIGKILLed worker) notices within this while it runs a query, and
+# ends, releasing the settlement lock, so Airflow's retry is not refused as "busy"
+CLIENT_CHECK_S = 2
 GATE_CHECKS = ("postings_reference_entries_and_accounts", "entries_balance", "allocations_sum_to_price", "no_due_licence_left", "platform_rows_round_trip",
-               "no_duplicate_splits", "findings", "payouts_clear_balances", "payout_ranges_are_disjoint",
-               "clawbacks_match_refunds", "clawbacks_within_allocation", "clawbacks_proportional")
+               "no_duplicate_splits", "findings", "payouts_clear_balances", "payouts_pay_verified_accounts",
+               "payout_ranges_are_disjoint", "clawbacks_match_refunds", "clawbacks_within_allocation",
+               "clawbacks_proportional")
+# the revenue_splits key the index catalog builds once the platform's duplicates are gone
+SPLITS_KEY_COLUMNS = ("license_id", "contributor_id")
 
 
 class SettlementError(CslError):
@@ -91,8 +111,13 @@ class SettlementBusy(SettlementError):
     """Another settlement run holds the lock."""
 
 
-class SubCentAmount(SettlementError, ValueError):
-    """A money value has a real sub-cent part."""
+class SettlementRace(SettlementError):
+    """The old platform wrote a split this run was writing (the unique split key refused ours): the
+    run was rolled back; a retry reconciles the platform's row."""
+
+
+class PayoutProviderUnavailable(SettlementError):
+    """The payment provider cannot be reached or answered unreadably before anything was sent."""
 
 
 class GateFailed(SettlementError):
@@ -103,46 +128,68 @@ class GateFailed(SettlementError):
         self.outcome = outcome
 
 
+_PERIOD = re.compile(r"\d{4}-\d{2}-\d{2}(?:[T ]\d{2}:\d{2}(?::\d{2}(?:\.\d{1,6})?)?(?:Z|[+-]\d{2}:\d{2})?)?")
+
+
+def parse_period(value: str | date | datetime | None, name: str = "period") -> datetime | None:
+    """An ISO 8601 date (midnight UTC) or date-time (UTC unless it says otherwise) as an aware
+    datetime; None or "" for no bound. Anything else (``2026-02-30``, ``2026-1-5``, ``yesterday``)
+    raises ``SettlementParamsError`` naming ``name``."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, datetime):
+        parsed = value
+    elif isinstance(value, date):
+        parsed = datetime(value.year, value.month, value.day)
+    else:
+        text = str(value).strip()
+        try:
+            if not _PERIOD.fullmatch(text):
+                raise ValueError("not YYYY-MM-DD[THH:MM[:SS[.ffffff]]][Z|±HH:MM]")
+            parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
+        except ValueError as exc:
+            raise SettlementParamsError(f"{name}: expected an ISO date (2026-02-28) or date-time "
+                                        f"(2026-02-28T10:00:00+01:00), got {text[:40]!r} ({exc})") from None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
+
+
 @dataclass(frozen=True, kw_only=True)
 class Params:
     share_bps: int = 7000
-    minimum_payout_cents: int = 1000
-    period_start: str | None = None
-    period_end: str | None = None
+    minimum_payout_cents: int = 1000  # in minor units of each currency (1000 = $10.00, ¥1,000, 1.000 KWD)
+    period_start: datetime | None = None  # ISO text, a date or a datetime; parsed (aware) on creation
+    period_end: datetime | None = None
     dry_run: bool = False
     lock_wait_s: float = 0.0
+    statement_timeout_s: int = 3600  # longest single statement of the run (the 1M-licence insert takes ~30 s)
+    lock_timeout_s: int = 60         # longest wait for a table lock (DDL on a platform table), then stop
+    analyze_after_rows: int = ANALYZE_AFTER_ROWS
 
     def __post_init__(self) -> None:
-        if not isinstance(self.share_bps, int) or not 0 <= self.share_bps <= 10_000:
-            raise SettlementParamsError(f"contributor_share_bps: expected a whole number 0..10000, got {self.share_bps!r}")
-        if not isinstance(self.minimum_payout_cents, int) or self.minimum_payout_cents < 0:
-            raise SettlementParamsError(f"minimum_payout_cents: expected a whole number >= 0, got {self.minimum_payout_cents!r}")
+        for name, lo, hi in (("share_bps", 0, 10_000), ("minimum_payout_cents", 0, 10**15),
+                             ("statement_timeout_s", 1, 86_400), ("lock_timeout_s", 1, 3600),
+                             ("analyze_after_rows", 0, 10**12)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+                label = "contributor_share_bps" if name == "share_bps" else name
+                raise SettlementParamsError(f"{label}: expected a whole number {lo}..{hi}, got {value!r}")
+        if isinstance(self.lock_wait_s, bool) or not isinstance(self.lock_wait_s, (int, float)) \
+                or not 0 <= self.lock_wait_s <= 86_400:
+            raise SettlementParamsError(f"lock_wait_s: expected 0..86400 seconds, got {self.lock_wait_s!r}")
+        object.__setattr__(self, "period_start", parse_period(self.period_start, "period_start"))
+        object.__setattr__(self, "period_end", parse_period(self.period_end, "period_end"))
         if self.period_start and self.period_end and self.period_start >= self.period_end:
-            raise SettlementParamsError(f"period: period_start {self.period_start} must be before period_end {self.period_end}")
+            raise SettlementParamsError(f"period: period_start {self.period_start.isoformat()} must be before "
+                                        f"period_end {self.period_end.isoformat()}")
+
+    def as_dict(self) -> dict[str, Any]:
+        values = asdict(self)
+        for name in ("period_start", "period_end"):
+            values[name] = values[name].isoformat() if values[name] else None
+        return values
 
 
 # -- the arithmetic (property-tested; the SQL in include/sql/settlement/ follows the same rules) --
-def to_minor(amount: float | Decimal | str) -> int:
-    """Exact minor units of an amount; raises ``SubCentAmount`` on a real sub-cent part.
-
-    A float is read as its decimal at 15 significant digits, exactly like ``csl_ops.minor_units``
-    (PostgreSQL's float8 → numeric): digits past the 15th are float noise, so ``0.1 + 0.2`` is
-    30 cents while ``10.005`` keeps its half cent. Decimals and strings are taken as written.
-    """
-    exact = Decimal(format(amount, ".15g")) if isinstance(amount, float) else Decimal(str(amount))
-    cents = _whole_cents(exact * 100)
-    if cents is None:
-        raise SubCentAmount(f"{amount!r} is not a whole number of cents")
-    return cents
-
-
-def _whole_cents(cents: Decimal) -> int | None:
-    """``cents`` as an int when it is a finite whole number, else None."""
-    if not cents.is_finite() or cents != cents.to_integral_value():
-        return None
-    return int(cents)
-
-
 def allocate(total: int, weights: Mapping[str, int]) -> dict[str, int]:
     """Split ``total`` minor units by integer ``weights``: largest remainder, ties to the
     lowest key. Parts are never negative (for total ≥ 0) and always sum to ``total``."""
@@ -207,6 +254,10 @@ def settle(conn: psycopg.Connection, params: Params, *, run_key: str) -> dict[st
     """
     if not conn.autocommit:
         raise SettlementError("settle needs an autocommit connection (it manages its own transaction)")
+    if not run_key or len(run_key) > 250 or not run_key.isprintable():
+        raise SettlementParamsError(f"run_key: expected 1..250 printable characters, got {run_key[:40]!r}")
+    # for the session, before the lock: a client that dies mid-query is noticed and its backend ends
+    conn.execute(f"SET client_connection_check_interval = '{CLIENT_CHECK_S}s'")
     _acquire(conn, params.lock_wait_s)
     try:
         previous = conn.execute("SELECT id, status, figures FROM csl_ops.settlement_runs WHERE run_key = %s",
@@ -217,13 +268,15 @@ def settle(conn: psycopg.Connection, params: Params, *, run_key: str) -> dict[st
     finally:
         try:
             conn.execute("SELECT pg_advisory_unlock(%s)", (LOCK_KEY,))
+            conn.execute("RESET client_connection_check_interval")
         except psycopg.OperationalError:  # the connection is gone, and the session lock with it
             pass
 
 
 def _settle(conn: psycopg.Connection, params: Params, run_key: str) -> dict[str, Any]:
+    installation = conn.execute("SELECT id::text FROM csl_ops.installation").fetchone()[0]
     values = {"share_bps": params.share_bps, "period_start": params.period_start, "period_end": params.period_end,
-              "run_key": run_key, "minimum": params.minimum_payout_cents}
+              "run_key": run_key, "minimum": params.minimum_payout_cents, "installation": installation}
     started = time.perf_counter()
     timings: dict[str, float] = {}
 
@@ -239,6 +292,11 @@ def _settle(conn: psycopg.Connection, params: Params, run_key: str) -> dict[str,
             # COMMITTED a licence completed during the run would fail "no due licence left")
             conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
             conn.execute("SET LOCAL application_name = 'csl-settlement'")
+            # generous, but never forever: a statement, a lock wait, or the client going quiet
+            # mid-run (a hung worker) ends the run, which rolls back and releases the lock
+            conn.execute(f"SET LOCAL statement_timeout = '{int(params.statement_timeout_s)}s'")
+            conn.execute(f"SET LOCAL lock_timeout = '{int(params.lock_timeout_s)}s'")
+            conn.execute("SET LOCAL idle_in_transaction_session_timeout = '10min'")
             # a run hashes and sorts every due licence several times: with the default 4 MB each
             # hash spills to disk in batches (measured: 2-3x slower at a million licences)
             conn.execute(f"SET LOCAL work_mem = '{WORK_MEM}'")
@@ -250,13 +308,21 @@ def _settle(conn: psycopg.Connection, params: Params, run_key: str) -> dict[str,
             conn.execute("DELETE FROM csl_ops.settlement_runs WHERE run_key = %s AND status <> 'committed'", (run_key,))
             run_id = conn.execute(
                 "INSERT INTO csl_ops.settlement_runs (run_key, status, params) VALUES (%s, 'running', %s) RETURNING id",
-                (run_key, json.dumps(vars(params)))).fetchone()[0]
+                (run_key, json.dumps(params.as_dict()))).fetchone()[0]
             values["run_id"] = run_id
             values["postings_before"] = conn.execute("SELECT coalesce(max(id), 0) FROM csl_ops.postings").fetchone()[0]
             for name in ("due", "held", "parts", "reconcile", "post_sales"):
                 for statement in statements(load(f"settlement/{name}.sql")):
                     t0 = time.perf_counter()
-                    conn.execute(statement, values)
+                    try:
+                        conn.execute(statement, values)
+                    except psycopg.errors.UniqueViolation as exc:
+                        if "INSERT INTO revenue_splits" not in statement:
+                            raise
+                        raise SettlementRace(
+                            "the old platform wrote a revenue split for a licence this run settles while it ran "
+                            f"({str(exc).strip().splitlines()[-1][:200]}); nothing was committed: the next run "
+                            "reconciles the platform's row") from None
                     if "INSERT INTO revenue_splits" in statement:  # the platform's table: reported apart
                         timings[f"{name}.revenue_splits"] = round(time.perf_counter() - t0, 3)
                 lap(name)
@@ -267,21 +333,25 @@ def _settle(conn: psycopg.Connection, params: Params, run_key: str) -> dict[str,
             lap("clawbacks")
             conn.execute("INSERT INTO csl_ops.settlement_findings (run_id, kind, license_id, detail) "
                          "SELECT %s, kind, license_id, detail FROM held", (run_id,))
-            if figures["licences"] + clawbacks["refunds"] >= ANALYZE_AFTER_ROWS:
+            if figures["licences"] + clawbacks["refunds"] + clawbacks["disputes"] >= max(params.analyze_after_rows, 1):
                 # the statistics still describe the tables before this run's bulk writes: without
                 # fresh ones the payout and gate queries get nested-loop plans that never finish
-                conn.execute("ANALYZE csl_ops.postings, csl_ops.journal_entries, csl_ops.ledger_accounts, "
-                             "csl_ops.settled_licences, revenue_splits")
+                timings["analyze_skipped"] = not _analyze(
+                    conn, "csl_ops.postings, csl_ops.journal_entries, csl_ops.ledger_accounts, "
+                          "csl_ops.settled_licences, revenue_splits", params.lock_timeout_s)
                 lap("analyze")
+            duplicates = _audit_splits(conn)
+            lap("audit")
             payouts = _instruct_payouts(conn, values)
-            if len(payouts) >= ANALYZE_AFTER_ROWS // 10:
-                conn.execute("ANALYZE csl_ops.payouts, csl_ops.payout_ranges")
+            if len(payouts) >= max(params.analyze_after_rows, 1) // 10:
+                _analyze(conn, "csl_ops.payouts, csl_ops.payout_ranges", params.lock_timeout_s)
+            holds = _record_holds(conn, run_id, duplicates)
             lap("payouts")
             gate = run_gate(conn, values)
             lap("gate")
             outcome = {"run_id": run_id, "run_key": run_key, **figures, "clawbacks": clawbacks,
                        "findings": _findings(conn, run_id), "gate": gate, "payouts": payouts,
-                       "ledger_high_water": values["ledger_high_water"]}
+                       "payout_holds": holds, "ledger_high_water": values["ledger_high_water"]}
             if not gate["success"]:
                 raise _Rollback()
             outcome["timings_s"] = timings
@@ -301,9 +371,79 @@ def _settle(conn: psycopg.Connection, params: Params, run_key: str) -> dict[str,
         outcome.update(status="dry_run")
         return outcome
     outcome["status"] = "committed"
-    log.info("settlement %s: %s licences, %s clawbacks, %s payouts", run_key, outcome["licences"],
-             outcome["clawbacks"]["refunds"], len(outcome["payouts"]))
+    log.info("settlement %s: %s licences, %s clawbacks, %s payouts, %s held", run_key, outcome["licences"],
+             outcome["clawbacks"]["refunds"], len(outcome["payouts"]), len(outcome["payout_holds"]))
     return outcome
+
+
+def _analyze(conn: psycopg.Connection, tables: str, lock_timeout_s: int) -> bool:
+    """ANALYZE inside the run without queueing behind a concurrent index build (which holds the
+    same lock level for its whole duration): a lock wait of a second skips it (False)."""
+    try:
+        with conn.transaction():  # a savepoint: a lock timeout leaves the run intact
+            conn.execute("SET LOCAL lock_timeout = '1s'")
+            conn.execute(f"ANALYZE {tables}")  # constant table names
+            conn.execute(f"SET LOCAL lock_timeout = '{int(lock_timeout_s)}s'")
+        return True
+    except psycopg.errors.LockNotAvailable:
+        log.warning("ANALYZE %s skipped: a table is locked (an index build?); the run goes on with older "
+                    "statistics", tables)
+        return False
+
+
+_SPLITS_KEY = """
+SELECT EXISTS (
+    SELECT 1 FROM pg_index i
+    WHERE i.indrelid = 'revenue_splits'::regclass AND i.indisunique AND i.indisvalid AND i.indpred IS NULL
+      AND i.indnkeyatts = cardinality(%(columns)s::text[])
+      AND (SELECT array_agg(a.attname::text ORDER BY a.attname) FROM pg_attribute a
+           WHERE a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey::smallint[]))
+          = (SELECT array_agg(c ORDER BY c) FROM unnest(%(columns)s::text[]) c))
+"""
+
+
+def _audit_splits(conn: psycopg.Connection) -> dict[str, list[str]]:
+    """The nightly audit of the platform's splits: licence × contributor pairs with more than one
+    ``revenue_splits`` row among all settled licences (the old platform inserted one while a run
+    was under way), by contributor. Their payouts are held. Once the unique key exists
+    (``revenue_splits_license_contributor_key``, built through the index catalog) no duplicate
+    can exist, and the scan is skipped."""
+    conn.execute("CREATE TEMP TABLE split_duplicates (license_id uuid, contributor_id uuid, rows bigint) ON COMMIT DROP")
+    if conn.execute(_SPLITS_KEY, {"columns": list(SPLITS_KEY_COLUMNS)}).fetchone()[0]:
+        return {}
+    conn.execute("INSERT INTO split_duplicates SELECT rs.license_id, rs.contributor_id, count(*) FROM revenue_splits rs "
+                 "WHERE EXISTS (SELECT 1 FROM csl_ops.settled_licences sl WHERE sl.license_id = rs.license_id) "
+                 "GROUP BY 1, 2 HAVING count(*) > 1")
+    found: dict[str, list[str]] = defaultdict(list)
+    for contributor, license_id in conn.execute(
+            "SELECT contributor_id::text, license_id::text FROM split_duplicates ORDER BY 1, 2").fetchall():
+        found[contributor].append(license_id)
+    return dict(found)
+
+
+def _record_holds(conn: psycopg.Connection, run_id: int, duplicates: Mapping[str, list[str]]) -> list[dict[str, Any]]:
+    """Balances the run did not pay out although they reached the minimum, as findings that do not
+    fail the gate (the balance is carried): no verified payout account, or duplicate platform splits."""
+    holds = [{"contributor_id": c, "currency": cur, "balance_minor": int(b), "reason": reason}
+             for c, cur, b, reason in conn.execute(
+                 "SELECT contributor_id::text, currency, balance, hold FROM payout_holds ORDER BY 1, 2").fetchall()]
+    rows = []
+    for h in holds:
+        detail: dict[str, Any] = {"balance_minor": h["balance_minor"]}
+        if h["reason"] == "duplicate_splits":
+            pairs = duplicates.get(h["contributor_id"], [])
+            detail.update(licences_with_duplicates=len(pairs), sample=pairs[:20])
+        rows.append((run_id, h["reason"], h["contributor_id"], h["currency"], json.dumps(detail)))
+    with conn.cursor() as cur:
+        cur.executemany("INSERT INTO csl_ops.settlement_findings (run_id, kind, contributor_id, currency, detail, "
+                        "blocking) VALUES (%s, %s, %s, %s, %s, false)", rows)
+    if holds:
+        by_reason: dict[str, int] = defaultdict(int)
+        for h in holds:
+            by_reason[h["reason"]] += 1
+        log.warning("%d balance(s) at or over the minimum held, carried to the next run: %s", len(holds),
+                    dict(by_reason))
+    return holds
 
 
 class _Rollback(Exception):
@@ -336,78 +476,114 @@ def _sale_figures(conn: psycopg.Connection) -> dict[str, Any]:
     }
 
 
-# refunds not clawed back yet (a clawback's lines are keyed by the refund id) of settled licences
-_NEW_REFUNDS = """
-WITH fresh AS MATERIALIZED (
-    SELECT r.id, r.amount, r.currency, r.payment_intent_id, r.created_at FROM refunds r
+# Money that went back to the buyer after settlement and is not clawed back yet (a clawback's lines
+# are keyed by the source id): succeeded refunds, and disputes the platform lost (chargebacks). A
+# dispute names a charge: the payment intent's own id, or the intent's latest charge (metadata).
+# Amounts in the settled licence's minor units (csl_ops.minor_units with its currency's exponent).
+_NEW_REVERSALS = """
+WITH fresh_refunds AS MATERIALIZED (
+    SELECT r.id, r.amount, lower(r.currency) AS currency, r.payment_intent_id, r.created_at FROM refunds r
     WHERE r.status = 'succeeded'
       AND NOT EXISTS (SELECT 1 FROM csl_ops.postings p WHERE p.source_id = r.id AND p.kind = 'clawback')
+), fresh_disputes AS MATERIALIZED (
+    SELECT d.id, d.amount, lower(d.currency) AS currency, d.charge_id, d.created_at FROM disputes d
+    WHERE d.status = 'lost'
+      AND NOT EXISTS (SELECT 1 FROM csl_ops.postings p WHERE p.source_id = d.id AND p.kind = 'clawback')
+), dispute_intents AS MATERIALIZED (
+    SELECT fd.id, pi.id AS payment_intent_id FROM fresh_disputes fd JOIN payment_intents pi ON pi.id = fd.charge_id
+    UNION
+    SELECT fd.id, pi.id FROM fresh_disputes fd JOIN payment_intents pi ON pi.metadata->>'latest_charge' = fd.charge_id
+), sources AS (
+    SELECT 'refund' AS source, id, amount, currency, payment_intent_id, NULL::text AS charge_id, created_at,
+           1::bigint AS intents
+    FROM fresh_refunds
+    UNION ALL
+    SELECT 'dispute', fd.id, fd.amount, fd.currency, di.payment_intent_id, fd.charge_id, fd.created_at,
+           (SELECT count(*) FROM dispute_intents x WHERE x.id = fd.id)
+    FROM fresh_disputes fd LEFT JOIN dispute_intents di ON di.id = fd.id
 )
-SELECT r.id, r.amount, csl_ops.minor_units(r.amount), lower(r.currency), sl.license_id, sl.currency, sl.price_minor,
-       (SELECT count(*) FROM licenses l2 WHERE l2.payment_intent_id = r.payment_intent_id) AS licences_on_intent
-FROM fresh r
-JOIN csl_ops.settled_licences sl ON sl.payment_intent_id = r.payment_intent_id
-WHERE NOT EXISTS (SELECT 1 FROM held h WHERE h.kind LIKE 'refund_%%' AND h.detail->>'refund_id' = r.id)
-ORDER BY sl.license_id, r.created_at, r.id
+SELECT s.source, s.id, s.amount, csl_ops.minor_units(s.amount, c.exponent), s.currency, s.charge_id, s.intents,
+       sl.license_id, sl.currency, sl.price_minor,
+       (SELECT count(*) FROM licenses l2 WHERE l2.payment_intent_id = s.payment_intent_id) AS licences_on_intent
+FROM sources s
+LEFT JOIN csl_ops.settled_licences sl ON sl.payment_intent_id = s.payment_intent_id
+LEFT JOIN csl_ops.currencies c ON c.code = sl.currency
+WHERE sl.license_id IS NOT NULL OR (s.source = 'dispute' AND s.payment_intent_id IS NULL)
+ORDER BY sl.license_id NULLS FIRST, s.created_at, s.id
 """
 
 
 def _post_clawbacks(conn: psycopg.Connection, run_id: int, run_key: str) -> dict[str, Any]:
-    """Refunds of settled licences not yet clawed back: exact, cumulative, per contributor."""
-    new = conn.execute(_NEW_REFUNDS).fetchall()
+    """Refunds and lost disputes of settled licences not yet clawed back: exact, cumulative, per
+    contributor. What cannot be attributed to one licence, in its currency and within its price,
+    is held as a finding (a dispute on a charge no payment intent knows, a payment intent shared by
+    several licences, an amount below the minor unit)."""
+    new = conn.execute(_NEW_REVERSALS).fetchall()
     if not new:
-        return {"refunds": 0, "contributors_minor": 0}
-    licences = sorted({r[4] for r in new})
+        return {"refunds": 0, "disputes": 0, "contributors_minor": 0}
+    licences = sorted({r[7] for r in new if r[7] is not None})
     parts: dict[Any, dict[str, int]] = defaultdict(dict)
     for license_id, contributor, amount in conn.execute(
             "SELECT p.license_id, a.contributor_id::text, -p.amount_minor FROM csl_ops.postings p "
             "JOIN csl_ops.ledger_accounts a ON a.id = p.account_id "
             "WHERE p.license_id = ANY(%s) AND p.kind = 'sale' AND p.source_id IS NULL", (licences,)).fetchall():
         parts[license_id][contributor] = amount
-    refunded_before: dict[Any, int] = defaultdict(int)
+    reversed_before: dict[Any, int] = defaultdict(int)
     for license_id, total in conn.execute(
             "SELECT p.license_id, sum(p.amount_minor) FROM csl_ops.postings p "
             "JOIN csl_ops.ledger_accounts a ON a.id = p.account_id AND a.kind = 'clearing' "
             "WHERE p.license_id = ANY(%s) AND p.kind = 'clawback' GROUP BY 1", (licences,)).fetchall():
-        refunded_before[license_id] = -int(total)
-    rows: list[tuple[str, str | None, str, int, Any, str]] = []  # (account kind, contributor, currency, amount, licence, refund)
+        reversed_before[license_id] = -int(total)
+    rows: list[tuple[str, str | None, str, int, Any, str]] = []  # (account kind, contributor, currency, amount, licence, source)
     held = []
+    clawed: dict[str, set[str]] = {"refund": set(), "dispute": set()}
     total_contributors = 0
-    for refund_id, amount, amount_cents, refund_currency, license_id, currency, price_minor, on_intent in new:
+    for (source, source_id, amount, minor, source_currency, charge, intents, license_id, currency, price_minor,
+         on_intent) in new:
+        what = {f"{source}_id": source_id}
+        if source == "dispute" and license_id is None:
+            held.append((None, "dispute_unmatched", {**what, "charge_id": charge, "amount": repr(amount)}))
+            continue
+        if intents != 1:
+            held.append((license_id, "dispute_ambiguous_charge", {**what, "charge_id": charge, "intents": intents}))
+            continue
         if on_intent != 1:
-            held.append((license_id, "refund_ambiguous_licence", {"refund_id": refund_id, "licences_on_intent": on_intent}))
+            held.append((license_id, f"{source}_ambiguous_licence", {**what, "licences_on_intent": on_intent}))
             continue
-        refund = _whole_cents(amount_cents)  # csl_ops.minor_units: the same conversion as prices
-        if refund is None:
-            held.append((license_id, "refund_sub_cent", {"refund_id": refund_id, "amount": repr(amount)}))
+        if source_currency != currency:
+            held.append((license_id, f"{source}_currency_mismatch", {**what, "currency": source_currency}))
             continue
-        if refund_currency != currency:
-            held.append((license_id, "refund_currency_mismatch", {"refund_id": refund_id, "currency": refund_currency}))
+        reversal = int(minor) if minor is not None and minor.is_finite() and minor == minor.to_integral_value() \
+            else None  # csl_ops.minor_units: the same conversion as prices
+        if reversal is None:
+            held.append((license_id, f"{source}_sub_unit", {**what, "amount": repr(amount), "currency": currency}))
             continue
-        if refund <= 0 or refunded_before[license_id] + refund > price_minor:
-            held.append((license_id, "refund_exceeds_price", {"refund_id": refund_id, "refund_minor": refund,
-                                                             "refunded_before": refunded_before[license_id],
-                                                             "price_minor": price_minor}))
+        if reversal <= 0 or reversed_before[license_id] + reversal > price_minor:
+            held.append((license_id, f"{source}_exceeds_price", {**what, "amount_minor": reversal,
+                                                                 "reversed_before": reversed_before[license_id],
+                                                                 "price_minor": price_minor}))
             continue
-        claw = _clawback_parts(parts.get(license_id, {}), price_minor, refunded_before[license_id], refund)
-        refunded_before[license_id] += refund
+        claw = _clawback_parts(parts.get(license_id, {}), price_minor, reversed_before[license_id], reversal)
+        reversed_before[license_id] += reversal
+        clawed[source].add(source_id)
         contributors = sum(claw.values())
         total_contributors += contributors
         for contributor, value in claw.items():
             if value:
-                rows.append(("contributor_payable", contributor, currency, value, license_id, refund_id))
-        if refund - contributors:
-            rows.append(("platform_revenue", None, currency, refund - contributors, license_id, refund_id))
-        rows.append(("clearing", None, currency, -refund, license_id, refund_id))
+                rows.append(("contributor_payable", contributor, currency, value, license_id, source_id))
+        if reversal - contributors:
+            rows.append(("platform_revenue", None, currency, reversal - contributors, license_id, source_id))
+        rows.append(("clearing", None, currency, -reversal, license_id, source_id))
     for license_id, kind, detail in held:
         conn.execute("INSERT INTO held VALUES (%s, %s, %s)", (license_id, kind, json.dumps(detail, default=str)))
+    counts = {"refunds": len(clawed["refund"]), "disputes": len(clawed["dispute"]), "held": len(held)}
     if not rows:
-        return {"refunds": 0, "contributors_minor": 0, "held": len(held)}
+        return {**counts, "contributors_minor": 0}
     entries = {}
     for currency in sorted({r[2] for r in rows}):
         entries[currency] = conn.execute(
             "INSERT INTO csl_ops.journal_entries (run_id, kind, currency, memo) VALUES (%s, 'clawback', %s, %s) "
-            "RETURNING id", (run_id, currency, f"refund clawbacks by run {run_key}")).fetchone()[0]
+            "RETURNING id", (run_id, currency, f"refund and chargeback clawbacks by run {run_key}")).fetchone()[0]
     accounts = sorted({(r[0], r[1], r[2]) for r in rows}, key=str)
     with conn.cursor() as cur:
         cur.executemany(
@@ -416,13 +592,13 @@ def _post_clawbacks(conn: psycopg.Connection, run_id: int, run_key: str) -> dict
     account_ids = {(kind, contributor, currency): account_id for account_id, kind, contributor, currency in conn.execute(
         "SELECT id, kind, contributor_id::text, currency FROM csl_ops.ledger_accounts "
         "WHERE currency = ANY(%s)", (sorted({r[2] for r in rows}),)).fetchall()}
-    columns = list(zip(*[(entries[cur], account_ids[(kind, contributor, cur)], amount, license_id, refund_id)
-                         for kind, contributor, cur, amount, license_id, refund_id in rows], strict=True))
+    columns = list(zip(*[(entries[cur], account_ids[(kind, contributor, cur)], amount, license_id, source_id)
+                         for kind, contributor, cur, amount, license_id, source_id in rows], strict=True))
     conn.execute(  # one set-based insert, not a statement per posting
         "INSERT INTO csl_ops.postings (entry_id, account_id, amount_minor, license_id, source_id, kind) "
         "SELECT * , 'clawback' FROM unnest(%s::bigint[], %s::bigint[], %s::bigint[], %s::uuid[], %s::text[])",
         [list(c) for c in columns])
-    return {"refunds": len({r[5] for r in rows}), "contributors_minor": total_contributors, "held": len(held)}
+    return {**counts, "contributors_minor": total_contributors}
 
 
 def _findings(conn: psycopg.Connection, run_id: int) -> list[dict[str, Any]]:
@@ -539,7 +715,7 @@ def _record_failed_gate(conn: psycopg.Connection, run_key: str, params: Params, 
             "VALUES (%s, 'gate_failed', %s, %s, %s, now()) "
             "ON CONFLICT (run_key) DO UPDATE SET status = 'gate_failed', figures = excluded.figures, "
             "gate = excluded.gate, finished_at = now() RETURNING id",
-            (run_key, json.dumps(vars(params)), json.dumps(_small(outcome), default=str),
+            (run_key, json.dumps(params.as_dict()), json.dumps(_small(outcome), default=str),
              json.dumps(outcome["gate"], default=str))).fetchone()[0]
         with conn.cursor() as cur:
             cur.executemany("INSERT INTO csl_ops.settlement_findings (run_id, kind, license_id, detail) VALUES (%s, %s, %s, %s)",
@@ -549,24 +725,29 @@ def _record_failed_gate(conn: psycopg.Connection, run_key: str, params: Params, 
 
 def _instruct_payouts(conn: psycopg.Connection, values: dict[str, Any]) -> list[dict[str, Any]]:
     """Balances at or over the minimum become payout instructions (with the licences each
-    covers); the rest is carried. Runs before the gate, which judges the payouts too.
+    covers and the account each pays); the rest is carried. Runs before the gate, which judges
+    the payouts too.
 
     The balance scan is skipped when no posting was made since the last committed run paid
-    out every balance at or over a minimum no lower than this one, and no payout was refused
-    since: no balance can qualify. Only runs (under the lock) and refusals write postings; a
-    refusal's reversal may take an id below the last run's high-water mark and commit after
-    its snapshot, so refusals are looked for by time, with an hour's margin for a refusal's
-    transaction that began before that run and committed after it.
+    out every balance at or over a minimum no lower than this one, held none (a held balance may
+    be payable now: its contributor's account verified, its duplicates removed), and no payout
+    was refused since: no balance can qualify. Only runs (under the lock) and refusals write
+    postings; a refusal's reversal may take an id below the last run's high-water mark and
+    commit after its snapshot, so refusals are looked for by time, with an hour's margin for a
+    refusal's transaction that began before that run and committed after it.
     """
     last = conn.execute(
         "SELECT (figures->>'ledger_high_water')::bigint, (params->>'minimum_payout_cents')::bigint, "
         "       EXISTS (SELECT 1 FROM csl_ops.payouts po WHERE po.status = 'failed' "
         "               AND po.updated_at >= r.started_at - interval '1 hour') "
+        "       OR EXISTS (SELECT 1 FROM csl_ops.settlement_findings f WHERE f.run_id = r.id AND NOT f.blocking) "
         "FROM csl_ops.settlement_runs r WHERE status = 'committed' ORDER BY id DESC LIMIT 1").fetchone()
     high_water = conn.execute("SELECT coalesce(max(id), 0) FROM csl_ops.postings").fetchone()[0]
     if last and last[0] is not None and last[0] == high_water and last[1] is not None and not last[2] \
             and max(int(values["minimum"]), 1) >= max(last[1], 1):
         values["ledger_high_water"] = high_water
+        conn.execute("CREATE TEMP TABLE payout_holds (contributor_id uuid, currency text, balance bigint, hold text) "
+                     "ON COMMIT DROP")
         return []
     for statement in statements(load("settlement/payouts.sql")):
         conn.execute(statement, values)
@@ -574,7 +755,7 @@ def _instruct_payouts(conn: psycopg.Connection, values: dict[str, Any]) -> list[
     # the licences each covers: csl_ops.payout_licences counted set-wise (its per-line prepaid
     # anti-join costs 3 s at a million lines; a prepaid line always lies in its sale line's range)
     rows = conn.execute(
-        "SELECT po.contributor_id::text, po.currency, po.amount_minor, po.idempotency_key, "
+        "SELECT po.contributor_id::text, po.currency, po.amount_minor, po.idempotency_key, po.destination, "
         "       coalesce(c.sales - c.prepaid, 0) "
         "FROM csl_ops.payouts po "
         "LEFT JOIN (SELECT r.payout_id, count(*) FILTER (WHERE p.kind = 'sale') AS sales, "
@@ -585,8 +766,8 @@ def _instruct_payouts(conn: psycopg.Connection, values: dict[str, Any]) -> list[
         "           WHERE r.payout_id IN (SELECT id FROM csl_ops.payouts WHERE run_id = %(run)s) GROUP BY 1) c "
         "       ON c.payout_id = po.id "
         "WHERE po.run_id = %(run)s ORDER BY po.currency, po.contributor_id", {"run": values["run_id"]}).fetchall()
-    return [{"contributor_id": c, "currency": cur, "amount_minor": int(a), "idempotency_key": k, "licences": int(n)}
-            for c, cur, a, k, n in rows]
+    return [{"contributor_id": c, "currency": cur, "amount_minor": int(a), "idempotency_key": k, "destination": d,
+             "licences": int(n)} for c, cur, a, k, d, n in rows]
 
 
 # -- reading the ledger -----------------------------------------------------------------------
@@ -615,42 +796,127 @@ def ledger_fingerprint(conn: psycopg.Connection) -> str:
 
 
 # -- payouts: sending instructions (Stripe Connect transfer semantics) ------------------------
+# The provider's own error objects say a request was refused; anything else may have been processed.
+_REFUSAL_TYPES = frozenset({"invalid_request_error", "card_error"})
+
+
+def payout_endpoint(endpoint: str) -> str:
+    """The payment provider's base URL: https, or http only on loopback (a local test server);
+    no credentials, query or fragment in it. ``ConfigError`` otherwise, before anything is sent."""
+    parts = urlsplit(endpoint or "")
+    shown = f"{parts.scheme}://{parts.hostname}" if parts.hostname else repr((endpoint or "")[:60])
+    if parts.scheme not in ("https", "http") or not parts.hostname:
+        raise ConfigError("payout endpoint", f"expected an https://host[:port] URL, got {shown}")
+    if parts.username or parts.password or parts.query or parts.fragment:
+        raise ConfigError("payout endpoint", f"no credentials, query or fragment in the URL ({shown}): "
+                                             "the API key goes in the connection's password")
+    if parts.scheme == "http":
+        try:
+            loopback = parts.hostname == "localhost" or ipaddress.ip_address(parts.hostname).is_loopback
+        except ValueError:
+            loopback = False
+        if not loopback:
+            raise ConfigError("payout endpoint", f"http:// only on loopback (a local test server), got {shown}: "
+                                                 "use https:// for a remote payment provider")
+    return endpoint.rstrip("/")
+
+
+def classify_answer(status: int, body: Mapping[str, Any] | None) -> str:
+    """What a payment provider's answer to a transfer says happened:
+
+    - ``transfer``: it was made (the body is the transfer);
+    - ``unauthorized``: 401/403, the API key is wrong: nothing was processed, stop sending;
+    - ``refused``: a 4xx with the provider's own error object (``invalid_request_error``,
+      ``card_error``): it was not made;
+    - ``unknown``: anything else (408, 409, 429, 5xx, a 4xx without a provider error body, e.g. from
+      a proxy, an idempotency error, a 200 that is not a transfer): it may have been made; the same
+      idempotency key is sent again, or the transfer looked up.
+    """
+    if status == 200 and body and body.get("object") == "transfer":
+        return "transfer"
+    if status in (401, 403):
+        return "unauthorized"
+    error = body.get("error") if isinstance(body, Mapping) else None
+    if 400 <= status < 500 and status not in (408, 409, 429) and isinstance(error, Mapping) \
+            and error.get("type") in _REFUSAL_TYPES:
+        return "refused"
+    return "unknown"
+
+
+class PayoutConfigError(ConfigError):
+    """The payment provider refused our credentials (401/403): nothing more is sent."""
+
+    def __init__(self, problem: str, *, counts: Mapping[str, Any] | None = None) -> None:
+        super().__init__("payout API key", problem)
+        self.counts = dict(counts or {})
+
+
+# a payout's licences whose split the old platform marked paid (only a confirmed payout of ours
+# marks them, and a confirmed payout is never sent again), and licence × contributor pairs of the
+# payout's contributor with more than one platform row: either way, sending could pay twice
+_DOUBLE_PAY = """
+SELECT (SELECT count(*) FROM csl_ops.payout_licences pl
+        JOIN revenue_splits rs ON rs.license_id = pl.license_id AND rs.contributor_id = pl.contributor_id
+        WHERE pl.payout_id = %(payout)s AND NOT pl.released AND rs.status = 'paid'),
+       (SELECT count(*) FROM (SELECT 1 FROM revenue_splits rs
+                              WHERE rs.contributor_id = %(contributor)s
+                                AND EXISTS (SELECT 1 FROM csl_ops.settled_licences sl WHERE sl.license_id = rs.license_id)
+                              GROUP BY rs.license_id HAVING count(*) > 1) d)
+"""
+
+
 class PayoutSender:
     """Sends payouts as transfers to an HTTP endpoint with Stripe's request shape (``POST
     /v1/transfers``, form-encoded, ``Idempotency-Key`` header) and applies the answer.
 
-    Every attempt first marks the payout ``sent`` in a committed transaction, so a crash
-    between the call and its answer can only leave an unknown outcome, never an unsent look:
+    Before anything is sent, the API key is checked (``GET /v1/balance``): a 401/403 stops the
+    send as a configuration error with every payout untouched. Each payout pays the destination
+    recorded on it when it was instructed. Before its transfer, a payout whose licences the old
+    platform has marked paid meanwhile, or whose contributor has duplicate platform splits, goes
+    to ``needs_review``. Every attempt first marks the payout ``sent`` in a committed
+    transaction, so a crash between the call and its answer can only leave an unknown outcome,
+    never an unsent look (``classify_answer`` reads the answer):
 
-    - a transfer object confirms the payout and marks exactly the ``revenue_splits`` of the
-      licences it covers ``paid``;
-    - a refusal (4xx other than 409/429 or an idempotency error) fails it: the amount returns
-      to the contributor's balance and its licences are released for the next payout;
-    - anything else (network error, 409, 429, 5xx) leaves it ``sent``: the next send repeats
-      the request with the same idempotency key while the key's window lasts
-      (``idempotency_window_s`` after its first use); past it, the transfer is looked up
-      (``GET /v1/transfers`` by transfer group and destination, matched on our metadata)
-      and, when none is found, the payout is set to ``needs_review`` — never sent blindly.
+    - a transfer confirms the payout and marks exactly the ``revenue_splits`` of the licences it
+      covers ``paid``;
+    - a refusal stated by the provider fails it: the amount returns to the contributor's
+      balance and its licences are released for the next payout;
+    - an unknown outcome leaves it ``sent``: the next send repeats the request with the same
+      idempotency key while the key's window lasts (``idempotency_window_s`` after its first
+      use); past it, the transfer is looked up (``GET /v1/transfers`` by transfer group and
+      destination, matched on the idempotency key in its metadata) and, when none is found, the
+      payout is set to ``needs_review`` — never sent blindly;
+    - a 401/403 stops the whole send (the payout being sent stays ``sent``: nothing was processed,
+      the next send repeats it).
     """
 
     def __init__(self, *, endpoint: str, api_key: str, transport: Any = None, timeout_s: float = 20.0,
-                 destinations: Mapping[str, str] | None = None,
                  idempotency_window_s: float = IDEMPOTENCY_WINDOW_S) -> None:
         import httpx
 
-        self._client = httpx.Client(base_url=endpoint.rstrip("/"), transport=transport, timeout=timeout_s,
+        if not api_key:
+            raise ConfigError("payout API key", "not set (the csl_payouts connection's password)")
+        self._client = httpx.Client(base_url=payout_endpoint(endpoint), transport=transport, timeout=timeout_s,
                                     headers={"Authorization": f"Bearer {api_key}"})
-        self._destinations = destinations or {}
         self._window_s = idempotency_window_s
 
     def close(self) -> None:
         self._client.close()
 
-    def destination(self, conn: psycopg.Connection, contributor_id: str) -> str:
-        if contributor_id in self._destinations:
-            return self._destinations[contributor_id]
-        row = conn.execute("SELECT stripe_customer_id FROM users WHERE id = %s", (contributor_id,)).fetchone()
-        return (row and row[0]) or f"acct_csl_{str(contributor_id).replace('-', '')[:16]}"
+    def _check_key(self) -> None:
+        import httpx
+
+        try:
+            response = self._client.get("/v1/balance")
+        except httpx.HTTPError as exc:
+            raise PayoutProviderUnavailable(f"payment provider unreachable ({type(exc).__name__}); nothing sent") from exc
+        body = _json_or_none(response)
+        if response.status_code in (401, 403):
+            raise PayoutConfigError(f"refused by the payment provider (HTTP {response.status_code}: "
+                                    f"{_stripe_error(response)}); nothing sent")
+        if response.status_code != 200 or not body or body.get("object") != "balance":
+            raise PayoutProviderUnavailable(f"payment provider answered the key check with HTTP {response.status_code} "
+                                            f"({_stripe_error(response)}); nothing sent")
 
     def send(self, conn: psycopg.Connection, *, limit: int = 1000) -> dict[str, Any]:
         """Send (or look up) every payout not yet settled; returns counts by outcome and the
@@ -661,26 +927,52 @@ class PayoutSender:
             raise SettlementBusy("another payout sender is running; not sending twice")
         try:
             pending = conn.execute(
-                "SELECT id, contributor_id::text, currency, amount_minor, idempotency_key, run_id, status, "
+                "SELECT id, contributor_id::text, currency, amount_minor, idempotency_key, run_id, status, destination, "
                 "       first_sent_at IS NOT NULL AND now() - first_sent_at > make_interval(secs => %s) "
                 "FROM csl_ops.payouts WHERE status IN ('instructed', 'sent') ORDER BY id LIMIT %s",
                 (self._window_s, limit)).fetchall()
             counts = {"confirmed": 0, "failed": 0, "retry_later": 0, "needs_review": 0, "looked_up": 0}
             errors: list[dict[str, Any]] = []
-            for payout_id, contributor, currency, amount, key, run_id, status, window_passed in pending:
-                payout = _Payout(payout_id, contributor, currency, int(amount), key, run_id,
-                                 self.destination(conn, contributor))
-                if status == "sent" and window_passed:
-                    counts["looked_up"] += 1
-                    outcome, error = self._look_up(conn, payout)
-                else:
-                    outcome, error = self._post(conn, payout)
+            if pending:
+                self._check_key()
+            for payout_id, contributor, currency, amount, key, run_id, status, destination, window_passed in pending:
+                payout = _Payout(payout_id, contributor, currency, int(amount), key, run_id, destination)
+                try:
+                    if status == "sent" and window_passed:
+                        counts["looked_up"] += 1
+                        outcome, error = self._look_up(conn, payout)
+                    else:
+                        outcome, error = self._attempt(conn, payout, status)
+                except PayoutConfigError as exc:
+                    exc.counts = {**counts, "errors": errors}
+                    raise
                 counts[outcome] += 1
                 if error:
                     errors.append({"payout_id": payout_id, "outcome": outcome, **error})
             return {**counts, "errors": errors}
         finally:
             conn.execute("SELECT pg_advisory_unlock(%s)", (SEND_LOCK_KEY,))
+
+    def _attempt(self, conn: psycopg.Connection, payout: _Payout, status: str) -> tuple[str, dict[str, Any] | None]:
+        """The checks before money moves, then the transfer."""
+        if payout.destination is None:  # instructed before destinations were recorded (migration 0011)
+            if status == "instructed":  # never sent: released, the next run instructs it to a verified account
+                reason = ("instructed before payout destinations were recorded: released, the next run pays the "
+                          "balance to the contributor's verified account")
+                self._fail(conn, payout, reason, from_status="instructed")
+                return "failed", {"error": reason}
+            reason = "sent before payout destinations were recorded (to a guessed account): check the provider"
+            self._set_needs_review(conn, payout, reason)
+            return "needs_review", {"error": reason}
+        paid_elsewhere, duplicated = conn.execute(_DOUBLE_PAY, {"payout": payout.id,
+                                                                "contributor": payout.contributor}).fetchone()
+        if paid_elsewhere or duplicated:
+            reason = (f"not sent: {paid_elsewhere} of its licences were marked paid outside this ledger, "
+                      f"{duplicated} licence(s) of the contributor have duplicate platform splits; sending could pay "
+                      "twice (resolve with review-payout once the platform's records are checked)")
+            self._set_needs_review(conn, payout, reason)
+            return "needs_review", {"error": reason}
+        return self._post(conn, payout)
 
     def _post(self, conn: psycopg.Connection, payout: _Payout) -> tuple[str, dict[str, Any] | None]:
         import httpx
@@ -700,33 +992,39 @@ class PayoutSender:
         except httpx.HTTPError as exc:
             return "retry_later", {"error": f"{type(exc).__name__}: {exc}"}
         body = _json_or_none(response)
-        if response.status_code == 200 and body and body.get("object") == "transfer":
+        answer = classify_answer(response.status_code, body)
+        if answer == "transfer":
             return self._apply_transfer(conn, payout, body)
-        error_type = ((body or {}).get("error") or {}).get("type")
-        if (response.status_code in (409, 429) or response.status_code >= 500 or response.status_code < 400
-                or error_type == "idempotency_error"):
-            # outcome unknown (or a conflict on our own key): the same key is sent again next time
-            return "retry_later", {"status": response.status_code, "error": _stripe_error(response)}
-        self._fail(conn, payout, _stripe_error(response))
-        return "failed", {"status": response.status_code, "error": _stripe_error(response)}
+        if answer == "unauthorized":  # not processed: the payout stays 'sent' and is repeated with its key
+            raise PayoutConfigError(f"refused by the payment provider while sending payout {payout.id} "
+                                    f"(HTTP {response.status_code}: {_stripe_error(response)}); sending stopped")
+        if answer == "refused":
+            self._fail(conn, payout, _stripe_error(response))
+            return "failed", {"status": response.status_code, "error": _stripe_error(response)}
+        # outcome unknown: the same key is sent again next time (or looked up past the window)
+        return "retry_later", {"status": response.status_code, "error": _stripe_error(response)}
 
     def _look_up(self, conn: psycopg.Connection, payout: _Payout) -> tuple[str, dict[str, Any] | None]:
-        """The outcome of a payout sent long ago: its transfer, by our metadata, in the list of
-        transfers of its group to its destination (every page)."""
+        """The outcome of a payout sent long ago: its transfer, by its idempotency key (in our
+        metadata; local payout ids repeat across environments), among the transfers of its group
+        to its destination (every page)."""
         import httpx
 
-        query: dict[str, Any] = {"transfer_group": payout.transfer_group, "destination": payout.destination,
-                                 "limit": 100}
+        query: dict[str, Any] = {"transfer_group": payout.transfer_group, "limit": 100}
+        if payout.destination:
+            query["destination"] = payout.destination
         try:
             while True:
                 response = self._client.get("/v1/transfers", params=query)
                 body = _json_or_none(response)
+                if response.status_code in (401, 403):
+                    raise PayoutConfigError(f"refused by the payment provider while looking up payout {payout.id} "
+                                            f"(HTTP {response.status_code}); sending stopped")
                 if response.status_code != 200 or not body or body.get("object") != "list":
                     return "retry_later", {"status": response.status_code,
                                            "error": "transfer lookup failed: " + _stripe_error(response)}
                 for transfer in body.get("data", []):
-                    metadata = transfer.get("metadata") or {}
-                    if metadata.get("idempotency_key") == payout.key or metadata.get("payout_id") == str(payout.id):
+                    if (transfer.get("metadata") or {}).get("idempotency_key") == payout.key:
                         return self._apply_transfer(conn, payout, transfer)
                 if not body.get("has_more") or not body.get("data"):
                     break
@@ -734,17 +1032,19 @@ class PayoutSender:
         except httpx.HTTPError as exc:
             return "retry_later", {"error": f"transfer lookup failed: {type(exc).__name__}: {exc}"}
         reason = (f"outcome unknown past the {self._window_s / 3600:g} h idempotency window and no transfer found "
-                  f"in group {payout.transfer_group} to {payout.destination}: resending could pay twice; review it")
+                  f"with its idempotency key in group {payout.transfer_group} to "
+                  f"{payout.destination or 'any destination'}: resending could pay twice; review it")
         self._set_needs_review(conn, payout, reason)
         return "needs_review", {"error": reason}
 
     def _apply_transfer(self, conn: psycopg.Connection, payout: _Payout,
                         transfer: Mapping[str, Any]) -> tuple[str, dict[str, Any] | None]:
         if (transfer.get("amount") != payout.amount or str(transfer.get("currency", "")).lower() != payout.currency
-                or transfer.get("reversed")):
+                or transfer.get("reversed")
+                or (payout.destination and transfer.get("destination") != payout.destination)):
             reason = (f"transfer {transfer.get('id')} does not match the payout (amount {transfer.get('amount')} "
-                      f"{transfer.get('currency')}, reversed={transfer.get('reversed')}; expected {payout.amount} "
-                      f"{payout.currency})")
+                      f"{transfer.get('currency')} to {transfer.get('destination')}, reversed={transfer.get('reversed')}; "
+                      f"expected {payout.amount} {payout.currency} to {payout.destination})")
             self._set_needs_review(conn, payout, reason)
             return "needs_review", {"error": reason}
         self._confirm(conn, payout, str(transfer["id"]))
@@ -771,7 +1071,7 @@ class PayoutSender:
     def _set_needs_review(conn: psycopg.Connection, payout: _Payout, reason: str) -> None:
         with conn.transaction():
             conn.execute("UPDATE csl_ops.payouts SET status = 'needs_review', error = %s, updated_at = now() "
-                         "WHERE id = %s AND status = 'sent'", (reason, payout.id))
+                         "WHERE id = %s AND status IN ('instructed', 'sent')", (reason, payout.id))
         log.error("payout %s (%s %s to %s) needs review: %s", payout.id, payout.amount, payout.currency,
                   payout.contributor, reason)
 
@@ -787,7 +1087,7 @@ class PayoutSender:
             entry = conn.execute("INSERT INTO csl_ops.journal_entries (run_id, kind, currency, memo) VALUES "
                                  "(%s, 'payout', %s, %s) RETURNING id",
                                  (updated[0], payout.currency,
-                                  f"payout {payout.id} refused: amount back to the balance")).fetchone()[0]
+                                  f"payout {payout.id} not paid: amount back to the balance")).fetchone()[0]
             conn.execute("INSERT INTO csl_ops.postings (entry_id, account_id, amount_minor, source_id, kind) "
                          "SELECT %s, id, %s, %s, 'payout_reversal' FROM csl_ops.ledger_accounts "
                          "WHERE kind = 'contributor_payable' AND contributor_id = %s AND currency = %s",
@@ -811,15 +1111,17 @@ def review_payout(conn: psycopg.Connection, payout_id: int, *, transfer_id: str 
     """
     if (transfer_id is None) == (not_paid is None):
         raise SettlementParamsError("review_payout: give exactly one of transfer_id (it was paid) or not_paid (reason)")
-    if transfer_id is not None and not re.fullmatch(r"tr_[A-Za-z0-9]+", transfer_id):
-        raise SettlementParamsError(f"review_payout: {transfer_id!r} is not a transfer id (tr_…)")
-    row = conn.execute("SELECT id, contributor_id::text, currency, amount_minor, idempotency_key, run_id, status "
-                       "FROM csl_ops.payouts WHERE id = %s", (payout_id,)).fetchone()
+    if transfer_id is not None and not re.fullmatch(r"tr_[A-Za-z0-9]{1,64}", transfer_id):
+        raise SettlementParamsError(f"review_payout: {transfer_id[:80]!r} is not a transfer id (tr_…)")
+    if not_paid is not None and (not not_paid.strip() or len(not_paid) > 500 or not not_paid.isprintable()):
+        raise SettlementParamsError("review_payout: the not-paid reason must be 1..500 printable characters")
+    row = conn.execute("SELECT id, contributor_id::text, currency, amount_minor, idempotency_key, run_id, status, "
+                       "destination FROM csl_ops.payouts WHERE id = %s", (payout_id,)).fetchone()
     if row is None:
         raise SettlementParamsError(f"review_payout: no payout {payout_id}")
     if row[6] != "needs_review":
         raise SettlementError(f"payout {payout_id} is {row[6]!r}, not 'needs_review': nothing to resolve")
-    payout = _Payout(row[0], row[1], row[2], int(row[3]), row[4], row[5], destination="")
+    payout = _Payout(row[0], row[1], row[2], int(row[3]), row[4], row[5], row[7])
     if transfer_id is not None:
         done = PayoutSender._confirm(conn, payout, transfer_id, from_status="needs_review")
         outcome = "confirmed"
@@ -841,12 +1143,11 @@ class _Payout:
     amount: int
     key: str
     run_id: int
-    destination: str
+    destination: str | None
 
     @property
     def transfer_group(self) -> str:
         return f"csl-settlement-{self.run_id}"
-
 
 
 def _json_or_none(response: Any) -> dict | None:
@@ -858,11 +1159,11 @@ def _json_or_none(response: Any) -> dict | None:
 
 
 def _stripe_error(response: Any) -> str:
-    try:
-        error = response.json().get("error", {})
-        return f"{error.get('type', 'error')}/{error.get('code', '-')}: {error.get('message', response.text[:200])}"
-    except ValueError:
-        return f"HTTP {response.status_code}: {response.text[:200]}"
+    body = _json_or_none(response)
+    error = body.get("error") if body else None
+    if isinstance(error, Mapping):
+        return f"{error.get('type', 'error')}/{error.get('code', '-')}: {str(error.get('message', ''))[:300]}"
+    return f"HTTP {response.status_code}: {response.text[:200]!r}"
 
 
 # -- statements for data teams ------------------------------------------------------------------
@@ -878,19 +1179,23 @@ ORDER BY a.contributor_id, a.currency, p.id
 
 
 def write_statement(conn: psycopg.Connection, out, *, contributor: str | None = None) -> int:
-    """Per-contributor statement CSV (every posting with a running balance); returns rows written."""
+    """Per-contributor statement CSV (every posting with a running balance, in minor units and in
+    the currency's major units as exact decimals; source ids are spreadsheet-safe); returns rows written."""
     import csv
+
+    from csl.csvcells import cell
 
     writer = csv.writer(out)
     writer.writerow(["contributor_id", "currency", "entry_kind", "license_id", "source_id", "amount_minor",
-                     "balance_minor", "posted_at", "run_id"])
+                     "balance_minor", "amount", "balance", "posted_at", "run_id"])
     rows = 0
     balance: dict[tuple[str, str], int] = defaultdict(int)
     with conn.cursor() as cur:
         cur.execute(_STATEMENT, {"contributor": contributor})
         for contributor_id, currency, kind, license_id, source_id, amount, posted_at, run_id in cur:
             balance[(contributor_id, currency)] += amount
-            writer.writerow([contributor_id, currency, kind, license_id or "", source_id or "", amount,
-                             balance[(contributor_id, currency)], posted_at.isoformat(), run_id])
+            total = balance[(contributor_id, currency)]
+            writer.writerow([contributor_id, currency, kind, license_id or "", cell(source_id or ""), amount, total,
+                             from_minor(amount, currency), from_minor(total, currency), posted_at.isoformat(), run_id])
             rows += 1
     return rows

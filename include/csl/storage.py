@@ -1,8 +1,14 @@
 """S3-compatible storage providers behind one interface (MinIO, AWS S3, Supabase Storage).
 
 Only a real 404 means "not there": every other failure raises, naming the provider, so a
-provider that is down can never look like a missing object. boto3 is imported lazily so
-that DAG files importing operators stay cheap to parse.
+provider that is down can never look like a missing object. A provider that cannot answer
+(connection error, timeout, HTTP 5xx) raises ``ProviderUnavailable``; one that refuses the
+request (any other 4xx) raises a plain ``StorageError``. boto3 is imported lazily so that DAG
+files importing operators stay cheap to parse.
+
+The key space's reserved folders are defined here, once: health probes, the cleanup's
+quarantine, temporary uploads (cleaned after a day) and the folders the platform publishes
+(the only keys the public-read bucket policy and the edge serve anonymously).
 """
 
 from __future__ import annotations
@@ -11,28 +17,49 @@ import hashlib
 import json
 import logging
 import os
+import re
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any, NamedTuple
 
 from csl.config import StorageProviderSettings
 from csl.errors import ProviderUnavailable, StorageError
+from csl.media import UploadRejected, validate
 
-__all__ = ["ObjectInfo", "StorageProvider", "StorageService", "UploadResult", "queue_replication", "sha256_hex",
-           "HEALTH_PREFIX"]
+__all__ = ["ObjectInfo", "StorageProvider", "StorageService", "UploadResult", "UploadRejected", "queue_replication",
+           "sha256_hex", "public_read_policy", "check_upload_prefix", "reference_order", "PRIMARY", "HEALTH_PREFIX",
+           "QUARANTINE_PREFIX", "TEMP_PREFIXES", "PUBLISHED_PREFIXES", "RESERVED_PREFIXES"]
 
 log = logging.getLogger("csl.storage")
 
-HEALTH_PREFIX = "_csl_health/"
+PRIMARY = "primary"  # the role whose copy is the reference (Settings names providers by role)
+HEALTH_PREFIX = "_csl_health/"  # health probes: put → get → delete
+QUARANTINE_PREFIX = "_quarantine/"  # csl.cleanup moves objects here instead of deleting them
+TEMP_PREFIXES = ("tmp/", "uploads/tmp/")  # temporary uploads: csl.cleanup quarantines them after a day
+PUBLISHED_PREFIXES = ("samples/",)  # readable anonymously (bucket policy, edge); generation results are private
+RESERVED_PREFIXES = (HEALTH_PREFIX, QUARANTINE_PREFIX, *TEMP_PREFIXES)  # never a home for uploads
 LIST_ATTEMPTS = 5  # listing pages: 0.2, 0.4, 0.8, 1.6 s between attempts
 SHA256_META = "sha256"  # stored as x-amz-meta-sha256
 
 
 def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+def reference_order(providers: Sequence[StorageProvider]) -> list[StorageProvider]:
+    """The providers with the reference copy (``PRIMARY``) first, the others by name: every
+    comparison between copies uses this order, whatever order a person typed them in."""
+    return sorted(providers, key=lambda p: (p.name != PRIMARY, p.name))
+
+
+def public_read_policy(bucket: str) -> dict[str, Any]:
+    """The bucket policy that lets anyone GET what the platform publishes, and nothing else."""
+    return {"Version": "2012-10-17", "Statement": [{
+        "Sid": "PublicReadPublished", "Effect": "Allow", "Principal": "*", "Action": ["s3:GetObject"],
+        "Resource": [f"arn:aws:s3:::{bucket}/{prefix}*" for prefix in PUBLISHED_PREFIXES]}]}
 
 
 class ObjectInfo(NamedTuple):  # a tuple: a sweep makes hundreds of thousands of them
@@ -98,12 +125,17 @@ class StorageProvider:
         from botocore.exceptions import ConnectTimeoutError, ReadTimeoutError
 
         where = f"{action} {key!r}" if key else action
-        if isinstance(exc, (BotoConnectionError, ConnectTimeoutError, ReadTimeoutError)):
-            return ProviderUnavailable(self.name, f"{where}: cannot reach {self.settings.endpoint_url} ({type(exc).__name__})")
-        if isinstance(exc, ClientError):
-            error = exc.response.get("Error", {})
-            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-            return StorageError(self.name, f"{where}: HTTP {status} {error.get('Code')}: {error.get('Message')}")
+        cause: BaseException | None = exc
+        while cause is not None:  # boto3's transfer manager wraps the botocore error it hit
+            if isinstance(cause, (BotoConnectionError, ConnectTimeoutError, ReadTimeoutError)):
+                return ProviderUnavailable(self.name, f"{where}: cannot reach {self.settings.endpoint_url} "
+                                                      f"({type(cause).__name__})")
+            if isinstance(cause, ClientError):
+                error = cause.response.get("Error", {})
+                status = cause.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+                kind = ProviderUnavailable if isinstance(status, int) and status >= 500 else StorageError
+                return kind(self.name, f"{where}: HTTP {status} {error.get('Code')}: {error.get('Message')}")
+            cause = cause.__cause__ or cause.__context__
         return StorageError(self.name, f"{where}: {type(exc).__name__}: {exc}")
 
     # -- objects ---------------------------------------------------------------------------
@@ -248,8 +280,9 @@ class StorageProvider:
         for attempt in range(attempts):
             try:
                 response = self._http.get(url, headers=dict(request.headers.items()))
-            except (httpx.ConnectError, httpx.TimeoutException, httpx.RemoteProtocolError) as exc:
+            except httpx.TransportError as exc:  # refused, reset, timed out, a dropped socket: all transient
                 if attempt + 1 < attempts:
+                    log.warning("list %r on %s: %s: %s; retrying", prefix, self.name, type(exc).__name__, exc)
                     time.sleep(0.2 * 2 ** attempt)
                     continue
                 raise ProviderUnavailable(self.name, f"list {prefix or '/'!r}: cannot reach "
@@ -260,7 +293,8 @@ class StorageProvider:
                 time.sleep(0.2 * 2 ** attempt)
                 continue
             code, message = _s3_error(response.content)
-            raise StorageError(self.name, f"list {prefix or '/'!r}: HTTP {response.status_code} {code}: {message}")
+            kind = ProviderUnavailable if response.status_code >= 500 else StorageError
+            raise kind(self.name, f"list {prefix or '/'!r}: HTTP {response.status_code} {code}: {message}")
         raise AssertionError("unreachable")
 
     def list_page(self, prefix: str = "", *, delimiter: str | None = None,
@@ -310,7 +344,8 @@ class StorageProvider:
 
     # -- buckets ---------------------------------------------------------------------------
     def ensure_bucket(self, *, public_read: bool = False) -> bool:
-        """Create the bucket if missing (True if created); optionally allow anonymous GETs."""
+        """Create the bucket if missing (True if created). ``public_read`` (re)writes the bucket
+        policy that lets anyone GET the ``PUBLISHED_PREFIXES`` and nothing else."""
         from botocore.exceptions import ClientError
 
         created = False
@@ -327,18 +362,8 @@ class StorageProvider:
         except Exception as exc:
             raise self._fail("head bucket", self.bucket, exc) from exc
         if public_read:
-            policy = {
-                "Version": "2012-10-17",
-                "Statement": [{
-                    "Sid": "PublicRead",
-                    "Effect": "Allow",
-                    "Principal": "*",
-                    "Action": ["s3:GetObject"],
-                    "Resource": [f"arn:aws:s3:::{self.bucket}/*"],
-                }],
-            }
             try:
-                self.client.put_bucket_policy(Bucket=self.bucket, Policy=json.dumps(policy))
+                self.client.put_bucket_policy(Bucket=self.bucket, Policy=json.dumps(public_read_policy(self.bucket)))
             except Exception as exc:
                 raise self._fail("put bucket policy", self.bucket, exc) from exc
         return created
@@ -397,24 +422,34 @@ class StorageService:
 
     def upload(self, data: bytes, *, filename: str, content_type: str, prefix: str = "uploads",
                contributor: str | None = None) -> UploadResult:
-        """Validate, then store under ``<prefix>/<2 hex>/<uuid>.<ext>`` with SHA-256 metadata."""
-        from csl.media import validate
+        """Validate, then store under ``<prefix>/<2 hex>/<uuid>.<ext>`` with SHA-256 metadata.
+
+        Everything is checked before any provider is called (``UploadRejected``, nothing
+        written): the file (``csl.media.validate``), the prefix (``check_upload_prefix``) and the
+        metadata (``contributor`` an ASCII id; the file name is stored percent-encoded). Only a
+        primary that is unavailable (``ProviderUnavailable``) sends the object to the fallback;
+        a refusal (4xx) is raised as it is."""
+        from urllib.parse import quote
 
         kind = validate(data, filename=filename, content_type=content_type, limits=self.limits)
+        folder = check_upload_prefix(prefix)
+        if contributor is not None and not _CONTRIBUTOR.fullmatch(contributor):
+            raise UploadRejected(f"contributor must be an ASCII id (letters, digits, '._:@-', at most 128), "
+                                 f"got {contributor!r}")
         object_id = str(uuid.uuid4())
         extension = filename.rsplit(".", 1)[-1].lower()
-        key = f"{prefix.strip('/')}/{object_id.replace('-', '')[:2]}/{object_id}.{extension}"
+        key = f"{folder}{object_id.replace('-', '')[:2]}/{object_id}.{extension}"
         digest = sha256_hex(data)
-        metadata = {SHA256_META: digest, "original-name": _ascii(filename), "kind": kind.name}
+        metadata = {SHA256_META: digest, "original-name": quote(filename, safe=" ._-()"), "kind": kind.name}
         if contributor:
             metadata["contributor"] = contributor
         try:
             self._put(self.primary, key, data, content_type, metadata)
             return UploadResult(key, self.primary.name, kind.name, len(data), digest, False)
-        except StorageError as exc:
+        except ProviderUnavailable as exc:
             if self.fallback is None:
                 raise
-            log.warning("primary provider failed (%s); storing %s on %s and queueing the copy back",
+            log.warning("primary provider unavailable (%s); storing %s on %s and queueing the copy back",
                         exc, key, self.fallback.name)
             self._put(self.fallback, key, data, content_type, metadata)
             if self._record is not None:
@@ -469,8 +504,30 @@ def _s3_error(body: bytes) -> tuple[str, str]:
     return root.findtext("Code") or "-", root.findtext("Message") or ""
 
 
-def _ascii(text: str) -> str:
-    return text.encode("ascii", "replace").decode()[:200]
+_CONTRIBUTOR = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}")
+_SEGMENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+
+
+def check_upload_prefix(prefix: str) -> str:
+    """The upload folder ``prefix`` as ``a/b/``, or ``UploadRejected`` naming what is wrong: it
+    must be relative, made of plain segments (letters, digits, ``._-``, no ``.``/``..``), and
+    outside the reserved folders (health probes, quarantine, temporary uploads)."""
+    if not isinstance(prefix, str) or not prefix.strip("/"):
+        raise UploadRejected(f"upload prefix must name a folder such as 'uploads', got {prefix!r}")
+    folder = prefix[:-1] if prefix.endswith("/") else prefix
+    if folder.startswith("/"):
+        raise UploadRejected(f"upload prefix must be a relative folder (no leading '/'), got {prefix!r}")
+    reserved = next((r for r in RESERVED_PREFIXES if (folder + "/").startswith(r)), None)
+    if reserved:
+        raise UploadRejected(f"upload prefix {prefix!r} is under the reserved folder {reserved!r} "
+                             "(health probes, quarantine, temporary uploads)")
+    bad = next((part for part in folder.split("/") if not _SEGMENT.fullmatch(part)), None)
+    if bad is not None:
+        raise UploadRejected(f"upload prefix {prefix!r}: segment {bad!r} is not allowed (letters, digits, '._-'; "
+                             "not empty, not starting with '.' or '_')")
+    if len(folder) > 200:
+        raise UploadRejected(f"upload prefix is {len(folder)} characters long, more than 200")
+    return folder + "/"
 
 
 def queue_replication(connect: Any) -> Any:

@@ -14,6 +14,7 @@ from airflow.sdk.exceptions import AirflowFailException
 from csl.config import Settings
 from csl.errors import ConfigError
 from csl_airflow.connections import settings_from_connections
+from csl_airflow.params import conf_refusal
 
 __all__ = ["CslBaseOperator", "PlatformHealthOperator", "run_key"]
 
@@ -30,7 +31,11 @@ def run_key(context: Any):
 
 
 class CslBaseOperator(BaseOperator):
-    """Turns Airflow connections into ``csl`` settings (once per task run)."""
+    """Turns Airflow connections into ``csl`` settings (once per task run), and refuses, before
+    the task does anything, a run whose ``conf`` has a key the DAG does not declare as a Param.
+
+    The API server refuses such a trigger with HTTP 400 (``csl_airflow.trigger_guard``); this
+    check also covers what does not pass it (``airflow dags trigger``, TriggerDagRunOperator)."""
 
     def __init__(self, *, conn_ids: dict[str, str] | None = None, max_replica_lag_s: float | str = 30.0,
                  **kwargs: Any) -> None:
@@ -38,10 +43,17 @@ class CslBaseOperator(BaseOperator):
         self.conn_ids = conn_ids or {}
         self.max_replica_lag_s = max_replica_lag_s
 
+    def pre_execute(self, context: Any) -> None:
+        declared = set(self.params or {}) | (set(self.dag.params) if self.has_dag() else set())
+        refusal = conf_refusal(self.dag_id, getattr(context.get("dag_run"), "conf", None), declared)
+        if refusal:
+            raise AirflowFailException(refusal)  # no retry: the same conf would be refused again
+        super().pre_execute(context)
+
     @cached_property
     def settings(self) -> Settings:
         try:
-            return settings_from_connections(self.conn_ids, max_replica_lag_s=float(self.max_replica_lag_s))
+            return settings_from_connections(self.conn_ids, max_replica_lag_s=self.max_replica_lag_s)
         except ConfigError as exc:  # a missing or malformed connection: retrying cannot help
             raise AirflowFailException(f"configuration: {exc}") from exc
 
@@ -151,7 +163,11 @@ class HealthSummaryOperator(CslBaseOperator):
         return report
 
 
-def _as_list(value: Sequence[str] | str) -> list[str]:
+def _as_list(value: Sequence[str] | str | None) -> list[str]:
+    """A list Param as rendered by a template: a list, JSON text or ``a,b``; null (an emptied form
+    field) is the empty list."""
+    if value is None or (isinstance(value, str) and value.strip() in ("", "null", "None")):
+        return []
     if isinstance(value, str):
         import json
 
@@ -282,6 +298,7 @@ class IndexReportOperator(CslBaseOperator):
             "failed": [{k: b[k] for k in ("name", "action", "error", "blockers", "cleaned_up")} for b in failed],
             "not_run": [] if _truthy(context["params"].get("dry_run")) else missing,
             "unknown": summary["unknown"],
+            "blocked": summary.get("blocked", []),  # e.g. a unique index while duplicates exist: never attempted
             "total_build_ms": sum(b["duration_ms"] for b in builds),
         }
         with Database(self.settings.require_database()) as db:
@@ -293,8 +310,10 @@ class IndexReportOperator(CslBaseOperator):
             raise AirflowFailException(
                 "index builds failed: " + "; ".join(f"{b['name']}: {b['error']}" for b in failed)
                 + (f"; never ran: {', '.join(report['not_run'])}" if report["not_run"] else ""))
-        log.info("indexes: %d built, %d unknown left alone, plan %s", len(report["built"]), len(report["unknown"]),
-                 report["plan"])
+        for item in report["blocked"]:
+            log.warning("%s not built: %s", item["name"], item["reason"])
+        log.info("indexes: %d built, %d unknown left alone, %d blocked, plan %s", len(report["built"]),
+                 len(report["unknown"]), len(report["blocked"]), report["plan"])
         return report
 
 
@@ -444,6 +463,8 @@ class SettlementOperator(CslBaseOperator):
         self.lock_wait_s = lock_wait_s
 
     def execute(self, context: Any) -> dict[str, Any]:
+        from collections import Counter
+
         from csl import settlement
         from csl.db import Database
         from csl.runs import record_run
@@ -460,7 +481,7 @@ class SettlementOperator(CslBaseOperator):
             raise AirflowFailException(str(exc)) from exc
         ti = context["ti"]
         with Database(self.settings.require_database()) as db, db.connect_direct("primary") as conn:
-            try:
+            try:  # SettlementBusy / SettlementRace (the platform wrote a split meanwhile) raise: Airflow retries
                 outcome = settlement.settle(conn, params, run_key=f"{ti.dag_id}/{ti.run_id}")
             except settlement.GateFailed as exc:
                 ti.xcom_push(key="gate", value=exc.outcome["gate"])
@@ -475,6 +496,7 @@ class SettlementOperator(CslBaseOperator):
                                               "splits_paid_before", "by_currency", "clawbacks", "timings_s")}
         summary["payouts"] = len(outcome.get("payouts", []))
         summary["payout_minor"] = sum(p["amount_minor"] for p in outcome.get("payouts", []))
+        summary["payout_holds"] = dict(Counter(h["reason"] for h in outcome.get("payout_holds", [])))
         ti.xcom_push(key="gate", value=outcome.get("gate"))
         log.info("settlement %s: %s", summary["status"], summary)
         return summary
@@ -506,10 +528,18 @@ class PayoutSendOperator(CslBaseOperator):
         conn_info = BaseHook.get_connection(self.payouts_conn_id)
         scheme = conn_info.schema or "https"
         port = f":{conn_info.port}" if conn_info.port else ""
-        sender = settlement.PayoutSender(endpoint=f"{scheme}://{conn_info.host}{port}", api_key=conn_info.password or "")
+        # A bad endpoint or key (refused by us, or a 401/403 from the provider) is configuration: no retry.
+        # An unreachable provider (PayoutProviderUnavailable) raises as it is: Airflow retries.
+        try:
+            sender = settlement.PayoutSender(endpoint=f"{scheme}://{conn_info.host}{port}",
+                                             api_key=conn_info.password or "")
+        except ConfigError as exc:
+            raise AirflowFailException(f"{self.payouts_conn_id}: {exc}") from exc
         try:
             with Database(self.settings.require_database()) as db, db.connect_direct("primary") as conn:
                 result = sender.send(conn)
+        except ConfigError as exc:  # settlement.PayoutConfigError: payouts untouched
+            raise AirflowFailException(f"{self.payouts_conn_id}: {exc}") from exc
         finally:
             sender.close()
         context["ti"].xcom_push(key="errors", value=result["errors"][:200])

@@ -56,33 +56,47 @@ class ReportLink(BaseOperatorLink):
                 f"{quote(ti_key.run_id, safe='')}")
 
 
-class PerfSnapshotOperator(CslBaseOperator):
-    """Takes one statistics snapshot (cheap) and removes those past ``retention_days``."""
+def _days(value: Any, name: str) -> int:
+    days = _int_param(value, name)
+    if not 1 <= days <= 3650:
+        raise AirflowFailException(f"{name}: expected 1..3650 days, got {days}")
+    return days
 
-    template_fields: Sequence[str] = ("retention_days",)
+
+class PerfSnapshotOperator(CslBaseOperator):
+    """Takes one statistics snapshot (cheap; the read replica's index scans too, when
+    ``csl_db_replica`` is set) and removes snapshots past ``retention_days`` and stored reports
+    (rows and folders) past ``report_retention_days``."""
+
+    template_fields: Sequence[str] = ("retention_days", "report_retention_days")
     ui_color = "#eef6ff"
 
-    def __init__(self, *, retention_days: Any = 30, **kwargs: Any) -> None:
+    def __init__(self, *, retention_days: Any = 30, report_retention_days: Any = 90, out_dir: str | None = None,
+                 **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.retention_days = retention_days
+        self.report_retention_days = report_retention_days
+        self.out_dir = out_dir
 
     def execute(self, context: Any) -> dict[str, Any]:
         from csl.db import Database
-        from csl.reports import capture, prune
+        from csl.reports import capture, prune, prune_reports, replicas_of
         from csl.runs import record_run
 
-        days = _int_param(self.retention_days, "retention_days")
-        if days < 1:
-            raise AirflowFailException(f"retention_days: expected at least 1, got {days}")
+        days = _days(self.retention_days, "retention_days")
+        report_days = _days(self.report_retention_days, "report_retention_days")
         with Database(self.settings.require_database()) as db:
             with db.connect_direct("primary") as conn:
-                snap = capture(conn)
+                snap = capture(conn, replicas=replicas_of(db))
                 pruned = prune(conn, retention_days=days)
+                reports_pruned = prune_reports(conn, retention_days=report_days,
+                                               out_dir=Path(self.out_dir) if self.out_dir else reports_dir())
             outcome = {"snapshot_id": snap.id, "taken_at": snap.taken_at.isoformat(), "rows_written": snap.rows_written,
-                       "capture_ms": snap.capture_ms, "pruned": pruned}
+                       "capture_ms": snap.capture_ms, "replicas": snap.replicas, "pruned": pruned,
+                       "reports_pruned": reports_pruned}
             record_run(db, run_key(context), status="success", params=dict(context["params"]), outcome=outcome)
-        log.info("snapshot %s: %d rows in %d ms, %d old snapshot(s) removed", snap.id, snap.rows_written,
-                 snap.capture_ms, pruned)
+        log.info("snapshot %s: %d rows in %d ms (replicas: %s), %d old snapshot(s) and %d old report(s) removed",
+                 snap.id, snap.rows_written, snap.capture_ms, snap.replicas or "none", pruned, reports_pruned["reports"])
         return outcome
 
 
@@ -94,15 +108,19 @@ class PerfReportOperator(CslBaseOperator):
     scheduled run only when its interval ends at ``report_hour_utc``)."""
 
     template_fields: Sequence[str] = ("window_hours", "top", "regression_pct", "min_calls", "min_cost_drop_pct",
-                                      "advise_queries", "exact_bloat_tables", "make_report", "report_hour_utc")
+                                      "advise_queries", "exact_bloat_tables", "make_report", "report_hour_utc",
+                                      "unused_index_days", "advisor_role", "report_retention_days")
     operator_extra_links = (ReportLink(),)
     ui_color = "#fff4e5"
 
     def __init__(self, *, snapshot_task_id: str = "snapshot", window_hours: Any = 24, top: Any = 15,
                  regression_pct: Any = 50, min_calls: Any = 20, min_cost_drop_pct: Any = 50, advise_queries: Any = 10,
                  exact_bloat_tables: Any = (), make_report: Any = "always", report_hour_utc: Any = 5,
+                 unused_index_days: Any = 7, advisor_role: Any = "csl_advisor", report_retention_days: Any = 90,
                  out_dir: str | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        self.unused_index_days, self.advisor_role = unused_index_days, advisor_role
+        self.report_retention_days = report_retention_days
         self.snapshot_task_id = snapshot_task_id
         self.window_hours, self.top, self.regression_pct = window_hours, top, regression_pct
         self.min_calls, self.min_cost_drop_pct, self.advise_queries = min_calls, min_cost_drop_pct, advise_queries
@@ -126,7 +144,7 @@ class PerfReportOperator(CslBaseOperator):
 
     def execute(self, context: Any) -> dict[str, Any]:
         from csl.db import Database
-        from csl.reports import ReportParams, ReportParamsError, make_report
+        from csl.reports import ReportParams, ReportParamsError, make_report, replicas_of
         from csl.runs import record_run
 
         due, why = self._due(context)
@@ -138,20 +156,25 @@ class PerfReportOperator(CslBaseOperator):
                                   min_calls=_int_param(self.min_calls, "min_calls"),
                                   min_cost_drop_pct=float(self.min_cost_drop_pct),
                                   advise_queries=_int_param(self.advise_queries, "advise_queries"),
+                                  unused_index_days=float(self.unused_index_days),
+                                  advisor_role=str(self.advisor_role),
                                   exact_bloat_tables=tuple(_as_list(self.exact_bloat_tables)
-                                                           if self.exact_bloat_tables else ()))
+                                                           if self.exact_bloat_tables not in (None, "", "null", "[]")
+                                                           else ()))
         except (ReportParamsError, ValueError) as exc:
             raise AirflowFailException(str(exc)) from exc
+        report_days = _days(self.report_retention_days, "report_retention_days")
         ti = context["ti"]
         snap = ti.xcom_pull(task_ids=self.snapshot_task_id) or {}
         key = f"{ti.dag_id}/{ti.run_id}"
         with Database(self.settings.require_database()) as db:
             with db.connect_direct("primary") as conn:
                 result = make_report(conn, params, run_key=key, out_dir=Path(self.out_dir) if self.out_dir else reports_dir(),
-                                     snapshot_id=snap.get("snapshot_id"))
+                                     snapshot_id=snap.get("snapshot_id"), replicas=replicas_of(db),
+                                     retention_days=report_days)
             outcome = {"report_id": result["id"], "path": result["path"], "summary": result["summary"],
                        "notes": result["meta"]["notes"], "duration_s": result["duration_s"],
-                       "html_bytes": result["html_bytes"]}
+                       "html_bytes": result["html_bytes"], "pruned": result["pruned"]}
             record_run(db, run_key(context), status="success", params=dict(context["params"]), outcome=outcome)
         ti.xcom_push(key="report_id", value=result["id"])
         log.info("report %s: %s; %s", result["id"], result["summary"], "; ".join(result["meta"]["notes"]) or "no notes")

@@ -17,14 +17,31 @@ __all__ = ["StorageSweepPlanOperator", "StorageSweepShardOperator", "StorageSwee
 log = logging.getLogger("csl.airflow.storage")
 
 
-def _options(params: dict[str, Any]):
+def _options(params: dict[str, Any], settings: Any):
+    """The sweep's options from the run's Params (``prefix`` null or empty = everything); URL-form
+    references may name any configured bucket."""
     from csl.integrity import SweepError, SweepOptions
 
     try:
         return SweepOptions(depth=int(params.get("depth", 2)), key_order=str(params.get("key_order", "path")),
-                        deep_rate=float(params.get("deep_sample", 0.0)), prefix=str(params.get("prefix") or ""))
+                            deep_rate=float(params.get("deep_sample", 0.0)), prefix=str(params.get("prefix") or ""),
+                            buckets=tuple(sorted({p.bucket for p in settings.storage})))
     except (SweepError, TypeError, ValueError) as exc:
         raise AirflowFailException(f"bad sweep parameters: {exc}") from exc
+
+
+def _storage_failure(exc: Exception, message: str) -> AirflowException:
+    """A provider that is unavailable is retried; one that refuses (4xx) fails the task at once."""
+    from csl.errors import ProviderUnavailable
+
+    return (AirflowException if isinstance(exc, ProviderUnavailable) else AirflowFailException)(message)
+
+
+def _optional_bool(value: Any) -> bool | None:
+    """A templated ``["null", "boolean"]`` Param: None when null (rendered "None") or empty."""
+    if value is None or str(value).strip().lower() in ("", "none", "null"):
+        return None
+    return _truthy(value)
 
 
 class _StorageOperator(CslBaseOperator):
@@ -38,7 +55,8 @@ class _StorageOperator(CslBaseOperator):
         from csl.errors import ConfigError
         from csl.storage import StorageProvider
 
-        names = (_as_list(self.providers) if self.providers else []) or [p.name for p in self.settings.storage]
+        given = self.providers if self.providers not in (None, "", "null", "None") else []
+        names = list(dict.fromkeys(_as_list(given) if given else [])) or [p.name for p in self.settings.storage]
         if not names:
             raise AirflowFailException("no storage providers configured (connections csl_storage_*)")
         try:
@@ -62,15 +80,15 @@ class StorageSweepPlanOperator(_StorageOperator):
         from csl.db import Database
         from csl.errors import StorageError
 
-        options = _options(context["params"])
+        options = _options(context["params"], self.settings)
         providers = self.storage_providers()
         shards = _int_param(self.shards, "shards")
         with Database(self.settings.require_database()) as db, db.connect_direct() as conn:
             try:
                 sweep_id, cells, plan = integrity.plan_sweep(conn, providers, run_key=context["ti"].run_id,
                                                              shards=shards, options=options)
-            except StorageError as exc:  # a provider that is down: retry later, name it now
-                raise AirflowException(f"cannot list provider {exc.provider!r}: {exc}") from exc
+            except StorageError as exc:  # down: retry later; refusing (credentials, bucket): fail now
+                raise _storage_failure(exc, f"cannot list provider {exc.provider!r}: {exc}") from exc
             except integrity.SweepError as exc:
                 raise AirflowFailException(str(exc)) from exc
         context["ti"].xcom_push(key="plan", value={"sweep_id": sweep_id, "cells": cells, "shards": len(plan),
@@ -101,7 +119,7 @@ class StorageSweepShardOperator(_StorageOperator):
         shard = self.shard
         cells = shard["cells"]
         context["shard_name"] = f"{shard['shard']}: {cells[0]} … {cells[-1]}" if cells else str(shard["shard"])
-        options = _options(context["params"])
+        options = _options(context["params"], self.settings)
         providers = self.storage_providers()
         with Database(self.settings.require_database()) as db:
             try:
@@ -113,7 +131,7 @@ class StorageSweepShardOperator(_StorageOperator):
                 raise AirflowFailException(str(exc)) from exc
             except StorageError as exc:
                 self._failed(db, shard, exc)
-                raise AirflowException(f"shard {shard['shard']}: provider {exc.provider!r} failed: {exc}") from exc
+                raise _storage_failure(exc, f"shard {shard['shard']}: provider {exc.provider!r} failed: {exc}") from exc
         context["ti"].xcom_push(key="shard", value=summary)
         return summary
 
@@ -145,7 +163,7 @@ class StorageSweepReportOperator(CslBaseOperator):
         plan = ti.xcom_pull(task_ids=self.plan_task_id, key="plan")
         if plan is None:
             raise AirflowFailException("no plan: the plan task failed (see its log)")
-        options = _options(context["params"])
+        options = _options(context["params"], self.settings)
         with Database(self.settings.require_database()) as db:
             with db.connect_direct() as conn:
                 summary = integrity.finish_sweep(conn, sweep_id=plan["sweep_id"], shards=plan["shards"],
@@ -170,17 +188,21 @@ class StorageSweepReportOperator(CslBaseOperator):
 
 
 class StorageCleanupOperator(_StorageOperator):
-    """Expired temporary uploads and old orphans → quarantine (never deleted here), capped."""
+    """Expired temporary uploads and old orphans → quarantine (never deleted here), capped.
+
+    ``dry_run`` None (the Param's default) is automatic: a dry run unless the schedule started
+    the run. XCom ``cleanup`` and the return value hold counts and a bounded sample
+    (``csl.cleanup.summarize``); every candidate is in the log."""
 
     template_fields: Sequence[str] = ("providers", "temp_prefix", "temp_ttl_h", "orphan_grace_h", "max_objects",
-                                      "dry_run", "purge_quarantine", "quarantine_retention_days")
+                                      "max_share", "dry_run", "purge_quarantine", "quarantine_retention_days")
 
     def __init__(self, *, temp_prefix: Any = "tmp/", temp_ttl_h: Any = 24, orphan_grace_h: Any = 72,
-                 max_objects: Any = 1000, dry_run: Any = True, purge_quarantine: Any = False,
+                 max_objects: Any = 1000, max_share: Any = 0.10, dry_run: Any = None, purge_quarantine: Any = False,
                  quarantine_retention_days: Any = 30, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.temp_prefix, self.temp_ttl_h, self.orphan_grace_h = temp_prefix, temp_ttl_h, orphan_grace_h
-        self.max_objects, self.dry_run = max_objects, dry_run
+        self.max_objects, self.max_share, self.dry_run = max_objects, max_share, dry_run
         self.purge_quarantine, self.quarantine_retention_days = purge_quarantine, quarantine_retention_days
 
     def execute(self, context: Any) -> dict[str, Any]:
@@ -188,27 +210,35 @@ class StorageCleanupOperator(_StorageOperator):
         from csl.db import Database
         from csl.runs import record_run
 
+        run_type = getattr(context["dag_run"], "run_type", None)
+        scheduled = getattr(run_type, "value", run_type) == "scheduled"
+        dry_run = cleanup.resolve_dry_run(_optional_bool(self.dry_run), scheduled=scheduled)
+        log.info("%s run (dry_run Param %r, run type %s)", "dry" if dry_run else "real", self.dry_run, run_type)
         providers = self.storage_providers()
         with Database(self.settings.require_database()) as db:
             try:
+                cleanup.check_temp_prefix(str(self.temp_prefix))
                 with db.connect_direct() as conn:
                     result = cleanup.run_cleanup(
                         conn, providers, run_key=context["ti"].run_id, temp_prefix=str(self.temp_prefix),
                         temp_ttl_h=float(self.temp_ttl_h), orphan_grace_h=float(self.orphan_grace_h),
-                        max_objects=_int_param(self.max_objects, "max_objects"), dry_run=_truthy(self.dry_run),
-                        purge_quarantine=_truthy(self.purge_quarantine),
+                        max_objects=_int_param(self.max_objects, "max_objects"), max_share=float(self.max_share),
+                        dry_run=dry_run, purge_quarantine=_truthy(self.purge_quarantine),
                         quarantine_retention_days=_int_param(self.quarantine_retention_days,
-                                                             "quarantine_retention_days"))
-            except cleanup.CleanupError as exc:  # the cap, or a bad prefix: nothing was touched
+                                                             "quarantine_retention_days"),
+                        buckets=sorted({p.bucket for p in self.settings.storage}))
+            except cleanup.CleanupError as exc:  # a cap, a bad prefix or share: nothing was touched
                 record_run(db, run_key(context), status="failed", params=dict(context["params"]), error=str(exc))
                 raise AirflowFailException(str(exc)) from exc
-            outcome = {"dry_run": result["dry_run"], "by_reason": result["by_reason"],
-                       "candidates": len(result["candidates"]), "moved": len(result["moved"]),
-                       "purged": len(result["purged"])}
+            outcome = cleanup.summarize(result)
             record_run(db, run_key(context), status="success", params=dict(context["params"]), outcome=outcome)
         verb = "would move" if result["dry_run"] else "moved"
         for c in result["candidates"]:
             log.info("%s %s on %s (%s, %s bytes, last modified %s)", verb, c["key"], c["provider"], c["reason"],
                      c["size"], c["last_modified"])
-        context["ti"].xcom_push(key="cleanup", value=result)
+        for c in result["kept_referenced"]:
+            log.info("kept %s on %s (%s): a row refers to it", c["key"], c["provider"], c["reason"])
+        if result["refused"]:
+            log.warning("a real run would be refused: %s", result["refused"])
+        context["ti"].xcom_push(key="cleanup", value=outcome)
         return outcome

@@ -2,6 +2,9 @@ vcl 4.1;
 # The local caching edge: Varnish + xkey in front of the primary provider's public audio
 # bucket. devstack.py renders the {{…}} placeholders. Purges (by URL or by surrogate key)
 # are accepted from loopback only; hotlinks from referers outside the allowed hosts get 403.
+# Only published keys are served (csl.storage.PUBLISHED_PREFIXES, checked by a test): the
+# quarantine, temporary uploads, health probes and users' generation results get 403 here,
+# before the backend is asked (its bucket policy refuses them too).
 
 import xkey;
 import std;
@@ -62,6 +65,11 @@ sub vcl_recv {
     call map_url;
     if (req.http.X-Edge-Bad) {
         return (synth(404, "Not Found"));
+    }
+    # dot segments, doubled or encoded separators could reach another folder behind the check
+    if (req.url !~ "^/{{BUCKET}}/(samples)/[^/]" || req.url ~ "/\.\.?(/|$)" || req.url ~ "//"
+            || req.url ~ "(?i)%(2e|2f|5c|00)" || req.url ~ "\\") {
+        return (synth(403, "Not published"));
     }
     unset req.http.Cookie;
     unset req.http.Authorization;

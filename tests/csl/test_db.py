@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import json
+import math
 import threading
 import time
+import uuid
+from contextlib import contextmanager
+from urllib.parse import urlsplit
 
 import psycopg
 import pytest
 
 from csl.config import DatabaseSettings
 from csl.db import Database
-from csl.errors import DatabaseError
+from csl.errors import ConfigError, DatabaseError
 
 
 def wait_until(check, timeout=20.0):
@@ -37,27 +42,72 @@ def test_reads_go_to_the_healthy_replica_and_writes_to_the_primary(db: Database)
     assert wait_until(lambda: db.read("SELECT count(*) FROM public.t_route WHERE v = %s", (token,)) == [(1,)])
 
 
-def test_a_lagging_replica_loses_the_reads(stack, settings):
-    """Replay paused on the real standby while the primary writes: lag grows past the bound."""
-    tight = DatabaseSettings(primary_url=settings.database.primary_url, replica_url=settings.database.replica_url,
-                             max_replica_lag_s=0.5)
+@contextmanager
+def lagging_replica(stack, db: Database):
+    """Replay paused on the real standby while the primary writes: its lag grows past 1 s."""
     stack.psql("SELECT pg_wal_replay_pause()", port_name="pg_replica")
     try:
-        with Database(tight, route_cache_s=0) as db:
-            db.transaction(lambda c: c.execute("CREATE TABLE IF NOT EXISTS public.t_lag (v int)"))
-            time.sleep(1.2)
-            db.transaction(lambda c: c.execute("INSERT INTO public.t_lag VALUES (1)"))
-            assert wait_until(lambda: db.replica_status()["lag_s"] not in (None, 0.0), timeout=10)
+        db.transaction(lambda c: c.execute("CREATE TABLE IF NOT EXISTS public.t_lag (v int)"))
+        time.sleep(1.2)
+        db.transaction(lambda c: c.execute("INSERT INTO public.t_lag VALUES (1)"))
+        assert wait_until(lambda: db.replica_status()["lag_s"] not in (None, 0.0), timeout=10)
+        yield
+    finally:
+        stack.psql("SELECT pg_wal_replay_resume()", port_name="pg_replica")
+
+
+def test_a_lagging_replica_loses_the_reads(stack, settings):
+    tight = DatabaseSettings(primary_url=settings.database.primary_url, replica_url=settings.database.replica_url,
+                             max_replica_lag_s=0.5)
+    with Database(tight, route_cache_s=0) as db:
+        with lagging_replica(stack, db):
             status = db.replica_status()
             assert status["ok"] is False and status["lag_s"] > 0.5
             assert "exceeds 0.5s" in status["error"]
             route = db.read_route()
             assert route.target == "primary" and "lag" in route.reason
             assert db.read("SELECT pg_is_in_recovery()") == [(False,)]
-    finally:
-        stack.psql("SELECT pg_wal_replay_resume()", port_name="pg_replica")
     with Database(tight, route_cache_s=0) as db:
         assert wait_until(lambda: db.read_route().target == "replica")
+
+
+def test_a_nan_lag_bound_cannot_keep_reads_on_a_lagging_replica(stack, settings):
+    """``lag > nan`` is always false: a NaN bound would keep reads on any replica, however late."""
+    urls = {"primary_url": settings.database.primary_url, "replica_url": settings.database.replica_url}
+    for bound in (math.nan, math.inf):
+        with pytest.raises(ConfigError, match="CSL_MAX_REPLICA_LAG_S"):
+            DatabaseSettings(**urls, max_replica_lag_s=bound)
+    # and should a NaN get past the settings (code that forces it), the lag check still fails closed
+    forced = DatabaseSettings(**urls, max_replica_lag_s=0.5)
+    object.__setattr__(forced, "max_replica_lag_s", math.nan)
+    with Database(forced, route_cache_s=0) as db:
+        with lagging_replica(stack, db):
+            assert db.replica_status()["ok"] is False
+            assert db.read_route().target == "primary"
+            assert db.read("SELECT pg_is_in_recovery()") == [(False,)]
+
+
+def test_a_password_in_the_url_query_never_shows(settings):
+    """libpq takes ``?password=``: health output, reprs and errors must mask it like userinfo."""
+    parts = urlsplit(settings.database.primary_url)
+    query_url = f"postgresql://csl@127.0.0.1:{parts.port}{parts.path}?password={parts.password}&sslmode=disable"
+    with Database(DatabaseSettings(primary_url=query_url, replica_url=query_url), route_cache_s=0) as db:
+        health = db.health()
+        assert health["primary"]["ok"] is True  # the password in the query is the one used
+        shown = json.dumps(health, default=str) + repr(db)
+        assert parts.password not in shown and "password=***" in health["url"]
+    wrong = f"Wr0ng-{uuid.uuid4().hex}"
+    bad_url = f"postgresql://csl@127.0.0.1:{parts.port}{parts.path}?sslpassword=x{wrong}&password={wrong}"
+    with Database(DatabaseSettings(primary_url=bad_url, replica_url=bad_url, connect_timeout_s=2)) as db:
+        health = db.health()
+        assert health["primary"]["ok"] is False and "password authentication failed" in health["primary"]["error"]
+        with pytest.raises(DatabaseError) as caught:
+            db.transaction(lambda c: c.execute("SELECT 1"))
+        with pytest.raises(DatabaseError) as routed:
+            with db.connection():
+                pass
+    printed = json.dumps(health, default=str) + repr(db) + str(caught.value) + str(routed.value)
+    assert wrong not in printed
 
 
 def test_replica_down_reads_fail_over_to_primary_without_hanging(db: Database, service_down):

@@ -42,8 +42,8 @@ def invalid_indexes(url):
             "WHERE NOT (i.indisvalid AND i.indisready)").fetchall()]
 
 
-def test_catalog_declares_the_23_platform_indexes_with_reasons():
-    assert len(CATALOG) == 23
+def test_catalog_declares_the_23_platform_indexes_and_the_splits_key_with_reasons():
+    assert len(CATALOG) == 24 and [d.name for d in CATALOG if d.unique] == ["revenue_splits_license_contributor_key"]
     assert all(d.why and d.table for d in CATALOG)
     assert {d.table for d in CATALOG} >= {"users", "audio_samples", "licenses", "revenue_splits", "license_events"}
 
@@ -70,14 +70,14 @@ def test_all_built_from_nothing_then_ok_then_a_no_op(platform_db):
     before = states(platform_db)
     assert {s.status for n, s in before.items() if n in {d.name for d in CATALOG}} == {"missing"}
     results = apply_all(platform_db)
-    assert len(results) == 23 and {r.status for r in results} == {"success"}
+    assert len(results) == 24 and {r.status for r in results} == {"success"}
     assert all(r.valid and r.size_bytes > 0 and r.action == "build" for r in results)
     after = states(platform_db)
     assert {after[d.name].status for d in CATALOG} == {"ok"}
     assert apply_all(platform_db) == []
     with psycopg.connect(platform_db) as conn:
         assert conn.execute("SELECT count(*), count(*) FILTER (WHERE status = 'success') FROM csl_ops.index_builds"
-                            ).fetchone() == (23, 23)
+                            ).fetchone() == (24, 24)
 
 
 def test_an_invalid_index_from_a_failed_unique_build_is_repaired(platform_db):
@@ -95,10 +95,24 @@ def test_an_invalid_index_from_a_failed_unique_build_is_repaired(platform_db):
     assert invalid_indexes(platform_db) == []
 
 
-def test_a_failing_build_leaves_no_invalid_index_and_says_why(platform_db, tmp_path):
+def test_a_unique_index_waits_for_its_duplicates_to_go_instead_of_failing_every_week(platform_db, tmp_path):
     catalog_file = tmp_path / "catalog.sql"
+    catalog_file.write_text("-- index: idx_users_status_unique\n-- why: test\n"
+                            "CREATE UNIQUE INDEX idx_users_status_unique ON users (subscription_status);\n")
+    catalog = load_catalog(catalog_file)
+    with psycopg.connect(platform_db, autocommit=True) as conn:
+        plan = indexes.make_plan(indexes.diff(conn, catalog), catalog)
+        groups = conn.execute("SELECT count(DISTINCT subscription_status) FROM users").fetchone()[0]
+    assert [(i.action, i.statement) for i in plan if i.name == "idx_users_status_unique"] == [("blocked", None)]
+    assert f"{groups} duplicate key group(s) in users" in plan[0].reason
+    assert indexes.plan_summary(plan)["blocked"] == [{"name": "idx_users_status_unique", "reason": plan[0].reason}]
+    assert apply_all(platform_db, catalog=catalog) == [] and invalid_indexes(platform_db) == []
+
+
+def test_a_failing_build_leaves_no_invalid_index_and_says_why(platform_db, tmp_path):
+    catalog_file = tmp_path / "catalog.sql"  # an expression key: no precheck, the build itself finds the duplicates
     catalog_file.write_text("-- index: idx_users_name_unique\n-- why: test\n"
-                            "CREATE UNIQUE INDEX idx_users_name_unique ON users (subscription_status);\n")
+                            "CREATE UNIQUE INDEX idx_users_name_unique ON users ((subscription_status || ''));\n")
     catalog = load_catalog(catalog_file)
     results = apply_all(platform_db, catalog=catalog)
     assert results[0].status == "failed" and "UniqueViolation" in results[0].error
@@ -178,7 +192,7 @@ def test_a_conflicting_lock_is_retried_then_reported_with_the_blocker(platform_d
     result = results[0]
     assert result.status == "failed" and result.attempts == 3
     assert "lock_timeout (200 ms) hit 3 times" in result.error
-    assert any(b["pid"] == holder_pid and "LOCK TABLE users" in b["query"] for b in result.blockers)
+    assert any(b["pid"] == holder_pid and "LOCK TABLE users" in b["query"] for b in result.blockers), (holder_pid, result.blockers)
     assert elapsed < 30
     assert invalid_indexes(platform_db) == []
     assert states(platform_db)["idx_users_role_created"].status == "missing"
@@ -245,9 +259,9 @@ def test_cli_plan_apply_and_refusals(stack_env, platform_db):
     run = lambda *a: subprocess.run([sys.executable, "-m", "csl", "indexes", *a], capture_output=True,  # noqa: E731
                                     text=True, env=env, timeout=120, cwd=Path(__file__).parents[2])
     plan = run("plan", "--json")
-    assert plan.returncode == 0 and '"build": 23' in plan.stdout.replace("\n", "").replace("  ", " ")
+    assert plan.returncode == 0 and '"build": 24' in plan.stdout.replace("\n", "").replace("  ", " ")
     dry = run("apply", "--dry-run")
-    assert dry.returncode == 0 and "plan: 23 build" in dry.stdout
+    assert dry.returncode == 0 and "plan: 24 build" in dry.stdout
     assert states(platform_db)["idx_users_role_created"].status == "missing"
     for bad in (["apply", "--only", "idx_nope"], ["apply", "--lock-timeout-ms", "0"], ["apply", "--max-lock-retries", "x"]):
         refused = run(*bad)

@@ -50,13 +50,11 @@ def test_every_seeded_defect_is_found_and_nothing_else(platform, settings):
     assert summary["shards_done"] == summary["shards"] == 4 and not summary["failed"]
     assert _open(settings) == expected
     # every object of both buckets was listed, every database reference read
-    total_objects = platform["objects"]
-    assert summary["listed"]["primary"] >= sum(v for k, v in total_objects.items()
-                                               if k not in ("missing", "fallback_only"))
     with psycopg.connect(settings.database.primary_url) as conn:
-        refs = conn.execute("SELECT (SELECT count(*) FROM audio_samples) + "
-                            "(SELECT count(result_url) FROM generations)").fetchone()[0]
+        refs = conn.execute("SELECT (SELECT count(*) FROM audio_samples) + (SELECT count(result_url) FROM generations) "
+                            "+ (SELECT count(avatar_url) FROM users)").fetchone()[0]
         assert summary["db_refs"] == refs
+        assert summary["listed"]["primary"] >= refs - len(d["missing"]) - len(d["fallback_only"]) + len(d["orphan"])
         detail = conn.execute("SELECT detail FROM csl_ops.storage_findings WHERE kind = 'size_mismatch' "
                               "AND resolved_at IS NULL AND object_key = %s", (d["truncated"][0],)).fetchone()[0]
         assert detail["actual"] * 2 in (detail["expected"], detail["expected"] - 1)
@@ -76,9 +74,10 @@ def test_rerun_refreshes_findings_and_a_repaired_object_is_closed(platform, sett
         assert _open(settings) == before - {("missing", key, "fallback")}
         assert repaired["closed"] == 1
         with psycopg.connect(settings.database.primary_url) as conn:
-            rows = conn.execute("SELECT resolved_at IS NOT NULL, resolved_sweep_id FROM csl_ops.storage_findings "
-                                "WHERE object_key = %s AND kind = 'missing'", (key,)).fetchall()
-        assert rows == [(True, repaired["sweep_id"])]
+            rows = conn.execute("SELECT count(*) FILTER (WHERE resolved_at IS NULL), "
+                                "count(*) FILTER (WHERE resolved_sweep_id = %s) FROM csl_ops.storage_findings "
+                                "WHERE object_key = %s AND kind = 'missing'", (repaired["sweep_id"], key)).fetchone()
+        assert rows == (0, 1)  # a reused stack keeps the closed findings of earlier sessions
     finally:
         fallback.delete(key)
     _sweep(settings)
@@ -153,8 +152,8 @@ def test_a_listing_out_of_the_sweeps_key_order_is_refused_not_misreported(platfo
             with Database(settings.require_database()) as db, db.connect_direct() as conn:
                 options = SweepOptions(key_order="byte", prefix=base)
                 cells = integrity.discover_cells(conn, providers, options)
-                integrity.sweep_shard(lambda: db.connect_direct(autocommit=False), providers, sweep_id=_sweep_id(db),
-                                      shard=0, cells=cells, options=options)
+                integrity.sweep_shard(lambda: db.connect_direct(autocommit=False), providers,
+                                      sweep_id=_sweep_id(db, providers), shard=0, cells=cells, options=options)
         summary = _sweep(settings, prefix=base, key_order="path")
         assert summary["findings"] == {"orphan": {"primary": 2}}
     finally:
@@ -163,10 +162,10 @@ def test_a_listing_out_of_the_sweeps_key_order_is_refused_not_misreported(platfo
         _sweep(settings, prefix=base)
 
 
-def _sweep_id(db: Database) -> int:
+def _sweep_id(db: Database, providers) -> int:
     with db.connect_direct() as conn:
-        return integrity.start_sweep(conn, run_key=f"test-{uuid.uuid4()}", providers=[], options=SweepOptions(),
-                                     cells=0)
+        return integrity.start_sweep(conn, run_key=f"test-{uuid.uuid4()}", providers=providers,
+                                     options=SweepOptions(), cells=0)
 
 
 def test_cells_and_shards():
@@ -239,3 +238,104 @@ def test_a_transient_server_error_while_listing_is_retried_a_persistent_one_name
     with pytest.raises(StorageError, match="'fallback'.*HTTP 500 InternalError"):
         provider.list_page("samples/")
     assert len(answers) == 5
+
+
+# -- issue 12, item 8: a sweep closes only what it swept; the reference copy is the primary's --
+def _sweep_of(settings, names, **options) -> dict:
+    summary = run_sweep(settings, run_key=f"test-{uuid.uuid4()}", shards=2, workers=1,
+                        options=SweepOptions(**options), provider_names=names)
+    assert not summary["failed"] and not summary.get("errors"), summary
+    return summary
+
+
+def test_a_sweep_of_some_providers_closes_only_the_findings_it_could_judge(platform, settings):
+    d = platform["defects"]
+    _sweep(settings)
+    before = _open(settings)
+    assert any(f[2] == "fallback" for f in before) and any(f[2] == "primary" for f in before)
+
+    primary_only = _sweep_of(settings, ["primary"])
+    # the fallback's missing/size/fallback_only findings stay open; from the primary alone, the
+    # objects only the fallback holds are simply missing on the primary
+    assert _open(settings) == before | {("missing", k, "primary") for k in d["fallback_only"]}
+    assert set(primary_only["listed"]) == {"primary"} and primary_only["providers"] == ["primary"]
+
+    fallback_only = _sweep_of(settings, ["fallback"])
+    assert "fallback_only" not in fallback_only["findings"]  # without the primary there is no reference to lack
+    assert _open(settings) == before | {("missing", k, "primary") for k in d["fallback_only"]}
+
+    _sweep(settings)  # both again: the primary-only view is superseded, nothing else changed
+    assert _open(settings) == before
+    with psycopg.connect(settings.database.primary_url) as conn:
+        shards = conn.execute("SELECT DISTINCT sh.providers FROM csl_ops.storage_sweep_shards sh JOIN "
+                              "csl_ops.storage_sweeps s ON s.id = sh.sweep_id WHERE s.id = ANY(%s)",
+                              ([primary_only["sweep_id"], fallback_only["sweep_id"]],)).fetchall()
+    assert sorted(shards) == [(["fallback"],), (["primary"],)]
+
+
+def test_the_reference_copy_is_the_primary_whatever_order_the_providers_are_given_in(platform, settings):
+    _sweep(settings)
+    expected = _open(settings)
+    reversed_ = _sweep_of(settings, ["fallback", "primary"])
+    assert _open(settings) == expected and reversed_["new"] == 0 and reversed_["closed"] == 0
+    assert reversed_["providers"] == ["primary", "fallback"]
+    straight = _sweep_of(settings, ["primary", "fallback"])
+    assert straight["findings"] == reversed_["findings"]
+    assert reversed_["findings"]["fallback_only"] == {"fallback": len(platform["defects"]["fallback_only"])}
+
+
+def test_avatars_and_url_form_references_are_not_orphans(platform, settings, providers):
+    primary, fallback = providers
+    folder = f"avatars/t{uuid.uuid4().hex[:8]}/"
+    keys = [f"{folder}{i}.png" for i in range(6)]
+    body = b"\x89PNG\r\n\x1a\n" + bytes(24)
+    for key in keys:
+        for p in providers:
+            p.put(key, body, content_type="image/png")
+    bucket, endpoint = primary.bucket, primary.settings.endpoint_url
+    forms = [keys[0],                                                   # a key
+             f"{endpoint}/{bucket}/{keys[1]}",                          # path-style S3
+             f"https://{bucket}.s3.us-east-1.amazonaws.com/{keys[2]}?X-Amz-Expires=60",  # virtual-hosted, signed
+             f"https://cdn.culturalsoundlab.com/audio/{keys[3]}#t=1",   # the CDN
+             f"/audio/{keys[4]}"]                                       # the edge, relative
+    users = [str(uuid.uuid4()) for _ in forms]
+    with psycopg.connect(settings.database.primary_url, autocommit=True) as conn:
+        for uid, url in zip(users, forms, strict=True):
+            conn.execute("INSERT INTO users (id, email, avatar_url) VALUES (%s, %s, %s)",
+                         (uid, f"{uid}@example.org", url))
+    try:
+        summary = _sweep(settings, prefix=folder, shards=1)
+        assert summary["db_refs"] == len(forms)
+        assert {f for f in _open_all(settings) if f[1].startswith(folder)} == {
+            ("orphan", keys[5], "primary"), ("orphan", keys[5], "fallback")}
+    finally:
+        with psycopg.connect(settings.database.primary_url, autocommit=True) as conn:
+            conn.execute("DELETE FROM users WHERE id = ANY(%s::uuid[])", (users,))
+        for key in keys:
+            for p in providers:
+                p.delete(key)
+        _sweep(settings, prefix=folder, shards=1)
+    assert not any(f[1].startswith(folder) for f in _open_all(settings))
+
+
+def _open_all(settings) -> set[tuple[str, str, str]]:
+    with psycopg.connect(settings.database.primary_url) as conn:
+        return set(conn.execute("SELECT kind, object_key, provider FROM csl_ops.storage_findings "
+                                "WHERE resolved_at IS NULL").fetchall())
+
+
+def test_emptied_folders_are_not_objects(platform, settings, providers):
+    primary, _ = providers
+    folder = f"ordertest/{uuid.uuid4().hex[:8]}/"
+    primary.put(folder + "x.wav", b"RIFF")
+    primary.delete(folder + "x.wav")  # SeaweedFS keeps the folder and lists it as an object of its own
+    summary = _sweep(settings, prefix=folder, shards=1)
+    assert summary["findings"] == {} and not any(f[1].startswith(folder) for f in _open_all(settings))
+
+
+def test_a_shard_refuses_providers_its_sweep_was_not_planned_for(platform, settings, providers):
+    with Database(settings.require_database()) as db:
+        sweep_id = _sweep_id(db, providers[:1])
+        with pytest.raises(integrity.SweepError, match="planned for providers"):
+            integrity.sweep_shard(lambda: db.connect_direct(autocommit=False), providers, sweep_id=sweep_id,
+                                  shard=0, cells=["samples/0a/"], options=SweepOptions())

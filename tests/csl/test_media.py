@@ -56,3 +56,19 @@ def test_size_limit_per_type():
 def test_sniff_does_not_take_text_for_audio():
     assert sniff(b"<html><body>not audio</body></html>") is None
     assert sniff(b"\xff\xfb\x90\xc0" + bytes(10)) == "mp3"
+
+
+@pytest.mark.parametrize(("filename", "content_type", "message"), [
+    ("take\r\n.wav", "audio/wav", r"file name .* control character U\+000D"),
+    ("take\x7f.wav", "audio/wav", r"control character U\+007F"),
+    ("take\u202egnp.wav", "audio/wav", r"control character U\+202E"),
+    ("dir/take.wav", "audio/wav", "a name, not a path"),
+    ("dir\\take.wav", "audio/wav", "a name, not a path"),
+    ("", "audio/wav", "file name is empty"),
+    ("take.wav", "audio/wav\nX-Evil: 1", r"content type .* control character U\+000A"),
+    ("take.wav", "audio/wáv", "must be ASCII"),
+])
+def test_names_and_types_that_travel_as_headers_are_refused_with_control_characters(filename, content_type, message):
+    with pytest.raises(UploadRejected, match=message):
+        validate(SAMPLES["wav"][0], filename=filename, content_type=content_type)
+    assert validate(SAMPLES["wav"][0], filename="Café ñandú.wav", content_type="audio/wav").name == "wav"

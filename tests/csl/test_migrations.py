@@ -90,3 +90,22 @@ def test_badly_named_migration_file_is_refused(fresh_database, tmp_path):
     with psycopg.connect(fresh_database, autocommit=True) as conn:
         with pytest.raises(DatabaseError, match="NNNN_name.sql"):
             migrate(conn, root=root)
+
+
+def test_a_migration_never_queues_behind_a_long_transaction(fresh_database, tmp_path):
+    """ALTER TABLE waits for every open transaction on the table, and every query behind it waits
+    too: a migration gives up after its lock_timeout instead, with nothing of it applied."""
+    import time
+
+    root = _copy_sql(tmp_path)
+    (root / "csl_ops" / "0999_alter.sql").write_text("ALTER TABLE csl_ops.task_runs ADD COLUMN note text;\n")
+    with psycopg.connect(fresh_database, autocommit=True) as conn, psycopg.connect(fresh_database) as reader:
+        migrate(conn, root=_copy_sql(tmp_path / "first"))
+        reader.execute("SELECT count(*) FROM csl_ops.task_runs")  # an open transaction holding a lock on it
+        started = time.monotonic()
+        with pytest.raises(DatabaseError, match="0999_alter.sql: a lock was not granted within 1 s"):
+            migrate(conn, root=root, lock_timeout_s=1)
+        assert time.monotonic() - started < 10
+        assert 999 not in [r[0] for r in conn.execute("SELECT version FROM csl_ops.schema_migrations")]
+        reader.rollback()
+        assert migrate(conn, root=root)[-1]["version"] == 999  # once that transaction is done

@@ -243,7 +243,7 @@ def test_window_parsing():
     assert parse_window("7d") == dt.timedelta(days=7)
 
 
-def _cli(settings_url: str, argv: list[str], capsys):
+def _cli(settings_url: str, argv: list[str], capsys, *, replica_url: str | None = None):
     from csl.config import DatabaseSettings, Settings
     from csl.reports.cli import add_cli
 
@@ -251,12 +251,12 @@ def _cli(settings_url: str, argv: list[str], capsys):
     sub = parser.add_subparsers(dest="command", required=True)
     add_cli(sub)
     args = parser.parse_args(argv)
-    code = args.func(args, Settings(database=DatabaseSettings(primary_url=settings_url)))
+    code = args.func(args, Settings(database=DatabaseSettings(primary_url=settings_url, replica_url=replica_url)))
     return code, capsys.readouterr().out
 
 
 def test_cli_snapshot_and_report(perf_db, tmp_path, capsys):
-    code, out = _cli(perf_db, ["snapshot", "--json"], capsys)
+    code, out = _cli(perf_db, ["snapshot", "--out", str(tmp_path), "--json"], capsys)
     assert code == 0 and json.loads(out)["snapshot"]["rows_written"] > 10
     workload(perf_db, calls=8)
     code, out = _cli(perf_db, ["report", "--window", "2h", "--out", str(tmp_path), "--json"], capsys)

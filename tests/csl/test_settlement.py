@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 
 from csl import settlement
 from csl.migrations import migrate
+from csl.money import CURRENCY_EXPONENTS, from_minor
 from csl.settlement import GateFailed, Params, SettlementBusy, SettlementParamsError, allocate, split_licence, to_minor
 
 from ..conftest import REPO
@@ -78,14 +79,28 @@ def test_refunds_in_pieces_reverse_the_parts_exactly(price, weights, cuts):
 
 
 def test_to_minor_is_exact_and_refuses_sub_cents():
-    assert to_minor(9.99) == 999 and to_minor(0.1) == 10 and to_minor(round(19.99 * 3, 2)) == 5997
-    assert to_minor(299.7) == 29970 and to_minor("10.00") == 1000
+    usd = lambda amount: to_minor(amount, "usd")  # noqa: E731
+    assert usd(9.99) == 999 and usd(0.1) == 10 and usd(round(19.99 * 3, 2)) == 5997
+    assert usd(299.7) == 29970 and usd("10.00") == 1000
     # float noise past 15 significant digits is not money: 0.30000000000000004 is 30 cents
-    assert to_minor(0.1 + 0.2) == 30 and to_minor(19.99 * 3) == 5997 and to_minor(1.15 * 100 / 100) == 115
-    assert to_minor(12345678901.23) == 1234567890123
+    assert usd(0.1 + 0.2) == 30 and usd(19.99 * 3) == 5997 and usd(1.15 * 100 / 100) == 115
+    assert usd(12345678901.23) == 1234567890123
     for sub_cent in (10.005, 0.001, 19.999, "10.005", float("nan"), float("inf")):
-        with pytest.raises(settlement.SubCentAmount):
-            to_minor(sub_cent)
+        with pytest.raises(settlement.SubUnitAmount):
+            usd(sub_cent)
+
+
+def test_minor_units_follow_each_currencys_iso_4217_exponent():
+    # a ¥1,000 licence is 1,000 minor units (not 100,000); 12.345 KWD is 12,345 fils (not 1,234.5)
+    assert to_minor(1000.0, "jpy") == 1000 and to_minor(1000, "JPY") == 1000 and to_minor(0.5 * 3, "usd") == 150
+    assert to_minor(12.345, "kwd") == 12345 and to_minor(0.1 + 0.2, "bhd") == 300 and to_minor(1.0001, "clf") == 10001
+    assert from_minor(1000, "jpy") == 1000 and str(from_minor(12345, "kwd")) == "12.345" and str(from_minor(5, "usd")) == "0.05"
+    for amount, currency in ((1000.5, "jpy"), (12.3456, "kwd"), (0.005, "eur")):
+        with pytest.raises(settlement.SubUnitAmount):
+            to_minor(amount, currency)
+    for unknown in ("xyz", "usdt", "", "US", "xau"):
+        with pytest.raises(ValueError, match="not a supported ISO 4217 currency"):
+            to_minor(1.0, unknown)
 
 
 EDGE_AMOUNTS = [0.0, 0.01, 0.1, 0.1 + 0.2, 0.3, 0.7 * 3, 1.15, 2.675, 4.35 * 100 / 100, 9.99, 10.005, 10.004999999999999,
@@ -93,7 +108,8 @@ EDGE_AMOUNTS = [0.0, 0.01, 0.1, 0.1 + 0.2, 0.3, 0.7 * 3, 1.15, 2.675, 4.35 * 100
 
 
 def test_prices_and_refunds_convert_by_one_rule_in_sql_and_python(fresh_database):
-    """csl_ops.minor_units (SQL: prices, refunds, platform splits) and to_minor agree on every float."""
+    """csl_ops.minor_units (SQL: prices, refunds, platform splits) and to_minor agree on every float,
+    in every exponent, and csl_ops.currencies is the same table as csl.money's."""
     import random
 
     rng = random.Random(5)
@@ -103,16 +119,24 @@ def test_prices_and_refunds_convert_by_one_rule_in_sql_and_python(fresh_database
                                  [rng.randrange(0, 10**5) / 100 for _ in range(1000)], strict=True)]
     with connect(fresh_database) as conn:
         migrate(conn, components=("csl_ops",))
-        rows = conn.execute("SELECT a, csl_ops.minor_units(a) FROM unnest(%s::float8[]) AS a", (amounts,)).fetchall()
-    for amount, cents in rows:
-        whole = cents == cents.to_integral_value()
-        try:
-            python = to_minor(amount)
-        except settlement.SubCentAmount:
-            python = None
-        assert python == (int(cents) if whole else None), (amount, cents, python)
-    converted = {a: c for a, c in rows}
-    assert converted[0.1 + 0.2] == 30 and converted[10.005] == Decimal("1000.5")
+        assert dict(conn.execute("SELECT code, exponent FROM csl_ops.currencies").fetchall()) == CURRENCY_EXPONENTS
+        for currency in ("usd", "jpy", "kwd", "clf"):
+            rows = conn.execute("SELECT a, csl_ops.minor_units(a, exponent) FROM unnest(%s::float8[]) AS a, "
+                                "csl_ops.currencies WHERE code = %s", (amounts, currency)).fetchall()
+            for amount, minor in rows:
+                whole = minor == minor.to_integral_value()
+                try:
+                    python = to_minor(amount, currency)
+                except settlement.SubUnitAmount:
+                    python = None
+                assert python == (int(minor) if whole else None), (amount, currency, minor, python)
+                if whole and 0 <= minor < 10**15:  # and back: the platform's float column round-trips
+                    back = conn.execute("SELECT csl_ops.minor_units(csl_ops.major_units(%s, exponent), exponent) "
+                                        "FROM csl_ops.currencies WHERE code = %s", (int(minor), currency)).fetchone()[0]
+                    assert back == minor, (amount, currency)
+            if currency == "usd":
+                converted = {a: c for a, c in rows}
+                assert converted[0.1 + 0.2] == 30 and converted[10.005] == Decimal("1000.5")
 
 
 def test_bad_params_are_refused():
@@ -131,12 +155,13 @@ def expected_parts(conn, share_bps=7000):
     """Every completed licence's split, computed in Python from the platform rows."""
     samples = dict(conn.execute("SELECT id::text, contributor_id::text FROM audio_samples").fetchall())
     rows = conn.execute(
-        "SELECT l.id::text, l.price, l.audio_sample_id::text, g.source_samples FROM licenses l "
+        "SELECT l.id::text, l.price, l.audio_sample_id::text, g.source_samples, pi.currency FROM licenses l "
+        "JOIN payment_intents pi ON pi.id = l.payment_intent_id "
         "LEFT JOIN generations g ON g.id = l.generation_id WHERE l.payment_status = 'completed'").fetchall()
     expected = {}
-    for license_id, price, sample_id, sources in rows:
+    for license_id, price, sample_id, sources, currency in rows:
         weights = Counter([samples[sample_id]] if sample_id else [samples[s] for s in sources])
-        expected[license_id] = split_licence(to_minor(price), share_bps, weights)
+        expected[license_id] = split_licence(to_minor(price, currency), share_bps, weights)
     return expected
 
 
@@ -181,15 +206,21 @@ def test_payouts_over_the_minimum_and_the_rest_carried(platform_db):
         assert paid and all(v >= 5000 for v in paid.values())
         balances = settlement.balances(conn)
         assert all(balances[k] == 0 for k in paid)
+        # held: at or over the minimum, but the contributor has no verified payout account (carried)
+        held = {(h["contributor_id"], h["currency"]): h["balance_minor"] for h in outcome["payout_holds"]}
+        assert held and all(v >= 5000 and balances[k] == v for k, v in held.items())
         # carried: under the minimum; negative where a refund clawed back what the platform paid before
-        carried = {k: v for k, v in balances.items() if v > 0}
+        carried = {k: v for k, v in balances.items() if v > 0 and k not in held}
         owing = {k: v for k, v in balances.items() if v < 0}
         assert carried and all(v < 5000 for v in carried.values())
         # nothing new and the same minimum: nothing to pay; a lower minimum pays what was carried
         assert settlement.settle(conn, Params(minimum_payout_cents=5000), run_key="run-2")["payouts"] == []
-        lower = settlement.settle(conn, Params(minimum_payout_cents=1), run_key="run-3")["payouts"]
-        assert {(p["contributor_id"], p["currency"]): p["amount_minor"] for p in lower} == carried
-        assert {k: v for k, v in settlement.balances(conn).items() if v} == owing
+        lower = settlement.settle(conn, Params(minimum_payout_cents=1), run_key="run-3")
+        carried_unheld = {k: v for k, v in carried.items()
+                          if k not in {(h["contributor_id"], h["currency"]) for h in lower["payout_holds"]}}
+        assert {(p["contributor_id"], p["currency"]): p["amount_minor"] for p in lower["payouts"]} == carried_unheld
+        assert {k: v for k, v in settlement.balances(conn).items() if v} == \
+            owing | {(h["contributor_id"], h["currency"]): h["balance_minor"] for h in lower["payout_holds"]}
 
 
 def test_refunds_after_payout_claw_back_exactly_and_a_negative_balance_is_carried(platform_db):
@@ -201,13 +232,14 @@ def test_refunds_after_payout_claw_back_exactly_and_a_negative_balance_is_carrie
             "WHERE g.id = l.generation_id)) >= 2 AND NOT EXISTS (SELECT 1 FROM refunds r "
             "WHERE r.payment_intent_id = l.payment_intent_id) ORDER BY l.price DESC LIMIT 1").fetchone()
         currency = conn.execute("SELECT currency FROM payment_intents WHERE id = %s", (pi,)).fetchone()[0]
-        price_minor = to_minor(price)
+        price_minor = to_minor(price, currency)
         part_minor = price_minor // 3
         conn.execute("INSERT INTO refunds (id, payment_intent_id, amount, currency, reason, status, created_at) VALUES "
-                     "('re_test_1', %s, %s, %s, 'partial', 'succeeded', now())", (pi, part_minor / 100, currency))
+                     "('re_test_1', %s, %s, %s, 'partial', 'succeeded', now())",
+                     (pi, float(from_minor(part_minor, currency)), currency))
         conn.execute("INSERT INTO refunds (id, payment_intent_id, amount, currency, reason, status, created_at) VALUES "
                      "('re_test_2', %s, %s, %s, 'rest', 'succeeded', now() + interval '1 minute')",
-                     (pi, (price_minor - part_minor) / 100, currency))
+                     (pi, float(from_minor(price_minor - part_minor, currency)), currency))
         conn.execute("UPDATE licenses SET payment_status = 'refunded' WHERE id = %s", (license_id,))
         parts = posted_parts(conn)[license_id]
         outcome = settlement.settle(conn, Params(minimum_payout_cents=1), run_key="run-2")
@@ -235,7 +267,7 @@ def test_corrupted_input_is_a_finding_and_the_gate_stops_everything(platform_db)
         with pytest.raises(GateFailed) as caught:
             settlement.settle(conn, Params(), run_key="run-bad")
         kinds = {(f["kind"], f["license_id"]) for f in caught.value.outcome["findings"]}
-        assert ("sub_cent_price", bad_price) in kinds and ("split_mismatch", bad_split) in kinds
+        assert ("sub_unit_price", bad_price) in kinds and ("split_mismatch", bad_split) in kinds
         assert conn.execute("SELECT count(*) FROM csl_ops.postings").fetchone()[0] == 0
         assert conn.execute("SELECT count(*) FROM csl_ops.payouts").fetchone()[0] == 0
         status, gate = conn.execute("SELECT status, gate FROM csl_ops.settlement_runs WHERE run_key = 'run-bad'").fetchone()
@@ -279,8 +311,11 @@ def test_a_refund_on_an_intent_shared_by_two_licences_is_held(platform_db):
             "SELECT id, payment_intent_id FROM licenses WHERE payment_status = 'completed' AND payment_intent_id NOT IN "
             "(SELECT payment_intent_id FROM refunds) ORDER BY id LIMIT 2").fetchall()
         conn.execute("UPDATE licenses SET payment_intent_id = %s WHERE id = %s", (first[1], second[0]))
+        # one payment for both licences: its amount covers both prices, in one currency
         conn.execute("UPDATE payment_intents SET currency = (SELECT currency FROM payment_intents WHERE id = %s) "
                      "WHERE id = %s", (first[1], second[1]))
+        conn.execute("UPDATE payment_intents SET amount = (SELECT sum(price) FROM licenses WHERE payment_intent_id = %s) "
+                     "WHERE id = %s", (first[1], first[1]))
         settlement.settle(conn, Params(), run_key="run-1")
         currency = conn.execute("SELECT currency FROM payment_intents WHERE id = %s", (first[1],)).fetchone()[0]
         conn.execute("INSERT INTO refunds (id, payment_intent_id, amount, currency, reason, status) VALUES "
@@ -387,31 +422,42 @@ API_KEY = "sk_test_csl"
 class FakeStripe:
     """Stripe's transfer endpoints as far as payouts use them, in memory.
 
-    ``POST /v1/transfers`` (form-encoded; idempotent: a repeated ``Idempotency-Key`` gets the
-    saved first answer, a 429 is not saved) and ``GET /v1/transfers`` (a list filtered by
-    ``transfer_group`` and ``destination``, newest first, paged by ``limit``/``starting_after``).
-    ``refuse``, ``rate_limit`` and ``lose_answer`` name idempotency keys: refused (400), rate
-    limited (429), or the transfer made but its answer lost (the client sees a timeout). Used over
-    ``httpx.MockTransport`` here and behind a real HTTP server in the e2e test.
+    ``GET /v1/balance`` (the key check), ``POST /v1/transfers`` (form-encoded; idempotent: a
+    repeated ``Idempotency-Key`` gets the saved first answer, a 429 is not saved; a destination
+    that is not one of ``accounts`` is refused as Stripe does, ``resource_missing``) and ``GET
+    /v1/transfers`` (a list filtered by ``transfer_group`` and ``destination``, newest first, paged
+    by ``limit``/``starting_after``). ``refuse``, ``rate_limit`` and ``lose_answer`` name idempotency
+    keys: refused (400), rate limited (429), or the transfer made but its answer lost (the client
+    sees a timeout); ``scripted`` maps a key to a raw answer (status, body text) given instead, the
+    transfer made or not as ``scripted_made`` says. Used over ``httpx.MockTransport`` here and
+    behind a real HTTP server in the e2e test.
     """
 
-    def __init__(self, *, refuse=(), rate_limit=(), lose_answer=()):
+    def __init__(self, *, accounts=(), refuse=(), rate_limit=(), lose_answer=(), scripted=None, scripted_made=()):
+        self.accounts = set(accounts)
         self.refuse, self.rate_limit, self.lose_answer = set(refuse), set(rate_limit), set(lose_answer)
+        self.scripted, self.scripted_made = dict(scripted or {}), set(scripted_made)
         self.transfers: list[dict] = []
         self.saved: dict[str, tuple[int, dict]] = {}
         self.requests: list[tuple[str, str, dict, dict]] = []  # (method, path, form or query, headers)
         self.lock = threading.Lock()
 
-    def handle(self, method: str, path: str, params: dict, headers) -> tuple[int, dict]:
+    def handle(self, method: str, path: str, params: dict, headers) -> tuple[int, dict | str]:
         with self.lock:
             self.requests.append((method, path, params, dict(headers)))
             if headers.get("authorization") != f"Bearer {API_KEY}":
                 return 401, {"error": {"type": "invalid_request_error", "message": "Invalid API Key provided"}}
+            if (method, path) == ("GET", "/v1/balance"):
+                return 200, {"object": "balance", "available": [{"amount": 10**9, "currency": "usd"}]}
             if path != "/v1/transfers":
                 return 404, {"error": {"type": "invalid_request_error", "message": f"Unrecognized request URL {path}"}}
             if method == "GET":
                 return 200, self._list(params)
             key = headers.get("idempotency-key")
+            if key in self.scripted:
+                if key in self.scripted_made and key not in self.saved:  # made: a resend gets this transfer
+                    self.saved[key] = 200, self._make(params)
+                return self.scripted[key]
             if key in self.saved:
                 return self.saved[key]
             if key in self.rate_limit:
@@ -419,16 +465,22 @@ class FakeStripe:
             if key in self.refuse:
                 answer = 400, {"error": {"type": "invalid_request_error", "code": "account_invalid",
                                          "message": "The destination account is not connected to your platform."}}
+            elif params.get("destination") not in self.accounts:
+                answer = 400, {"error": {"type": "invalid_request_error", "code": "resource_missing",
+                                         "param": "destination",
+                                         "message": f"No such destination: '{params.get('destination')}'"}}
             else:
-                transfer = {"id": f"tr_{len(self.transfers) + 1:08d}", "object": "transfer", "amount": int(params["amount"]),
-                            "currency": params["currency"], "destination": params["destination"],
-                            "transfer_group": params.get("transfer_group"), "reversed": False,
-                            "created": int(time.time()),
-                            "metadata": {k[9:-1]: v for k, v in params.items() if k.startswith("metadata[")}}
-                self.transfers.append(transfer)
-                answer = 200, transfer
+                answer = 200, self._make(params)
             self.saved[key] = answer
             return answer
+
+    def _make(self, params: dict) -> dict:
+        transfer = {"id": f"tr_{len(self.transfers) + 1:08d}", "object": "transfer", "amount": int(params["amount"]),
+                    "currency": params["currency"], "destination": params["destination"],
+                    "transfer_group": params.get("transfer_group"), "reversed": False, "created": int(time.time()),
+                    "metadata": {k[9:-1]: v for k, v in params.items() if k.startswith("metadata[")}}
+        self.transfers.append(transfer)
+        return transfer
 
     def _list(self, query: dict) -> dict:
         found = [t for t in reversed(self.transfers)
@@ -446,13 +498,28 @@ class FakeStripe:
             status, body = self.handle(request.method, request.url.path, params, request.headers)
             if request.method == "POST" and request.headers.get("Idempotency-Key") in self.lose_answer:
                 raise httpx.ReadTimeout("the answer never arrived", request=request)
-            return httpx.Response(status, json=body)
+            return httpx.Response(status, text=body) if isinstance(body, str) else httpx.Response(status, json=body)
 
         return httpx.MockTransport(handler)
 
     def posts(self) -> list[dict]:
         return [dict(params, idempotency_key=headers.get("idempotency-key"))
-                for method, _, params, headers in self.requests if method == "POST"]
+                for method, path, params, headers in self.requests if method == "POST"]
+
+
+def verified_accounts(conn) -> set[str]:
+    """The connected accounts the platform verified: the ones a real provider would accept."""
+    return {r[0] for r in conn.execute("SELECT account_id FROM csl_ops.payout_accounts WHERE verified_at IS NOT NULL "
+                                       "AND disabled_at IS NULL").fetchall()}
+
+
+def stripe_of(conn, **kwargs) -> FakeStripe:
+    return FakeStripe(accounts=verified_accounts(conn), **kwargs)
+
+
+def sender_for(stripe: FakeStripe, **kwargs) -> settlement.PayoutSender:
+    return settlement.PayoutSender(endpoint="https://api.stripe.test", api_key=kwargs.pop("api_key", API_KEY),
+                                   transport=stripe.transport(), **kwargs)
 
 
 def payout_rows(conn):
@@ -481,9 +548,8 @@ def test_payouts_are_sent_with_idempotency_keys_and_their_outcomes_applied(platf
         assert len(payouts) >= 3 and all(p["licences"] > 0 for p in payouts)
         refused, limited = (payouts[0]["contributor_id"], payouts[0]["currency"]), \
             (payouts[1]["contributor_id"], payouts[1]["currency"])
-        stripe = FakeStripe(refuse=[payouts[0]["idempotency_key"]], rate_limit=[payouts[1]["idempotency_key"]])
-        sender = settlement.PayoutSender(endpoint="https://api.stripe.test", api_key=API_KEY,
-                                         transport=stripe.transport())
+        stripe = stripe_of(conn, refuse=[payouts[0]["idempotency_key"]], rate_limit=[payouts[1]["idempotency_key"]])
+        sender = sender_for(stripe)
         result = sender.send(conn)
         assert (result["confirmed"], result["failed"], result["retry_later"]) == (len(payouts) - 2, 1, 1)
         posts = stripe.posts()
@@ -535,9 +601,8 @@ def test_a_payout_marks_paid_exactly_the_licences_it_covers(platform_db):
         second = settlement.settle(conn, Params(minimum_payout_cents=1), run_key="run-2")["payouts"]
         assert [(p["contributor_id"], p["currency"], p["amount_minor"], p["licences"]) for p in second] == \
             [(contributor, currency, 1750, 1)]
-        stripe = FakeStripe(rate_limit=[first["idempotency_key"]])  # the first payout's answer is not in yet
-        sender = settlement.PayoutSender(endpoint="https://api.stripe.test", api_key=API_KEY,
-                                         transport=stripe.transport())
+        stripe = stripe_of(conn, rate_limit=[first["idempotency_key"]])  # the first payout's answer is not in yet
+        sender = sender_for(stripe)
         sender.send(conn)
         rows = {k: s for k, s in conn.execute("SELECT idempotency_key, status FROM csl_ops.payouts").fetchall()}
         assert rows[first["idempotency_key"]] == "sent" and rows[second[0]["idempotency_key"]] == "confirmed"
@@ -554,7 +619,7 @@ def test_sent_is_committed_before_the_call_and_a_lost_answer_is_never_paid_twice
     with connect(platform_db) as conn, connect(platform_db) as watcher:
         payouts = settlement.settle(conn, Params(minimum_payout_cents=1000), run_key="run-1")["payouts"]
         lost = payouts[0]["contributor_id"]
-        stripe = FakeStripe(lose_answer=[payouts[0]["idempotency_key"]])
+        stripe = stripe_of(conn, lose_answer=[payouts[0]["idempotency_key"]])
         seen_status = {}
         transport = stripe.transport()
 
@@ -582,9 +647,8 @@ def test_past_the_idempotency_window_an_unknown_payout_is_looked_up_never_resent
     with connect(platform_db) as conn:
         payouts = settlement.settle(conn, Params(minimum_payout_cents=1000), run_key="run-1")["payouts"]
         made_it, never_arrived = payouts[0], payouts[1]
-        stripe = FakeStripe(lose_answer=[made_it["idempotency_key"]], rate_limit=[never_arrived["idempotency_key"]])
-        sender = settlement.PayoutSender(endpoint="https://api.stripe.test", api_key=API_KEY,
-                                         transport=stripe.transport())
+        stripe = stripe_of(conn, lose_answer=[made_it["idempotency_key"]], rate_limit=[never_arrived["idempotency_key"]])
+        sender = sender_for(stripe)
         sender.send(conn)
         group = stripe.transfers[0]["transfer_group"]
         for i in range(250):  # later transfers of the same group to the same account: the lookup must page
@@ -645,7 +709,7 @@ def test_refunds_convert_like_prices_float_noise_is_not_a_sub_cent(platform_db):
         with pytest.raises(GateFailed) as caught:
             settlement.settle(conn, Params(), run_key="run-3")
         assert [(f["kind"], f["license_id"]) for f in caught.value.outcome["findings"]] == \
-            [("refund_sub_cent", license_id)]
+            [("refund_sub_unit", license_id)]
         assert conn.execute("SELECT count(*) FROM csl_ops.postings WHERE kind = 'clawback' AND source_id = 're_half_cent'"
                             ).fetchone()[0] == 0
 
@@ -778,7 +842,9 @@ def test_a_licence_completed_during_a_run_is_left_for_the_next_run(platform_db, 
         real_gate = settlement.run_gate
 
         def gate_after_a_late_sale(run_conn, values):
-            with connect(platform_db) as platform:
+            with connect(platform_db) as platform, platform.transaction():  # the payment arrives: intent and licence
+                platform.execute("UPDATE payment_intents SET status = 'succeeded' WHERE id = "
+                                 "(SELECT payment_intent_id FROM licenses WHERE id = %s)", (late,))
                 platform.execute("UPDATE licenses SET payment_status = 'completed' WHERE id = %s", (late,))
             return real_gate(run_conn, values)
 
@@ -839,15 +905,15 @@ def test_a_payout_refused_after_a_later_one_was_instructed_is_covered_again_by_t
         key = (first["contributor_id"], first["currency"])
         first_licences = licences(conn, first["idempotency_key"])
         assert len(first_licences) == first["licences"] > 0
-        conn.execute("UPDATE csl_ops.payouts SET status = 'confirmed', first_sent_at = now() WHERE idempotency_key <> %s",
-                     (first["idempotency_key"],))
+        for status in ("sent", "confirmed"):  # the payout state machine only moves forward
+            conn.execute("UPDATE csl_ops.payouts SET status = %s, first_sent_at = now() WHERE idempotency_key <> %s",
+                         (status, first["idempotency_key"]))
         late_sale = sell(conn, *key, 99.0)  # the first payout is still in flight when the next run pays this
         second = next(p for p in settlement.settle(conn, Params(minimum_payout_cents=1000), run_key="run-2")["payouts"]
                       if (p["contributor_id"], p["currency"]) == key)
         assert licences(conn, second["idempotency_key"]) == {(late_sale,)}
-        stripe = FakeStripe(refuse=[first["idempotency_key"]])
-        sender = settlement.PayoutSender(endpoint="https://api.stripe.test", api_key=API_KEY,
-                                         transport=stripe.transport())
+        stripe = stripe_of(conn, refuse=[first["idempotency_key"]])
+        sender = sender_for(stripe)
         result = sender.send(conn)
         assert (result["failed"], result["confirmed"]) == (1, 1)
         third = settlement.settle(conn, Params(minimum_payout_cents=1000), run_key="run-3")["payouts"]
@@ -864,9 +930,8 @@ def test_a_refusal_committed_during_a_run_is_paid_by_the_next_run(platform_db):
     commit after its snapshot: the next run must not skip the payout scan because of the mark."""
     with connect(platform_db) as conn:
         refused = settlement.settle(conn, Params(minimum_payout_cents=1000), run_key="run-1")["payouts"][0]
-        stripe = FakeStripe(refuse=[refused["idempotency_key"]])
-        sender = settlement.PayoutSender(endpoint="https://api.stripe.test", api_key=API_KEY,
-                                         transport=stripe.transport())
+        stripe = stripe_of(conn, refuse=[refused["idempotency_key"]])
+        sender = sender_for(stripe)
         assert sender.send(conn)["failed"] == 1
         sender.close()
         # as if the reversal had been numbered below run-1's mark (it ran while run-1 was posting)

@@ -1,13 +1,23 @@
-"""csl.storage against the real SeaweedFS endpoints."""
+"""csl.storage against the real SeaweedFS endpoints, and what the public bucket and the edge
+serve to anyone."""
 
 from __future__ import annotations
 
+import http.client
+import json
+import re
 import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from urllib.parse import urlsplit
 
+import httpx
 import pytest
 
 from csl.errors import ProviderUnavailable
-from csl.storage import HEALTH_PREFIX, StorageProvider
+from csl.storage import HEALTH_PREFIX, PUBLISHED_PREFIXES, StorageProvider, public_read_policy
+
+from ..conftest import REPO
 
 
 @pytest.fixture
@@ -20,26 +30,36 @@ def fallback(settings):
     return StorageProvider(settings.provider("fallback"), max_attempts=1)
 
 
+@pytest.fixture
+def scratch(primary, fallback):
+    """Keys this test writes (on either provider); all deleted afterwards, so no later sweep finds orphans."""
+    written: list[tuple[StorageProvider, str]] = []
+    yield written
+    with ThreadPoolExecutor(16) as pool:
+        list(pool.map(lambda item: item[0].delete(item[1]), written))
+
+
 def test_put_head_get_delete_round_trip_with_checksum(primary):
-    stored = primary.put("tests/roundtrip.bin", b"\x00\x01 csl", content_type="application/octet-stream",
+    key = f"tests/{uuid.uuid4().hex[:8]}/roundtrip.bin"
+    stored = primary.put(key, b"\x00\x01 csl", content_type="application/octet-stream",
                          metadata={"contributor": "c-1"})
-    head = primary.head("tests/roundtrip.bin")
+    head = primary.head(key)
     assert head["size"] == 6 and head["metadata"] == {"sha256": stored["sha256"], "contributor": "c-1"}
-    assert primary.get("tests/roundtrip.bin") == b"\x00\x01 csl"
-    primary.delete("tests/roundtrip.bin")
-    assert primary.exists("tests/roundtrip.bin") is False
+    assert primary.get(key) == b"\x00\x01 csl"
+    primary.delete(key)
+    assert primary.exists(key) is False
 
 
-def test_listing_is_sorted_and_paged(fallback):
-    keys = [f"tests/list/{i % 256:02x}/{i:05d}.wav" for i in range(2300)]
-    from concurrent.futures import ThreadPoolExecutor
-
+def test_listing_is_sorted_and_paged(fallback, scratch):
+    base = f"tests/list{uuid.uuid4().hex[:6]}/"
+    keys = [f"{base}{i % 256:02x}/{i:05d}.wav" for i in range(2300)]
+    scratch.extend((fallback, k) for k in keys)
     with ThreadPoolExecutor(16) as pool:
         list(pool.map(lambda k: fallback.put(k, b"x"), keys))
-    listed = [o.key for o in fallback.iter_objects("tests/list/")]
+    listed = [o.key for o in fallback.iter_objects(base)]
     assert listed == sorted(keys)  # three pages of at most 1000
     resume = sorted(keys)[2000]
-    assert [o.key for o in fallback.iter_objects("tests/list/", start_after=resume)] == sorted(keys)[2001:]
+    assert [o.key for o in fallback.iter_objects(base, start_after=resume)] == sorted(keys)[2001:]
 
 
 def test_health_probe_leaves_nothing_behind(primary):
@@ -58,13 +78,77 @@ def test_a_stopped_endpoint_is_an_error_naming_the_provider_not_false(fallback, 
     assert time.monotonic() - started < 15, "a provider that is down must fail fast"
 
 
-def test_public_bucket_served_through_the_edge(primary, settings):
-    import httpx
-
-    primary.put("tests/edge/probe.wav", b"RIFF....WAVEfmt ", content_type="audio/wav")
+def test_public_bucket_served_through_the_edge(primary, settings, scratch):
+    key = f"samples/zz/{uuid.uuid4()}.wav"
+    scratch.append((primary, key))
+    primary.put(key, b"RIFF....WAVEfmt ", content_type="audio/wav")
     with httpx.Client(base_url=settings.edge.base_url) as edge:
-        first = edge.get("/audio/tests/edge/probe.wav")
-        second = edge.get("/audio/tests/edge/probe.wav")
+        first = edge.get(f"/audio/{key}")
+        second = edge.get(f"/audio/{key}")
         assert first.status_code == 200 and first.content == b"RIFF....WAVEfmt "
         assert (first.headers["x-cache"], second.headers["x-cache"]) == ("MISS", "HIT")
-        assert edge.get("/audio/tests/edge/probe.wav", headers={"Referer": "https://evil.example/"}).status_code == 403
+        assert edge.get(f"/audio/{key}", headers={"Referer": "https://evil.example/"}).status_code == 403
+
+
+# -- issue 12, item 11: only what is published is public ---------------------------------------
+FOLDERS = {"published": "samples/zz/{id}.wav", "quarantine": "_quarantine/20261201/samples/zz/{id}.wav",
+           "tmp": "tmp/{id}.wav", "uploads tmp": "uploads/tmp/{id}.wav", "health probe": "_csl_health/{id}",
+           "generation result": "generations/zz/{id}.mp3", "upload": "uploads/zz/{id}.wav",
+           "look-alike": "samplesX/{id}.wav"}
+
+
+@pytest.fixture
+def planted(primary, scratch):
+    """One object in each published and private folder of the public bucket: {folder: key}."""
+    keys = {folder: key.format(id=uuid.uuid4()) for folder, key in FOLDERS.items()}
+    primary.ensure_bucket(public_read=primary.settings.public_bucket)  # what devstack's buckets_up does
+    for key in keys.values():
+        primary.put(key, b"RIFF private? " + key.encode(), content_type="audio/wav")
+        scratch.append((primary, key))
+    return keys
+
+
+def test_the_bucket_policy_lets_anyone_read_the_published_folders_and_nothing_else(primary, planted):
+    assert primary.settings.public_bucket  # the dev stack's primary bucket is the public one
+    policy = json.loads(primary.client.get_bucket_policy(Bucket=primary.bucket)["Policy"])
+    resources = [r for s in policy["Statement"] for r in ([s["Resource"]] if isinstance(s["Resource"], str)
+                                                          else s["Resource"])]
+    assert resources == [f"arn:aws:s3:::{primary.bucket}/{p}*" for p in PUBLISHED_PREFIXES]
+    assert resources == public_read_policy(primary.bucket)["Statement"][0]["Resource"]
+    anonymous = httpx.Client(base_url=primary.settings.endpoint_url)  # no credentials at all
+    answers = {folder: anonymous.get(f"/{primary.bucket}/{key}").status_code for folder, key in planted.items()}
+    assert answers == {folder: 200 if folder == "published" else 403 for folder in planted}
+    assert anonymous.get(f"/{primary.bucket}", params={"list-type": "2"}).status_code == 403  # no listing
+
+
+def test_the_edge_serves_only_published_keys(settings, planted):
+    ident = planted["published"].rsplit("/", 1)[1]
+    with httpx.Client(base_url=settings.edge.base_url) as edge:
+        assert edge.get(f"/audio/{planted['published']}").status_code == 200
+        assert edge.get(f"/{planted['published']}").status_code == 200
+        for folder, key in planted.items():
+            if folder == "published":
+                continue
+            for path in (f"/audio/{key}", f"/{key}"):
+                answer = edge.get(path)
+                assert (answer.status_code, answer.text.strip()) == (403, "Not published"), (path, answer.text)
+    # tricks that reach another folder from a published one, sent as typed (no client-side normalising)
+    host = urlsplit(settings.edge.base_url).netloc
+    tmp_key = planted["tmp"]
+    for path in (f"/audio/samples/../{tmp_key}", f"/audio/samples/zz/../../{tmp_key}", f"/audio/samples//../{tmp_key}",
+                 f"/audio/samples/%2e%2e/{tmp_key}", f"/audio/samples/..%2f{tmp_key}", f"/audio/samples/.%2E/{tmp_key}",
+                 f"/audio/samples/zz/%2F..%2F..%2F{tmp_key}", f"/audio/samples\\..\\{tmp_key}",
+                 f"/audio//{tmp_key}", f"/audio/./{tmp_key}", f"/audio/samples/zz/./{ident}"):
+        connection = http.client.HTTPConnection(host, timeout=10)
+        connection.request("GET", path)
+        response = connection.getresponse()
+        body = response.read()
+        connection.close()
+        assert (response.status, body.strip()) == (403, b"Not published"), path
+
+
+def test_the_edge_and_the_bucket_policy_publish_the_same_folders():
+    vcl = (REPO / "stack" / "varnish" / "edge.vcl").read_text()
+    published = re.search(r'req\.url !~ "\^/\{\{BUCKET\}\}/\(([^)]*)\)/', vcl)
+    assert published, "edge.vcl must check the published folders"
+    assert [p + "/" for p in published.group(1).split("|")] == list(PUBLISHED_PREFIXES)

@@ -1,15 +1,20 @@
 """Run in a subprocess (own AIRFLOW_HOME): parse every DAG file, report facts as JSON.
 
-Usage: python inspect_dags.py DAGS_DIR [PARAM_CASES_JSON]
+Usage: python inspect_dags.py DAGS_DIR [PARAM_CASES_JSON [CONF_CASES_JSON]]
+
+PARAM_CASES_JSON: {dag_id: {param: [value, ...]}}, each value resolved by that Param.
+CONF_CASES_JSON: [conf, ...], each given to every task's ``pre_execute`` as the run's conf.
 """
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import json
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 HEAVY = ("pandas", "great_expectations", "boto3", "botocore", "psycopg", "httpx", "numpy")
 
@@ -17,12 +22,17 @@ HEAVY = ("pandas", "great_expectations", "boto3", "botocore", "psycopg", "httpx"
 def main() -> None:
     dags_dir = Path(sys.argv[1])
     cases = json.loads(sys.argv[2]) if len(sys.argv) > 2 else {}
+    conf_cases = json.loads(sys.argv[3]) if len(sys.argv) > 3 else []
     import airflow.sdk  # noqa: F401 - paid once, not charged to the first DAG file
 
     baseline = {m for m in sys.modules if m.split(".")[0] in HEAVY}
     import csl_airflow.operators  # noqa: F401 - the shared glue: its imports count as the DAGs'
 
     from airflow.dag_processing.dagbag import DagBag
+    from airflow.sdk.definitions.mappedoperator import MappedOperator
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from csl_airflow.operators import CslBaseOperator
 
     heavy_after_glue = {m.split(".")[0] for m in sys.modules if m.split(".")[0] in HEAVY}
     files = {}
@@ -44,7 +54,8 @@ def main() -> None:
         params = {}
         for name in dag.params:
             param = dag.params.get_param(name)
-            params[name] = {"schema": param.schema, "description": param.description, "default": param.value}
+            params[name] = {"schema": param.schema, "description": param.description, "default": param.value,
+                            "accepts_null": _accepts(param, None)}
         refused = {}
         for name, values in cases.get(dag_id, {}).items():
             refused[name] = []
@@ -54,6 +65,21 @@ def main() -> None:
                     refused[name].append({"value": value, "refused": False})
                 except Exception as exc:  # noqa: BLE001 - what we report is the refusal
                     refused[name].append({"value": value, "refused": True, "message": str(exc).splitlines()[0]})
+        tasks = {}
+        for task in dag.tasks:
+            mapped = isinstance(task, MappedOperator)  # not an operator yet: its class is what runs
+            checks = issubclass(task.operator_class if mapped else type(task), CslBaseOperator)
+            outcomes = []
+            if checks and not mapped:
+                for conf in conf_cases:
+                    try:
+                        task.pre_execute({"dag_run": SimpleNamespace(conf=conf)})
+                        outcomes.append({"refused": False})
+                    except AirflowFailException as exc:
+                        outcomes.append({"refused": True, "fail": True, "message": str(exc)})
+                    except Exception as exc:  # noqa: BLE001 - reported: the test wants AirflowFailException
+                        outcomes.append({"refused": True, "fail": False, "message": repr(exc)})
+            tasks[task.task_id] = {"csl_operator": checks, "conf": outcomes}
         dags[dag_id] = {
             "fileloc": Path(dag.fileloc).name,
             "owners": sorted({t.owner for t in dag.tasks}),
@@ -65,9 +91,18 @@ def main() -> None:
             "params": params,
             "refused": refused,
             "tasks": sorted(t.task_id for t in dag.tasks),
+            "task_checks": tasks,
         }
     print(json.dumps({"import_errors": bag.import_errors, "files": files, "heavy_modules": heavy, "dags": dags},
                      default=str))
+
+
+def _accepts(param, value) -> bool:
+    try:
+        copy.copy(param).resolve(value)  # resolve() keeps the value it accepted
+        return True
+    except Exception:  # noqa: BLE001 - a refusal is the answer
+        return False
 
 
 if __name__ == "__main__":

@@ -19,18 +19,18 @@ DAG_FILES = sorted(p.name for p in DAGS.glob("*.py"))
 BAD_PARAMS = {
     "csl_platform_health": {
         "max_replica_lag_s": [-1, "thirty", 100000],
-        "tolerate": [["database.everything"], "edge", ["edge", "edge"]],
+        "tolerate": [["database.everything"], "edge", ["edge", "edge"], ["edge\n"]],
     },
     "csl_index_install": {
         "dry_run": ["yes", 1],
-        "only": [["Bad Name"], "idx_users_email_active", ["idx_a", "idx_a"]],
+        "only": [["Bad Name"], "idx_users_email_active", ["idx_a", "idx_a"], ["idx_a\n"], ["i" * 64]],
         "lock_timeout_ms": [0, 5, "fast", 10**7],
         "statement_timeout_s": [0, 1.5],
         "max_lock_retries": [-1, 21],
     },
     "csl_db_maintenance": {
         "dry_run": ["no"],
-        "tables": [["users; DROP TABLE users"], "users", [1]],
+        "tables": [["users; DROP TABLE users"], "users", [1], ["users\n"], ["public.users\n"], ["t" * 64]],
         "mode": ["full", ""],
         "max_tables": [0, 10**6, "all"],
         "dead_ratio": [0, 1.5, -0.1],
@@ -38,8 +38,13 @@ BAD_PARAMS = {
     },
     "csl_revenue_settlement": {
         "contributor_share_bps": [-1, 10001, 70.5, "70%"],
-        "minimum_payout_cents": [-1, "ten dollars"],
-        "period_start": ["yesterday", "2026-13"],
+        "minimum_payout_cents": [-1, "ten dollars", 10**9],
+        # dates that do not exist, one-digit fields, words, an empty string, a trailing newline, a
+        # 25th hour, a one-digit offset, year 0, a number, non-ASCII digits
+        "period_start": ["yesterday", "2026-13", "2026-02-30", "2026-1-5", "2026-13-01", "2023-02-29", "1900-02-29",
+                         "2026-04-31", "", "2026-11-01\n", "2026-11-01T25:00:00Z", "2026-11-01T10:00:00+1:00",
+                         "0000-01-01", 20261101, "\u0662\u0660\u0662\u0666-11-01"],
+        "period_end": ["2026-02-30", "tomorrow", "2026-11-01T00:00:00Z\n"],
         "dry_run": ["sure"],
         "send_payouts": ["yes"],
     },
@@ -53,7 +58,8 @@ BAD_PARAMS = {
     },
     "csl_storage_cleanup": {
         "dry_run": ["maybe"],
-        "temp_prefix": ["tmp", "_quarantine/", ""],
+        "temp_prefix": ["tmp", "_quarantine/", "", "samples/", "/", "../", "tmp/x/"],  # an allow-list
+        "max_share": [0, 1.5, "10%"],
         "temp_ttl_h": [-1, "a day"],
         "orphan_grace_h": [-5],
         "max_objects": [-1, 10**7],
@@ -71,24 +77,38 @@ BAD_PARAMS = {
         "advise_queries": [-1, 101],
         "exact_bloat_tables": [["licenses"], "public.licenses", ["public.licenses; drop"]],
         "retention_days": [0, 3651],
+        "unused_index_days": [0, -1, "a week", 4000],
+        "advisor_role": ["", "csl advisor", 'x"; DROP TABLE users; --', "a" * 64],
+        "report_retention_days": [0, 3651, 1.5],
     },
 }
 GOOD_PARAMS = {
-    "csl_revenue_settlement": {"contributor_share_bps": [0, 7000, 10000], "period_start": ["", "2026-11-01"],
+    "csl_revenue_settlement": {"contributor_share_bps": [0, 7000, 10000],
+                               "period_start": [None, "2026-11-01", "2024-02-29", "2000-02-29", "2026-12-31",
+                                                "2026-11-01T00:00:00+01:00", "2026-11-01T23:59:59.5Z",
+                                                "2026-11-01 08:00-05:00", "2026-11-01T10:00:00"],
+                               "period_end": [None, "2027-01-01", "2026-11-30T00:00:00Z"],
                                "minimum_payout_cents": [0, 1000]},
-    "csl_db_maintenance": {"tables": [[], ["users", "csl_ops.task_runs"]], "mode": ["auto", "freeze"],
+    "csl_db_maintenance": {"tables": [[], None, ["users", "csl_ops.task_runs"]], "mode": ["auto", "freeze"],
                            "dead_ratio": [0.05, 1], "max_tables": [1]},
-    "csl_platform_health": {"max_replica_lag_s": [0, 2.5], "tolerate": [[], ["database.replica", "edge"]]},
-    "csl_index_install": {"dry_run": [True, False], "only": [[], ["idx_users_email_active"]],
+    "csl_platform_health": {"max_replica_lag_s": [0, 2.5], "tolerate": [[], None, ["database.replica", "edge"]]},
+    "csl_index_install": {"dry_run": [True, False], "only": [[], None, ["idx_users_email_active"]],
                           "lock_timeout_ms": [10, 2000], "max_lock_retries": [0, 20]},
-    "csl_storage_integrity": {"shards": [1, 16], "deep_sample": [0, 0.25, 1], "prefix": ["", "samples/0a/"],
-                              "key_order": ["path", "byte"], "providers": [[], ["primary", "fallback"]]},
-    "csl_storage_cleanup": {"dry_run": [True], "temp_prefix": ["tmp/", "uploads/tmp/"], "max_objects": [0, 500],
-                            "orphan_grace_h": [0, 72]},
+    "csl_storage_integrity": {"shards": [1, 16], "deep_sample": [0, 0.25, 1], "prefix": [None, "", "samples/0a/"],
+                              "key_order": ["path", "byte"], "providers": [None, [], ["fallback", "primary"]]},
+    "csl_storage_cleanup": {"dry_run": [True, False, None], "temp_prefix": ["tmp/", "uploads/tmp/"],
+                            "max_objects": [0, 500], "orphan_grace_h": [0, 72], "max_share": [0.1, 1],
+                            "providers": [None, [], ["primary"]]},
     "csl_performance_report": {"make_report": ["auto", "always", "never"], "report_hour_utc": [0, 23],
                                "window_hours": [0.5, 24, 168], "regression_pct": [25, 200], "advise_queries": [0, 10],
-                               "retention_days": [1, 30], "exact_bloat_tables": [[], ["public.licenses"]]},
+                               "retention_days": [1, 30], "exact_bloat_tables": [[], None, ["public.licenses"]],
+                               "unused_index_days": [0.5, 7, 30], "advisor_role": ["csl_advisor"],
+                               "report_retention_days": [1, 90]},
 }
+
+
+# Given to every task's pre_execute as the run's conf: the typo the issue found, then nothing at all.
+CONF_CASES = [{"dryrun": True}, {}]
 
 
 @pytest.fixture(scope="module")
@@ -106,7 +126,8 @@ def inspected(tmp_path_factory):
                    for name in set(BAD_PARAMS.get(dag, {})) | set(GOOD_PARAMS.get(dag, {}))}
              for dag in set(BAD_PARAMS) | set(GOOD_PARAMS)}
     result = subprocess.run([sys.executable, str(Path(__file__).with_name("inspect_dags.py")), str(DAGS),
-                             json.dumps(cases)], capture_output=True, text=True, env=env, timeout=300)
+                             json.dumps(cases), json.dumps(CONF_CASES)], capture_output=True, text=True, env=env,
+                            timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads(result.stdout.strip().splitlines()[-1])
 
@@ -152,6 +173,55 @@ def test_bad_params_are_refused_good_ones_accepted(inspected, dag_id):
     for name, good_values in GOOD_PARAMS[dag_id].items():
         outcomes = refused[name][len(BAD_PARAMS[dag_id].get(name, [])):]
         assert [o["refused"] for o in outcomes] == [False] * len(good_values), outcomes
+
+
+def test_a_form_field_a_person_empties_is_accepted(inspected):
+    # The trigger form sends an emptied text or list field as null: a Param whose default is "nothing"
+    # ("" / [] / null) must accept null, or the form refuses to trigger with that field cleared. And no
+    # "" default: an empty string is not a value a person chose.
+    for dag_id, dag in inspected["dags"].items():
+        for name, param in dag["params"].items():
+            if param["default"] in ("", [], None):
+                assert param["accepts_null"], f"{dag_id}.{name}: default {param['default']!r} but null refused"
+            assert param["default"] != "", f"{dag_id}.{name}: an empty-string default; use null"
+
+
+def test_every_number_param_is_bounded(inspected):
+    for dag_id, dag in inspected["dags"].items():
+        for name, param in dag["params"].items():
+            schema = param["schema"]
+            types = schema["type"] if isinstance(schema["type"], list) else [schema["type"]]
+            if {"integer", "number"} & set(types) and "enum" not in schema:
+                assert {"minimum", "exclusiveMinimum"} & set(schema), f"{dag_id}.{name} has no lower bound"
+                assert {"maximum", "exclusiveMaximum"} & set(schema), f"{dag_id}.{name} has no upper bound"
+
+
+def test_every_task_refuses_an_undeclared_conf_key_before_it_starts(inspected):
+    for dag_id, dag in inspected["dags"].items():
+        for task_id, task in dag["task_checks"].items():
+            assert task["csl_operator"], f"{dag_id}.{task_id} is not a CslBaseOperator: nothing checks its conf"
+            if not task["conf"]:
+                continue  # a mapped task: its class is checked above, its instances run the same pre_execute
+            typo, nothing = task["conf"]
+            assert typo["refused"] and typo["fail"], (dag_id, task_id, typo)  # AirflowFailException: no retry
+            assert "'dryrun'" in typo["message"] and dag_id in typo["message"], typo
+            assert f"declared: {', '.join(sorted(dag['params']))}" in typo["message"], typo
+            if "dry_run" in dag["params"]:
+                assert "did you mean 'dry_run'?" in typo["message"], typo
+            assert nothing == {"refused": False}, (dag_id, task_id, nothing)
+
+
+def test_every_period_bound_the_form_accepts_is_one_the_settlement_parses(inspected):
+    # The DAG's pattern and csl.settlement.parse_period must agree: a value the trigger form lets
+    # through and the domain refuses would fail the run after the trigger said yes.
+    from csl.settlement import parse_period
+
+    outcomes = inspected["dags"]["csl_revenue_settlement"]["refused"]
+    for name in ("period_start", "period_end"):
+        accepted = [o["value"] for o in outcomes[name] if not o["refused"] and o["value"] is not None]
+        assert accepted, name
+        for value in accepted:
+            assert parse_period(value, name).tzinfo is not None, value
 
 
 def test_settlement_dag_shape(inspected):

@@ -13,7 +13,7 @@ from urllib.parse import parse_qsl, urlsplit
 import psycopg
 import pytest
 
-from ..csl.test_settlement import API_KEY, FakeStripe
+from ..csl.test_settlement import API_KEY, FakeStripe, verified_accounts
 from .conftest import ensure_settled, run_dag
 
 pytestmark = pytest.mark.e2e
@@ -75,7 +75,7 @@ def test_a_failing_gate_fails_the_run_keeps_the_findings_and_posts_nothing(airfl
         settle_ti = next(ti for ti in airflow.task_instances(DAG, run_id) if ti["task_id"] == "settle")
         assert settle_ti["try_number"] == 1, "a failed gate is not retried: the data must be fixed"
         findings = airflow.xcom(DAG, run_id, "settle", key="findings")
-        assert [(f["kind"], f["license_id"]) for f in findings] == [("sub_cent_price", bad)]
+        assert [(f["kind"], f["license_id"]) for f in findings] == [("sub_unit_price", bad)]
         gate = airflow.xcom(DAG, run_id, "settle", key="gate")
         assert gate["success"] is False and {"check": "findings", "violations": 1} in gate["checks"]
         with psycopg.connect(settings.database.primary_url) as conn:
@@ -84,7 +84,7 @@ def test_a_failing_gate_fails_the_run_keeps_the_findings_and_posts_nothing(airfl
             assert status == "gate_failed" and kept_gate["validation"], "the validation result is kept"
             assert conn.execute(
                 "SELECT f.kind, f.license_id::text FROM csl_ops.settlement_findings f JOIN csl_ops.settlement_runs r "
-                "ON r.id = f.run_id WHERE r.run_key = %s", (f"{DAG}/{run_id}",)).fetchall() == [("sub_cent_price", bad)]
+                "ON r.id = f.run_id WHERE r.run_key = %s", (f"{DAG}/{run_id}",)).fetchall() == [("sub_unit_price", bad)]
             assert ledger_counts(conn) == before, "nothing posted, no payout instructed"
     finally:
         with psycopg.connect(settings.database.primary_url, autocommit=True) as conn:
@@ -93,9 +93,11 @@ def test_a_failing_gate_fails_the_run_keeps_the_findings_and_posts_nothing(airfl
 
 
 @pytest.fixture
-def stripe_endpoint(airflow):
-    """FakeStripe behind a real HTTP server on 127.0.0.1, reached through the ``csl_payouts`` connection."""
-    stripe = FakeStripe()
+def stripe_endpoint(airflow, settings):
+    """FakeStripe behind a real HTTP server on 127.0.0.1, reached through the ``csl_payouts`` connection;
+    it knows the connected accounts the platform verified, and refuses any other destination."""
+    with psycopg.connect(settings.database.primary_url) as conn:
+        stripe = FakeStripe(accounts=verified_accounts(conn))
 
     class Handler(BaseHTTPRequestHandler):
         def _serve(self) -> None:
@@ -104,7 +106,7 @@ def stripe_endpoint(airflow):
             raw = self.rfile.read(length).decode() if self.command == "POST" else url.query
             headers = {k.lower(): v for k, v in self.headers.items()}
             status, body = stripe.handle(self.command, url.path, dict(parse_qsl(raw, keep_blank_values=True)), headers)
-            data = json.dumps(body).encode()
+            data = body.encode() if isinstance(body, str) else json.dumps(body).encode()
             self.send_response(status)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(data)))
@@ -147,7 +149,9 @@ def test_send_payouts_against_a_stripe_shaped_endpoint(airflow, settings, stripe
             "JOIN csl_ops.payouts po ON po.id = pl.payout_id WHERE po.status = 'confirmed'").fetchall())
         now_paid = set(conn.execute("SELECT license_id::text, contributor_id::text FROM revenue_splits "
                                     "WHERE status = 'paid'").fetchall())
-    assert payouts and {p[3] for p in payouts} == {"confirmed"}
+        destinations = conn.execute("SELECT DISTINCT po.destination = pa.account_id FROM csl_ops.payouts po "
+                                    "JOIN csl_ops.payout_accounts pa USING (contributor_id)").fetchall()
+    assert payouts and {p[3] for p in payouts} == {"confirmed"} and destinations == [(True,)]
     assert airflow.xcom(DAG, run_id, "send_payouts")["confirmed"] == len(payouts)
     posts = stripe_endpoint.posts()
     assert sorted((p["idempotency_key"], int(p["amount"]), p["currency"]) for p in posts) == \

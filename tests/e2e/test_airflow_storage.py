@@ -23,7 +23,8 @@ def _settled(airflow):
 
 
 def test_sweep_maps_shards_reports_every_defect_and_emits_the_asset(airflow, platform, settings):
-    run_id, run, states = run_dag(airflow, SWEEP, {"shards": 3, "deep_sample": 0.05})
+    # an emptied text field arrives as null from the trigger form: "everything"
+    run_id, run, states = run_dag(airflow, SWEEP, {"shards": 3, "deep_sample": 0.05, "prefix": None})
     assert run["state"] == "success", states
     shard_states = [s for name, s in states.items() if name.startswith("sweep[")]
     assert shard_states == ["success"] * 3 and states["plan"] == states["report"] == "success"
@@ -51,23 +52,28 @@ def test_cleanup_dry_run_cap_and_move_through_airflow(airflow, platform, setting
     keys = [f"{temp}{i}.wav" for i in range(2)]
     for key in keys:
         primary.put(key, b"RIFF" + key.encode())
-    conf = {"temp_prefix": temp, "temp_ttl_h": 0, "orphan_grace_h": 8760}
-    run_id, run, states = run_dag(airflow, CLEANUP, {**conf, "dry_run": True})
-    assert run["state"] == "success", states
-    result = airflow.xcom(CLEANUP, run_id, "cleanup", key="cleanup")
-    assert sorted(c["key"] for c in result["candidates"]) == keys and result["moved"] == []
-    assert all(primary.exists(k) for k in keys)
+    conf = {"temp_prefix": "tmp/", "temp_ttl_h": 0, "orphan_grace_h": 8760}
+    for dry in ({}, {"dry_run": True}):  # a manual run is a dry run unless asked otherwise
+        run_id, run, states = run_dag(airflow, CLEANUP, {**conf, **dry})
+        assert run["state"] == "success", states
+        summary = airflow.xcom(CLEANUP, run_id, "cleanup", key="cleanup")
+        assert summary["dry_run"] is True and summary["moved"] == 0 and summary["candidates"] >= 2
+        assert set(keys) <= {c["key"] for c in summary["sample"]} and len(summary["sample"]) <= 100
+        assert all(primary.exists(k) for k in keys)
 
-    run_id, run, states = run_dag(airflow, CLEANUP, {**conf, "max_objects": 1})
+    bad = airflow.trigger(CLEANUP, {**conf, "temp_prefix": "samples/"})
+    assert bad.status_code == 400 and "temp_prefix" in bad.text  # only temporary folders
+
+    run_id, run, states = run_dag(airflow, CLEANUP, {**conf, "max_objects": 1, "dry_run": False})
     assert run["state"] == "failed" and states["cleanup"] == "failed"
     assert all(primary.exists(k) for k in keys)  # over the cap: nothing touched
 
-    run_id, run, states = run_dag(airflow, CLEANUP, conf)
+    run_id, run, states = run_dag(airflow, CLEANUP, {**conf, "dry_run": False})
     assert run["state"] == "success", states
     assert not any(primary.exists(k) for k in keys)
     with psycopg.connect(settings.database.primary_url) as conn:
         rows = conn.execute("SELECT object_key, reason FROM csl_ops.storage_quarantine WHERE run_key = %s "
-                            "ORDER BY object_key", (run_id,)).fetchall()
+                            "AND object_key = ANY(%s) ORDER BY object_key", (run_id, keys)).fetchall()
     assert rows == [(k, "expired_upload") for k in keys]
 
 

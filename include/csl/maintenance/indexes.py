@@ -79,7 +79,7 @@ class DeclaredIndex:
 class IndexState:
     name: str
     table: str
-    status: str  # missing | invalid | drifted | ok | unknown
+    status: str  # missing | invalid | drifted | ok | unknown | blocked
     declared: str | None = None
     actual: str | None = None
     size_bytes: int | None = None
@@ -90,7 +90,7 @@ class IndexState:
 class PlanItem:
     name: str
     table: str
-    action: str  # build | rebuild | swap | skip | leave
+    action: str  # build | rebuild | swap | skip | leave | blocked
     reason: str
     statement: str | None = None
 
@@ -226,6 +226,13 @@ def diff(conn: psycopg.Connection, catalog: list[DeclaredIndex], *, schema: str 
             else:
                 state.reason = "valid and as declared"
         states.append(state)
+    for state, declared in zip(states, catalog, strict=True):
+        if declared.unique and state.status in ("missing", "invalid", "drifted"):
+            groups = _duplicate_groups(conn, declared, schema)
+            if groups:
+                state.status = "blocked"
+                state.reason = (f"{groups:,} duplicate key group(s) in {declared.table}: a unique index cannot be built "
+                                f"until they are resolved ({state.reason})")
     declared_names = {d.name for d in everything}
     for name, (_, table, definition, valid, _ready, size, constraint) in actual.items():
         if name in declared_names or constraint:
@@ -239,14 +246,37 @@ def diff(conn: psycopg.Connection, catalog: list[DeclaredIndex], *, schema: str 
     return states
 
 
+_KEY_LIST = re.compile(r"^\s*(?:USING\s+btree\s*)?\((?P<columns>[^()]*)\)\s*(?:WHERE\s+(?P<where>.+))?$", re.I | re.S)
+
+
+def _duplicate_groups(conn: psycopg.Connection, declared: DeclaredIndex, schema: str) -> int:
+    """How many key values a declared unique index would find twice (rows with a NULL key column
+    never conflict); 0 when its key is not a plain column list (the build itself then decides)."""
+    match = _KEY_LIST.match(_STMT.match(declared.statement).group("rest"))
+    columns = [c.strip() for c in match.group("columns").split(",")] if match else []
+    if not columns or not all(re.fullmatch(r"[a-z_][a-z0-9_]*", c) for c in columns):
+        return 0
+    conditions = [sql.SQL("{} IS NOT NULL").format(sql.Identifier(c)) for c in columns]
+    if match.group("where"):
+        conditions.append(sql.SQL("({})").format(sql.SQL(match.group("where"))))  # the catalog's own predicate
+    query = sql.SQL("SELECT count(*) FROM (SELECT 1 FROM {}.{} WHERE {} GROUP BY {} HAVING count(*) > 1) d").format(
+        sql.Identifier(schema), sql.Identifier(declared.table), sql.SQL(" AND ").join(conditions),
+        sql.SQL(", ").join(sql.Identifier(c) for c in columns))
+    count = conn.execute(query).fetchone()[0]
+    if not conn.autocommit:
+        conn.rollback()
+    return int(count)
+
+
 def make_plan(states: list[IndexState], catalog: list[DeclaredIndex]) -> list[PlanItem]:
     by_name = {d.name: d for d in catalog}
-    action_for = {"missing": "build", "invalid": "rebuild", "drifted": "swap", "ok": "skip", "unknown": "leave"}
+    action_for = {"missing": "build", "invalid": "rebuild", "drifted": "swap", "ok": "skip", "unknown": "leave",
+                  "blocked": "blocked"}
     plan = []
     for state in states:
         declared = by_name.get(state.name)
         action = action_for[state.status]
-        statement = declared.statement_for(concurrently=True) if declared and action != "skip" else None
+        statement = declared.statement_for(concurrently=True) if declared and action not in ("skip", "blocked") else None
         plan.append(PlanItem(state.name, state.table, action, state.reason, statement))
     return plan
 
@@ -467,7 +497,8 @@ def plan_summary(plan: list[PlanItem]) -> dict[str, Any]:
     for item in plan:
         counts[item.action] = counts.get(item.action, 0) + 1
     return {"counts": counts, "to_build": [i.name for i in plan if i.action in ("build", "rebuild", "swap")],
-            "unknown": [i.name for i in plan if i.action == "leave"]}
+            "unknown": [i.name for i in plan if i.action == "leave"],
+            "blocked": [{"name": i.name, "reason": i.reason} for i in plan if i.action == "blocked"]}
 
 
 def format_plan(plan: list[PlanItem]) -> str:

@@ -1,11 +1,15 @@
 """Performance reports: statistics snapshots, deltas over a window, analysis with verified
 index advice, and a self-contained HTML page (+ CSV/JSON) stored in ``csl_ops`` and on disk.
 
-    with psycopg.connect(url, autocommit=True) as conn:
-        snapshot = reports.capture(conn)                        # hourly, cheap
-        result = reports.make_report(conn, reports.ReportParams(window="24h"),
+    with Database(settings.require_database()) as db, db.connect_direct("primary") as conn:
+        replicas = reports.replicas_of(db)                      # {"replica": connect} when configured
+        snapshot = reports.capture(conn, replicas=replicas)     # hourly, cheap
+        result = reports.make_report(conn, reports.ReportParams(window="24h"), replicas=replicas,
                                      run_key="cli__…", out_dir=Path("reports"))
         frames = reports.to_frames(result["report"])            # pandas, for notebooks
+
+Stored reports are kept ``retention_days`` (90 by default): every snapshot and report run
+deletes older ones and removes their folders (:func:`prune_reports`).
 
 Command line: ``python -m csl snapshot`` and ``python -m csl report --window 24h --out DIR``.
 """
@@ -16,14 +20,16 @@ import json
 import logging
 import re
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import psycopg
 
 from csl.reports.analysis import ReportParams, ReportParamsError, analyse, parse_window
-from csl.reports.render import columns_of, render_html, to_frames, to_json, write_files
-from csl.reports.snapshot import MARK, Snapshot, capture, prune
+from csl.reports.render import REPORT_FILES, columns_of, render_html, to_frames, to_json, write_files
+from csl.reports.snapshot import MARK, ReplicaConnect, Snapshot, capture, prune
+from csl.sqlfiles import load
 
 __all__ = [
     "ReportParams",
@@ -35,7 +41,9 @@ __all__ = [
     "make_report",
     "parse_window",
     "prune",
+    "prune_reports",
     "render_html",
+    "replicas_of",
     "safe_name",
     "stored_report",
     "to_frames",
@@ -62,17 +70,32 @@ def safe_name(run_key: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", run_key).strip("_") or "report"
 
 
+def replicas_of(db: Any) -> dict[str, ReplicaConnect]:
+    """The replicas a snapshot reads, from a :class:`csl.db.Database`: ``{"replica": connect}``
+    when ``DATABASE_READ_REPLICA_URL`` is set, else none."""
+    if not db.settings.replica_url:
+        return {}
+    return {"replica": lambda: db.connect_direct("replica")}
+
+
+REPORT_RETENTION_DAYS = 90
+
+
 def make_report(conn: psycopg.Connection, params: ReportParams | None = None, *, run_key: str,
                 out_dir: Path | None = None, snapshot_id: int | None = None,
-                advise_with_hypopg: bool = True) -> dict[str, Any]:
-    """Snapshot (unless ``snapshot_id`` ends the window), analyse, render; store the page and
-    every table in ``csl_ops.perf_reports`` (a rerun with the same ``run_key`` replaces it) and,
-    with ``out_dir``, write ``out_dir/<run_key>/index.html``, ``report.json`` and one CSV per table.
+                advise_with_hypopg: bool = True, replicas: Mapping[str, ReplicaConnect] | None = None,
+                retention_days: int = REPORT_RETENTION_DAYS) -> dict[str, Any]:
+    """Snapshot (unless ``snapshot_id`` ends the window; reading ``replicas`` too), analyse,
+    render; store the page and every table in ``csl_ops.perf_reports`` (a rerun with the same
+    ``run_key`` replaces it) and, with ``out_dir``, write ``out_dir/<run_key>/index.html``,
+    ``report.json`` and one CSV per table. Then stored reports older than ``retention_days`` go
+    (:func:`prune_reports`).
 
-    Returns ``{"id", "path", "summary", "meta", "report", "duration_s"}``.
+    Returns ``{"id", "path", "summary", "meta", "report", "duration_s", "html_bytes", "pruned"}``.
     """
+    _check_retention(retention_days)
     started = time.perf_counter()
-    report = analyse(conn, params, snapshot_id=snapshot_id, advise_with_hypopg=advise_with_hypopg)
+    report = analyse(conn, params, snapshot_id=snapshot_id, advise_with_hypopg=advise_with_hypopg, replicas=replicas)
     page = render_html(report)
     folder = None
     if out_dir is not None:
@@ -89,10 +112,80 @@ def make_report(conn: psycopg.Connection, params: ReportParams | None = None, *,
                              "columns": {name: columns_of(rows) for name, rows in report["tables"].items()}}),
             "html": page,
             "path": str(folder) if folder else None}).fetchone()[0]
+    pruned = prune_reports(conn, retention_days=retention_days, out_dir=out_dir)
     duration = round(time.perf_counter() - started, 2)
     log.info("report %s (%s): %s in %.1fs", report_id, run_key, report["summary"], duration)
     return {"id": report_id, "path": str(folder) if folder else None, "summary": report["summary"],
-            "meta": meta, "report": report, "duration_s": duration, "html_bytes": len(page.encode())}
+            "meta": meta, "report": report, "duration_s": duration, "html_bytes": len(page.encode()),
+            "pruned": pruned}
+
+
+def _check_retention(days: Any) -> None:
+    if isinstance(days, bool) or not isinstance(days, int) or not 1 <= days <= 3650:
+        raise ReportParamsError(f"retention_days: expected a whole number of days in 1..3650, got {days!r}")
+
+
+def _is_report_folder(path: Path) -> bool:
+    """A folder this module wrote: a real directory holding index.html and report.json and
+    nothing but report files (never a symlink, never anything else — a path read from the
+    database is not trusted to point at one)."""
+    try:
+        if path.is_symlink() or not path.is_dir():
+            return False
+        entries = list(path.iterdir())
+    except OSError:
+        return False
+    names = {e.name for e in entries}
+    return ({"index.html", "report.json"} <= names
+            and all(e.is_file() and not e.is_symlink() and REPORT_FILES.fullmatch(e.name) for e in entries))
+
+
+def _remove_folder(path: Path) -> bool:
+    """Remove a report folder file by file (never a recursive delete); False if it is not one."""
+    if not _is_report_folder(path):
+        return False
+    for entry in path.iterdir():
+        entry.unlink()
+    path.rmdir()
+    return True
+
+
+def prune_reports(conn: psycopg.Connection, *, retention_days: int = REPORT_RETENTION_DAYS,
+                  out_dir: Path | None = None) -> dict[str, int]:
+    """Delete stored reports older than ``retention_days`` and remove their folders.
+
+    A deleted report's folder is queued in ``csl_ops.perf_report_purges`` in the same
+    transaction and removed here (a run that dies in between leaves it queued for the next one;
+    a folder that does not exist on this machine is dequeued). With ``out_dir``, report folders
+    directly in it whose files are older than the retention go too, whether or not the database
+    knows them (another database's, or reports deleted by a migration). Only folders holding
+    nothing but report files are ever removed. Returns ``{"reports", "folders"}`` counts.
+    """
+    _check_retention(retention_days)
+    with conn.transaction():
+        deleted = conn.execute(MARK + load("reports/report_retention.sql"), {"days": retention_days}).fetchone()[0]
+    folders = 0
+    queued = conn.execute(MARK + "SELECT id, path FROM csl_ops.perf_report_purges ORDER BY id").fetchall()
+    for purge_id, path in queued:
+        folder = Path(path)
+        if _remove_folder(folder):
+            folders += 1
+        elif folder.exists():
+            log.warning("report folder %s queued for removal holds more than a report: left alone", folder)
+        conn.execute(MARK + "DELETE FROM csl_ops.perf_report_purges WHERE id = %s", (purge_id,))
+    if out_dir is not None and Path(out_dir).is_dir():
+        cutoff = time.time() - retention_days * 86400
+        for folder in Path(out_dir).iterdir():
+            try:
+                old = _is_report_folder(folder) and max(e.stat().st_mtime for e in folder.iterdir()) < cutoff
+            except (OSError, ValueError):
+                continue
+            if old and _remove_folder(folder):
+                folders += 1
+    if deleted or folders:
+        log.info("report retention (%d days): %d stored report(s) deleted, %d folder(s) removed", retention_days,
+                 deleted, folders)
+    return {"reports": deleted, "folders": folders}
 
 
 def list_reports(conn: psycopg.Connection, *, limit: int = 100) -> list[dict[str, Any]]:

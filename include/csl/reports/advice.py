@@ -1,18 +1,27 @@
 """Missing-index advice verified with HypoPG.
 
-For each slow query: its generic plan (``plan_cache_mode = force_generic_plan``, ``PREPARE`` of
-pg_stat_statements' normalised text, ``EXPLAIN EXECUTE q(NULL, …)``), the columns its
-sequential scans filter or join on, one hypothetical index per candidate
-(``hypopg_create_index``), the plan again — ``PREPARE``d *after* the hypothetical index exists,
-or the cached plan would never see it — and the cost before and after. An index is suggested
-only when the planner uses it and the cost drops by at least ``min_cost_drop_pct``; every
-piece of advice carries those figures and the ``CREATE INDEX CONCURRENTLY`` to run.
+For each slow query: its generic plan (``plan_cache_mode = force_generic_plan``, the text
+prepared, ``EXPLAIN EXECUTE q(NULL, …)``), the columns its sequential scans filter or join on,
+one hypothetical index per candidate (``hypopg_create_index``), the plan again — prepared
+*after* the hypothetical index exists, or the cached plan would never see it — and the cost
+before and after. An index is suggested only when the planner uses it and the cost drops by at
+least ``min_cost_drop_pct``; every piece of advice carries those figures and the ``CREATE INDEX
+CONCURRENTLY`` to run.
 
-Nothing is executed: ``EXPLAIN`` without ``ANALYZE``, inside a transaction that is rolled back.
+The texts come from ``pg_stat_statements``: anyone who can run a query can choose them, so they
+are hostile. A text is only ever *parsed* as one statement — a protocol-level Parse
+(``PQprepare``, the extended protocol), which refuses a second statement, never pasted into SQL
+— and planned inside a ``READ ONLY`` transaction after ``SET LOCAL ROLE`` to the advisor role
+(``csl_advisor``: reads everything, writes nothing), so neither a hidden statement nor a
+function the planner calls can write. No role, no advice: never the owner instead. Only
+read-only SELECT/WITH statements are costed: ``EXPLAIN`` of a write checks the write privilege,
+which the advisor must not have. Nothing is executed: ``EXPLAIN`` without ``ANALYZE``, and the
+transaction is rolled back.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import re
@@ -22,18 +31,24 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from csl.errors import CslError
+from csl.reports import sqltext
 from csl.reports.snapshot import MARK
+from csl.sqlfiles import load
 
-__all__ = ["IndexAdvice", "advise", "costable", "hypopg_available"]
+__all__ = ["ADVISOR_ROLE", "AdvisorRoleError", "IndexAdvice", "advise", "advisor_role_problem", "costable",
+           "hypopg_available"]
 
 log = logging.getLogger("csl.reports.advice")
 
-_PARAM = re.compile(r"\$(\d+)")
-_EXPLAINABLE = re.compile(r"^\s*(select|with|update|delete)\b", re.IGNORECASE)
+ADVISOR_ROLE = "csl_advisor"
 _IDENT = re.compile(r'"((?:[^"]|"")+)"|\b([A-Za-z_][A-Za-z0-9_$]*)\b')
 _EQUALITY = re.compile(r'(?:"((?:[^"]|"")+)"|\b([A-Za-z_][A-Za-z0-9_$]*))\s*(?:=|IS NULL)(?!>)')
-_STATEMENT = "csl_advice_q"
-_LEADING_COMMENTS = re.compile(r"^(?:\s*(?:--[^\n]*\n|/\*.*?\*/))*", re.DOTALL)
+_names = itertools.count(1)
+
+
+class AdvisorRoleError(CslError):
+    """The advisor role is missing, not ours to use, or could write: no advice (the message says which)."""
 
 
 @dataclass
@@ -59,32 +74,71 @@ class IndexAdvice:
         return asdict(self)
 
 
-_RI_CHECK = re.compile(r'FROM ONLY "[^"]+"\."[^"]+" x WHERE .* FOR (KEY )?SHARE OF x', re.DOTALL)
-
-
 def costable(query: str | None) -> bool:
-    """A statement whose plan can be costed and could use an index: SELECT/WITH/UPDATE/DELETE,
-    not the foreign-key checks PostgreSQL runs itself (always by primary key)."""
-    text = _LEADING_COMMENTS.sub("", query or "")
-    return bool(_EXPLAINABLE.match(text)) and not _RI_CHECK.search(text)
+    """A statement the advisor looks at: SELECT/WITH (costed) or UPDATE/DELETE (listed as not
+    costed: a write), not the foreign-key checks PostgreSQL runs itself (always by primary key).
+    A first look only: what is planned, and how, is decided by :func:`advise`."""
+    return sqltext.first_word(query) in ("SELECT", "WITH", "UPDATE", "DELETE") and not sqltext.is_ri_check(query)
 
 
 def hypopg_available(conn: psycopg.Connection) -> bool:
     return bool(conn.execute(MARK + "SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'hypopg')").fetchone()[0])
 
 
-def _explain(conn: psycopg.Connection, text: str, nparams: int) -> dict[str, Any]:
-    conn.execute(sql.SQL(MARK + "PREPARE {} AS ").format(sql.Identifier(_STATEMENT)) + sql.SQL(text))
-    try:
-        args = sql.SQL("({})").format(sql.SQL(", ").join([sql.NULL] * nparams)) if nparams else sql.SQL("")
-        row = conn.execute(sql.SQL(MARK + "EXPLAIN (FORMAT JSON) EXECUTE {}").format(sql.Identifier(_STATEMENT)) + args
-                           ).fetchone()
-    finally:
-        conn.execute(sql.SQL(MARK + "DEALLOCATE {}").format(sql.Identifier(_STATEMENT)))
+def advisor_role_problem(conn: psycopg.Connection, role: str) -> str | None:
+    """Why ``role`` cannot be the advisor's (None: it can): it must exist, the current user must be
+    a member (``SET ROLE``), and it must be unable to write — no superuser, no write privilege on
+    any table of this database."""
+    row = conn.execute(MARK + load("reports/advisor_role.sql"), {"role": role}).fetchone()
+    if row is None:
+        return f"role {role!r} does not exist (create it NOLOGIN with pg_monitor and pg_read_all_data, grant it to " \
+               f"{conn.info.user})"
+    member, superuser, writable = row
+    if not member:
+        return f"{conn.info.user} is not a member of role {role!r} (GRANT {role} TO {conn.info.user})"
+    if superuser:
+        return f"role {role!r} is a superuser: the advisor needs a role that cannot write"
+    if writable:
+        return f"role {role!r} can write {writable}: the advisor needs a role that cannot write"
+    return None
+
+
+def _prepare(conn: psycopg.Connection, name: str, text: str) -> int:
+    """Parse ``text`` as the prepared statement ``name`` through the extended protocol (one Parse
+    message: a second statement is an error, nothing runs); returns its number of parameters."""
+    with conn.lock:
+        pgconn = conn.pgconn
+        result = pgconn.prepare(name.encode(), text.encode(conn.info.encoding))
+        if result.status != psycopg.pq.ExecStatus.COMMAND_OK:
+            raise psycopg.errors.error_from_result(result, encoding=conn.info.encoding)
+        described = pgconn.describe_prepared(name.encode())
+        if described.status != psycopg.pq.ExecStatus.COMMAND_OK:
+            raise psycopg.errors.error_from_result(described, encoding=conn.info.encoding)
+        return described.nparams
+
+
+def _explain(conn: psycopg.Connection, text: str, prepared: list[str]) -> dict[str, Any]:
+    """The generic plan of ``text``, every parameter NULL (the name is kept in ``prepared`` so the
+    caller deallocates it once the transaction is over, whatever happened)."""
+    name = f"csl_advice_{next(_names)}"
+    prepared.append(name)
+    nparams = _prepare(conn, name, text)
+    args = sql.SQL("({})").format(sql.SQL(", ").join([sql.NULL] * nparams)) if nparams else sql.SQL("")
+    row = conn.execute(sql.SQL(MARK + "EXPLAIN (FORMAT JSON) EXECUTE {}").format(sql.Identifier(name)) + args
+                       ).fetchone()
     plan = row[0]
     if isinstance(plan, str):
         plan = json.loads(plan)
     return plan[0]["Plan"]
+
+
+def _deallocate(conn: psycopg.Connection, names: list[str]) -> None:
+    for name in names:
+        try:
+            conn.execute(sql.SQL(MARK + "DEALLOCATE {}").format(sql.Identifier(name)))
+        except psycopg.errors.InvalidSqlStatementName:
+            pass  # never prepared (its Parse failed)
+    names.clear()
 
 
 def _walk(node: dict[str, Any], ancestors: tuple[dict[str, Any], ...] = ()):
@@ -151,15 +205,21 @@ def _plan_summary(plan: dict[str, Any]) -> str:
     return "\n".join(parts[:30])
 
 
-def advise(conn: psycopg.Connection, queries: list[dict[str, Any]], *, min_cost_drop_pct: float = 50.0,
-           existing_leading: set[tuple[str, str, str]] | None = None, statement_timeout_ms: int = 5000,
-           max_candidates: int = 6) -> list[IndexAdvice]:
+def advise(conn: psycopg.Connection, queries: list[dict[str, Any]], *, role: str = ADVISOR_ROLE,
+           min_cost_drop_pct: float = 50.0, existing_leading: set[tuple[str, str, str]] | None = None,
+           statement_timeout_ms: int = 5000, max_candidates: int = 6) -> list[IndexAdvice]:
     """Advice for each of ``queries`` (dicts with ``queryid`` and ``query``), in order.
 
     ``conn``: an autocommit connection to the primary, in the database the queries ran in.
-    ``existing_leading``: (schema, table, first column) of valid indexes, not suggested again.
+    ``role``: the role every plan is made as (see the module docstring); :class:`AdvisorRoleError`
+    before any plan when it cannot be used. ``existing_leading``: (schema, table, first column) of
+    valid indexes, not suggested again.
     """
+    problem = advisor_role_problem(conn, role)
+    if problem:
+        raise AdvisorRoleError(problem)
     existing_leading = existing_leading or set()
+    prepared: list[str] = []
     column_cache: dict[tuple[str, str], set[str]] = {}
 
     def columns_of(schema: str, table: str) -> set[str]:
@@ -175,19 +235,21 @@ def advise(conn: psycopg.Connection, queries: list[dict[str, Any]], *, min_cost_
 
     results = []
     for q in queries:
-        text = _LEADING_COMMENTS.sub("", q.get("query") or "").strip().rstrip(";")
-        advice = IndexAdvice(queryid=q["queryid"], query=text[:1000])
+        text = q.get("query") or ""
+        advice = IndexAdvice(queryid=q["queryid"], query=sqltext.redact(text, limit=1000))
         results.append(advice)
-        if not _EXPLAINABLE.match(text):
-            advice.reason = "not a SELECT/UPDATE/DELETE: no plan to cost"
+        refused = sqltext.not_costable(text)
+        if refused:
+            advice.reason = refused
             continue
-        nparams = max((int(n) for n in _PARAM.findall(text)), default=0)
         try:
             with conn.transaction(force_rollback=True):
+                conn.execute(MARK + "SET TRANSACTION READ ONLY")
+                conn.execute(sql.SQL(MARK + "SET LOCAL ROLE {}").format(sql.Identifier(role)))
                 conn.execute(MARK + f"SET LOCAL statement_timeout = {int(statement_timeout_ms)}")
                 conn.execute(MARK + "SET LOCAL plan_cache_mode = force_generic_plan")
                 conn.execute(MARK + "SELECT hypopg_reset()")
-                before = _explain(conn, text, nparams)
+                before = _explain(conn, text, prepared)
                 advice.cost_before = float(before["Total Cost"])
                 advice.plan_before = _plan_summary(before)
                 candidates = [c for c in _seq_scan_candidates(before, columns_of)
@@ -203,7 +265,7 @@ def advise(conn: psycopg.Connection, queries: list[dict[str, Any]], *, min_cost_
                         sql.Identifier(schema), sql.Identifier(table),
                         sql.SQL(", ").join(sql.Identifier(c) for c in cols)).as_string(conn)
                     hypo_name = conn.execute(MARK + "SELECT indexname FROM hypopg_create_index(%s)", (create,)).fetchone()[0]
-                    after = _explain(conn, text, nparams)  # PREPAREd after the hypothetical index exists
+                    after = _explain(conn, text, prepared)  # prepared after the hypothetical index exists
                     used = any(n.get("Index Name") == hypo_name for n, _ in _walk(after))
                     cost = float(after["Total Cost"])
                     if used and (best is None or cost < best[0]):
@@ -213,6 +275,8 @@ def advise(conn: psycopg.Connection, queries: list[dict[str, Any]], *, min_cost_
             advice.reason = f"could not be costed: {str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}"
             log.info("query %s not costed: %s", q["queryid"], advice.reason)
             continue
+        finally:
+            _deallocate(conn, prepared)
         if best is None:
             advice.reason = f"the planner used none of {advice.candidates_tried} hypothetical index(es)"
             continue

@@ -2,6 +2,12 @@
 regressions, indexes (unused, duplicate, INVALID, HypoPG-verified missing), tables (bloat,
 dead tuples, vacuum/analyze staleness, wraparound, sequences, cache hit ratio), sessions,
 replicas and what our own pipelines did. Every recommendation carries its evidence (numbers).
+
+Advice that is safe to follow: an index is *unused* only when no scan was seen on the primary
+and on every replica over ``unused_index_days`` of statistics (a replica that could not be read
+makes it *unknown*, less history makes it *not enough evidence yet*), and an index the declared
+catalog owns is never given a ``DROP INDEX`` (remove it from the catalog instead). Texts from the
+database are shown without their literals; those that may carry a secret are not shown at all.
 """
 
 from __future__ import annotations
@@ -10,6 +16,7 @@ import datetime as dt
 import itertools
 import logging
 import re
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -18,7 +25,8 @@ from psycopg.rows import dict_row
 
 from csl.errors import CslError
 from csl.reports import advice as hypo
-from csl.reports.snapshot import MARK, Snapshot, capture, get_snapshot
+from csl.reports import sqltext
+from csl.reports.snapshot import MARK, ReplicaConnect, Snapshot, capture, get_snapshot
 from csl.sqlfiles import load
 
 __all__ = ["ReportParams", "ReportParamsError", "analyse", "choose_baselines", "parse_window"]
@@ -75,6 +83,8 @@ class ReportParams:
     replica_lag_s: float = 30.0
     hit_ratio_min: float = 0.95
     sequence_pct: float = 75.0
+    unused_index_days: float = 7.0     # statistics (primary and every replica) before an index is "unused"
+    advisor_role: str = hypo.ADVISOR_ROLE  # HypoPG plans are made as this role (reads only), never as ours
     exact_bloat_tables: tuple[str, ...] = ()  # pgstattuple_approx on these (schema.table)
 
     def __post_init__(self) -> None:
@@ -86,10 +96,13 @@ class ReportParams:
                   ("stale_days", self.stale_days, 0.01, 3650), ("bloat_pct", self.bloat_pct, 1, 100),
                   ("bloat_min_bytes", self.bloat_min_bytes, 0, 10**15), ("long_running_s", self.long_running_s, 1, 10**6),
                   ("idle_in_xact_s", self.idle_in_xact_s, 1, 10**6), ("replica_lag_s", self.replica_lag_s, 0, 10**6),
-                  ("hit_ratio_min", self.hit_ratio_min, 0, 1), ("sequence_pct", self.sequence_pct, 1, 100)]
+                  ("hit_ratio_min", self.hit_ratio_min, 0, 1), ("sequence_pct", self.sequence_pct, 1, 100),
+                  ("unused_index_days", self.unused_index_days, 0.001, 3650)]
         for name, value, lo, hi in checks:
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not lo <= value <= hi:
                 raise ReportParamsError(f"{name}: expected a number in {lo}..{hi}, got {value!r}")
+        if not isinstance(self.advisor_role, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_$]{0,62}", self.advisor_role):
+            raise ReportParamsError(f"advisor_role: expected a role name, got {self.advisor_role!r}")
         for name in self.exact_bloat_tables:
             if not re.fullmatch(r"[a-z_][a-z0-9_]*\.[a-z_][a-z0-9_]*", name):
                 raise ReportParamsError(f"exact_bloat_tables: expected schema.table, got {name!r}")
@@ -160,8 +173,21 @@ def _short(text: str | None, limit: int = 300) -> str:
     return re.sub(r"\s+", " ", text or "").strip()[:limit]
 
 
+def _shown(query: str | None, limit: int = 300) -> str:
+    """A query text as the report shows it: without literals or comments (see csl.reports.sqltext)."""
+    return sqltext.redact(query, limit=limit)
+
+
+def _span(delta: dt.timedelta) -> str:
+    seconds = max(0.0, delta.total_seconds())
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.1f} {unit}".replace(".0 ", " ")
+    return f"{seconds:.0f} s"
+
+
 def _query_row(r: dict[str, Any]) -> dict[str, Any]:
-    return {"queryid": r["queryid"], "query": _short(r["query"]), "calls": r["calls"],
+    return {"queryid": r["queryid"], "query": _shown(r["query"]), "calls": r["calls"],
             "total_ms": round(r["total_ms"], 2), "mean_ms": round(r["mean_ms"], 3), "rows": r["rows"],
             "shared_blks_hit": r["shared_blks_hit"], "shared_blks_read": r["shared_blks_read"],
             "temp_blks_written": r["temp_blks_written"], "hit_ratio": r["hit_ratio"],
@@ -177,34 +203,73 @@ def _regressions(current: list[dict[str, Any]], previous: list[dict[str, Any]], 
             continue
         change = 100.0 * (r["mean_ms"] - b["mean_ms"]) / b["mean_ms"]
         if change >= p.regression_pct and r["mean_ms"] - b["mean_ms"] >= p.regression_min_ms:
-            found.append({"queryid": r["queryid"], "query": _short(r["query"]),
+            found.append({"queryid": r["queryid"], "query": _shown(r["query"]),
                           "mean_ms_before": round(b["mean_ms"], 3), "mean_ms_now": round(r["mean_ms"], 3),
                           "change_pct": round(change, 1), "calls_before": b["calls"], "calls_now": r["calls"],
                           "extra_ms_total": round((r["mean_ms"] - b["mean_ms"]) * r["calls"], 1)})
     return sorted(found, key=lambda x: -x["extra_ms_total"])
 
 
-def _index_findings(catalog: list[dict[str, Any]], scans: dict[int, dict[str, Any]]):
-    unused, duplicates, invalid = [], [], []
-    protected = lambda i: i["is_primary"] or i["is_unique"] or i["backs_constraint"]
+def _protected(i: dict[str, Any]) -> bool:
+    return i["is_primary"] or i["is_unique"] or i["backs_constraint"]
+
+
+def _unused_indexes(catalog: list[dict[str, Any]], evidence: list[dict[str, Any]], *, sources: list[str],
+                    unknown: list[str], period: dt.timedelta, end_at: dt.datetime,
+                    declared: dict[str, str] | None) -> list[dict[str, Any]]:
+    """Valid indexes (not keys) with no scan seen on any of ``sources`` (the primary and every
+    replica read at the end snapshot) over the observation ``period``, each with its verdict:
+    ``unused`` (observed at least ``period`` everywhere), ``not enough evidence`` (less history
+    somewhere) or ``unknown`` (``unknown`` names a replica that could not be read)."""
+    seen: dict[int, dict[str, dict[str, Any]]] = {}
+    for e in evidence:
+        seen.setdefault(e["indexrelid"], {})[e["source"]] = e
+    found = []
     for i in catalog:
-        name = f"{i['schema_name']}.{i['index_name']}"
-        if not i["is_valid"] or not i["is_ready"]:
-            invalid.append({"index": name, "table": f"{i['schema_name']}.{i['table_name']}",
-                            "definition": i["definition"], "size_bytes": i["size_bytes"]})
+        if not i["is_valid"] or not i["is_ready"] or _protected(i):
             continue
-        s = scans.get(i["indexrelid"])
-        if s is not None and s["scans"] == 0 and not protected(i):
-            unused.append({"index": name, "table": f"{i['schema_name']}.{i['table_name']}", "scans_in_window": 0,
-                           "scans_since_reset": s["scans_since_reset"], "size_bytes": s["size_bytes"],
-                           "new_in_window": s["new_in_window"], "definition": i["definition"]})
+        per_source = seen.get(i["indexrelid"], {})
+        if any(e["last_moved_at"] is not None for e in per_source.values()):
+            continue  # scanned within the period on the primary or a replica: used
+        observed = {src: end_at - per_source[src]["still_since"] if src in per_source else dt.timedelta(0)
+                    for src in sources}
+        least = min(observed.values())
+        if unknown:
+            verdict, why = "unknown", "; ".join(unknown)
+        elif least >= period:
+            verdict, why = "unused", f"no scan on {' or '.join(sources)} for {_span(least)} (≥ {_span(period)})"
+        else:
+            short = min(observed, key=observed.get)
+            verdict = "not enough evidence"
+            why = f"not enough evidence yet: observed {_span(least)} on {short} of the {_span(period)} needed"
+        primary = per_source.get("primary") or {}
+        found.append({"index": f"{i['schema_name']}.{i['index_name']}", "table": f"{i['schema_name']}.{i['table_name']}",
+                      "verdict": verdict, "why": why, "observed": _span(least),
+                      "observed_days": round(least.total_seconds() / 86400, 3),
+                      "scans_since_reset": primary.get("scans_total"),
+                      "replica_scans_since_reset": {src: per_source[src]["scans_total"] for src in sources[1:]
+                                                    if src in per_source},
+                      "in_catalog": None if declared is None else i["index_name"] in declared,
+                      "size_bytes": i["size_bytes"], "definition": i["definition"]})
+    return found
+
+
+def _index_findings(catalog: list[dict[str, Any]], declared: dict[str, str] | None):
+    """(duplicates, invalid): duplicates are prefix-covered by another index of the same table;
+    between two identical ones the one the catalog does not declare (else the newer) is named."""
+    duplicates, invalid = [], []
+    in_catalog = lambda i: declared is None or i["index_name"] in declared
+    for i in catalog:
+        if not i["is_valid"] or not i["is_ready"]:
+            invalid.append({"index": f"{i['schema_name']}.{i['index_name']}", "table": f"{i['schema_name']}.{i['table_name']}",
+                            "definition": i["definition"], "size_bytes": i["size_bytes"]})
     by_table: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for i in catalog:
         if i["is_valid"] and i["is_ready"] and not i["expressions"]:
             by_table.setdefault((i["schema_name"], i["table_name"]), []).append(i)
     for group in by_table.values():
         for a in group:
-            if protected(a):
+            if _protected(a):
                 continue  # never suggest dropping what enforces uniqueness or a constraint
             ka = a["key_count"]
             for b in group:
@@ -217,14 +282,29 @@ def _index_findings(catalog: list[dict[str, Any]], scans: dict[int, dict[str, An
                                and a["options"][:ka] == b["options"][:ka])
                 if not same_prefix or a["method"] != "btree" and ka != kb:
                     continue
-                if ka == kb and not protected(b) and a["indexrelid"] < b["indexrelid"]:
-                    continue  # two identical plain indexes: name the newer one only
+                if ka == kb and not _protected(b) and (in_catalog(a), a["indexrelid"]) < (in_catalog(b), b["indexrelid"]):
+                    continue  # two identical plain indexes: name the one outside the catalog, else the newer
                 duplicates.append({"index": f"{a['schema_name']}.{a['index_name']}",
                                    "covered_by": f"{b['schema_name']}.{b['index_name']}",
                                    "table": f"{a['schema_name']}.{a['table_name']}", "size_bytes": a["size_bytes"],
+                                   "in_catalog": None if declared is None else a["index_name"] in declared,
                                    "definition": a["definition"], "covering_definition": b["definition"]})
                 break
-    return unused, duplicates, invalid
+    return duplicates, invalid
+
+
+def _declared_indexes(notes: list[str]) -> dict[str, str] | None:
+    """Index name → why, of the declared index catalog (and the names its online swaps build
+    under); None when it cannot be read — then no index is given a DROP statement."""
+    try:
+        from csl.maintenance.indexes import TEMP_SUFFIX, load_catalog
+
+        entries = load_catalog()
+    except Exception as exc:  # noqa: BLE001 - whatever stops us reading it, advice must stay safe
+        notes.append(f"The index catalog could not be read ({_short(str(exc), 160)}): no index is given a DROP "
+                     "statement in this report.")
+        return None
+    return {**{d.name + TEMP_SUFFIX: d.why for d in entries}, **{d.name: d.why for d in entries}}
 
 
 def _ratio(hit: int, read: int) -> float | None:
@@ -248,16 +328,19 @@ def _fmt_bytes(n: float | None) -> str:
 
 
 def analyse(conn: psycopg.Connection, params: ReportParams | None = None, *, snapshot_id: int | None = None,
-            advise_with_hypopg: bool = True) -> dict[str, Any]:
+            advise_with_hypopg: bool = True, replicas: Mapping[str, ReplicaConnect] | None = None,
+            declared_indexes: dict[str, str] | None = None) -> dict[str, Any]:
     """The whole report as plain data: ``meta``, ``summary``, ``tables`` (name → rows),
     ``charts`` (name → series) and ``recommendations`` (also in ``tables``).
 
-    Takes a fresh snapshot first (so the window ends now) unless ``snapshot_id`` names the one
-    that ends it. ``conn``: an autocommit connection to the primary of the platform database.
+    Takes a fresh snapshot first (so the window ends now, reading ``replicas`` too: see
+    :func:`csl.reports.capture`) unless ``snapshot_id`` names the one that ends it. ``conn``: an
+    autocommit connection to the primary of the platform database. ``declared_indexes``: index
+    name → why of the declared catalog (default: ``csl.maintenance.indexes.load_catalog()``).
     """
     p = params or ReportParams()
     if snapshot_id is None:
-        end = capture(conn)
+        end = capture(conn, replicas=replicas)
     else:
         end = get_snapshot(conn, snapshot_id)
         if end is None:
@@ -314,30 +397,74 @@ def analyse(conn: psycopg.Connection, params: ReportParams | None = None, *, sna
 
     # -- indexes -----------------------------------------------------------------------------
     catalog = _rows(conn, "index_catalog")
-    scans = {r["indexrelid"]: r for r in _rows(conn, "index_deltas", {"end_id": end.id, "base_id": base.id if base else None})}
-    unused, duplicates, invalid = _index_findings(catalog, scans)
+    declared = _declared_indexes(notes) if declared_indexes is None else declared_indexes
+    period = dt.timedelta(days=p.unused_index_days)
+    replicas_read = _rows(conn, "index_sources", {"snapshot_id": end.id})
+    standbys = replicas_read[0]["standbys"] if replicas_read else 0
+    replicas_read = [r for r in replicas_read if r["replica"] is not None]
+    sources = ["primary"] + [f"replica {r['replica']}" for r in replicas_read if r["status"] == "ok"]
+    unknown = [f"replica {r['replica']} could not be read at the snapshot ({r['error']})"
+               for r in replicas_read if r["status"] != "ok"]
+    if standbys > len(replicas_read):
+        unknown.append(f"the primary streams to {standbys} standby(s) and the snapshot read the index statistics of "
+                       f"{len(replicas_read)} (give the snapshot every replica: DATABASE_READ_REPLICA_URL)")
+    evidence = _rows(conn, "index_evidence", {"end_id": end.id, "period_s": period.total_seconds()})
+    unused = _unused_indexes(catalog, evidence, sources=sources, unknown=unknown, period=period,
+                             end_at=end.taken_at, declared=declared)
+    duplicates, invalid = _index_findings(catalog, declared)
     tables["unused_indexes"], tables["duplicate_indexes"], tables["invalid_indexes"] = unused, duplicates, invalid
-    span_text = f"since {window_start:%Y-%m-%d %H:%M %Z}" if window_start else "since the statistics reset"
+    watched = {}
+    for e in evidence:
+        watched[e["source"]] = max(watched.get(e["source"], dt.timedelta(0)), end.taken_at - e["first_seen"])
+    notes.append("Index usage: statistics observed for " + ", ".join(
+        f"{_span(watched.get(src, dt.timedelta(0)))} on {src}" for src in sources)
+        + f"; an index is called unused after {_span(period)} without a scan on every one of them"
+        + (f"; verdicts unknown: {'; '.join(unknown)}" if unknown else "") + ".")
+    waiting = [u for u in unused if u["verdict"] == "not enough evidence"]
+    if waiting:
+        notes.append(f"{len(waiting)} index(es) without a scan so far, observed {_span(min(dt.timedelta(days=u['observed_days']) for u in waiting))}"
+                     f" at the least: not enough evidence yet for DROP INDEX advice (needed: {_span(period)}).")
     for u in unused:
-        if u["new_in_window"] and base is not None:
-            continue  # built inside the window: too early to call it unused
+        if u["verdict"] != "unused":
+            continue
         schema, name = u["index"].split(".", 1)
+        evidence_ = {"observed_days": u["observed_days"], "sources": len(sources), "scans_since_reset": u["scans_since_reset"],
+                     "size_bytes": u["size_bytes"]}
+        if u["in_catalog"] is None:
+            rec("unused_index", "low", u["index"], f"{u['why']}; the index catalog could not be read, so no DROP "
+                "advice (a declared index must leave the catalog first)", evidence_)
+            continue
+        if u["in_catalog"]:
+            rec("unused_index", "low", u["index"],
+                f"{u['why']}; declared in the index catalog (include/sql/indexes/catalog.sql"
+                + (f", why: {declared[name]}" if declared and name in declared else "")
+                + "): if it is no longer needed, remove its entry from the catalog — never drop it while it is "
+                "declared, the index pipeline builds it again", evidence_)
+            continue
         rec("unused_index", "medium" if u["size_bytes"] >= 1024 * 1024 else "low", u["index"],
-            f"0 scans {span_text} ({u['scans_since_reset']:,} since the statistics reset); {_fmt_bytes(u['size_bytes'])} "
-            "to maintain on every write", {"scans_in_window": 0, "scans_since_reset": u["scans_since_reset"],
-                                           "size_bytes": u["size_bytes"]},
+            f"{u['why']}; {_fmt_bytes(u['size_bytes'])} to maintain on every write", evidence_,
             psycopg.sql.SQL("DROP INDEX CONCURRENTLY {}.{}").format(
                 psycopg.sql.Identifier(schema), psycopg.sql.Identifier(name)).as_string(conn))
     for d in duplicates:
         schema, name = d["index"].split(".", 1)
-        rec("duplicate_index", "medium", d["index"],
-            f"its columns are a prefix of {d['covered_by']} ({d['covering_definition']}); {_fmt_bytes(d['size_bytes'])}",
+        message = f"its columns are a prefix of {d['covered_by']} ({d['covering_definition']}); {_fmt_bytes(d['size_bytes'])}"
+        if d["in_catalog"] is not False:
+            rec("duplicate_index", "low", d["index"], message + "; declared in the index catalog: remove its entry from "
+                "include/sql/indexes/catalog.sql rather than dropping it (the index pipeline builds it again)",
+                {"size_bytes": d["size_bytes"], "covered_by": d["covered_by"]})
+            continue
+        rec("duplicate_index", "medium", d["index"], message,
             {"size_bytes": d["size_bytes"], "covered_by": d["covered_by"]},
             psycopg.sql.SQL("DROP INDEX CONCURRENTLY {}.{}").format(
                 psycopg.sql.Identifier(schema), psycopg.sql.Identifier(name)).as_string(conn))
     for i in invalid:
         schema, name = i["index"].split(".", 1)
         unique = i["definition"].startswith("CREATE UNIQUE")
+        if declared is None or name in declared:
+            rec("invalid_index", "high", i["index"], "INVALID (a failed concurrent build): maintained on writes, never used "
+                "by queries; declared in the index catalog: csl_index_install repairs it (python -m csl indexes apply)",
+                {"size_bytes": i["size_bytes"], "definition": i["definition"]})
+            continue
         rec("invalid_index", "high", i["index"],
             "INVALID (a failed concurrent build): maintained on writes, never used by queries"
             + ("; a unique build fails again while duplicates exist: drop it, fix the data, build again" if unique
@@ -347,7 +474,13 @@ def analyse(conn: psycopg.Connection, params: ReportParams | None = None, *, sna
                 psycopg.sql.Identifier(schema), psycopg.sql.Identifier(name)).as_string(conn))
 
     advice_rows: list[dict[str, Any]] = []
-    if advise_with_hypopg and p.advise_queries:
+    problem = None
+    if advise_with_hypopg and p.advise_queries and hypo.hypopg_available(conn):
+        problem = hypo.advisor_role_problem(conn, p.advisor_role)
+        if problem:
+            notes.append(f"Missing-index advice skipped: {problem}. The advisor plans query texts only as a role that "
+                         "cannot write, never as the report's own role.")
+    if advise_with_hypopg and p.advise_queries and not problem:
         if hypo.hypopg_available(conn):
             attnames = {}
             for i in catalog:
@@ -355,7 +488,8 @@ def analyse(conn: psycopg.Connection, params: ReportParams | None = None, *, sna
                     attnames.setdefault((i["schema_name"], i["table_name"]), set()).add(i["columns"][0])
             leading = _leading_columns(conn, attnames)
             slow = [r for r in sorted(queries, key=lambda r: -r["total_ms"]) if hypo.costable(r["query"])][: p.advise_queries]
-            for a in hypo.advise(conn, slow, min_cost_drop_pct=p.min_cost_drop_pct, existing_leading=leading):
+            for a in hypo.advise(conn, slow, role=p.advisor_role, min_cost_drop_pct=p.min_cost_drop_pct,
+                                 existing_leading=leading):
                 row = a.as_dict()
                 row["query"] = _short(row["query"])
                 match = next(r for r in slow if r["queryid"] == a.queryid)
@@ -498,6 +632,7 @@ def analyse(conn: psycopg.Connection, params: ReportParams | None = None, *, sna
             {"connections": used, "max_connections": max_conn})
     sessions = _rows(conn, "sessions", {"long_running_s": p.long_running_s, "idle_in_xact_s": p.idle_in_xact_s})
     for s in sessions:
+        s["query"] = _shown(s["query"])  # literals out: they are the platform's data (emails, names, tokens)
         for k in ("xact_age_s", "query_age_s", "state_age_s"):
             s[k] = float(s[k]) if s[k] is not None else None
         if (s["state"] or "").startswith("idle in transaction"):
@@ -568,7 +703,7 @@ def analyse(conn: psycopg.Connection, params: ReportParams | None = None, *, sna
         "calls": sum(r["calls"] for r in queries),
         "regressions": len(regressions),
         "missing_index_advice": sum(1 for a in advice_rows if a["suggested"]),
-        "unused_indexes": len(unused),
+        "unused_indexes": sum(1 for u in unused if u["verdict"] == "unused"),
         "duplicate_indexes": len(duplicates),
         "invalid_indexes": len(invalid),
         "recommendations": len(recs),

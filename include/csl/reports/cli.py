@@ -35,31 +35,41 @@ def _qualified_table(text: str) -> str:
     return text
 
 
+def _out_dir(args: argparse.Namespace) -> Path:
+    return Path(args.out or os.environ.get("CSL_REPORTS_DIR") or "csl_reports")
+
+
 def _cmd_snapshot(args: argparse.Namespace, settings: Any) -> int:
     from csl.db import Database
-    from csl.reports import capture, prune
+    from csl.reports import capture, prune, prune_reports, replicas_of
 
     with Database(settings.require_database()) as db, db.connect_direct("primary") as conn:
-        snap = capture(conn)
+        snap = capture(conn, replicas=replicas_of(db))
         pruned = prune(conn, retention_days=args.retention_days)
-    payload = {"snapshot": snap.as_dict(), "pruned": pruned, "retention_days": args.retention_days}
+        reports_pruned = prune_reports(conn, retention_days=args.report_retention_days, out_dir=_out_dir(args))
+    payload = {"snapshot": snap.as_dict(), "pruned": pruned, "retention_days": args.retention_days,
+               "reports_pruned": reports_pruned, "report_retention_days": args.report_retention_days}
+    replicas = "".join(f"; {name}: {status}" for name, status in snap.replicas.items())
     _print(args, payload, f"snapshot {snap.id} at {snap.taken_at:%Y-%m-%d %H:%M:%S %Z}: {snap.rows_written:,} rows "
-                          f"in {snap.capture_ms} ms; {pruned} snapshot(s) older than {args.retention_days} days removed")
+                          f"in {snap.capture_ms} ms{replicas}; {pruned} snapshot(s) older than {args.retention_days} "
+                          f"days removed; {reports_pruned['reports']} report(s) older than "
+                          f"{args.report_retention_days} days removed")
     return 0
 
 
 def _cmd_report(args: argparse.Namespace, settings: Any) -> int:
     from csl.db import Database
-    from csl.reports import ReportParams, make_report
+    from csl.reports import ReportParams, make_report, replicas_of
 
     params = ReportParams(window=args.window, top=args.top, regression_pct=args.regression_pct,
                           min_calls=args.min_calls, min_cost_drop_pct=args.min_cost_drop_pct,
-                          advise_queries=args.advise_queries,
-                          exact_bloat_tables=tuple(args.exact_bloat or ()))
-    out = Path(args.out or os.environ.get("CSL_REPORTS_DIR") or "csl_reports")
+                          advise_queries=args.advise_queries, unused_index_days=args.unused_index_days,
+                          advisor_role=args.advisor_role, exact_bloat_tables=tuple(args.exact_bloat or ()))
+    out = _out_dir(args)
     run_key = "cli__" + datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%S.%fZ")
     with Database(settings.require_database()) as db, db.connect_direct("primary") as conn:
-        result = make_report(conn, params, run_key=run_key, out_dir=out, advise_with_hypopg=not args.no_hypopg)
+        result = make_report(conn, params, run_key=run_key, out_dir=out, advise_with_hypopg=not args.no_hypopg,
+                             replicas=replicas_of(db), retention_days=args.report_retention_days)
     summary, meta = result["summary"], result["meta"]
     recs = result["report"]["recommendations"]
     lines = [f"report {result['id']} ({run_key}): window {meta['window']} "
@@ -78,11 +88,26 @@ def _cmd_report(args: argparse.Namespace, settings: Any) -> int:
     return 0
 
 
+def _role(text: str) -> str:
+    import re
+
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_$]{0,62}", text):
+        raise argparse.ArgumentTypeError(f"expected a role name, got {text!r}")
+    return text
+
+
+def _report_retention(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--report-retention-days", type=number(int, 1, 3650), default=90,
+                   help="remove stored reports (and their folders) older than this (default 90)")
+
+
 def add_cli(sub: Any) -> None:
     """Register ``snapshot`` and ``report`` on the ``csl`` command's subparsers."""
     p = sub.add_parser("snapshot", help="copy the statistics (queries, tables, indexes, sessions) into csl_ops")
     p.add_argument("--retention-days", type=number(int, 1, 3650), default=30,
                    help="remove snapshots older than this (default 30)")
+    _report_retention(p)
+    p.add_argument("--out", help="the reports' folder, for their retention (default $CSL_REPORTS_DIR or ./csl_reports)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_snapshot)
 
@@ -98,6 +123,12 @@ def add_cli(sub: Any) -> None:
                    help="HypoPG: suggest an index only when the plan cost drops this much")
     p.add_argument("--advise-queries", type=number(int, 0, 100), default=10,
                    help="HypoPG: how many of the slowest queries to cost")
+    p.add_argument("--unused-index-days", type=number(float, 0.001, 3650), default=7.0,
+                   help="days of statistics (primary and every replica) without a scan before an index is "
+                        "called unused (default 7)")
+    p.add_argument("--advisor-role", type=_role, default="csl_advisor",
+                   help="HypoPG plans query texts as this role, which must not be able to write (default csl_advisor)")
+    _report_retention(p)
     p.add_argument("--exact-bloat", nargs="+", metavar="SCHEMA.TABLE", type=_qualified_table,
                    help="pgstattuple_approx on these tables (reads them: on request only)")
     p.add_argument("--no-hypopg", action="store_true", help="skip the missing-index advice")

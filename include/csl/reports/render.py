@@ -1,6 +1,10 @@
 """The report as files: one self-contained HTML page (inline SVG charts, inline CSS, no
 script or font from the internet), a CSV per table and the whole report as JSON; and as
-pandas DataFrames for notebooks."""
+pandas DataFrames for notebooks.
+
+Everything in a report that came from the database (query texts, names, keys) is escaped in
+the page, and a CSV cell that a spreadsheet would run as a formula (starting with ``=``, ``+``,
+``-``, ``@``, a tab or a carriage return) gets a leading ``'``."""
 
 from __future__ import annotations
 
@@ -11,10 +15,14 @@ import html
 import io
 import json
 import math
+import re
 from pathlib import Path
 from typing import Any
 
-__all__ = ["render_html", "table_csv", "to_frames", "to_json", "write_files"]
+__all__ = ["REPORT_FILES", "render_html", "table_csv", "to_frames", "to_json", "write_files"]
+
+REPORT_FILES = re.compile(r"index\.html|report\.json|[a-z0-9_]+\.csv")  # every file write_files makes
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
 PALETTE = ("#2563eb", "#dc2626", "#16a34a", "#d97706", "#7c3aed", "#0891b2", "#be185d", "#4b5563")
 
@@ -231,14 +239,21 @@ def columns_of(rows: list[dict[str, Any]]) -> list[str]:
     return list(dict.fromkeys(k for r in rows for k in r))
 
 
+def _csv_value(value: Any) -> Any:
+    value = json.dumps(value, default=str) if isinstance(value, (dict, list)) else _plain(value)
+    if isinstance(value, str) and value.startswith(_FORMULA_START):
+        return "'" + value  # a spreadsheet shows it as text instead of running it
+    return value
+
+
 def table_csv(rows: list[dict[str, Any]], columns: list[str] | None = None) -> str:
+    """One table as CSV; text cells are protected against formula injection (see the module)."""
     out = io.StringIO()
     columns = columns or columns_of(rows)
     writer = csv.DictWriter(out, fieldnames=columns)
     writer.writeheader()
     for r in rows:
-        writer.writerow({k: (json.dumps(v, default=str) if isinstance(v, (dict, list)) else _plain(v))
-                         for k, v in r.items()})
+        writer.writerow({k: _csv_value(v) for k, v in r.items()})
     return out.getvalue()
 
 

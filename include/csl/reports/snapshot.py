@@ -1,23 +1,33 @@
 """Statistics snapshots: cumulative counters copied into ``csl_ops`` so reports can diff them.
 
 One snapshot = one transaction on the primary (the statistics views are read from one
-consistent statistics snapshot). Cheap by design: a few set-based ``INSERT … SELECT``.
+consistent statistics snapshot). Cheap by design: a few set-based ``INSERT … SELECT``. Each
+replica it is given is read first (one statement there: who answered and every index's scan
+counter — a hot standby counts its own scans), so an index the platform only uses through the
+read replica is never taken for unused; a replica that cannot be read is recorded as such.
+Query texts that may carry a secret are stored redacted (``csl_ops.carries_secret``).
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import time
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import psycopg
 
+from csl.errors import CslError
 from csl.sqlfiles import load
 
 MARK = "/* csl:perf-report */ "  # on every statement the report runs, so its own work is not reported
 
-__all__ = ["MARK", "Snapshot", "capture", "latest_snapshot", "prune", "snapshots_between"]
+__all__ = ["MARK", "ReplicaConnect", "Snapshot", "capture", "latest_snapshot", "prune", "snapshots_between"]
+
+ReplicaConnect = Callable[[], psycopg.Connection]  # a fresh autocommit connection to one replica
 
 log = logging.getLogger("csl.reports")
 
@@ -32,6 +42,7 @@ class Snapshot:
     db_stats_reset: Any
     capture_ms: int = 0
     rows_written: int = 0
+    replicas: dict[str, str] = field(default_factory=dict, compare=False)  # name → "ok" or why not
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -47,14 +58,60 @@ def _pgss_info(conn: psycopg.Connection) -> tuple[Any, Any, bool]:
     return reset, dealloc, True
 
 
-def capture(conn: psycopg.Connection, *, lock_timeout_ms: int = 2000, statement_timeout_ms: int = 120_000) -> Snapshot:
-    """Take one snapshot; returns its header (id, time, reset times, cost).
+_CREDENTIALS = re.compile(r"(://[^/:@\s]*:)[^@\s]*@|(password\s*=\s*)\S+", re.IGNORECASE)
 
-    ``conn`` is an autocommit connection to the primary. Sizes are exact unless a table is held
-    exclusively locked past ``lock_timeout_ms``: then the snapshot is taken again with sizes as of
-    the last VACUUM/ANALYZE (never waits behind a long lock, never fails for it).
+
+def _one_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    text = lines[0] if lines else type(exc).__name__
+    return _CREDENTIALS.sub(lambda m: f"{m.group(1)}***@" if m.group(1) else f"{m.group(2)}***", text)[:300]
+
+
+def _read_replica(name: str, connect: ReplicaConnect, database: str, timeout_ms: int) -> dict[str, Any]:
+    """One replica's answer, or why there is none (never raises for the replica's sake)."""
+    try:
+        with connect() as rconn:
+            rconn.execute(f"SET statement_timeout = {int(timeout_ms)}")
+            row = rconn.execute(MARK + load("reports/replica_indexes.sql")).fetchone()
+    except (psycopg.Error, OSError, CslError) as exc:
+        log.warning("replica %s not read for the snapshot: %s", name, _one_line(exc))
+        return {"replica": name, "status": "unavailable", "error": _one_line(exc)}
+    server, in_recovery, started, stats_reset, dbname, indexrelids, scans = row
+    if dbname != database:
+        return {"replica": name, "status": "unavailable",
+                "error": f"connected to database {dbname!r}, not {database!r}"}
+    return {"replica": name, "status": "ok", "error": None, "server": server, "in_recovery": in_recovery,
+            "postmaster_start": started, "stats_reset": stats_reset, "indexrelids": indexrelids, "scans": scans}
+
+
+def capture(conn: psycopg.Connection, *, replicas: Mapping[str, ReplicaConnect] | None = None,
+            lock_timeout_ms: int = 2000, statement_timeout_ms: int = 120_000,
+            replica_timeout_ms: int = 10_000) -> Snapshot:
+    """Take one snapshot; returns its header (id, time, reset times, cost, each replica's status).
+
+    ``conn`` is an autocommit connection to the primary. ``replicas``: name → a callable that
+    opens a fresh connection to that replica, in the same database (``Database.connect_direct
+    ("replica")``); each is read on its own thread while the primary is (connecting is most of
+    its cost) and recorded as ``ok`` or ``unavailable`` with the reason. Sizes are exact unless a table is held exclusively locked
+    past ``lock_timeout_ms``: then the snapshot is taken again with sizes as of the last
+    VACUUM/ANALYZE (never waits behind a long lock, never fails for it).
     """
     started = time.perf_counter()
+    database = conn.info.dbname
+    pool = ThreadPoolExecutor(max_workers=len(replicas), thread_name_prefix="csl-replica") if replicas else None
+    pending = [pool.submit(_read_replica, name, connect, database, replica_timeout_ms)
+               for name, connect in (replicas or {}).items()] if pool else []
+    try:
+        return _capture(conn, pending, started, lock_timeout_ms=lock_timeout_ms,
+                        statement_timeout_ms=statement_timeout_ms)
+    finally:
+        if pool:
+            pool.shutdown(wait=True)
+
+
+def _capture(conn: psycopg.Connection, pending: list, started: float, *, lock_timeout_ms: int,
+             statement_timeout_ms: int) -> Snapshot:
+    read: list[dict[str, Any]] = []
     for exact in (True, False):
         try:
             with conn.transaction():
@@ -69,6 +126,11 @@ def capture(conn: psycopg.Connection, *, lock_timeout_ms: int = 2000, statement_
                 params = {"snapshot_id": snap_id, "exact_sizes": exact}
                 rows += conn.execute(MARK + load("reports/capture_tables.sql"), params).rowcount
                 rows += conn.execute(MARK + load("reports/capture_indexes.sql"), params).rowcount
+                read = read or [f.result() for f in pending]
+                for r in read:
+                    rows += conn.execute(MARK + load("reports/capture_replica.sql"), {
+                        "snapshot_id": snap_id, "server": None, "in_recovery": None, "postmaster_start": None,
+                        "stats_reset": None, "indexrelids": [], "scans": [], **r}).rowcount
                 capture_ms = int((time.perf_counter() - started) * 1000)
                 db_reset = conn.execute(
                     MARK + "UPDATE csl_ops.perf_snapshots SET capture_ms = %s, rows_written = %s,"
@@ -81,7 +143,8 @@ def capture(conn: psycopg.Connection, *, lock_timeout_ms: int = 2000, statement_
                 raise
             log.warning("a table is locked exclusively: snapshot sizes from relpages instead")
     log.info("snapshot %s: %d rows in %d ms", snap_id, rows + 1, capture_ms)
-    return Snapshot(snap_id, taken_at, reset, db_reset, capture_ms, rows + 1)
+    return Snapshot(snap_id, taken_at, reset, db_reset, capture_ms, rows + 1,
+                    {r["replica"]: "ok" if r["status"] == "ok" else f"unavailable: {r['error']}" for r in read})
 
 
 def prune(conn: psycopg.Connection, *, retention_days: int) -> int:

@@ -76,6 +76,10 @@ CREATE INDEX idx_revenue_splits_contributor_status ON revenue_splits (contributo
 -- why: reconciling the splits of a licence against its price
 CREATE INDEX idx_revenue_splits_license_amount ON revenue_splits (license_id, amount);
 
+-- index: revenue_splits_license_contributor_key
+-- why: one split per licence and contributor: a split the old platform inserts while a settlement run writes the same licence fails cleanly instead of leaving a duplicate that could be paid twice (built once the settlement audit's duplicate_splits findings are resolved)
+CREATE UNIQUE INDEX revenue_splits_license_contributor_key ON revenue_splits (license_id, contributor_id);
+
 -- index: idx_revenue_splits_payment_date
 -- why: payout reports by payment date, paid splits only
 CREATE INDEX idx_revenue_splits_payment_date ON revenue_splits (payment_date) WHERE payment_date IS NOT NULL;

@@ -53,8 +53,9 @@ FROM (
            count(*) FILTER (WHERE po.license_id IS NOT NULL) - (SELECT count(*) FROM run_sale_lines)
          + count(*) FILTER (WHERE po.license_id IS NULL)
          - count(DISTINCT (r.license_id, r.contributor_id)) FILTER (WHERE po.license_id IS NULL) AS duplicates
-    FROM (SELECT rs.license_id, rs.contributor_id, csl_ops.minor_units(rs.amount) AS cents
-          FROM revenue_splits rs JOIN csl_ops.settled_licences s ON s.license_id = rs.license_id AND s.run_id = %(run_id)s) r
+    FROM (SELECT rs.license_id, rs.contributor_id, csl_ops.minor_units(rs.amount, c.exponent) AS cents
+          FROM revenue_splits rs JOIN csl_ops.settled_licences s ON s.license_id = rs.license_id AND s.run_id = %(run_id)s
+          JOIN csl_ops.currencies c ON c.code = s.currency) r
     FULL JOIN (SELECT l.license_id, a.contributor_id, l.cents
                FROM run_sale_lines l JOIN csl_ops.ledger_accounts a ON a.id = l.account_id) po
            USING (license_id, contributor_id)
@@ -62,7 +63,8 @@ FROM (
 CROSS JOIN LATERAL (VALUES ('platform_rows_round_trip', t.round_trip), ('no_duplicate_splits', t.duplicates))
     AS x(check_name, violations)
 UNION ALL
-SELECT 'findings', count(*) FROM csl_ops.settlement_findings WHERE run_id = %(run_id)s
+-- findings that hold a licence (those that only hold a payout carry its balance, and pass)
+SELECT 'findings', count(*) FROM csl_ops.settlement_findings WHERE run_id = %(run_id)s AND blocking
 UNION ALL
 -- each payout of the run is posted at its amount on its contributor's payable, which it leaves at zero
 SELECT 'payouts_clear_balances', count(*)
@@ -75,6 +77,14 @@ WHERE po.run_id = %(run_id)s
   AND (pp.amount_minor IS DISTINCT FROM po.amount_minor OR a.kind IS DISTINCT FROM 'contributor_payable'
        OR a.contributor_id IS DISTINCT FROM po.contributor_id OR a.currency IS DISTINCT FROM po.currency
        OR po.amount_minor < greatest(%(minimum)s, 1) OR b.balance IS DISTINCT FROM 0)
+UNION ALL
+-- each payout of the run pays its contributor's verified, enabled connected account (never a
+-- customer id, never an invented one)
+SELECT 'payouts_pay_verified_accounts', count(*)
+FROM csl_ops.payouts po
+LEFT JOIN csl_ops.payout_accounts pa ON pa.contributor_id = po.contributor_id AND pa.account_id = po.destination
+                                    AND pa.verified_at IS NOT NULL AND pa.disabled_at IS NULL
+WHERE po.run_id = %(run_id)s AND pa.contributor_id IS NULL
 UNION ALL
 -- what the run's payouts cover: ranges on their own contributor's payable, and no line of an
 -- account in two live ranges (each live range of the account starts at or after the end of
@@ -95,10 +105,13 @@ WHERE r.from_id < r.previous_through
                                    OR a.contributor_id IS DISTINCT FROM po.contributor_id
                                    OR a.currency IS DISTINCT FROM po.currency))
 UNION ALL
--- each refund clawed back by the run: the clearing debit is the refund's amount, in minor units
+-- each refund or lost dispute clawed back by the run: the clearing debit is its amount, in the
+-- minor units of the licence's currency
 SELECT 'clawbacks_match_refunds', count(*)
 FROM csl_ops.postings p
 JOIN run_entries e ON e.id = p.entry_id AND e.kind = 'clawback' AND p.id > %(postings_before)s
 JOIN csl_ops.ledger_accounts a ON a.id = p.account_id AND a.kind = 'clearing'
-LEFT JOIN refunds r ON r.id = p.source_id
-WHERE r.id IS NULL OR -p.amount_minor <> csl_ops.minor_units(r.amount)
+LEFT JOIN csl_ops.currencies c ON c.code = a.currency
+LEFT JOIN (SELECT id, amount FROM refunds WHERE status = 'succeeded'
+           UNION ALL SELECT id, amount FROM disputes WHERE status = 'lost') r ON r.id = p.source_id
+WHERE r.id IS NULL OR -p.amount_minor IS DISTINCT FROM csl_ops.minor_units(r.amount, c.exponent)

@@ -1,10 +1,10 @@
--- Exact allocation in minor units. The contributor pool is share_bps of the price, rounded
+-- Exact allocation in minor units (of each licence's currency). The contributor pool is share_bps of the price, rounded
 -- half up; it is divided among the contributors by largest remainder (ties: lowest
 -- contributor id first), so the parts always sum to the pool and pool + platform = price.
 -- csl.settlement.allocate is the same rule in Python (property-tested). A direct licence has
 -- one contributor, who gets the whole pool: only generation licences need the division.
 CREATE TEMP TABLE pool ON COMMIT DROP AS
-SELECT d.license_id, d.currency, d.kind, d.sample_contributor, d.payment_intent_id,
+SELECT d.license_id, d.currency, d.exponent, d.kind, d.sample_contributor, d.payment_intent_id,
        round(d.price_raw)::bigint                                       AS price_minor,
        (round(d.price_raw)::bigint * %(share_bps)s + 5000) / 10000        AS pool_minor
 FROM due d

@@ -1,15 +1,27 @@
 -- Payout instructions of a run (before the gate, so the gate judges them too): every
 -- contributor payable balance at or over the minimum is paid out in full (one journal entry
--- per currency: each payable debited, payouts in transit credited); the rest is carried. Each
--- payout records the licences it covers as ranges of its account's postings.
+-- per currency: each payable debited, payouts in transit credited) to the contributor's
+-- verified connected account, copied onto the payout now and never looked up again; the rest
+-- is carried. A balance is held (carried, with a finding that does not fail the gate) when the
+-- contributor has no account in csl_ops.payout_accounts, or one not verified or disabled, or when
+-- the audit found duplicate platform splits of theirs (split_duplicates). Each payout records the
+-- licences it covers as ranges of its account's postings.
 -- The run has just written most of the postings and accounts, so their statistics are stale:
 -- balances are aggregated per account before any join, and the small temp tables are analyzed,
 -- so that no plan rests on "this table is empty".
 CREATE TEMP TABLE payable ON COMMIT DROP AS
-SELECT a.id AS account_id, a.contributor_id, a.currency, b.balance
+SELECT a.id AS account_id, a.contributor_id, a.currency, b.balance, pa.account_id AS destination,
+       CASE WHEN a.contributor_id IN (SELECT contributor_id FROM split_duplicates) THEN 'duplicate_splits'
+            WHEN pa.account_id IS NULL THEN 'no_payout_account'
+            WHEN pa.disabled_at IS NOT NULL THEN 'payout_account_disabled'
+            WHEN pa.verified_at IS NULL THEN 'payout_account_unverified' END AS hold
 FROM (SELECT account_id, -sum(amount_minor)::bigint AS balance FROM csl_ops.postings GROUP BY account_id) b
 JOIN csl_ops.ledger_accounts a ON a.id = b.account_id AND a.kind = 'contributor_payable'
+LEFT JOIN csl_ops.payout_accounts pa ON pa.contributor_id = a.contributor_id
 WHERE b.balance >= greatest(%(minimum)s, 1);
+
+CREATE TEMP TABLE payout_holds ON COMMIT DROP AS SELECT * FROM payable WHERE hold IS NOT NULL;
+DELETE FROM payable WHERE hold IS NOT NULL;
 ANALYZE payable;
 
 INSERT INTO csl_ops.ledger_accounts (kind, contributor_id, currency)
@@ -24,14 +36,15 @@ WITH inserted AS (
     RETURNING id, currency
 ) SELECT * FROM inserted;
 
--- the key is sha256("<run_key>:<contributor>:<currency>"): a rerun of the same run_key makes the same keys
+-- the key is sha256("<installation>:<run_key>:<contributor>:<currency>"): a rerun of the same
+-- run_key makes the same keys; another installation (staging, a restored copy) never does
 CREATE TEMP TABLE new_payouts ON COMMIT DROP AS
 WITH inserted AS (
-    INSERT INTO csl_ops.payouts (run_id, contributor_id, currency, amount_minor, idempotency_key, status)
+    INSERT INTO csl_ops.payouts (run_id, contributor_id, currency, amount_minor, idempotency_key, status, destination)
     SELECT %(run_id)s, contributor_id, currency, balance,
-           'csl-payout-' || left(encode(sha256(convert_to(%(run_key)s::text || ':' || contributor_id || ':' || currency,
-                                                          'UTF8')), 'hex'), 32),
-           'instructed'
+           'csl-payout-' || left(encode(sha256(convert_to(%(installation)s::text || ':' || %(run_key)s::text || ':'
+                                                          || contributor_id || ':' || currency, 'UTF8')), 'hex'), 32),
+           'instructed', destination
     FROM payable
     ORDER BY currency, contributor_id
     RETURNING id, contributor_id, currency, amount_minor, idempotency_key

@@ -1,7 +1,7 @@
 -- Post the run's sales: one journal entry per currency; a credit per licence × contributor
 -- (licence line: licence × 'sale' × the contributor's payable), the platform's credit and the
 -- clearing debit per entry (entry lines); the settled-licence markers; new revenue_splits rows
--- (pending, exact cents). Bulk rows are written in licence order: every index they enter that
+-- (pending, exact to the minor unit). Bulk rows are written in licence order: every index they enter that
 -- leads with the licence is then filled page by page instead of at random.
 INSERT INTO csl_ops.ledger_accounts (kind, contributor_id, currency)
 SELECT DISTINCT 'contributor_payable', pa.contributor_id, po.currency FROM parts pa JOIN pool po USING (license_id)
@@ -20,7 +20,7 @@ WITH inserted AS (
 -- the run's contributor lines, each with its account and its licence's price: posted, written to
 -- revenue_splits (unless the licence's rows are reused), and the source of the prepaid lines
 CREATE TEMP TABLE sale_lines ON COMMIT DROP AS
-SELECT pa.license_id, pa.contributor_id, po.currency, a.id AS account_id, pa.amount_minor, po.price_minor,
+SELECT pa.license_id, pa.contributor_id, po.currency, po.exponent, a.id AS account_id, pa.amount_minor, po.price_minor,
        pa.license_id IN (SELECT license_id FROM existing) AS splits_reused
 FROM parts pa
 JOIN pool po USING (license_id)
@@ -86,9 +86,10 @@ SELECT license_id, %(run_id)s, currency, price_minor, pool_minor, price_minor - 
 FROM pool
 ORDER BY license_id;
 
+-- the platform's float column in major units: exact to the minor unit (csl_ops.major_units)
 INSERT INTO revenue_splits (license_id, contributor_id, amount, percentage, status)
-SELECT license_id, contributor_id, amount_minor / 100.0, round(amount_minor * 100.0 / nullif(price_minor, 0), 4),
-       'pending'
+SELECT license_id, contributor_id, csl_ops.major_units(amount_minor, exponent),
+       round(amount_minor * 100.0 / nullif(price_minor, 0), 4), 'pending'
 FROM sale_lines
 WHERE NOT splits_reused
 ORDER BY license_id;

@@ -2,10 +2,10 @@
 -- parts to the cent, otherwise the licence is held with a split_mismatch finding. ``paid``: the
 -- platform already paid the contributor for it (post_sales records that payment).
 CREATE TEMP TABLE existing ON COMMIT DROP AS
-SELECT rs.license_id, rs.contributor_id, count(*) AS n, sum(csl_ops.minor_units(rs.amount)) AS amount_raw,
-       bool_and(rs.status = 'paid') AS paid
+SELECT rs.license_id, rs.contributor_id, count(*) AS n,
+       sum(csl_ops.minor_units(rs.amount, po.exponent)) AS amount_raw, bool_and(rs.status = 'paid') AS paid
 FROM revenue_splits rs
-WHERE rs.license_id IN (SELECT license_id FROM pool)
+JOIN pool po ON po.license_id = rs.license_id
 GROUP BY rs.license_id, rs.contributor_id;
 
 INSERT INTO held

@@ -1,0 +1,106 @@
+"""``python -m csl storage sweep|cleanup|restore``: the storage integrity sweep and cleanup without Airflow.
+
+Wired into ``csl.cli`` with ``add_cli(sub)``. Exit codes as the rest of the CLI: 0 done,
+1 the work ran and found a problem (a shard failed, a dry run over a cap), 2 bad input or a
+refusal before any work (one line: a bad ``--temp-prefix``, a cap, a restore conflict).
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from csl.cliargs import number
+from csl.cliargs import print_result as _print
+
+__all__ = ["add_cli"]
+
+
+def _cmd_storage(args: argparse.Namespace, settings: Any) -> int:
+    import datetime
+    import uuid
+
+    from csl import cleanup, integrity
+    from csl.db import Database
+    from csl.storage import StorageProvider
+
+    names = list(dict.fromkeys(args.providers or [p.name for p in settings.storage]))  # typed order is irrelevant
+    providers = [StorageProvider(settings.provider(name)) for name in names]
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    if args.action == "sweep":
+        options = integrity.SweepOptions(depth=args.depth, key_order=args.key_order, deep_rate=args.deep_sample,
+                                         prefix=args.prefix or "")
+        summary = integrity.run_sweep(settings, run_key=args.run_key or f"cli__{stamp}__{uuid.uuid4().hex[:8]}",
+                                      shards=args.shards, workers=args.workers, options=options,
+                                      provider_names=names)
+        with Database(settings.require_database()) as db, db.connect_direct() as conn:
+            findings = integrity.open_findings(conn, sweep_id=summary["sweep_id"])
+        lines = [f"{f['kind']:<18} {f['provider']:<10} {f['key']}" for f in findings[:50]]
+        if len(findings) > 50:
+            lines.append(f"… and {len(findings) - 50} more (--json lists them all)")
+        counts = {kind: sum(per.values()) for kind, per in summary["findings"].items()}
+        failed = summary["failed"] + summary.get("errors", [])
+        lines.append(f"swept {summary['cells']} cells, {summary['db_refs']:,} references, listed {summary['listed']} "
+                     f"in {summary['duration_s']} s; findings {counts or 'none'}; new {summary['new']}, "
+                     f"closed {summary['closed']}")
+        for failure in failed:
+            lines.append(f"FAILED shard {failure['shard']}: {failure['error']}")
+        _print(args, {"summary": summary, "findings": findings}, "\n".join(lines))
+        return 1 if failed else 0
+    buckets = sorted({p.bucket for p in settings.storage})
+    if args.action == "cleanup":
+        cleanup.check_temp_prefix(args.temp_prefix)  # one line before any work
+    with Database(settings.require_database()) as db, db.connect_direct() as conn:
+        if args.action == "restore":
+            done = cleanup.restore(conn, providers, key=args.key, run_key=args.run_key, force=args.force)
+            _print(args, done, "\n".join([f"restored {r['key']} on {r['provider']}" for r in done["restored"]]
+                                         + [f"skipped {r['key']}: {r['reason']}" for r in done["skipped"]]))
+            return 0
+        result = cleanup.run_cleanup(
+            conn, providers, run_key=args.run_key or f"cli__{stamp}", temp_prefix=args.temp_prefix,
+            temp_ttl_h=args.temp_ttl_h, orphan_grace_h=args.orphan_grace_h, max_objects=args.max_objects,
+            max_share=args.max_share, dry_run=not args.apply, purge_quarantine=args.purge_quarantine,
+            quarantine_retention_days=args.quarantine_retention_days, buckets=buckets)
+    verb = "would move" if result["dry_run"] else "moved"
+    lines = [f"{verb} {c['key']} on {c['provider']} ({c['reason']})" for c in result["candidates"]]
+    lines += [f"kept {c['key']} on {c['provider']} ({c['reason']}): a row refers to it"
+              for c in result["kept_referenced"]]
+    lines.append(f"{verb} {len(result['candidates'])} objects to quarantine {result['by_reason'] or ''}"
+                 + ("" if args.apply else " — dry run; pass --apply to move them"))
+    if result["refused"]:
+        lines.append(f"REFUSED: {result['refused']}")
+    _print(args, result, "\n".join(lines))
+    return 1 if result["refused"] else 0
+
+
+def add_cli(sub: Any) -> None:
+    """Register ``storage`` on the ``csl`` command's subparsers."""
+    p = sub.add_parser("storage", help="integrity sweep (never deletes), cleanup to quarantine, restore")
+    p.add_argument("action", choices=("sweep", "cleanup", "restore"))
+    p.add_argument("--providers", nargs="+", metavar="NAME", help="providers by role (default: all configured)")
+    p.add_argument("--prefix", help="sweep: only keys under this prefix")
+    p.add_argument("--deep-sample", type=number(float, 0, 1), default=0.0,
+                   help="sweep: share of objects downloaded and hashed (0..1)")
+    p.add_argument("--shards", type=number(int, 1, 256), default=4)
+    p.add_argument("--workers", type=number(int, 1, 32), default=2, help="sweep: shards at once (processes)")
+    p.add_argument("--depth", type=number(int, 1, 8), default=2, help="sweep: key segments per cell")
+    p.add_argument("--key-order", choices=("path", "byte"), default="path",
+                   help="sweep: the providers' listing order (path: SeaweedFS/MinIO, byte: AWS S3)")
+    p.add_argument("--temp-prefix", default="tmp/",
+                   help="cleanup: folder of temporary uploads (tmp/, uploads/tmp/ or a folder under one)")
+    p.add_argument("--temp-ttl-h", type=number(int, 0, 24 * 365), default=24)
+    p.add_argument("--orphan-grace-h", type=number(int, 0, 24 * 365), default=72)
+    p.add_argument("--max-objects", type=number(int, 0, 10**7), default=1000,
+                   help="cleanup: abort before touching anything when more would move")
+    p.add_argument("--max-share", type=number(float, 0, 1, low_open=True), default=0.10,
+                   help="cleanup: abort when more than this share of a provider's objects would move")
+    p.add_argument("--apply", action="store_true", help="cleanup: really move (default: dry run)")
+    p.add_argument("--purge-quarantine", action="store_true",
+                   help="cleanup: delete quarantine older than --quarantine-retention-days")
+    p.add_argument("--quarantine-retention-days", type=number(int, 1, 3650), default=30)
+    p.add_argument("--key", help="restore: the original key")
+    p.add_argument("--force", action="store_true",
+                   help="restore: overwrite a different object that now lives at the original key")
+    p.add_argument("--run-key", help="sweep/cleanup: the run's key; restore: everything that run moved")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_storage)

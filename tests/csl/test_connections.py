@@ -1,0 +1,140 @@
+"""plugins/csl_airflow/connections.py: Airflow connections parsed like the environment.
+
+The cases run in one subprocess with its own AIRFLOW_HOME (importing Airflow configures the
+process), each with its connections given as ``AIRFLOW_CONN_*`` JSON, the way the stack and a
+secrets backend hand them over; ``settings_from_connections`` reads them as a task would.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from ..conftest import REPO
+
+DB = "postgresql://csl:s3cret-db@127.0.0.1:5432/cultural_sound_lab"
+STORAGE = {"conn_type": "aws", "login": "AKIAEXAMPLE", "password": "s3cret-key",
+           "extra": {"endpoint_url": "http://127.0.0.1:9000", "bucket": "cultural-audio", "provider": "minio"}}
+EDGE = {"conn_type": "http", "host": "127.0.0.1", "port": 6081, "schema": "http",
+        "extra": {"provider": "varnish", "cache_ttl": 86400}}
+
+
+def conns(*, db=DB, storage=None, edge=None, **more) -> dict[str, str]:
+    def merge(base, change):
+        if change is None:
+            return base
+        merged = {**base, **{k: v for k, v in change.items() if k != "extra"}}
+        merged["extra"] = {**base.get("extra", {}), **change.get("extra", {})}
+        return merged
+
+    env = {"AIRFLOW_CONN_CSL_DB": db if isinstance(db, str) else json.dumps(db),
+           "AIRFLOW_CONN_CSL_STORAGE_PRIMARY": json.dumps(merge(STORAGE, storage)),
+           "AIRFLOW_CONN_CSL_CDN_EDGE": json.dumps(merge(EDGE, edge))}
+    env.update({f"AIRFLOW_CONN_{k.upper()}": json.dumps(v) for k, v in more.items()})
+    return env
+
+
+HARNESS = r"""
+import json, os, sys
+cases = json.load(sys.stdin)
+from csl_airflow.connections import settings_from_connections
+from csl.errors import ConfigError
+out = []
+for case in cases:
+    for key in [k for k in os.environ if k.startswith("AIRFLOW_CONN_")]:
+        del os.environ[key]
+    os.environ.update(case["env"])
+    try:
+        s = settings_from_connections(max_replica_lag_s=case.get("lag", 30.0))
+        p = s.provider("primary")
+        out.append({"ok": {"force_path_style": p.force_path_style, "public_bucket": p.public_bucket,
+                           "cache_ttl_s": s.edge.cache_ttl_s, "edge": s.edge.base_url,
+                           "lag": s.database.max_replica_lag_s, "url": repr(s.database)}})
+    except ConfigError as exc:
+        out.append({"error": str(exc), "setting": exc.setting})
+    except Exception as exc:
+        out.append({"crash": f"{type(exc).__name__}: {exc}"})
+print("RESULTS " + json.dumps(out))
+"""
+
+GOOD = [
+    ("defaults", conns(), {"force_path_style": True, "public_bucket": False, "cache_ttl_s": 86400,
+                           "edge": "http://127.0.0.1:6081", "lag": 30.0}),
+    ("string false is false", conns(storage={"extra": {"force_path_style": "false", "public_bucket": "False"}}),
+     {"force_path_style": False, "public_bucket": False}),
+    ("string true is true", conns(storage={"extra": {"public_bucket": "true"}}), {"public_bucket": True}),
+    ("ttl as text", conns(edge={"extra": {"cache_ttl": "3600"}}), {"cache_ttl_s": 3600}),
+    ("ipv6 edge", conns(edge={"host": "::1"}), {"edge": "http://[::1]:6081"}),
+]
+BAD = [
+    ("ttl nan", conns(edge={"extra": {"cache_ttl": "nan"}}), "extra.cache_ttl"),
+    ("ttl inf", conns(edge={"extra": {"cache_ttl": "inf"}}), "extra.cache_ttl"),
+    ("ttl negative", conns(edge={"extra": {"cache_ttl": -1}}), "extra.cache_ttl"),
+    ("ttl fractional", conns(edge={"extra": {"cache_ttl": 1.5}}), "extra.cache_ttl"),
+    ("ttl bool", conns(edge={"extra": {"cache_ttl": True}}), "extra.cache_ttl"),
+    ("ttl huge", conns(edge={"extra": {"cache_ttl": "1e400"}}), "extra.cache_ttl"),
+    ("path style text", conns(storage={"extra": {"force_path_style": "nope"}}), "extra.force_path_style"),
+    ("public bucket number", conns(storage={"extra": {"public_bucket": 2}}), "extra.public_bucket"),
+    ("unknown storage key", conns(storage={"extra": {"force_pathstyle": False}}), "extra"),
+    ("unknown provider", conns(storage={"extra": {"provider": "dropbox"}}), "extra.provider"),
+    ("endpoint with credentials", conns(storage={"extra": {"endpoint_url": "http://u:s3cret-ep@127.0.0.1:9000"}}),
+     "extra.endpoint_url"),
+    ("edge port out of range", conns(edge={"port": 70000}), "port"),
+    ("edge without host", conns(edge={"host": None}), "host"),
+    ("edge host moves the URL", conns(edge={"host": "cdn.example@evil.example"}), "host"),
+    ("edge schema", conns(edge={"schema": "ftp"}), "schema"),
+    ("edge unknown key", conns(edge={"extra": {"ttl": 5}}), "extra"),
+    ("db port out of range", conns(db={"conn_type": "postgres", "host": "127.0.0.1", "port": 99999,
+                                       "login": "csl", "password": "s3cret-db", "schema": "db"}), "port"),
+    ("db extra not libpq", conns(db={"conn_type": "postgres", "host": "127.0.0.1", "login": "csl",
+                                     "password": "s3cret-db", "schema": "db", "extra": {"cursor": "dict"}}), ""),
+    ("db extra bool", conns(db={"conn_type": "postgres", "host": "127.0.0.1", "login": "csl",
+                                "password": "s3cret-db", "schema": "db", "extra": {"keepalives": True}}),
+     "extra.keepalives"),
+    ("db connect_timeout nan", conns(db={"conn_type": "postgres", "host": "127.0.0.1", "login": "csl",
+                                         "password": "s3cret-db", "schema": "db",
+                                         "extra": {"connect_timeout": "nan"}}), ""),
+    ("replica sslmode", conns(csl_db_replica={"conn_type": "postgres", "host": "127.0.0.1", "login": "csl",
+                                              "password": "s3cret-db", "schema": "db",
+                                              "extra": {"sslmode": "bogus"}}), ""),
+    ("lag nan", {**conns(), "lag": "nan"}, "max_replica_lag_s"),
+    ("lag text", {**conns(), "lag": "thirty"}, "max_replica_lag_s"),
+]
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory) -> dict[str, dict]:
+    cases = []
+    for name, env, _ in GOOD + BAD:
+        env = dict(env)
+        lag = env.pop("lag", 30.0)
+        cases.append({"name": name, "env": env, "lag": lag})
+    home = tmp_path_factory.mktemp("airflow-home")
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")}
+    environ.update(AIRFLOW_HOME=str(home), PYTHONPATH=os.pathsep.join(str(REPO / f) for f in ("include", "plugins")))
+    done = subprocess.run([sys.executable, "-c", HARNESS], input=json.dumps(cases), capture_output=True, text=True,
+                          env=environ, timeout=300, cwd=home)
+    line = [x for x in done.stdout.splitlines() if x.startswith("RESULTS ")]
+    assert done.returncode == 0 and line, done.stderr[-3000:]
+    return {case["name"]: outcome for case, outcome in zip(cases, json.loads(line[0][len("RESULTS "):]))}
+
+
+@pytest.mark.parametrize(("name", "expected"), [(name, expected) for name, _, expected in GOOD])
+def test_good_connections_become_real_values(results, name, expected):
+    outcome = results[name]
+    assert "ok" in outcome, outcome
+    assert {k: outcome["ok"][k] for k in expected} == expected
+    assert "s3cret" not in outcome["ok"]["url"]
+
+
+@pytest.mark.parametrize(("name", "field"), [(name, field) for name, _, field in BAD])
+def test_bad_connections_are_one_clear_refusal(results, name, field):
+    outcome = results[name]
+    assert "error" in outcome, f"{name}: accepted or crashed: {outcome}"
+    assert outcome["setting"].startswith("Airflow connection") or outcome["setting"] == field
+    assert field in outcome["setting"]
+    assert "\n" not in outcome["error"] and "s3cret" not in outcome["error"]
