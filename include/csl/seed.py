@@ -304,12 +304,14 @@ def generate(scale: Scale, folder: Path, *, seed: int = 42) -> Generated:
             if status == "refunded":
                 w["refunds"].row(_stripe_id(rng, "re_"), pi, price, currency, "requested_by_customer", "succeeded",
                                  _ts(refunded_at))
-            elif status == "completed" and rng.random() < 0.03:
+            partial = 0.0
+            if status == "completed" and rng.random() < 0.03:
                 partial = round(price * rng.choice([0.25, 0.5]), 2)
                 w["refunds"].row(_stripe_id(rng, "re_"), pi, partial, currency, "partial_refund", "succeeded",
                                  _ts(refunded_at))
             if status == "completed" and rng.random() < 0.002:  # chargebacks: lost ones are clawed back
-                w["disputes"].row(_stripe_id(rng, "dp_"), charge, price, currency, "fraudulent",
+                # a charge is disputed for at most what was not refunded (Stripe's rule)
+                w["disputes"].row(_stripe_id(rng, "dp_"), charge, round(price - partial, 2), currency, "fraudulent",
                                   _weighted(rng, [("lost", 2), ("won", 1), ("needs_response", 1)]),
                                   _ts(created + timedelta(days=21)), _ts(created))
             if status == "completed" and contributor and rng.random() < 0.3:

@@ -26,6 +26,29 @@ def test_same_seed_same_bytes_other_seed_other_bytes(tmp_path):
     assert a.defects == b.defects and a.objects == b.objects
 
 
+def test_no_seeded_charge_is_reversed_for_more_than_it_was_paid(tmp_path):
+    """Refunds plus a lost dispute never exceed the charge (a dispute is for at most what was not
+    refunded): else the bench's settlement holds those licences and its gate fails."""
+    import csv
+    from collections import defaultdict
+
+    scale = Scale(users=200, contributors=20, samples=100, generations=50, licenses=50_000, defects_per_kind=1,
+                  events_per_license=0)
+    data = generate(scale, tmp_path, seed=11)
+    rows = {t: list(csv.reader((data.folder / f"{t}.csv").open())) for t in ("payment_intents", "refunds", "disputes")}
+    paid = {r[0]: float(r[2]) for r in rows["payment_intents"]}
+    reversed_ = defaultdict(float)
+    for r in rows["refunds"]:
+        reversed_[r[1]] += float(r[2])
+    both = 0
+    for r in rows["disputes"]:
+        intent = "pi_" + r[1].removeprefix("ch_")
+        both += reversed_[intent] > 0
+        reversed_[intent] += float(r[2])
+    assert both > 0, "the data set has charges both refunded in part and disputed"
+    assert [i for i, amount in reversed_.items() if amount > paid[i] + 1e-9] == []
+
+
 def test_objects_are_valid_audio_files():
     rng = random.Random(1)
     for seed_value in (rng.getrandbits(32) for _ in range(20)):

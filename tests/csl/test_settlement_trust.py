@@ -478,6 +478,25 @@ def test_the_in_run_analyze_does_not_queue_behind_an_index_build(platform_db):
     assert done["outcome"]["status"] == "committed" and done["outcome"]["timings_s"]["analyze_skipped"] is True
 
 
+def test_reversals_reach_the_settled_licences_through_an_index_whatever_the_statistics(platform_db):
+    """The run matches refunds and disputes to the licences it settled minutes earlier in the same
+    transaction, before its ANALYZE (or with it skipped): the planner may think the table is empty.
+    Without an index on the payment intent, that join compared every reversal with every settled
+    licence (over 7 minutes at a million); with one it is a lookup however stale the statistics."""
+    with connect(platform_db) as conn:
+        settlement.settle(conn, Params(), run_key="run-1")
+        conn.execute("BEGIN")
+        conn.execute("SET LOCAL enable_seqscan = off")  # a sequential scan remains only where no index serves
+        plan = conn.execute("EXPLAIN (FORMAT JSON) " + settlement._NEW_REVERSALS).fetchone()[0][0]["Plan"]
+        conn.execute("ROLLBACK")
+
+    def scans(node: dict) -> list[str]:
+        here = [node["Node Type"]] if node.get("Relation Name") == "settled_licences" else []
+        return here + [kind for child in node.get("Plans", []) for kind in scans(child)]
+
+    assert scans(plan) and "Seq Scan" not in scans(plan), json.dumps(plan)
+
+
 # -- 19. periods are dates, compared as dates; bad CLI input is refused before any work ---------------
 def test_periods_are_parsed_into_real_dates_and_compared_as_instants():
     assert Params(period_start="2026-02-28").period_start.isoformat() == "2026-02-28T00:00:00+00:00"
