@@ -49,4 +49,5 @@ status:
 	@$(PY) scripts/devstack.py status
 
 clean: stop
+	@for state in .local/*/; do if [ -e "$$state/stack.json" ]; then $(PY) scripts/devstack.py remove --state "$$state"; fi; done
 	rm -rf .local .env

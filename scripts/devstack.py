@@ -169,6 +169,33 @@ def scram_verifier(password: str, *, iterations: int = 4096) -> str:
     return f"SCRAM-SHA-256${iterations}:{b64(salt)}${b64(stored_key)}:{b64(server_key)}"
 
 
+def reachable_by_others(path: Path) -> bool:
+    """Whether another OS user can walk down to ``path`` (x for others on it and every parent)."""
+    return all(p.stat().st_mode & 0o001 for p in [path, *path.parents] if p != Path("/"))
+
+
+def outside_root(state: Path) -> Path:
+    """Where the parts that run as other OS users live when ``state`` is out of their reach
+    (PostgreSQL runs as ``postgres``, Varnish's jail as ``vcache``; a clone in root's 0700 home):
+    a folder of this stack's own under /var/tmp, linked from the state folder."""
+    digest = hashlib.sha256(str(state).encode()).hexdigest()[:16]
+    return Path(os.environ.get("CSL_STACK_OUTSIDE", "/var/tmp")) / f"csl-stack-{digest}"
+
+
+def remove_state(state: Path) -> None:
+    """Delete a stack's state folder (stopped first), and what it keeps outside it."""
+    state = state.resolve()
+    for name in OUTSIDE_PARTS:
+        link = state / name
+        if link.is_symlink():
+            shutil.rmtree(link.resolve(), ignore_errors=True)
+    shutil.rmtree(outside_root(state), ignore_errors=True)
+    shutil.rmtree(state, ignore_errors=True)
+
+
+OUTSIDE_PARTS = ("pg", "edge")
+
+
 class Stack:
     def __init__(self, state: Path, env_file: Path) -> None:
         self.state = state.resolve()
@@ -177,6 +204,26 @@ class Stack:
         self.pids = self.state / "pids"
         self.config_path = self.state / "stack.json"
         self.config: dict = {}
+
+    def part(self, name: str) -> Path:
+        """The folder of a part run as another OS user (``pg``, ``edge``): in the state folder, or,
+        when other users cannot reach it, outside it (see ``outside_root``) behind a symlink."""
+        link = self.state / name
+        if link.is_symlink():
+            return link.resolve()
+        if link.exists() or reachable_by_others(self.state):
+            return link
+        target = outside_root(self.state) / name
+        outside_root(self.state).mkdir(mode=0o755, parents=True, exist_ok=True)
+        outside_root(self.state).chmod(0o755)
+        target.mkdir(mode=0o755, exist_ok=True)
+        link.symlink_to(target, target_is_directory=True)
+        return target
+
+    def pg_log(self, name: str) -> Path:
+        """A PostgreSQL log: written by the server's OS user, so beside its data when outside."""
+        folder = self.logs if self.part("pg").parent == self.state else self.part("pg")
+        return folder / f"{name}.log"
 
     # -- configuration: ports and secrets, chosen once -------------------------------------
     def load_config(self) -> dict:
@@ -314,7 +361,7 @@ class Stack:
     # -- PostgreSQL ------------------------------------------------------------------------
     @property
     def pg_dir(self) -> Path:
-        return self.state / "pg"
+        return self.part("pg")
 
     @property
     def pg_socket(self) -> Path:
@@ -362,7 +409,7 @@ class Stack:
         self.pg_socket.chmod(0o700)  # also on stacks made when it was world-usable
         chown_postgres(self.pg_dir)
         chown_postgres(self.pg_socket)
-        log_file = private_log(self.logs / "pg-primary.log", for_postgres=True)
+        log_file = private_log(self.pg_log("pg-primary"), for_postgres=True)
         fresh = not (data / "PG_VERSION").exists()
         if fresh:
             log("initdb: PostgreSQL primary")
@@ -420,7 +467,7 @@ class Stack:
 
     def pg_replica_up(self) -> None:
         data = self.pg_dir / "replica"
-        log_file = private_log(self.logs / "pg-replica.log", for_postgres=True)
+        log_file = private_log(self.pg_log("pg-replica"), for_postgres=True)
         # the replicator's password, for pg_basebackup and then the standby's walreceiver
         passfile = self.pg_dir / "replicator.pgpass"
         if "'" in str(passfile) or "\\" in str(passfile):
@@ -524,7 +571,7 @@ class Stack:
 
     # -- the caching edge ------------------------------------------------------------------
     def edge_up(self) -> None:
-        root = self.state / "edge"
+        root = self.part("edge")
         root.mkdir(exist_ok=True)
         root.chmod(0o755)
         vcl = root / "edge.vcl"
@@ -810,7 +857,8 @@ def http_status(url: str) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", choices=("up", "down", "status", "start", "stop", "env"))
+    parser.add_argument("command", choices=("up", "down", "remove", "status", "start", "stop", "env"),
+                        help="remove: down, then delete the state folder and what it keeps outside it")
     parser.add_argument("service", nargs="?", choices=ALL_SERVICES)
     parser.add_argument("--state", type=Path, default=REPO / ".local" / "stack")
     parser.add_argument("--env-file", type=Path, default=REPO / ".env")
@@ -821,8 +869,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "up":
             stack.up(airflow=args.airflow)
             log(f"stack up; settings in {stack.env_file}")
-        elif args.command == "down":
+        elif args.command in ("down", "remove"):
             stack.down()
+            if args.command == "remove":
+                remove_state(stack.state)
+                log(f"removed {stack.state}")
         elif args.command == "status":
             print(json.dumps(stack.status(), indent=2))
         elif args.command == "env":

@@ -8,7 +8,6 @@ running); otherwise a fresh stack is made under ``.local/test-stack-<pid>`` and 
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import sys
 import uuid
@@ -22,7 +21,7 @@ for folder in ("include", "plugins", "scripts"):
     if str(REPO / folder) not in sys.path:
         sys.path.insert(0, str(REPO / folder))
 
-from devstack import PLATFORM_DB, Stack  # noqa: E402
+from devstack import PLATFORM_DB, Stack, remove_state  # noqa: E402
 
 
 def _stop_on_sigterm(signum, frame):  # noqa: ARG001
@@ -52,7 +51,7 @@ def stack() -> Iterator[Stack]:
         yield handle
     finally:
         handle.down()
-        shutil.rmtree(state, ignore_errors=True)
+        remove_state(state)  # with what it keeps outside (a clone in root's 0700 home)
 
 
 @pytest.fixture(scope="session")
