@@ -200,6 +200,28 @@ def test_up_on_a_stack_made_with_trust_closes_it(fresh_pg):
     assert stat.S_IMODE(stack.pg_socket.stat().st_mode) == 0o700
 
 
+def test_a_stack_in_a_folder_others_cannot_enter(stack):  # noqa: ARG001 - after the session stack's ports
+    """A clone in root's 0700 home: PostgreSQL (run as ``postgres``) cannot walk into it, so its
+    folder lives outside, linked from the state folder, and goes away with the state."""
+    closed = REPO / ".local" / f"closed-{os.getpid()}"
+    closed.mkdir(mode=0o700, parents=True, exist_ok=True)
+    closed.chmod(0o700)
+    state = closed / "stack"
+    handle = Stack(state, state / ".env")
+    try:
+        handle.ensure_config()
+        handle.pg_primary_up()
+        assert handle.psql("SELECT current_user") == "postgres"
+        assert (state / "pg").is_symlink() and devstack.reachable_by_others(handle.pg_dir)
+        assert (handle.pg_dir / "pg-primary.log").stat().st_size > 0  # the server could write its log
+    finally:
+        handle.stop("pg-primary")
+        outside = devstack.outside_root(state.resolve())
+        devstack.remove_state(state)
+        shutil.rmtree(closed, ignore_errors=True)
+    assert not outside.exists() and not state.exists()
+
+
 def test_a_stack_run_by_a_normal_user(stack):  # noqa: ARG001 - ports of the session stack are taken first
     """Not root: the servers run as the user itself, and that user is the socket's only one."""
     user = "nobody" if os.geteuid() == 0 else None
