@@ -370,6 +370,11 @@ def _payout_accounts(folder: Path, contributors: list[str], seed: int) -> int:
     return writer.rows
 
 
+def _nonempty_tables(conn: psycopg.Connection) -> list[str]:
+    """The platform tables that hold rows (TABLE_ORDER: constant names)."""
+    return [t for t in TABLE_ORDER if conn.execute(f"SELECT EXISTS (SELECT 1 FROM {t})").fetchone()[0]]
+
+
 def load(conn: psycopg.Connection, generated: Generated, *, reset: bool = False) -> dict[str, float]:
     """COPY every CSV in FK order, in one transaction; returns seconds per table. ``reset``
     TRUNCATEs the platform tables first (``seed`` checks that they hold seeded data)."""
@@ -378,7 +383,7 @@ def load(conn: psycopg.Connection, generated: Generated, *, reset: bool = False)
         if reset:
             conn.execute("TRUNCATE " + ", ".join(TABLE_ORDER) + ", csl_ops.payout_accounts CASCADE")
         else:
-            nonempty = [t for t in TABLE_ORDER if conn.execute(f"SELECT EXISTS (SELECT 1 FROM {t})").fetchone()[0]]
+            nonempty = _nonempty_tables(conn)
             if nonempty:
                 raise SeedError(f"platform tables already hold data ({', '.join(nonempty)}); pass reset to replace it")
         with conn.cursor() as cur:
@@ -464,7 +469,7 @@ def seed(conn: psycopg.Connection, *, scale_name: str, seed_value: int, workdir:
         raise SeedError(f"unknown scale {scale_name!r}; expected one of {', '.join(SCALES)}")
     previous = loaded_seed(conn)
     if reset and previous is None and not force:
-        nonempty = [t for t in TABLE_ORDER if conn.execute(f"SELECT EXISTS (SELECT 1 FROM {t})").fetchone()[0]]
+        nonempty = _nonempty_tables(conn)
         if nonempty:
             raise SeedError(
                 f"refusing to reset {conn.info.dbname!r}: its platform tables hold rows ({', '.join(nonempty[:4])}"
