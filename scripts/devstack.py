@@ -179,21 +179,14 @@ def outside_root(state: Path) -> Path:
     (PostgreSQL runs as ``postgres``, Varnish's jail as ``vcache``; a clone in root's 0700 home):
     a folder of this stack's own under /var/tmp, linked from the state folder."""
     digest = hashlib.sha256(str(state).encode()).hexdigest()[:16]
-    return Path(os.environ.get("CSL_STACK_OUTSIDE", "/var/tmp")) / f"csl-stack-{digest}"
+    return Path("/var/tmp") / f"csl-stack-{digest}"
 
 
 def remove_state(state: Path) -> None:
     """Delete a stack's state folder (stopped first), and what it keeps outside it."""
     state = state.resolve()
-    for name in OUTSIDE_PARTS:
-        link = state / name
-        if link.is_symlink():
-            shutil.rmtree(link.resolve(), ignore_errors=True)
-    shutil.rmtree(outside_root(state), ignore_errors=True)
+    shutil.rmtree(outside_root(state), ignore_errors=True)  # every part Stack.part moved out
     shutil.rmtree(state, ignore_errors=True)
-
-
-OUTSIDE_PARTS = ("pg", "edge")
 
 
 class Stack:
