@@ -20,7 +20,7 @@ from csl.config import load_env_file  # noqa: E402
 
 # The nightly chain, in order; each DAG joins the demo once it exists.
 DEMO_DAGS = ["csl_platform_health", "csl_index_install", "csl_db_maintenance", "csl_revenue_settlement",
-             "csl_storage_integrity", "csl_performance_report"]
+             "csl_storage_integrity", "csl_storage_publication", "csl_performance_report"]
 
 
 def format_index_report(report: dict | None) -> str:
@@ -86,6 +86,22 @@ def format_sweep(summary: dict | None) -> str:
     return "\n".join(lines)
 
 
+def format_publication(outcome: dict | None, edge_url: str) -> str:
+    if not outcome:
+        return "  (no summary: see the publish task's log)"
+    lines = []
+    for p in outcome["providers"]:
+        lines.append(f"  {p['provider']} → bucket {p['bucket']} (public read; the bucket of record is private): "
+                     f"{p['approved']} approved samples; published {p['publish']}, withdrew {p['withdraw']}")
+        if p["corrupt"] or p["missing"]:
+            lines.append(f"  not published: {p['corrupt']} whose bytes do not match their SHA-256, "
+                         f"{p['missing']} whose original is missing (the sweep's findings)")
+        purge = p["purge"]
+        lines.append(f"  edge purges sent {purge.get('sent', 0)}, owed {purge.get('owed', 0)}; "
+                     f"listen: {edge_url}/audio/<key of an approved sample>")
+    return "\n".join(lines)
+
+
 def format_report(outcome: dict | None, base_url: str, run_id: str) -> str:
     if not outcome:
         return "  (no report this run: a scheduled run reports only at its report hour; see the snapshot)"
@@ -130,6 +146,8 @@ def show(client: AirflowClient, dag_id: str, run: dict) -> int:
         print(format_maintenance_report(xcom("report", "report")))
     elif dag_id == "csl_storage_integrity":
         print(format_sweep(xcom("report", "summary")))
+    elif dag_id == "csl_storage_publication":
+        print(format_publication(xcom("publish", "publication"), os.environ.get("CDN_BASE_URL", "")))
     elif dag_id == "csl_performance_report":
         print(format_report(xcom("report"), client.base_url, run_id))
     return int(run["state"] != "success")

@@ -50,7 +50,8 @@ PG_BIN = Path(os.environ.get("CSL_PG_BIN", "/usr/lib/postgresql/15/bin"))
 VARNISHD = os.environ.get("CSL_VARNISHD", "/usr/sbin/varnishd")
 
 PLATFORM_DB = "cultural_sound_lab"
-AUDIO_BUCKET = "cultural-audio"
+AUDIO_BUCKET = "cultural-audio"  # every object; private
+PUBLISHED_BUCKET = "cultural-audio-published"  # copies of the approved samples; public read, the edge's backend
 FALLBACK_BUCKET = "cultural-audio-fallback"
 S3_SERVICES = ("s3-primary", "s3-fallback")
 AIRFLOW_SERVICES = ("airflow-api-server", "airflow-scheduler", "airflow-dag-processor", "airflow-triggerer")
@@ -542,7 +543,8 @@ class Stack:
             return response.headers.get("X-Backend-Healthy") == "true"
 
     def buckets_up(self) -> None:
-        """Create the buckets (idempotent); the primary's audio bucket is public-read for the edge."""
+        """Create the buckets (idempotent): each provider's own bucket is private; the primary's
+        published bucket (copies of the approved samples) is public-read, the edge's backend."""
         sys.path.insert(0, str(REPO / "include"))
         from csl.config import Settings
         from csl.storage import StorageProvider
@@ -552,15 +554,15 @@ class Stack:
         for provider in settings.storage:
             while True:  # the S3 port answers a moment before credentials are accepted
                 try:
-                    created = StorageProvider(provider).ensure_bucket(public_read=provider.public_bucket)
+                    created = StorageProvider(provider).ensure_buckets()
                     break
                 except Exception:
                     if time.monotonic() > deadline:
                         raise
                     time.sleep(0.3)
-            if created:
-                log(f"created bucket {provider.bucket} on {provider.name}"
-                    + (" (public read)" if provider.public_bucket else ""))
+            for bucket in created:
+                log(f"created bucket {bucket} on {provider.name}"
+                    + (" (public read)" if bucket == provider.published_bucket else " (private)"))
 
     # -- the caching edge ------------------------------------------------------------------
     def edge_up(self) -> None:
@@ -570,7 +572,7 @@ class Stack:
         vcl = root / "edge.vcl"
         template = (REPO / "stack" / "varnish" / "edge.vcl").read_text()
         rendered = (template.replace("{{BACKEND_PORT}}", str(self.s3_port("s3-primary")))
-                    .replace("{{BUCKET}}", AUDIO_BUCKET)
+                    .replace("{{BUCKET}}", PUBLISHED_BUCKET)
                     .replace("{{EDGE_TTL}}", "86400")
                     .replace("{{REFERER_REGEX}}", EDGE_REFERER_REGEX))
         vcl.write_text(rendered)
@@ -617,6 +619,7 @@ class Stack:
             "MINIO_BUCKET": AUDIO_BUCKET,
             "MINIO_FORCE_PATH_STYLE": "true",
             "MINIO_PUBLIC_BUCKET": "true",
+            "MINIO_PUBLISHED_BUCKET": PUBLISHED_BUCKET,
             "S3_ENDPOINT": u["s3_fallback"],
             "S3_BUCKET": FALLBACK_BUCKET,
             "AWS_ACCESS_KEY_ID": s["s3_fallback_key"],
@@ -634,7 +637,8 @@ class Stack:
             "AIRFLOW_CONN_CSL_STORAGE_PRIMARY": json.dumps({
                 "conn_type": "aws", "login": s["s3_primary_key"], "password": s["s3_primary_secret"],
                 "extra": {"endpoint_url": u["s3_primary"], "region_name": "us-east-1", "bucket": AUDIO_BUCKET,
-                          "provider": "minio", "force_path_style": True, "public_bucket": True}}),
+                          "provider": "minio", "force_path_style": True, "public_bucket": True,
+                          "published_bucket": PUBLISHED_BUCKET}}),
             "AIRFLOW_CONN_CSL_STORAGE_FALLBACK": json.dumps({
                 "conn_type": "aws", "login": s["s3_fallback_key"], "password": s["s3_fallback_secret"],
                 "extra": {"endpoint_url": u["s3_fallback"], "region_name": "us-east-1", "bucket": FALLBACK_BUCKET,

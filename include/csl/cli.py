@@ -21,6 +21,7 @@ from csl.cliargs import print_result as _print
 from csl.errors import ConfigError, CslError, SeedError
 from csl.maintenance.indexes import CatalogError
 from csl.maintenance.vacuum import MaintenanceError
+from csl.publication import PublicationError
 from csl.reports import ReportParamsError
 from csl.reports.cli import add_cli as add_report_cli
 from csl.storage_cli import add_cli as add_storage_cli
@@ -354,7 +355,8 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"csl: configuration error: {exc}", file=sys.stderr)
         return 2
-    except (CatalogError, MaintenanceError, SettlementParamsError, CleanupError, ReportParamsError) as exc:  # bad names or parameters
+    except (CatalogError, MaintenanceError, SettlementParamsError, CleanupError, PublicationError,
+            ReportParamsError) as exc:  # bad names or parameters, a cap: refused before any change
         print(f"csl: {exc}", file=sys.stderr)
         return 2
     except SeedError as exc:  # a request the data set cannot satisfy (scale, reset needed)

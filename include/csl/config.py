@@ -40,6 +40,7 @@ __all__ = [
 
 STORAGE_KINDS = ("minio", "s3", "supabase")
 CDN_PROVIDERS = ("cloudflare", "cloudfront", "azure", "varnish")
+BUCKET_NAME = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 
 
 class Secret:
@@ -317,7 +318,8 @@ class StorageProviderSettings:
     endpoint_url: str | None = None  # None = AWS's own endpoint for the region
     region: str = "us-east-1"
     force_path_style: bool = True
-    public_bucket: bool = False
+    public_bucket: bool = False  # this provider serves the published samples (csl.publication)
+    published_bucket: str | None = None  # where: the public-read copies; default "<bucket>-published"
 
     def __post_init__(self) -> None:
         prefix = self.kind.upper()
@@ -329,6 +331,17 @@ class StorageProviderSettings:
             raise ConfigError(f"{prefix}_BUCKET", "must not be empty")
         _require_bool(f"{prefix}_FORCE_PATH_STYLE", self.force_path_style)
         _require_bool(f"{prefix}_PUBLIC_BUCKET", self.public_bucket)
+        if self.public_bucket and self.published_bucket is None:
+            object.__setattr__(self, "published_bucket", f"{self.bucket}-published")
+        if self.published_bucket is not None:
+            if not self.public_bucket:
+                raise ConfigError(f"{prefix}_PUBLISHED_BUCKET", f"only used with {prefix}_PUBLIC_BUCKET=true")
+            if not isinstance(self.published_bucket, str) or not BUCKET_NAME.fullmatch(self.published_bucket):
+                raise ConfigError(f"{prefix}_PUBLISHED_BUCKET", "expected an S3 bucket name (3-63 lowercase "
+                                  f"letters, digits, dots or hyphens), got {self.published_bucket!r}")
+            if self.published_bucket == self.bucket:
+                raise ConfigError(f"{prefix}_PUBLISHED_BUCKET", f"must differ from {prefix}_BUCKET "
+                                  f"({self.bucket!r}): that bucket holds every object and stays private")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -430,6 +443,7 @@ def provider_from_env(env: Mapping[str, str], *, name: str, kind: str) -> Storag
             region=region,
             force_path_style=parse_bool("MINIO_FORCE_PATH_STYLE", _get(env, "MINIO_FORCE_PATH_STYLE", "true")),
             public_bucket=parse_bool("MINIO_PUBLIC_BUCKET", _get(env, "MINIO_PUBLIC_BUCKET", "false")),
+            published_bucket=_get(env, "MINIO_PUBLISHED_BUCKET"),
         )
     if kind == "s3":
         endpoint = _get(env, "S3_ENDPOINT")
@@ -444,6 +458,7 @@ def provider_from_env(env: Mapping[str, str], *, name: str, kind: str) -> Storag
             force_path_style=parse_bool("S3_FORCE_PATH_STYLE",
                                         _get(env, "S3_FORCE_PATH_STYLE", "true" if endpoint else "false")),
             public_bucket=parse_bool("S3_PUBLIC_BUCKET", _get(env, "S3_PUBLIC_BUCKET", "false")),
+            published_bucket=_get(env, "S3_PUBLISHED_BUCKET"),
         )
     if kind == "supabase":
         base = parse_http_url("SUPABASE_URL", _required(env, "SUPABASE_URL", why))

@@ -25,17 +25,20 @@ REFERENCE_COLUMNS: tuple[tuple[str, str], ...] = (
 SIZE_COLUMNS = {("audio_samples", "file_url"): "file_size"}  # the database knows these objects' sizes
 
 
-def references_query(columns: Sequence[tuple[str, str]] = REFERENCE_COLUMNS) -> sql.Composed:
-    """``SELECT key, size, source`` over every reference column (parameter ``buckets``)."""
+def references_query(columns: Sequence[tuple[str, str]] = REFERENCE_COLUMNS, *,
+                     only_where: str | None = None) -> sql.Composed:
+    """``SELECT key, size, source`` over every reference column (parameter ``buckets``);
+    ``only_where`` names a boolean column the rows must have true (e.g. ``approved``)."""
     if not columns:
         raise ValueError("at least one reference column is needed")
     parts = []
     for table, column in columns:
         size = SIZE_COLUMNS.get((table, column))
         parts.append(sql.SQL("SELECT {col}::text, {size}::bigint, {source} FROM {table} "
-                             "WHERE {col} IS NOT NULL AND {col} <> ''").format(
+                             "WHERE {col} IS NOT NULL AND {col} <> ''{only}").format(
             col=sql.Identifier(column), size=sql.Identifier(size) if size else sql.SQL("NULL"),
-            source=sql.Literal(f"{table}.{column}"), table=sql.Identifier(*table.split("."))))
+            source=sql.Literal(f"{table}.{column}"), table=sql.Identifier(*table.split(".")),
+            only=sql.SQL(" AND {} IS TRUE").format(sql.Identifier(only_where)) if only_where else sql.SQL("")))
     return sql.SQL(load("integrity/references.sql")).format(raw=sql.SQL(" UNION ALL ").join(parts))
 
 

@@ -13,6 +13,7 @@ quarantine, temporary uploads (cleaned after a day) and the folders the platform
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -39,7 +40,7 @@ PRIMARY = "primary"  # the role whose copy is the reference (Settings names prov
 HEALTH_PREFIX = "_csl_health/"  # health probes: put → get → delete
 QUARANTINE_PREFIX = "_quarantine/"  # csl.cleanup moves objects here instead of deleting them
 TEMP_PREFIXES = ("tmp/", "uploads/tmp/")  # temporary uploads: csl.cleanup quarantines them after a day
-PUBLISHED_PREFIXES = ("samples/",)  # readable anonymously (bucket policy, edge); generation results are private
+PUBLISHED_PREFIXES = ("samples/",)  # the folders of the published bucket anyone may read (policy, edge)
 RESERVED_PREFIXES = (HEALTH_PREFIX, QUARANTINE_PREFIX, *TEMP_PREFIXES)  # never a home for uploads
 LIST_ATTEMPTS = 5  # listing pages: 0.2, 0.4, 0.8, 1.6 s between attempts
 SHA256_META = "sha256"  # stored as x-amz-meta-sha256
@@ -56,7 +57,8 @@ def reference_order(providers: Sequence[StorageProvider]) -> list[StorageProvide
 
 
 def public_read_policy(bucket: str) -> dict[str, Any]:
-    """The bucket policy that lets anyone GET what the platform publishes, and nothing else."""
+    """The published bucket's policy: anyone may GET under ``PUBLISHED_PREFIXES``, nothing else
+    (no listing). Only approved samples are copied there (``csl.publication``)."""
     return {"Version": "2012-10-17", "Statement": [{
         "Sid": "PublicReadPublished", "Effect": "Allow", "Principal": "*", "Action": ["s3:GetObject"],
         "Resource": [f"arn:aws:s3:::{bucket}/{prefix}*" for prefix in PUBLISHED_PREFIXES]}]}
@@ -213,6 +215,26 @@ class StorageProvider:
         except Exception as exc:
             raise self._fail("copy to " + repr(target_key), source_key, exc) from exc
 
+    def copy_from(self, source: StorageProvider, key: str) -> None:
+        """Server-side copy of ``key`` from ``source``'s bucket into this one (same endpoint and
+        credentials: a provider's own published bucket), metadata and content type included."""
+        try:
+            self.client.copy_object(Bucket=self.bucket, Key=key, MetadataDirective="COPY",
+                                    CopySource={"Bucket": source.bucket, "Key": key})
+        except Exception as exc:
+            raise self._fail(f"copy from bucket {source.bucket!r} of", key, exc) from exc
+
+    def published(self) -> StorageProvider:
+        """This provider over its published bucket (the public-read copies, ``csl.publication``)."""
+        from csl.errors import ConfigError
+
+        if not self.settings.published_bucket:
+            raise ConfigError(f"{self.settings.kind.upper()}_PUBLIC_BUCKET",
+                              f"provider {self.name!r} publishes nothing (no published bucket)")
+        settings = dataclasses.replace(self.settings, bucket=self.settings.published_bucket, public_bucket=False,
+                                       published_bucket=None)
+        return StorageProvider(settings, client=self.client)
+
     def iter_objects(self, prefix: str = "", *, start_after: str | None = None) -> Iterator[ObjectInfo]:
         """Every object under ``prefix`` in the provider's listing order, one page in memory at a time.
 
@@ -367,6 +389,38 @@ class StorageProvider:
             except Exception as exc:
                 raise self._fail("put bucket policy", self.bucket, exc) from exc
         return created
+
+    def ensure_buckets(self) -> list[str]:
+        """The provider's buckets, made if missing (returns the names created): its own bucket,
+        private (a policy left from when it was public is removed), and for a ``public_bucket``
+        provider the published bucket with the policy that lets anyone GET ``PUBLISHED_PREFIXES``.
+        For the dev stack and tests: production buckets and their policies are the platform's."""
+        created = [self.bucket] if self.ensure_bucket() else []
+        self.make_private()
+        if self.settings.published_bucket:
+            published = self.published()
+            if published.ensure_bucket(public_read=True):
+                created.append(published.bucket)
+        return created
+
+    def make_private(self) -> bool:
+        """Remove the bucket's policy (anonymous access); True if there was one."""
+        from botocore.exceptions import ClientError
+
+        try:
+            self.client.get_bucket_policy(Bucket=self.bucket)
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") == "NoSuchBucketPolicy":
+                return False
+            raise self._fail("get bucket policy", self.bucket, exc) from exc
+        except Exception as exc:
+            raise self._fail("get bucket policy", self.bucket, exc) from exc
+        try:
+            self.client.delete_bucket_policy(Bucket=self.bucket)
+        except Exception as exc:
+            raise self._fail("delete bucket policy", self.bucket, exc) from exc
+        log.warning("bucket %s on %s had a policy: removed (the bucket of record is private)", self.bucket, self.name)
+        return True
 
     # -- health ----------------------------------------------------------------------------
     def health(self) -> dict[str, Any]:

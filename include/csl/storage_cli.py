@@ -1,4 +1,5 @@
-"""``python -m csl storage sweep|cleanup|restore``: the storage integrity sweep and cleanup without Airflow.
+"""``python -m csl storage sweep|cleanup|restore|publish``: the storage integrity sweep, cleanup and
+publication without Airflow.
 
 Wired into ``csl.cli`` with ``add_cli(sub)``. Exit codes as the rest of the CLI: 0 done,
 1 the work ran and found a problem (a shard failed, a dry run over a cap), 2 bad input or a
@@ -48,6 +49,8 @@ def _cmd_storage(args: argparse.Namespace, settings: Any) -> int:
         _print(args, {"summary": summary, "findings": findings}, "\n".join(lines))
         return 1 if failed else 0
     buckets = sorted({p.bucket for p in settings.storage})
+    if args.action == "publish":
+        return _publish(args, settings, providers, buckets, stamp)
     if args.action == "cleanup":
         cleanup.check_temp_prefix(args.temp_prefix)  # one line before any work
     with Database(settings.require_database()) as db, db.connect_direct() as conn:
@@ -73,10 +76,53 @@ def _cmd_storage(args: argparse.Namespace, settings: Any) -> int:
     return 1 if result["refused"] else 0
 
 
+def _publish(args: argparse.Namespace, settings: Any, providers: list[Any], buckets: list[str], stamp: str) -> int:
+    from csl import publication
+    from csl.db import Database
+    from csl.edge import Edge
+
+    public = [p for p in providers if p.settings.published_bucket]
+    if not public:
+        raise publication.PublicationError("none of these providers publishes anything (no public bucket)")
+    results, lines = [], []
+    with Database(settings.require_database()) as db, db.connect_direct() as conn:
+        edge = Edge(settings.edge) if settings.edge.enabled else None
+        try:
+            for provider in public:
+                result = publication.run_publication(
+                    conn, provider, run_key=args.run_key or f"cli__{stamp}", dry_run=not args.apply,
+                    max_withdrawals=args.max_withdrawals, max_share=args.max_share, edge=edge, buckets=buckets)
+                results.append(result)
+                verb = ("would " if not args.apply else "") + "publish"
+                lines += [f"{verb} {key} ({reason})" for key, reason in result["publish"]]
+                lines += [f"{'would withdraw' if not args.apply else 'withdrew'} {key}" for key in result["withdraw"]]
+                lines += [f"missing original (copy kept if any): {key}" for key in result["missing"]]
+                lines += [f"not publishable (outside {', '.join(publication.PUBLISHED_PREFIXES)}): {key}"
+                          for key in result["unpublishable"]]
+                lines += [(f"NOT PUBLISHED {r['key']}: " + ("its bytes do not match the SHA-256 it was stored with"
+                                                            if r["problem"] == "corrupt" else
+                                                            f"the copy's SHA-256 {r['copy_sha256']} is not the "
+                                                            f"original's {r['expected_sha256']}"))
+                          for r in result["copy_refused"]]
+                lines.append(f"{provider.name} → {result['bucket']}: {result['approved']} approved, "
+                             f"{result['published']} were published; {len(result['publish'])} to publish, "
+                             f"{len(result['withdraw'])} to withdraw"
+                             + ("" if args.apply else " — dry run; pass --apply to change them"))
+                if result["refused"]:
+                    lines.append(f"REFUSED: {result['refused']}")
+        finally:
+            if edge is not None:
+                edge.close()
+    _print(args, {"providers": results}, "\n".join(lines))
+    copy_failed = any(r["problem"] == "copy_failed" for result in results for r in result["copy_refused"])
+    return 1 if copy_failed or any(r["refused"] for r in results) else 0
+
+
 def add_cli(sub: Any) -> None:
     """Register ``storage`` on the ``csl`` command's subparsers."""
-    p = sub.add_parser("storage", help="integrity sweep (never deletes), cleanup to quarantine, restore")
-    p.add_argument("action", choices=("sweep", "cleanup", "restore"))
+    p = sub.add_parser("storage", help="integrity sweep (never deletes), cleanup to quarantine, restore, "
+                                       "publication of the approved samples")
+    p.add_argument("action", choices=("sweep", "cleanup", "restore", "publish"))
     p.add_argument("--providers", nargs="+", metavar="NAME", help="providers by role (default: all configured)")
     p.add_argument("--prefix", help="sweep: only keys under this prefix")
     p.add_argument("--deep-sample", type=number(float, 0, 1), default=0.0,
@@ -93,8 +139,12 @@ def add_cli(sub: Any) -> None:
     p.add_argument("--max-objects", type=number(int, 0, 10**7), default=1000,
                    help="cleanup: abort before touching anything when more would move")
     p.add_argument("--max-share", type=number(float, 0, 1, low_open=True), default=0.10,
-                   help="cleanup: abort when more than this share of a provider's objects would move")
-    p.add_argument("--apply", action="store_true", help="cleanup: really move (default: dry run)")
+                   help="cleanup: abort when more than this share of a provider's objects would move; publish: "
+                        "when more than this share of the published samples would be withdrawn")
+    p.add_argument("--max-withdrawals", type=number(int, 0, 10**7), default=1000,
+                   help="publish: abort before changing anything when more would be withdrawn")
+    p.add_argument("--apply", action="store_true", help="cleanup: really move; publish: really publish and "
+                                                        "withdraw (default: dry run)")
     p.add_argument("--purge-quarantine", action="store_true",
                    help="cleanup: delete quarantine older than --quarantine-retention-days")
     p.add_argument("--quarantine-retention-days", type=number(int, 1, 3650), default=30)

@@ -8,7 +8,7 @@ backend in production):
 - ``csl_storage_primary`` / ``csl_storage_fallback``: type ``aws``; login/password are the
   access key pair; extra ``endpoint_url``, ``region_name``, ``bucket``, ``provider``
   (minio|s3|supabase), ``force_path_style``, ``public_bucket`` (JSON booleans, or the strings
-  true/false)
+  true/false), ``published_bucket`` (the public copies' bucket; default ``<bucket>-published``)
 - ``csl_cdn_edge``: type ``http``; host, port, schema (http/https); extra ``provider``,
   ``cache_ttl`` (whole seconds)
 
@@ -51,7 +51,8 @@ DEFAULT_CONN_IDS = {
     "storage_fallback": "csl_storage_fallback",
     "edge": "csl_cdn_edge",
 }
-STORAGE_EXTRA = ("endpoint_url", "region_name", "bucket", "provider", "force_path_style", "public_bucket")
+STORAGE_EXTRA = ("endpoint_url", "region_name", "bucket", "provider", "force_path_style", "public_bucket",
+                 "published_bucket")
 EDGE_EXTRA = ("provider", "cache_ttl")
 _HOST_FORBIDDEN = set("@/?#[]:%\\")
 
@@ -145,7 +146,7 @@ def _storage(conn, name: str) -> StorageProviderSettings:
         raise ConfigError(_where(conn), "extra.bucket is required (a bucket name)")
     if not conn.login or not conn.password:
         raise ConfigError(_where(conn), "login and password (the access key pair) are required")
-    for key in ("provider", "region_name", "endpoint_url"):
+    for key in ("provider", "region_name", "endpoint_url", "published_bucket"):
         if key in extra and (not isinstance(extra[key], str) or not extra[key]):
             raise ConfigError(_where(conn, f"extra.{key}"), "expected a non-empty string")
     kind = extra.get("provider", "s3")
@@ -162,6 +163,7 @@ def _storage(conn, name: str) -> StorageProviderSettings:
         region=extra.get("region_name", "us-east-1"),
         force_path_style=parse_bool(_where(conn, "extra.force_path_style"), extra.get("force_path_style", True)),
         public_bucket=parse_bool(_where(conn, "extra.public_bucket"), extra.get("public_bucket", False)),
+        published_bucket=extra.get("published_bucket"),
     )
 
 

@@ -1,5 +1,6 @@
-"""Operators for the storage integrity sweep and the storage cleanup (``csl.integrity``,
-``csl.cleanup``): plan → one mapped task per shard → a report that closes the sweep."""
+"""Operators for the storage integrity sweep, the storage cleanup and the publication
+(``csl.integrity``, ``csl.cleanup``, ``csl.publication``): plan → one mapped task per shard →
+a report that closes the sweep; cleanup and publication are one task each."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from airflow.sdk.exceptions import AirflowException, AirflowFailException
 from csl_airflow.operators import CslBaseOperator, _as_list, _int_param, _truthy, run_key
 
 __all__ = ["StorageSweepPlanOperator", "StorageSweepShardOperator", "StorageSweepReportOperator",
-           "StorageCleanupOperator"]
+           "StorageCleanupOperator", "StoragePublicationOperator"]
 
 log = logging.getLogger("csl.airflow.storage")
 
@@ -241,4 +242,73 @@ class StorageCleanupOperator(_StorageOperator):
         if result["refused"]:
             log.warning("a real run would be refused: %s", result["refused"])
         context["ti"].xcom_push(key="cleanup", value=outcome)
+        return outcome
+
+
+class StoragePublicationOperator(CslBaseOperator):
+    """Makes every public provider's published bucket hold exactly the approved samples
+    (``csl.publication``): copies verified by SHA-256, withdrawals capped, the edge purged.
+    XCom ``publication`` and the return value hold counts and a bounded sample of keys."""
+
+    template_fields: Sequence[str] = ("dry_run", "max_withdrawals", "max_share")
+
+    def __init__(self, *, dry_run: Any = False, max_withdrawals: Any = 1000, max_share: Any = 0.10,
+                 **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.dry_run, self.max_withdrawals, self.max_share = dry_run, max_withdrawals, max_share
+
+    def execute(self, context: Any) -> dict[str, Any]:
+        from contextlib import ExitStack
+
+        from csl import publication
+        from csl.db import Database
+        from csl.edge import Edge
+        from csl.errors import StorageError
+        from csl.runs import record_run
+        from csl.storage import StorageProvider
+
+        providers = [StorageProvider(p) for p in self.settings.storage if p.published_bucket]
+        if not providers:
+            raise AirflowFailException("no storage provider publishes anything (set public_bucket on one)")
+        dry_run = _truthy(self.dry_run)
+        outcomes = []
+        with Database(self.settings.require_database()) as db, ExitStack() as stack:
+            edge = stack.enter_context(Edge(self.settings.edge)) if self.settings.edge.enabled else None
+            conn = stack.enter_context(db.connect_direct())
+            for provider in providers:
+                try:
+                    result = publication.run_publication(
+                        conn, provider, run_key=context["ti"].run_id, dry_run=dry_run,
+                        max_withdrawals=_int_param(self.max_withdrawals, "max_withdrawals"),
+                        max_share=float(self.max_share), edge=edge,
+                        buckets=sorted({p.bucket for p in self.settings.storage}))
+                except publication.PublicationBusy as exc:  # the CLI publishes now: retried
+                    raise AirflowException(str(exc)) from exc
+                except publication.PublicationError as exc:  # a cap or a bad Param: nothing was changed
+                    record_run(db, run_key(context), status="failed", params=dict(context["params"]), error=str(exc))
+                    raise AirflowFailException(str(exc)) from exc
+                except StorageError as exc:
+                    raise _storage_failure(exc, str(exc)) from exc
+                for key, reason in result["publish"]:
+                    log.info("%s %s (%s)", "would publish" if dry_run else "published", key, reason)
+                for key in result["withdraw"]:
+                    log.info("%s %s", "would withdraw" if dry_run else "withdrew", key)
+                for key in result["missing"]:
+                    log.warning("approved but its original is missing: %s", key)
+                for key in result["unpublishable"]:
+                    log.warning("approved but outside the published folders, not published: %s", key)
+                for refused in result["copy_refused"]:
+                    log.warning("not published: %s (%s)", refused["key"], refused["problem"])
+                if result["refused"]:
+                    log.warning("a real run would be refused: %s", result["refused"])
+                outcomes.append(publication.summarize(result))
+            failed = [o for o in outcomes if o["copy_failed"]]
+            outcome = {"providers": outcomes, "dry_run": dry_run}
+            error = "; ".join(f"provider {o['provider']!r}: {o['copy_failed']} copies did not match their sound "
+                              "original (deleted, not published; a retry copies them again)" for o in failed)
+            record_run(db, run_key(context), status="failed" if failed else "success",
+                       params=dict(context["params"]), outcome=outcome, error=error or None)
+        context["ti"].xcom_push(key="publication", value=outcome)
+        if failed:
+            raise AirflowException(error)  # retried: a copy can fail in transit
         return outcome

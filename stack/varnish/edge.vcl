@@ -1,6 +1,7 @@
 vcl 4.1;
-# The local caching edge: Varnish + xkey in front of the primary provider's public audio
-# bucket. devstack.py renders the {{…}} placeholders. Purges (by URL or by surrogate key)
+# The local caching edge: Varnish + xkey in front of the primary provider's published bucket
+# (public-read copies of the approved samples, csl.publication; the bucket of record is private).
+# devstack.py renders the {{…}} placeholders. Purges (by URL or by surrogate key)
 # are accepted from loopback only; hotlinks from referers outside the allowed hosts get 403.
 # Only published keys are served (csl.storage.PUBLISHED_PREFIXES, checked by a test): the
 # quarantine, temporary uploads, health probes and users' generation results get 403 here,
@@ -116,7 +117,8 @@ sub vcl_backend_fetch {
 
 sub vcl_backend_response {
     if (beresp.status == 200 || beresp.status == 206) {
-        # surrogate keys: the object, its folder, and any tags stored as x-amz-meta-xkey
+        # surrogate keys: the object, its folder, and any tags stored as x-amz-meta-xkey;
+        # csl.publication purges "obj:/<bucket>/<key>" when it withdraws or replaces a copy
         set beresp.http.xkey = "obj:" + bereq.url + " dir:" + regsub(bereq.url, "/[^/]*$", "");
         if (beresp.http.x-amz-meta-xkey) {
             set beresp.http.xkey = beresp.http.xkey + " " + beresp.http.x-amz-meta-xkey;
@@ -129,6 +131,8 @@ sub vcl_backend_response {
         return (deliver);
     }
     if (beresp.status == 404) {
+        # tagged too: publishing the key purges the "not found" the edge would otherwise serve
+        set beresp.http.xkey = "obj:" + bereq.url;
         set beresp.ttl = 10s;
         unset beresp.http.Vary;
         return (deliver);

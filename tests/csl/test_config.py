@@ -168,6 +168,12 @@ def test_values_built_in_code_are_checked_too():
     ({"CDN_ENABLED": "2"}, "CDN_ENABLED"),
     ({"S3_PUBLIC_BUCKET": "yes please", "STORAGE_FALLBACK_PROVIDER": "s3", "S3_BUCKET": "b",
       "AWS_ACCESS_KEY_ID": "k", "AWS_SECRET_ACCESS_KEY": "s"}, "S3_PUBLIC_BUCKET"),
+    # the published bucket (issue 12, item 11): a bucket name, not the private one, only for a public provider
+    ({"MINIO_PUBLIC_BUCKET": "true", "MINIO_PUBLISHED_BUCKET": "Public Audio"}, "MINIO_PUBLISHED_BUCKET"),
+    ({"MINIO_PUBLIC_BUCKET": "true", "MINIO_PUBLISHED_BUCKET": "../x"}, "MINIO_PUBLISHED_BUCKET"),
+    ({"MINIO_PUBLIC_BUCKET": "true", "MINIO_BUCKET": "audio", "MINIO_PUBLISHED_BUCKET": "audio"},
+     "MINIO_PUBLISHED_BUCKET"),
+    ({"MINIO_PUBLIC_BUCKET": "false", "MINIO_PUBLISHED_BUCKET": "audio-published"}, "MINIO_PUBLISHED_BUCKET"),
 ])
 def test_ports_urls_and_bools_are_parsed_up_front(change, setting):
     with pytest.raises(ConfigError) as caught:

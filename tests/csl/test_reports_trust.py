@@ -427,9 +427,10 @@ def test_an_index_used_only_on_the_replica_is_not_unused(perf_db, replica_url, c
     assert "public.ls_track_idx" not in unused  # 0 scans on the primary, 5 on the replica: used
     dropped = unused["public.ls_played_idx"]
     assert dropped["statement"] == 'DROP INDEX CONCURRENTLY "public"."ls_played_idx"'
-    assert "primary or replica replica" in dropped["message"] and dropped["evidence"]["observed_days"] >= 7
+    assert "the primary or the replica for" in dropped["message"] and dropped["evidence"]["observed_days"] >= 7
     observed = next(n for n in payload["meta"]["notes"] if n.startswith("Index usage"))
-    assert re.search(r"8 d on primary, 8 d on replica replica", observed), observed
+    assert re.search(r"8 d on the primary, 8 d on the replica;", observed), observed
+    assert "replica replica" not in json.dumps(payload)  # the replica named "replica" is "the replica"
     assert first["replicas"] == {"replica": "ok"}
 
 
@@ -447,7 +448,7 @@ def test_a_replica_that_cannot_be_read_makes_the_verdict_unknown(perf_db, replic
         status = conn.execute("SELECT status, error FROM csl_ops.perf_snapshot_replicas WHERE snapshot_id = %s",
                               (down["meta"]["snapshot_id"],)).fetchone()
     assert status[0] == "unavailable" and "connection" in status[1].lower() and "@" not in status[1]
-    for report, why in ((down, "replica replica could not be read"), (unread, "streams to 1 standby")):
+    for report, why in ((down, "the replica could not be read"), (unread, "streams to 1 standby")):
         row = next(u for u in report["tables"]["unused_indexes"] if u["index"] == "public.ls_played_idx")
         assert row["verdict"] == "unknown" and why in row["why"], row
         assert "public.ls_played_idx" not in _recs(report, "unused_index")

@@ -1,5 +1,5 @@
-"""csl.storage against the real SeaweedFS endpoints, and what the public bucket and the edge
-serve to anyone."""
+"""csl.storage against the real SeaweedFS endpoints, and what the published bucket and the edge
+serve to anyone (the bucket of record: nothing)."""
 
 from __future__ import annotations
 
@@ -78,10 +78,10 @@ def test_a_stopped_endpoint_is_an_error_naming_the_provider_not_false(fallback, 
     assert time.monotonic() - started < 15, "a provider that is down must fail fast"
 
 
-def test_public_bucket_served_through_the_edge(primary, settings, scratch):
+def test_the_published_bucket_is_served_through_the_edge(primary, settings, scratch):
     key = f"samples/zz/{uuid.uuid4()}.wav"
-    scratch.append((primary, key))
-    primary.put(key, b"RIFF....WAVEfmt ", content_type="audio/wav")
+    scratch.append((primary.published(), key))
+    primary.published().put(key, b"RIFF....WAVEfmt ", content_type="audio/wav")
     with httpx.Client(base_url=settings.edge.base_url) as edge:
         first = edge.get(f"/audio/{key}")
         second = edge.get(f"/audio/{key}")
@@ -99,26 +99,40 @@ FOLDERS = {"published": "samples/zz/{id}.wav", "quarantine": "_quarantine/202612
 
 @pytest.fixture
 def planted(primary, scratch):
-    """One object in each published and private folder of the public bucket: {folder: key}."""
+    """One object in each published and private folder, in the bucket of record and in the
+    published bucket (as if someone had put it there): {folder: key}."""
     keys = {folder: key.format(id=uuid.uuid4()) for folder, key in FOLDERS.items()}
-    primary.ensure_bucket(public_read=primary.settings.public_bucket)  # what devstack's buckets_up does
-    for key in keys.values():
-        primary.put(key, b"RIFF private? " + key.encode(), content_type="audio/wav")
-        scratch.append((primary, key))
+    primary.ensure_buckets()  # what devstack's buckets_up does
+    for bucket in (primary, primary.published()):
+        for key in keys.values():
+            bucket.put(key, b"RIFF private? " + key.encode(), content_type="audio/wav")
+            scratch.append((bucket, key))
     return keys
 
 
-def test_the_bucket_policy_lets_anyone_read_the_published_folders_and_nothing_else(primary, planted):
-    assert primary.settings.public_bucket  # the dev stack's primary bucket is the public one
-    policy = json.loads(primary.client.get_bucket_policy(Bucket=primary.bucket)["Policy"])
+def test_only_the_published_bucket_has_a_policy_and_it_lets_anyone_read_the_published_folders(primary, planted):
+    assert primary.settings.public_bucket  # the dev stack's primary provider is the public one
+    published = primary.published()
+    assert published.bucket == primary.settings.published_bucket != primary.bucket
+    policy = json.loads(primary.client.get_bucket_policy(Bucket=published.bucket)["Policy"])
     resources = [r for s in policy["Statement"] for r in ([s["Resource"]] if isinstance(s["Resource"], str)
                                                           else s["Resource"])]
-    assert resources == [f"arn:aws:s3:::{primary.bucket}/{p}*" for p in PUBLISHED_PREFIXES]
-    assert resources == public_read_policy(primary.bucket)["Statement"][0]["Resource"]
+    assert resources == [f"arn:aws:s3:::{published.bucket}/{p}*" for p in PUBLISHED_PREFIXES]
+    assert resources == public_read_policy(published.bucket)["Statement"][0]["Resource"]
     anonymous = httpx.Client(base_url=primary.settings.endpoint_url)  # no credentials at all
-    answers = {folder: anonymous.get(f"/{primary.bucket}/{key}").status_code for folder, key in planted.items()}
+    answers = {folder: anonymous.get(f"/{published.bucket}/{key}").status_code for folder, key in planted.items()}
     assert answers == {folder: 200 if folder == "published" else 403 for folder in planted}
-    assert anonymous.get(f"/{primary.bucket}", params={"list-type": "2"}).status_code == 403  # no listing
+    # the bucket of record holds unapproved samples too: nobody reads it anonymously
+    assert {anonymous.get(f"/{primary.bucket}/{key}").status_code for key in planted.values()} == {403}
+    for bucket in (primary.bucket, published.bucket):
+        assert anonymous.get(f"/{bucket}", params={"list-type": "2"}).status_code == 403  # no listing
+
+
+def test_a_policy_left_on_the_bucket_of_record_is_removed(primary, planted):
+    primary.ensure_bucket(public_read=True)  # how the dev stack made it before publication existed
+    assert httpx.get(f"{primary.settings.endpoint_url}/{primary.bucket}/{planted['published']}").status_code == 200
+    primary.ensure_buckets()
+    assert httpx.get(f"{primary.settings.endpoint_url}/{primary.bucket}/{planted['published']}").status_code == 403
 
 
 def test_the_edge_serves_only_published_keys(settings, planted):

@@ -66,6 +66,11 @@ BAD_PARAMS = {
         "purge_quarantine": ["yes"],
         "quarantine_retention_days": [0],
     },
+    "csl_storage_publication": {
+        "dry_run": ["maybe", None],
+        "max_withdrawals": [-1, 10**7, "all"],
+        "max_share": [0, 1.5, "10%"],
+    },
     "csl_performance_report": {
         "make_report": ["sometimes", ""],
         "report_hour_utc": [-1, 24, "5am"],
@@ -99,6 +104,7 @@ GOOD_PARAMS = {
     "csl_storage_cleanup": {"dry_run": [True, False, None], "temp_prefix": ["tmp/", "uploads/tmp/"],
                             "max_objects": [0, 500], "orphan_grace_h": [0, 72], "max_share": [0.1, 1],
                             "providers": [None, [], ["primary"]]},
+    "csl_storage_publication": {"dry_run": [True, False], "max_withdrawals": [0, 1000], "max_share": [0.1, 1]},
     "csl_performance_report": {"make_report": ["auto", "always", "never"], "report_hour_utc": [0, 23],
                                "window_hours": [0.5, 24, 168], "regression_pct": [25, 200], "advise_queries": [0, 10],
                                "retention_days": [1, 30], "exact_bloat_tables": [[], None, ["public.licenses"]],
@@ -227,6 +233,12 @@ def test_every_period_bound_the_form_accepts_is_one_the_settlement_parses(inspec
 def test_settlement_dag_shape(inspected):
     dag = inspected["dags"]["csl_revenue_settlement"]
     assert dag["tasks"] == ["send_payouts", "settle", "statement"]
+    assert dag["max_active_runs"] == 1
+
+
+def test_publication_dag_shape(inspected):
+    dag = inspected["dags"]["csl_storage_publication"]
+    assert dag["tasks"] == ["publish"]
     assert dag["max_active_runs"] == 1
 
 

@@ -1,4 +1,5 @@
-"""End to end: the integrity sweep and the cleanup in the real Airflow, on the seeded providers."""
+"""End to end: the integrity sweep, the cleanup and the publication in the real Airflow, on the
+seeded providers."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from .conftest import ensure_settled, run_dag
 pytestmark = pytest.mark.e2e
 SWEEP = "csl_storage_integrity"
 CLEANUP = "csl_storage_cleanup"
+PUBLICATION = "csl_storage_publication"
 
 
 @pytest.fixture(autouse=True)
@@ -108,3 +110,33 @@ def test_a_provider_down_fails_the_try_by_name_and_the_retry_sweeps_once_it_is_b
         open_after = conn.execute("SELECT kind, object_key, provider FROM csl_ops.storage_findings "
                                   "WHERE resolved_at IS NULL ORDER BY 1, 2, 3").fetchall()
     assert open_after == open_before  # the outage left no false findings behind
+
+
+def test_publication_through_airflow_publishes_exactly_the_sound_approved_samples_and_refuses_a_mass_withdrawal(
+        airflow, platform, settings):
+    """issue 12, item 11: the published bucket (what anyone may read) holds the approved samples whose
+    original is sound, nothing else; un-approving the whole catalogue by mistake changes nothing."""
+    primary = StorageProvider(settings.provider("primary"))
+    published = primary.published()
+    run_id, run, states = run_dag(airflow, PUBLICATION, {"dry_run": True})
+    assert run["state"] == "success", states
+    assert airflow.xcom(PUBLICATION, run_id, "publish", key="publication")["dry_run"] is True
+    run_id, run, states = run_dag(airflow, PUBLICATION, {})
+    assert run["state"] == "success", states
+    summary = airflow.xcom(PUBLICATION, run_id, "publish", key="publication")["providers"][0]
+    with psycopg.connect(settings.database.primary_url, autocommit=True) as conn:
+        approved = {r[0] for r in conn.execute("SELECT file_url FROM audio_samples WHERE approved")}
+        sound = set()
+        for key in approved:
+            found = primary.digest(key)
+            if found is not None and found[1] in (None, found[0]):
+                sound.add(key)
+        assert {o.key for o in published.iter_objects("")} == sound
+        assert summary["approved"] == len(approved) and summary["missing"] + summary["corrupt"] == len(approved - sound)
+        try:
+            conn.execute("UPDATE audio_samples SET approved = false")
+            run_id, run, states = run_dag(airflow, PUBLICATION, {})
+            assert run["state"] == "failed" and states == {"publish": "failed"}
+        finally:
+            conn.execute("UPDATE audio_samples SET approved = true WHERE file_url = ANY(%s)", (list(approved),))
+        assert {o.key for o in published.iter_objects("")} == sound

@@ -149,6 +149,7 @@ EDITS = {
     "csl_platform_health": ("select", "tolerate", "database.replica", ["database.replica"]),
     "csl_revenue_settlement": ("text", "period_start", "2026-01-01", "2026-01-01"),
     "csl_storage_cleanup": ("switch", "dry_run", True, True),
+    "csl_storage_publication": ("switch", "dry_run", True, True),
     "csl_storage_integrity": ("text", "prefix", "samples/", "samples/"),
 }
 

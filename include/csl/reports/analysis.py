@@ -183,7 +183,13 @@ def _span(delta: dt.timedelta) -> str:
     for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
         if seconds >= size:
             return f"{seconds / size:.1f} {unit}".replace(".0 ", " ")
-    return f"{seconds:.0f} s"
+    return f"{seconds:.0f} s" if seconds >= 1 else "under a second"
+
+
+def _source(src: str) -> str:
+    """A statistics source as a reader says it: "the primary", "the replica" (the one named
+    ``replica``, DATABASE_READ_REPLICA_URL), "replica <name>"."""
+    return {"primary": "the primary", "replica replica": "the replica"}.get(src, src)
 
 
 def _query_row(r: dict[str, Any]) -> dict[str, Any]:
@@ -237,7 +243,7 @@ def _unused_indexes(catalog: list[dict[str, Any]], evidence: list[dict[str, Any]
         if unknown:
             verdict, why = "unknown", "; ".join(unknown)
         elif least >= period:
-            verdict, why = "unused", f"no scan on {' or '.join(sources)} for {_span(least)} (≥ {_span(period)})"
+            verdict, why = "unused", f"no scan on {' or '.join(map(_source, sources))} for {_span(least)} (≥ {_span(period)})"
         else:
             short = min(observed, key=observed.get)
             verdict = "not enough evidence"
@@ -403,7 +409,7 @@ def analyse(conn: psycopg.Connection, params: ReportParams | None = None, *, sna
     standbys = replicas_read[0]["standbys"] if replicas_read else 0
     replicas_read = [r for r in replicas_read if r["replica"] is not None]
     sources = ["primary"] + [f"replica {r['replica']}" for r in replicas_read if r["status"] == "ok"]
-    unknown = [f"replica {r['replica']} could not be read at the snapshot ({r['error']})"
+    unknown = [f"{_source('replica ' + r['replica'])} could not be read at the snapshot ({r['error']})"
                for r in replicas_read if r["status"] != "ok"]
     if standbys > len(replicas_read):
         unknown.append(f"the primary streams to {standbys} standby(s) and the snapshot read the index statistics of "
@@ -417,13 +423,14 @@ def analyse(conn: psycopg.Connection, params: ReportParams | None = None, *, sna
     for e in evidence:
         watched[e["source"]] = max(watched.get(e["source"], dt.timedelta(0)), end.taken_at - e["first_seen"])
     notes.append("Index usage: statistics observed for " + ", ".join(
-        f"{_span(watched.get(src, dt.timedelta(0)))} on {src}" for src in sources)
+        f"{_span(watched.get(src, dt.timedelta(0)))} on {_source(src)}" for src in sources)
         + f"; an index is called unused after {_span(period)} without a scan on every one of them"
         + (f"; verdicts unknown: {'; '.join(unknown)}" if unknown else "") + ".")
     waiting = [u for u in unused if u["verdict"] == "not enough evidence"]
     if waiting:
-        notes.append(f"{len(waiting)} index(es) without a scan so far, observed {_span(min(dt.timedelta(days=u['observed_days']) for u in waiting))}"
-                     f" at the least: not enough evidence yet for DROP INDEX advice (needed: {_span(period)}).")
+        least = _span(min(dt.timedelta(days=u["observed_days"]) for u in waiting))
+        notes.append(f"{len(waiting)} index(es) without a scan so far, the least observed for {least}: not enough "
+                     f"evidence yet for DROP INDEX advice (needed: {_span(period)}).")
     for u in unused:
         if u["verdict"] != "unused":
             continue
