@@ -63,8 +63,7 @@ def _key(text: str) -> str:
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # one line, exit 2 (argparse prints usage too)
-        self.exit(2, f"csl: error: {message} (see 'python -m csl {self.prog.split()[-1]} --help')\n"
-                  if " " in self.prog else f"csl: error: {message} (see 'python -m csl --help')\n")
+        self.exit(2, f"csl: error: {message} (see 'python -m {self.prog} --help')\n")
 
 
 def _env_file() -> Path | None:

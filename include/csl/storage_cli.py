@@ -17,53 +17,74 @@ from csl.cliargs import print_result as _print
 __all__ = ["add_cli"]
 
 
-def _cmd_storage(args: argparse.Namespace, settings: Any) -> int:
-    import datetime
-    import uuid
-
-    from csl import cleanup, integrity
-    from csl.db import Database
+def _providers(args: argparse.Namespace, settings: Any) -> list[Any]:
     from csl.storage import StorageProvider
 
     names = list(dict.fromkeys(args.providers or [p.name for p in settings.storage]))  # typed order is irrelevant
-    providers = [StorageProvider(settings.provider(name)) for name in names]
-    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    if args.action == "sweep":
-        options = integrity.SweepOptions(depth=args.depth, key_order=args.key_order, deep_rate=args.deep_sample,
-                                         prefix=args.prefix or "")
-        summary = integrity.run_sweep(settings, run_key=args.run_key or f"cli__{stamp}__{uuid.uuid4().hex[:8]}",
-                                      shards=args.shards, workers=args.workers, options=options,
-                                      provider_names=names)
-        with Database(settings.require_database()) as db, db.connect_direct() as conn:
-            findings = integrity.open_findings(conn, sweep_id=summary["sweep_id"])
-        lines = [f"{f['kind']:<18} {f['provider']:<10} {f['key']}" for f in findings[:50]]
-        if len(findings) > 50:
-            lines.append(f"… and {len(findings) - 50} more (--json lists them all)")
-        counts = {kind: sum(per.values()) for kind, per in summary["findings"].items()}
-        failed = summary["failed"] + summary.get("errors", [])
-        lines.append(f"swept {summary['cells']} cells, {summary['db_refs']:,} references, listed {summary['listed']} "
-                     f"in {summary['duration_s']} s; findings {counts or 'none'}; new {summary['new']}, "
-                     f"closed {summary['closed']}")
-        for failure in failed:
-            lines.append(f"FAILED shard {failure['shard']}: {failure['error']}")
-        _print(args, {"summary": summary, "findings": findings}, "\n".join(lines))
-        return 1 if failed else 0
-    buckets = sorted({p.bucket for p in settings.storage})
-    if args.action == "publish":
-        return _publish(args, settings, providers, buckets, stamp)
-    if args.action == "cleanup":
-        cleanup.check_temp_prefix(args.temp_prefix)  # one line before any work
+    return [StorageProvider(settings.provider(name)) for name in names]
+
+
+def _stamp() -> str:
+    import datetime
+
+    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+
+
+def _buckets(settings: Any) -> list[str]:
+    return sorted({p.bucket for p in settings.storage})
+
+
+def _cmd_sweep(args: argparse.Namespace, settings: Any) -> int:
+    import uuid
+
+    from csl import integrity
+    from csl.db import Database
+
+    names = [p.name for p in _providers(args, settings)]
+    options = integrity.SweepOptions(depth=args.depth, key_order=args.key_order, deep_rate=args.deep_sample,
+                                     prefix=args.prefix or "")
+    summary = integrity.run_sweep(settings, run_key=args.run_key or f"cli__{_stamp()}__{uuid.uuid4().hex[:8]}",
+                                  shards=args.shards, workers=args.workers, options=options, provider_names=names)
     with Database(settings.require_database()) as db, db.connect_direct() as conn:
-        if args.action == "restore":
-            done = cleanup.restore(conn, providers, key=args.key, run_key=args.run_key, force=args.force)
-            _print(args, done, "\n".join([f"restored {r['key']} on {r['provider']}" for r in done["restored"]]
-                                         + [f"skipped {r['key']}: {r['reason']}" for r in done["skipped"]]))
-            return 0
+        findings = integrity.open_findings(conn, sweep_id=summary["sweep_id"])
+    lines = [f"{f['kind']:<18} {f['provider']:<10} {f['key']}" for f in findings[:50]]
+    if len(findings) > 50:
+        lines.append(f"… and {len(findings) - 50} more (--json lists them all)")
+    counts = {kind: sum(per.values()) for kind, per in summary["findings"].items()}
+    failed = summary["failed"] + summary.get("errors", [])
+    lines.append(f"swept {summary['cells']} cells, {summary['db_refs']:,} references, listed {summary['listed']} "
+                 f"in {summary['duration_s']} s; findings {counts or 'none'}; new {summary['new']}, "
+                 f"closed {summary['closed']}")
+    for failure in failed:
+        lines.append(f"FAILED shard {failure['shard']}: {failure['error']}")
+    _print(args, {"summary": summary, "findings": findings}, "\n".join(lines))
+    return 1 if failed else 0
+
+
+def _cmd_restore(args: argparse.Namespace, settings: Any) -> int:
+    from csl import cleanup
+    from csl.db import Database
+
+    providers = _providers(args, settings)
+    with Database(settings.require_database()) as db, db.connect_direct() as conn:
+        done = cleanup.restore(conn, providers, key=args.key, run_key=args.run_key, force=args.force)
+    _print(args, done, "\n".join([f"restored {r['key']} on {r['provider']}" for r in done["restored"]]
+                                 + [f"skipped {r['key']}: {r['reason']}" for r in done["skipped"]]))
+    return 0
+
+
+def _cmd_cleanup(args: argparse.Namespace, settings: Any) -> int:
+    from csl import cleanup
+    from csl.db import Database
+
+    cleanup.check_temp_prefix(args.temp_prefix)  # one line before any work
+    providers = _providers(args, settings)
+    with Database(settings.require_database()) as db, db.connect_direct() as conn:
         result = cleanup.run_cleanup(
-            conn, providers, run_key=args.run_key or f"cli__{stamp}", temp_prefix=args.temp_prefix,
+            conn, providers, run_key=args.run_key or f"cli__{_stamp()}", temp_prefix=args.temp_prefix,
             temp_ttl_h=args.temp_ttl_h, orphan_grace_h=args.orphan_grace_h, max_objects=args.max_objects,
             max_share=args.max_share, dry_run=not args.apply, purge_quarantine=args.purge_quarantine,
-            quarantine_retention_days=args.quarantine_retention_days, buckets=buckets)
+            quarantine_retention_days=args.quarantine_retention_days, buckets=_buckets(settings))
     verb = "would move" if result["dry_run"] else "moved"
     lines = [f"{verb} {c['key']} on {c['provider']} ({c['reason']})" for c in result["candidates"]]
     lines += [f"kept {c['key']} on {c['provider']} ({c['reason']}): a row refers to it"
@@ -76,12 +97,12 @@ def _cmd_storage(args: argparse.Namespace, settings: Any) -> int:
     return 1 if result["refused"] else 0
 
 
-def _publish(args: argparse.Namespace, settings: Any, providers: list[Any], buckets: list[str], stamp: str) -> int:
+def _cmd_publish(args: argparse.Namespace, settings: Any) -> int:
     from csl import publication
     from csl.db import Database
     from csl.edge import Edge
 
-    public = [p for p in providers if p.settings.published_bucket]
+    public = [p for p in _providers(args, settings) if p.settings.published_bucket]
     if not public:
         raise publication.PublicationError("none of these providers publishes anything (no public bucket)")
     results, lines = [], []
@@ -90,8 +111,8 @@ def _publish(args: argparse.Namespace, settings: Any, providers: list[Any], buck
         try:
             for provider in public:
                 result = publication.run_publication(
-                    conn, provider, run_key=args.run_key or f"cli__{stamp}", dry_run=not args.apply,
-                    max_withdrawals=args.max_withdrawals, max_share=args.max_share, edge=edge, buckets=buckets)
+                    conn, provider, run_key=args.run_key or f"cli__{_stamp()}", dry_run=not args.apply,
+                    max_withdrawals=args.max_withdrawals, max_share=args.max_share, edge=edge, buckets=_buckets(settings))
                 results.append(result)
                 verb = ("would " if not args.apply else "") + "publish"
                 lines += [f"{verb} {key} ({reason})" for key, reason in result["publish"]]
@@ -119,38 +140,57 @@ def _publish(args: argparse.Namespace, settings: Any, providers: list[Any], buck
 
 
 def add_cli(sub: Any) -> None:
-    """Register ``storage`` on the ``csl`` command's subparsers."""
-    p = sub.add_parser("storage", help="integrity sweep (never deletes), cleanup to quarantine, restore, "
-                                       "publication of the approved samples")
-    p.add_argument("action", choices=("sweep", "cleanup", "restore", "publish"))
-    p.add_argument("--providers", nargs="+", metavar="NAME", help="providers by role (default: all configured)")
-    p.add_argument("--prefix", help="sweep: only keys under this prefix")
+    """Register ``storage sweep|cleanup|restore|publish`` on the ``csl`` command's subparsers:
+    each action its own subcommand, with only its own options."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--providers", nargs="+", metavar="NAME", help="providers by role (default: all configured)")
+    common.add_argument("--json", action="store_true", help="print the whole result as JSON")
+    storage = sub.add_parser("storage", help="integrity sweep (never deletes), cleanup to quarantine, restore, "
+                                             "publication of the approved samples")
+    actions = storage.add_subparsers(dest="action", required=True, metavar="{sweep,cleanup,restore,publish}")
+
+    p = actions.add_parser("sweep", parents=[common], help="compare the database with every provider; report findings")
+    p.add_argument("--prefix", help="only keys under this prefix")
     p.add_argument("--deep-sample", type=number(float, 0, 1), default=0.0,
-                   help="sweep: share of objects downloaded and hashed (0..1)")
+                   help="share of objects downloaded and hashed (0..1)")
     p.add_argument("--shards", type=number(int, 1, 256), default=4)
-    p.add_argument("--workers", type=number(int, 1, 32), default=2, help="sweep: shards at once (processes)")
-    p.add_argument("--depth", type=number(int, 1, 8), default=2, help="sweep: key segments per cell")
+    p.add_argument("--workers", type=number(int, 1, 32), default=2, help="shards at once (processes)")
+    p.add_argument("--depth", type=number(int, 1, 8), default=2, help="key segments per cell")
     p.add_argument("--key-order", choices=("path", "byte"), default="path",
-                   help="sweep: the providers' listing order (path: SeaweedFS/MinIO, byte: AWS S3)")
+                   help="the providers' listing order (path: SeaweedFS/MinIO, byte: AWS S3)")
+    p.add_argument("--run-key", help="the sweep's key (default: cli__<time>__<random>)")
+    p.set_defaults(func=_cmd_sweep)
+
+    p = actions.add_parser("cleanup", parents=[common],
+                           help="expired temporary uploads and old orphans to quarantine (dry run unless --apply)")
     p.add_argument("--temp-prefix", default="tmp/",
-                   help="cleanup: folder of temporary uploads (tmp/, uploads/tmp/ or a folder under one)")
+                   help="folder of temporary uploads (tmp/, uploads/tmp/ or a folder under one)")
     p.add_argument("--temp-ttl-h", type=number(int, 0, 24 * 365), default=24)
     p.add_argument("--orphan-grace-h", type=number(int, 0, 24 * 365), default=72)
     p.add_argument("--max-objects", type=number(int, 0, 10**7), default=1000,
-                   help="cleanup: abort before touching anything when more would move")
+                   help="abort before touching anything when more would move")
     p.add_argument("--max-share", type=number(float, 0, 1, low_open=True), default=0.10,
-                   help="cleanup: abort when more than this share of a provider's objects would move; publish: "
-                        "when more than this share of the published samples would be withdrawn")
-    p.add_argument("--max-withdrawals", type=number(int, 0, 10**7), default=1000,
-                   help="publish: abort before changing anything when more would be withdrawn")
-    p.add_argument("--apply", action="store_true", help="cleanup: really move; publish: really publish and "
-                                                        "withdraw (default: dry run)")
+                   help="abort when more than this share of a provider's objects would move")
+    p.add_argument("--apply", action="store_true", help="really move (default: dry run)")
     p.add_argument("--purge-quarantine", action="store_true",
-                   help="cleanup: delete quarantine older than --quarantine-retention-days")
+                   help="delete quarantine older than --quarantine-retention-days")
     p.add_argument("--quarantine-retention-days", type=number(int, 1, 3650), default=30)
-    p.add_argument("--key", help="restore: the original key")
-    p.add_argument("--force", action="store_true",
-                   help="restore: overwrite a different object that now lives at the original key")
-    p.add_argument("--run-key", help="sweep/cleanup: the run's key; restore: everything that run moved")
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(func=_cmd_storage)
+    p.add_argument("--run-key", help="the run's key (default: cli__<time>)")
+    p.set_defaults(func=_cmd_cleanup)
+
+    p = actions.add_parser("restore", parents=[common], help="bring quarantined objects back to their keys")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--key", help="the original key")
+    which.add_argument("--run-key", help="everything that cleanup run moved")
+    p.add_argument("--force", action="store_true", help="overwrite a different object that now lives at the key")
+    p.set_defaults(func=_cmd_restore)
+
+    p = actions.add_parser("publish", parents=[common],
+                           help="make the published bucket hold exactly the approved samples (dry run unless --apply)")
+    p.add_argument("--max-withdrawals", type=number(int, 0, 10**7), default=1000,
+                   help="abort before changing anything when more would be withdrawn")
+    p.add_argument("--max-share", type=number(float, 0, 1, low_open=True), default=0.10,
+                   help="abort when more than this share of the published samples would be withdrawn")
+    p.add_argument("--apply", action="store_true", help="really publish and withdraw (default: dry run)")
+    p.add_argument("--run-key", help="the run's key (default: cli__<time>)")
+    p.set_defaults(func=_cmd_publish)
