@@ -37,6 +37,7 @@ demo: install sysdeps
 	@$(PY) scripts/demo.py
 
 test: install sysdeps
+	$(VENV)/bin/ruff check .
 	$(PY) -m pytest
 
 bench: install sysdeps

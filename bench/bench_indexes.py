@@ -7,10 +7,11 @@ from __future__ import annotations
 import statistics
 import threading
 import time
+from typing import Self
 
 import psycopg
-
 from bench_seed import bench_database
+
 from csl.config import Settings, load_env_file
 from csl.maintenance import indexes
 
@@ -34,7 +35,7 @@ class Writer:
                 self.latencies.append(time.perf_counter() - started)
                 time.sleep(0.005)
 
-    def __enter__(self) -> Writer:
+    def __enter__(self) -> Self:
         self._thread.start()
         return self
 

@@ -7,8 +7,8 @@ from __future__ import annotations
 import time
 
 import psycopg
-
 from bench_seed import bench_database
+
 from csl.config import Settings, load_env_file
 from csl.maintenance import vacuum
 
@@ -17,8 +17,8 @@ WORKLOAD = [
     "UPDATE licenses SET downloads_used = downloads_used + 1 WHERE abs(hashtext(id::text)) % 4 = 0",
     "UPDATE payment_intents SET updated_at = updated_at + interval '1 second' WHERE abs(hashtext(id)) % 5 = 0",
     "DELETE FROM license_events WHERE event_type = 'renewed' AND abs(hashtext(id::text)) % 3 = 0",
-    "INSERT INTO license_events (license_id, event_type, created_at) "
-    "SELECT id, 'renewed', created_at FROM licenses WHERE abs(hashtext(id::text)) % 15 = 1",
+    ("INSERT INTO license_events (license_id, event_type, created_at) "
+    "SELECT id, 'renewed', created_at FROM licenses WHERE abs(hashtext(id::text)) % 15 = 1"),
 ]
 
 
@@ -48,7 +48,7 @@ def _ours(conn: psycopg.Connection, url: str) -> dict:
             "actions": outcome["summary"]["tables"], "touched": [f"{r['schema']}.{r['table']}" for r in outcome["results"]]}
 
 
-def _plain(conn: psycopg.Connection, url: str) -> dict:  # noqa: ARG001 - same signature as _ours
+def _plain(conn: psycopg.Connection, url: str) -> dict:
     dead_before = dead_tuples(conn)
     started = time.perf_counter()
     conn.execute("VACUUM ANALYZE")

@@ -140,7 +140,7 @@ def rclone_check(primary: StorageProvider, fallback: StorageProvider) -> dict:
                     f"RCLONE_CONFIG_{remote}_REGION": p.settings.region})
     cmd = ["rclone", "check", f"P:{primary.bucket}", f"F:{fallback.bucket}", "--checkers", "8", "--log-level",
            "ERROR"]
-    wall, rss_kib, out, err, code = _run_measured(cmd, env)
+    wall, rss_kib, _out, err, code = _run_measured(cmd, env)
     if code not in (0, 1):  # 1: differences found (there are planted ones)
         raise RuntimeError(f"rclone check failed ({code}): {err[-2000:]}")
     return {"wall_s": round(wall, 2), "peak_rss_mb": round(rss_kib / 1024, 1), "exit": code,

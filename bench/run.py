@@ -13,21 +13,21 @@ import os
 import platform
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 for folder in ("include", "scripts", "bench"):
     sys.path.insert(0, str(REPO / folder))
 
-from devstack import Stack  # noqa: E402
+from devstack import Stack
 
 BENCHMARKS = ("seed", "indexes", "maintenance", "settlement", "storage", "reports")
 
 
 def machine() -> dict:
     return {"cores": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform(),
-            "when": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+            "when": datetime.now(UTC).isoformat(timespec="seconds")}
 
 
 def main() -> int:

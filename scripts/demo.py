@@ -7,16 +7,17 @@ from __future__ import annotations
 import os
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "scripts"))
 sys.path.insert(0, str(REPO / "include"))
 
-from airflow_client import AirflowClient  # noqa: E402
-from csl.cli import format_health  # noqa: E402
-from csl.config import load_env_file  # noqa: E402
+from airflow_client import AirflowClient
+
+from csl.cli import format_health
+from csl.config import load_env_file
 
 # The nightly chain, in order; each DAG joins the demo once it exists.
 DEMO_DAGS = ["csl_platform_health", "csl_index_install", "csl_db_maintenance", "csl_revenue_settlement",
@@ -39,8 +40,8 @@ def format_index_report(report: dict | None) -> str:
 def format_maintenance_report(report: dict | None) -> str:
     if not report:
         return "  (no report)"
-    lines = [f"  {report['chosen']} table(s) chosen by evidence: {report['by_status'] or 'nothing to do'}; "
-             f"{report['dead_tuples_removed']:,} dead tuples removed"]
+    lines = [(f"  {report['chosen']} table(s) chosen by evidence: {report['by_status'] or 'nothing to do'}; "
+             f"{report['dead_tuples_removed']:,} dead tuples removed")]
     lines += [f"  - {t}" for t in report["tables"][:6]]
     if len(report["tables"]) > 6:
         lines.append(f"  … and {len(report['tables']) - 6} more")
@@ -53,10 +54,10 @@ def format_settlement(summary: dict | None, statement: dict | None) -> str:
     from csl.money import from_minor
 
     clawbacks = summary["clawbacks"]
-    lines = [f"  {summary['status']}: {summary['licences']:,} licences settled, {summary['splits_reused']:,} platform "
+    lines = [(f"  {summary['status']}: {summary['licences']:,} licences settled, {summary['splits_reused']:,} platform "
              f"splits reused ({summary.get('splits_paid_before', 0):,} already paid by the platform: recorded, not paid "
              f"again), {clawbacks['refunds']} refunds and {clawbacks.get('disputes', 0)} lost disputes clawed back, "
-             f"{summary['payouts']} payout instructions"]
+             f"{summary['payouts']} payout instructions")]
     for currency, figures in sorted((summary.get("by_currency") or {}).items()):
         major = {k: f"{from_minor(figures[k], currency):,}" for k in ("gross_minor", "contributors_minor", "platform_minor")}
         lines.append(f"  {currency}: gross {major['gross_minor']}, contributors {major['contributors_minor']}, "
@@ -75,8 +76,8 @@ def format_sweep(summary: dict | None) -> str:
         return "  (no summary: see the report task's log)"
     listed = ", ".join(f"{p} {n:,} objects / {summary['bytes'].get(p, 0) / 1e6:.1f} MB"
                        for p, n in summary["listed"].items())
-    lines = [f"  {summary['cells']} key-prefix cells in {summary['shards']} shards; {summary['db_refs']:,} database "
-             f"references vs {listed}; {summary['deep_verified']} objects downloaded and hashed"]
+    lines = [(f"  {summary['cells']} key-prefix cells in {summary['shards']} shards; {summary['db_refs']:,} database "
+             f"references vs {listed}; {summary['deep_verified']} objects downloaded and hashed")]
     for kind, per in sorted(summary["findings"].items()):
         lines.append(f"  {kind:<18} " + ", ".join(f"{p}: {n}" for p, n in sorted(per.items())))
     if not summary["findings"]:
@@ -159,7 +160,7 @@ def main() -> int:
     password = os.environ["CSL_AIRFLOW_ADMIN_PASSWORD"]
     client = AirflowClient(base_url, "admin", password)
     failures = 0
-    started = datetime.now(timezone.utc).isoformat()
+    started = datetime.now(UTC).isoformat()
     # a statistics snapshot before the chain: the report's window then covers the whole night
     import subprocess
 

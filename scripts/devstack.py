@@ -82,17 +82,18 @@ def port_open(port: int, host: str = "127.0.0.1") -> bool:
 
 def wait_for(what: str, check, *, timeout: float, interval: float = 0.25, log_file: Path | None = None) -> None:
     deadline = time.monotonic() + timeout
+    last_error = ""
     while time.monotonic() < deadline:
         try:
             if check():
                 return
-        except Exception:  # noqa: BLE001 - a probe failing is what we are waiting out
-            pass
+        except Exception as exc:  # noqa: BLE001 - any probe failure is what we wait out; the last is reported
+            last_error = f" (last probe: {type(exc).__name__}: {exc})"
         time.sleep(interval)
     tail = ""
     if log_file and log_file.exists():
         tail = "\n  last log lines:\n    " + "\n    ".join(log_file.read_text(errors="replace").splitlines()[-15:])
-    raise StackError(f"{what} not ready after {timeout:.0f}s{tail}")
+    raise StackError(f"{what} not ready after {timeout:.0f}s{last_error}{tail}")
 
 
 def pid_alive(pid: int) -> bool:
@@ -393,7 +394,7 @@ class Stack:
 
     def pg_ready(self, port_name: str) -> bool:
         result = subprocess.run([str(PG_BIN / "pg_isready"), "-q", "-h", "127.0.0.1", "-p",
-                                 str(self.ports[port_name]), "-t", "1"], capture_output=True)
+                                 str(self.ports[port_name]), "-t", "1"], capture_output=True, check=False)
         return result.returncode == 0
 
     def pg_primary_up(self) -> None:

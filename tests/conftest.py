@@ -21,18 +21,18 @@ for folder in ("include", "plugins", "scripts"):
     if str(REPO / folder) not in sys.path:
         sys.path.insert(0, str(REPO / folder))
 
-from devstack import PLATFORM_DB, Stack, remove_state  # noqa: E402
+from devstack import PLATFORM_DB, Stack, remove_state
 
 
-def _stop_on_sigterm(signum, frame):  # noqa: ARG001
+def _stop_on_sigterm(signum, frame):
     # CI or `timeout` ends a run with SIGTERM: unwind like Ctrl-C, so the stack fixture stops its servers
     raise KeyboardInterrupt(f"signal {signum}")
 
 
 signal.signal(signal.SIGTERM, _stop_on_sigterm)
 
-from csl.config import Settings, load_env_file  # noqa: E402
-from csl.db import Database  # noqa: E402
+from csl.config import Settings, load_env_file
+from csl.db import Database
 
 
 @pytest.fixture(scope="session")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 import struct
 
-__all__ = ["wav_bytes", "mp3_bytes", "CONTENT_TYPES"]
+__all__ = ["CONTENT_TYPES", "mp3_bytes", "wav_bytes"]
 
 CONTENT_TYPES = {"wav": "audio/wav", "mp3": "audio/mpeg"}
 

@@ -25,7 +25,7 @@ import logging
 import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
@@ -34,9 +34,25 @@ from csl.errors import CslError, StorageError
 from csl.references import REFERENCE_COLUMNS, referenced_keys
 from csl.storage import HEALTH_PREFIX, QUARANTINE_PREFIX, TEMP_PREFIXES, StorageProvider
 
-__all__ = ["QUARANTINE_PREFIX", "TEMP_PREFIXES", "REFERENCE_COLUMNS", "DEFAULT_MAX_SHARE", "XCOM_SAMPLE",
-           "CleanupError", "CapExceeded", "RestoreConflict", "Candidate", "check_temp_prefix", "resolve_dry_run",
-           "find_candidates", "quarantine", "restore", "purge", "run_cleanup", "summarize"]
+__all__ = [
+    "DEFAULT_MAX_SHARE",
+    "QUARANTINE_PREFIX",
+    "REFERENCE_COLUMNS",
+    "TEMP_PREFIXES",
+    "XCOM_SAMPLE",
+    "Candidate",
+    "CapExceeded",
+    "CleanupError",
+    "RestoreConflict",
+    "check_temp_prefix",
+    "find_candidates",
+    "purge",
+    "quarantine",
+    "resolve_dry_run",
+    "restore",
+    "run_cleanup",
+    "summarize",
+]
 
 log = logging.getLogger("csl.cleanup")
 
@@ -83,7 +99,7 @@ def resolve_dry_run(dry_run: bool | None, *, scheduled: bool) -> bool:
 
 
 def _parse_time(text: str) -> datetime:
-    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+    return datetime.fromisoformat(text)
 
 
 def _is_marker(key: str, size: int) -> bool:
@@ -96,7 +112,7 @@ def find_candidates(conn: psycopg.Connection, providers: Sequence[StorageProvide
                     ) -> tuple[list[Candidate], list[Candidate]]:
     """(candidates, kept): kept are those some row refers to, which never move."""
     check_temp_prefix(temp_prefix)
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     by_name = {p.name: p for p in providers}
     found: list[Candidate] = []
     for provider in providers:
@@ -285,7 +301,7 @@ def run_cleanup(conn: psycopg.Connection, providers: Sequence[StorageProvider], 
         raise CleanupError(f"max_objects must be >= 0, got {max_objects}")
     if not 0 < max_share <= 1:
         raise CleanupError(f"max_share must be more than 0 and at most 1, got {max_share}")
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     candidates, kept = find_candidates(conn, providers, temp_prefix=temp_prefix, temp_ttl_h=temp_ttl_h,
                                        orphan_grace_h=orphan_grace_h, now=now, buckets=buckets,
                                        references=references)

@@ -14,18 +14,18 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from csl.config import Settings, load_env_file
 from csl.cleanup import CleanupError
 from csl.cliargs import number
 from csl.cliargs import print_result as _print
+from csl.config import Settings, load_env_file
 from csl.errors import ConfigError, CslError, SeedError
 from csl.maintenance.indexes import CatalogError
 from csl.maintenance.vacuum import MaintenanceError
 from csl.publication import PublicationError
 from csl.reports import ReportParamsError
 from csl.reports.cli import add_cli as add_report_cli
-from csl.storage_cli import add_cli as add_storage_cli
 from csl.settlement import SettlementParamsError
+from csl.storage_cli import add_cli as add_storage_cli
 
 __all__ = ["main"]
 
@@ -134,7 +134,7 @@ def _cmd_indexes(args: argparse.Namespace, settings: Settings) -> int:
         human = indexes.format_plan(plan)
         failed = 0
         if args.action == "apply" and not args.dry_run:
-            run_id = "cli__" + datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
+            run_id = "cli__" + datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%S.%fZ")
             results = indexes.apply(lambda: db.connect_direct("primary"), plan, chosen, run_id=run_id,
                                     lock_timeout_ms=args.lock_timeout_ms, statement_timeout_s=args.statement_timeout_s,
                                     max_lock_retries=args.max_lock_retries)
@@ -158,14 +158,14 @@ def _cmd_maintenance(args: argparse.Namespace, settings: Settings) -> int:
     policy = vacuum.Policy(mode=args.mode, dead_ratio=args.dead_ratio, max_tables=args.max_tables,
                            tables=tuple(args.tables or ()))
     with Database(settings.require_database()) as db:
-        connect = lambda: db.connect_direct("primary")  # noqa: E731
+        connect = lambda: db.connect_direct("primary")
         if args.action == "plan":
             with connect() as conn:
                 chosen, skipped = vacuum.choose(vacuum.gather(conn), vacuum.settings(conn), policy)
             _print(args, {"chosen": [dataclasses.asdict(c) for c in chosen], "skipped": skipped},
                    vacuum.format_plan(chosen, skipped))
             return 0
-        run_id = "cli__" + datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
+        run_id = "cli__" + datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%S.%fZ")
         outcome = vacuum.run(connect, policy, run_id=run_id, dry_run=args.dry_run, max_duration_s=args.max_duration_s,
                              workers=args.workers)
     human = "\n".join(
@@ -223,7 +223,7 @@ def _cmd_settlement(args: argparse.Namespace, settings: Settings) -> int:
             _print(args, result, f"payout {result['payout_id']}: {result['status']} "
                                  f"({result['amount_minor']} {result['currency']} to {result['contributor_id']})")
             return 0
-        run_key = args.run_key or "cli__" + datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
+        run_key = args.run_key or "cli__" + datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%S.%fZ")
         try:
             outcome = settlement.settle(conn, params, run_key=run_key)
         except settlement.GateFailed as exc:

@@ -24,18 +24,18 @@ from urllib.parse import unquote, urlsplit
 from csl.errors import ConfigError
 
 __all__ = [
-    "Secret",
     "DatabaseSettings",
-    "StorageProviderSettings",
     "EdgeSettings",
+    "Secret",
     "Settings",
+    "StorageProviderSettings",
     "load_env_file",
     "mask_url",
-    "redact",
-    "parse_http_url",
     "parse_bool",
-    "parse_number",
+    "parse_http_url",
     "parse_integer",
+    "parse_number",
+    "redact",
 ]
 
 STORAGE_KINDS = ("minio", "s3", "supabase")
@@ -508,8 +508,7 @@ def load_env_file(path: str | os.PathLike[str], *, environ: dict[str, str] | Non
         line = raw.strip()
         if not line or line.startswith("#"):
             continue
-        if line.startswith("export "):
-            line = line[len("export ") :]
+        line = line.removeprefix("export ")
         key, sep, value = line.partition("=")
         if not sep or not key.strip().isidentifier():
             raise ConfigError(f"{path}:{number}", "expected KEY=VALUE")

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Self, TypeVar
 
 import psycopg
 from psycopg_pool import ConnectionPool
@@ -22,7 +22,7 @@ from psycopg_pool import ConnectionPool
 from csl.config import DatabaseSettings, mask_url, redact
 from csl.errors import DatabaseError, ReplicaUnavailable
 
-__all__ = ["Database", "ReadRoute", "RETRYABLE_SQLSTATES", "set_timeouts"]
+__all__ = ["RETRYABLE_SQLSTATES", "Database", "ReadRoute", "set_timeouts"]
 
 log = logging.getLogger("csl.db")
 T = TypeVar("T")
@@ -143,7 +143,7 @@ class Database:
                 pool.close()
             self._pools.clear()
 
-    def __enter__(self) -> Database:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Self
 from urllib.parse import quote
 
 import httpx
@@ -33,7 +33,7 @@ class Edge:
     def close(self) -> None:
         self._client.close()
 
-    def __enter__(self) -> Edge:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 __all__ = [
-    "CslError",
     "ConfigError",
+    "CslError",
     "DatabaseError",
-    "ReplicaUnavailable",
-    "StorageError",
-    "ProviderUnavailable",
     "EdgeError",
+    "ProviderUnavailable",
+    "ReplicaUnavailable",
     "SeedError",
+    "StorageError",
 ]
 
 

@@ -11,7 +11,7 @@ from csl.edge import Edge
 from csl.errors import CslError
 from csl.storage import StorageProvider
 
-__all__ = ["check_database", "check_storage", "check_edge", "platform_health", "down_components"]
+__all__ = ["check_database", "check_edge", "check_storage", "down_components", "platform_health"]
 
 _READ_PROBE = "SELECT count(*) FROM pg_catalog.pg_class"
 

@@ -50,9 +50,24 @@ from csl.references import REFERENCE_COLUMNS, references_query
 from csl.sqlfiles import load
 from csl.storage import PRIMARY, RESERVED_PREFIXES, ObjectInfo, StorageProvider, reference_order
 
-__all__ = ["KINDS", "KEY_ORDERS", "DEFAULT_EXCLUDE", "SweepError", "ListingOrderError", "SweepOptions",
-           "cell_of", "discover_cells", "plan_shards", "plan_sweep", "start_sweep", "sweep_shard",
-           "record_shard_failure", "finish_sweep", "open_findings", "run_sweep"]
+__all__ = [
+    "DEFAULT_EXCLUDE",
+    "KEY_ORDERS",
+    "KINDS",
+    "ListingOrderError",
+    "SweepError",
+    "SweepOptions",
+    "cell_of",
+    "discover_cells",
+    "finish_sweep",
+    "open_findings",
+    "plan_shards",
+    "plan_sweep",
+    "record_shard_failure",
+    "run_sweep",
+    "start_sweep",
+    "sweep_shard",
+]
 
 log = logging.getLogger("csl.integrity")
 

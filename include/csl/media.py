@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from csl.errors import CslError
 
-__all__ = ["MediaKind", "KINDS", "UploadRejected", "sniff", "validate"]
+__all__ = ["KINDS", "MediaKind", "UploadRejected", "sniff", "validate"]
 
 MB = 1024 * 1024
 

@@ -20,7 +20,7 @@ import psycopg
 from csl.errors import DatabaseError
 from csl.sqlfiles import sql_dir
 
-__all__ = ["Migration", "discover", "migrate", "applied", "COMPONENTS"]
+__all__ = ["COMPONENTS", "Migration", "applied", "discover", "migrate"]
 
 log = logging.getLogger("csl.migrations")
 

@@ -15,7 +15,7 @@ from psycopg import sql
 
 from csl.sqlfiles import load
 
-__all__ = ["REFERENCE_COLUMNS", "SIZE_COLUMNS", "references_query", "referenced_keys"]
+__all__ = ["REFERENCE_COLUMNS", "SIZE_COLUMNS", "referenced_keys", "references_query"]
 
 REFERENCE_COLUMNS: tuple[tuple[str, str], ...] = (
     ("audio_samples", "file_url"),

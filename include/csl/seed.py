@@ -20,7 +20,7 @@ import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +30,7 @@ from csl.audio import CONTENT_TYPES, mp3_bytes, wav_bytes
 from csl.errors import SeedError
 from csl.storage import StorageProvider, sha256_hex
 
-__all__ = ["Scale", "SCALES", "DEFECT_KINDS", "TABLE_ORDER", "generate", "load", "upload_objects", "seed", "loaded_seed"]
+__all__ = ["DEFECT_KINDS", "SCALES", "TABLE_ORDER", "Scale", "generate", "load", "loaded_seed", "seed", "upload_objects"]
 
 log = logging.getLogger("csl.seed")
 
@@ -109,7 +109,7 @@ GENERATION_TYPES = ["sound_logo", "playlist", "social_clip", "long_form"]
 GENERATION_PRICES = {"sound_logo": 49.0, "playlist": 19.99, "social_clip": 9.99, "long_form": 99.0}
 USAGE_TERMS = ["web and social", "broadcast", "in-game", "podcast", "film festival", "internal use"]
 CURRENCIES = [("usd", 85), ("eur", 10), ("gbp", 5)]
-BASE_TIME = datetime(2025, 1, 1, tzinfo=timezone.utc)
+BASE_TIME = datetime(2025, 1, 1, tzinfo=UTC)
 SPAN_S = 300 * 86_400  # the data spans ~10 months
 
 
@@ -390,10 +390,10 @@ def load(conn: psycopg.Connection, generated: Generated, *, reset: bool = False)
             for table in TABLE_ORDER:
                 started = time.perf_counter()
                 columns = ", ".join(COLUMNS[table])
-                with cur.copy(f"COPY {table} ({columns}) FROM STDIN (FORMAT csv)") as copy:
-                    with (generated.folder / f"{table}.csv").open("rb") as source:
-                        while block := source.read(1 << 20):
-                            copy.write(block)
+                with (cur.copy(f"COPY {table} ({columns}) FROM STDIN (FORMAT csv)") as copy,
+                      (generated.folder / f"{table}.csv").open("rb") as source):
+                    while block := source.read(1 << 20):
+                        copy.write(block)
                 timings[table] = time.perf_counter() - started
             started = time.perf_counter()
             with cur.copy("COPY csl_ops.payout_accounts (contributor_id, account_id, verified_at, created_at, "

@@ -44,7 +44,7 @@ import time
 from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -146,11 +146,11 @@ def parse_period(value: str | date | datetime | None, name: str = "period") -> d
         try:
             if not _PERIOD.fullmatch(text):
                 raise ValueError("not YYYY-MM-DD[THH:MM[:SS[.ffffff]]][Z|±HH:MM]")
-            parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
+            parsed = datetime.fromisoformat(text)
         except ValueError as exc:
             raise SettlementParamsError(f"{name}: expected an ISO date (2026-02-28) or date-time "
                                         f"(2026-02-28T10:00:00+01:00), got {text[:40]!r} ({exc})") from None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -627,7 +627,7 @@ class _GateLibraries:
         try:
             import great_expectations  # noqa: F401
             import pandas  # noqa: F401
-        except Exception:  # noqa: BLE001 - the gate's own import reports it
+        except Exception:
             log.exception("preloading the gate's libraries failed")
 
     @classmethod

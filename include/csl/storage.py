@@ -30,9 +30,24 @@ from csl.config import StorageProviderSettings
 from csl.errors import ProviderUnavailable, StorageError
 from csl.media import UploadRejected, validate
 
-__all__ = ["ObjectInfo", "StorageProvider", "StorageService", "UploadResult", "UploadRejected", "queue_replication",
-           "sha256_hex", "public_read_policy", "check_upload_prefix", "reference_order", "PRIMARY", "HEALTH_PREFIX",
-           "QUARANTINE_PREFIX", "TEMP_PREFIXES", "PUBLISHED_PREFIXES", "RESERVED_PREFIXES"]
+__all__ = [
+    "HEALTH_PREFIX",
+    "PRIMARY",
+    "PUBLISHED_PREFIXES",
+    "QUARANTINE_PREFIX",
+    "RESERVED_PREFIXES",
+    "TEMP_PREFIXES",
+    "ObjectInfo",
+    "StorageProvider",
+    "StorageService",
+    "UploadRejected",
+    "UploadResult",
+    "check_upload_prefix",
+    "public_read_policy",
+    "queue_replication",
+    "reference_order",
+    "sha256_hex",
+]
 
 log = logging.getLogger("csl.storage")
 
@@ -123,8 +138,8 @@ class StorageProvider:
 
     # -- error translation -----------------------------------------------------------------
     def _fail(self, action: str, key: str | None, exc: Exception) -> StorageError:
-        from botocore.exceptions import ClientError, ConnectionError as BotoConnectionError
-        from botocore.exceptions import ConnectTimeoutError, ReadTimeoutError
+        from botocore.exceptions import ClientError, ConnectTimeoutError, ReadTimeoutError
+        from botocore.exceptions import ConnectionError as BotoConnectionError
 
         where = f"{action} {key!r}" if key else action
         cause: BaseException | None = exc
@@ -568,7 +583,7 @@ def check_upload_prefix(prefix: str) -> str:
     outside the reserved folders (health probes, quarantine, temporary uploads)."""
     if not isinstance(prefix, str) or not prefix.strip("/"):
         raise UploadRejected(f"upload prefix must name a folder such as 'uploads', got {prefix!r}")
-    folder = prefix[:-1] if prefix.endswith("/") else prefix
+    folder = prefix.removesuffix("/")
     if folder.startswith("/"):
         raise UploadRejected(f"upload prefix must be a relative folder (no leading '/'), got {prefix!r}")
     reserved = next((r for r in RESERVED_PREFIXES if (folder + "/").startswith(r)), None)

@@ -27,7 +27,7 @@ def _providers(args: argparse.Namespace, settings: Any) -> list[Any]:
 def _stamp() -> str:
     import datetime
 
-    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    return datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
 
 
 def _buckets(settings: Any) -> list[str]:

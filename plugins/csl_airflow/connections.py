@@ -29,10 +29,10 @@ from csl.config import (
     CDN_PROVIDERS,
     MAX_CACHE_TTL_S,
     MAX_REPLICA_LAG_S,
+    STORAGE_KINDS,
     DatabaseSettings,
     EdgeSettings,
     Secret,
-    STORAGE_KINDS,
     Settings,
     StorageProviderSettings,
     parse_bool,
@@ -42,7 +42,7 @@ from csl.config import (
 )
 from csl.errors import ConfigError
 
-__all__ = ["settings_from_connections", "database_url", "DEFAULT_CONN_IDS"]
+__all__ = ["DEFAULT_CONN_IDS", "database_url", "settings_from_connections"]
 
 DEFAULT_CONN_IDS = {
     "db": "csl_db",

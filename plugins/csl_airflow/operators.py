@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from functools import cached_property
-from typing import Any
+from typing import Any, ClassVar
 
 from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowFailException
@@ -69,7 +69,7 @@ class PlatformHealthOperator(CslBaseOperator):
     """
 
     template_fields: Sequence[str] = ("component", "provider", "max_replica_lag_s")
-    template_fields_renderers = {"conn_ids": "json"}
+    template_fields_renderers: ClassVar[dict[str, str]] = {"conn_ids": "json"}
     ui_color = "#e6f2ea"
 
     def __init__(self, *, component: str, provider: str | None = None, **kwargs: Any) -> None:
@@ -230,7 +230,7 @@ class IndexBuildOperator(CslBaseOperator):
     records it in ``csl_ops.index_builds``. Meant for ``.partial(...).expand(item=...)``."""
 
     template_fields: Sequence[str] = ("item", "lock_timeout_ms", "statement_timeout_s", "max_lock_retries")
-    template_fields_renderers = {"item": "json"}
+    template_fields_renderers: ClassVar[dict[str, str]] = {"item": "json"}
     ui_color = "#fdf1d6"
 
     def __init__(self, *, item: Any, lock_timeout_ms: Any = 2000, statement_timeout_s: Any = 3600,
@@ -371,7 +371,7 @@ class MaintenanceActOperator(CslBaseOperator):
     records before/after figures in ``csl_ops.maintenance_actions``."""
 
     template_fields: Sequence[str] = ("candidate", "max_duration_s", "statement_timeout_s", "lock_timeout_ms")
-    template_fields_renderers = {"candidate": "json"}
+    template_fields_renderers: ClassVar[dict[str, str]] = {"candidate": "json"}
     ui_color = "#e8eefc"
 
     def __init__(self, *, candidate: Any, plan_task_id: str = "plan", max_duration_s: Any = 3600,
@@ -394,7 +394,7 @@ class MaintenanceActOperator(CslBaseOperator):
         plan = context["ti"].xcom_pull(task_ids=self.plan_task_id, key="plan") or {}
         budget = float(self.max_duration_s)
         with Database(self.settings.require_database()) as db:
-            connect = lambda: db.connect_direct("primary")  # noqa: E731
+            connect = lambda: db.connect_direct("primary")
             if time.time() - plan.get("started_at", time.time()) > budget:
                 result = vacuum.ActionResult(candidate.schema, candidate.table, candidate.reason, candidate.action,
                                              "skipped_budget", error=f"max_duration_s={budget:g} spent before it started")
@@ -573,8 +573,8 @@ class StatementOperator(CslBaseOperator):
         folder.mkdir(parents=True, exist_ok=True)
         safe_run = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in context["ti"].run_id)
         path = folder / f"statement_{safe_run}.csv"
-        with Database(self.settings.require_database()) as db, db.connect_direct("primary") as conn:
-            with path.open("w", newline="") as out:
-                rows = settlement.write_statement(conn, out)
+        with (Database(self.settings.require_database()) as db, db.connect_direct("primary") as conn,
+              path.open("w", newline="") as out):
+            rows = settlement.write_statement(conn, out)
         log.info("statement: %d postings in %s", rows, path)
         return {"path": str(path), "rows": rows}

@@ -6,14 +6,19 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
 from csl_airflow.operators import CslBaseOperator, _as_list, _int_param, _truthy, run_key
 
-__all__ = ["StorageSweepPlanOperator", "StorageSweepShardOperator", "StorageSweepReportOperator",
-           "StorageCleanupOperator", "StoragePublicationOperator"]
+__all__ = [
+    "StorageCleanupOperator",
+    "StoragePublicationOperator",
+    "StorageSweepPlanOperator",
+    "StorageSweepReportOperator",
+    "StorageSweepShardOperator",
+]
 
 log = logging.getLogger("csl.airflow.storage")
 
@@ -105,7 +110,7 @@ class StorageSweepShardOperator(_StorageOperator):
     shard (retried), naming the provider; nothing is written for it."""
 
     template_fields: Sequence[str] = ("providers", "shard")
-    template_fields_renderers = {"shard": "json"}
+    template_fields_renderers: ClassVar[dict[str, str]] = {"shard": "json"}
     ui_color = "#fdf1e6"
 
     def __init__(self, *, shard: Any, **kwargs: Any) -> None:

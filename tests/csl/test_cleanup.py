@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import uuid
 from dataclasses import replace
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import psycopg
 import pytest
@@ -36,8 +36,8 @@ def test_expired_uploads_move_to_quarantine_within_the_cap_and_come_back(platfor
     uploads = [f"{temp}{i}.wav" for i in range(3)]
     for key in uploads:
         primary.put(key, b"RIFF" + key.encode())
-    later = datetime.now(timezone.utc) + timedelta(hours=25)
-    kwargs = dict(temp_prefix=temp, temp_ttl_h=24, orphan_grace_h=10_000, now=later)
+    later = datetime.now(UTC) + timedelta(hours=25)
+    kwargs = {"temp_prefix": temp, "temp_ttl_h": 24, "orphan_grace_h": 10_000, "now": later}
 
     fresh = cleanup.run_cleanup(conn, providers, run_key="t-fresh", **{**kwargs, "now": None}, dry_run=False)
     assert fresh["candidates"] == []  # a minute-old upload is not expired
@@ -77,7 +77,7 @@ def test_orphans_past_their_grace_are_quarantined_and_the_sweep_stops_reporting_
     early = cleanup.run_cleanup(conn, providers, run_key="t-early", dry_run=True, orphan_grace_h=72,
                                 temp_prefix="tmp/none/")
     assert early["candidates"] == []  # reported moments ago: still inside the grace period
-    later = datetime.now(timezone.utc) + timedelta(hours=73)
+    later = datetime.now(UTC) + timedelta(hours=73)
     run_key = f"t-{uuid.uuid4().hex[:6]}"
     moved = cleanup.run_cleanup(conn, providers, run_key=run_key, dry_run=False, orphan_grace_h=72,
                                 temp_prefix="tmp/none/", now=later)
@@ -100,7 +100,7 @@ def test_purge_deletes_old_quarantine_only_when_asked(platform, settings, provid
     primary = providers[0]
     temp = f"tmp/{uuid.uuid4().hex[:8]}/"
     primary.put(temp + "old.wav", b"RIFF-old")
-    later = datetime.now(timezone.utc) + timedelta(days=2)
+    later = datetime.now(UTC) + timedelta(days=2)
     run_key = f"t-{uuid.uuid4().hex[:6]}"
     moved = cleanup.run_cleanup(conn, providers, run_key=run_key, dry_run=False, temp_prefix=temp, now=later)
     held = moved["moved"][0]["quarantine_key"]
@@ -127,7 +127,7 @@ def test_bad_requests_are_refused_before_anything_moves(platform, providers, con
 
 
 # -- issue 12, items 9 and 10 ------------------------------------------------------------------
-LATER = datetime.now(timezone.utc) + timedelta(hours=25)
+LATER = datetime.now(UTC) + timedelta(hours=25)
 
 
 @pytest.fixture
@@ -292,7 +292,7 @@ def test_cli_restore_refuses_a_conflict_in_one_line_and_forces_on_request(platfo
     primary.put(key, b"RIFF-newer")
     env = {**os.environ, **stack_env, "CSL_ENV_FILE": os.devnull}
     run = lambda *a: subprocess.run([sys.executable, "-m", "csl", "storage", *a], capture_output=True, text=True,
-                                    env=env, timeout=120)
+                                    env=env, timeout=120, check=False)
     refused = run("restore", "--run-key", run_key)
     assert refused.returncode == 2 and refused.stderr.count("\n") == 1, refused.stderr
     assert f"overwrite '{key}' on provider 'primary'" in refused.stderr and primary.get(key) == b"RIFF-newer"

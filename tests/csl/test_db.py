@@ -59,14 +59,13 @@ def lagging_replica(stack, db: Database):
 def test_a_lagging_replica_loses_the_reads(stack, settings):
     tight = DatabaseSettings(primary_url=settings.database.primary_url, replica_url=settings.database.replica_url,
                              max_replica_lag_s=0.5)
-    with Database(tight, route_cache_s=0) as db:
-        with lagging_replica(stack, db):
-            status = db.replica_status()
-            assert status["ok"] is False and status["lag_s"] > 0.5
-            assert "exceeds 0.5s" in status["error"]
-            route = db.read_route()
-            assert route.target == "primary" and "lag" in route.reason
-            assert db.read("SELECT pg_is_in_recovery()") == [(False,)]
+    with Database(tight, route_cache_s=0) as db, lagging_replica(stack, db):
+        status = db.replica_status()
+        assert status["ok"] is False and status["lag_s"] > 0.5
+        assert "exceeds 0.5s" in status["error"]
+        route = db.read_route()
+        assert route.target == "primary" and "lag" in route.reason
+        assert db.read("SELECT pg_is_in_recovery()") == [(False,)]
     with Database(tight, route_cache_s=0) as db:
         assert wait_until(lambda: db.read_route().target == "replica")
 
@@ -80,11 +79,10 @@ def test_a_nan_lag_bound_cannot_keep_reads_on_a_lagging_replica(stack, settings)
     # and should a NaN get past the settings (code that forces it), the lag check still fails closed
     forced = DatabaseSettings(**urls, max_replica_lag_s=0.5)
     object.__setattr__(forced, "max_replica_lag_s", math.nan)
-    with Database(forced, route_cache_s=0) as db:
-        with lagging_replica(stack, db):
-            assert db.replica_status()["ok"] is False
-            assert db.read_route().target == "primary"
-            assert db.read("SELECT pg_is_in_recovery()") == [(False,)]
+    with Database(forced, route_cache_s=0) as db, lagging_replica(stack, db):
+        assert db.replica_status()["ok"] is False
+        assert db.read_route().target == "primary"
+        assert db.read("SELECT pg_is_in_recovery()") == [(False,)]
 
 
 def test_a_password_in_the_url_query_never_shows(settings):
@@ -103,9 +101,8 @@ def test_a_password_in_the_url_query_never_shows(settings):
         assert health["primary"]["ok"] is False and "password authentication failed" in health["primary"]["error"]
         with pytest.raises(DatabaseError) as caught:
             db.transaction(lambda c: c.execute("SELECT 1"))
-        with pytest.raises(DatabaseError) as routed:
-            with db.connection():
-                pass
+        with pytest.raises(DatabaseError) as routed, db.connection():
+            pass
     printed = json.dumps(health, default=str) + repr(db) + str(caught.value) + str(routed.value)
     assert wrong not in printed
 

@@ -16,10 +16,9 @@ import tempfile
 import time
 from pathlib import Path
 
+import devstack
 import psycopg
 import pytest
-
-import devstack
 from devstack import PG_BIN, Stack
 
 from ..conftest import REPO, process_tree
@@ -39,7 +38,7 @@ def socket_psql(stack: Stack, *, port_name: str = "pg_primary", as_user: str | N
            "-d", "postgres", "-c", "SELECT current_user"]
     if as_user:
         cmd = ["runuser", "-u", as_user, "--", *cmd]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=30, check=False)
 
 
 def secret_values(stack: Stack) -> dict[str, str]:
@@ -47,7 +46,7 @@ def secret_values(stack: Stack) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def fresh_pg(stack):  # noqa: ARG001 - after the session stack: its ports are taken already
+def fresh_pg(stack):
     """A PostgreSQL primary + standby built from nothing, every command line recorded."""
     state = REPO / ".local" / f"devstack-test-{os.getpid()}"
     devstack.remove_state(state)
@@ -200,7 +199,7 @@ def test_up_on_a_stack_made_with_trust_closes_it(fresh_pg):
     assert stat.S_IMODE(stack.pg_socket.stat().st_mode) == 0o700
 
 
-def test_a_stack_in_a_folder_others_cannot_enter(stack):  # noqa: ARG001 - after the session stack's ports
+def test_a_stack_in_a_folder_others_cannot_enter(stack):
     """A clone in root's 0700 home: PostgreSQL (run as ``postgres``) cannot walk into it, so its
     folder lives outside, linked from the state folder, and goes away with the state."""
     closed = REPO / ".local" / f"closed-{os.getpid()}"
@@ -222,7 +221,7 @@ def test_a_stack_in_a_folder_others_cannot_enter(stack):  # noqa: ARG001 - after
     assert not outside.exists() and not state.exists()
 
 
-def test_a_stack_run_by_a_normal_user(stack):  # noqa: ARG001 - ports of the session stack are taken first
+def test_a_stack_run_by_a_normal_user(stack):
     """Not root: the servers run as the user itself, and that user is the socket's only one."""
     user = "nobody" if os.geteuid() == 0 else None
     state, scripts = REPO / ".local" / f"devstack-user-{os.getpid()}", REPO / "scripts"
@@ -245,7 +244,7 @@ def test_a_stack_run_by_a_normal_user(stack):  # noqa: ARG001 - ports of the ses
     def as_user(action: str):
         cmd = ["/usr/bin/python3", "-c", script, action]
         return subprocess.run(["runuser", "-u", user, "--", *cmd] if user else cmd, capture_output=True, text=True,
-                              timeout=180, cwd=state)
+                              timeout=180, cwd=state, check=False)
 
     try:
         started = as_user("up")

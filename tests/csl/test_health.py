@@ -14,7 +14,7 @@ from ..conftest import REPO
 
 def run_cli(*args, env=None):
     return subprocess.run([sys.executable, "-m", "csl", *args], capture_output=True, text=True, timeout=120,
-                          env=env, cwd=REPO)
+                          env=env, cwd=REPO, check=False)
 
 
 def cli_env(stack_env, **changes):

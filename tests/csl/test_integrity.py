@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import operator
 import uuid
 
 import psycopg
@@ -148,12 +150,12 @@ def test_a_listing_out_of_the_sweeps_key_order_is_refused_not_misreported(platfo
     for key in keys:
         primary.put(key, b"RIFF")
     try:
-        with pytest.raises(integrity.ListingOrderError, match="'primary'.*key_order"):
-            with Database(settings.require_database()) as db, db.connect_direct() as conn:
-                options = SweepOptions(key_order="byte", prefix=base)
-                cells = integrity.discover_cells(conn, providers, options)
-                integrity.sweep_shard(lambda: db.connect_direct(autocommit=False), providers,
-                                      sweep_id=_sweep_id(db, providers), shard=0, cells=cells, options=options)
+        with (pytest.raises(integrity.ListingOrderError, match="'primary'.*key_order"),
+              Database(settings.require_database()) as db, db.connect_direct() as conn):
+            options = SweepOptions(key_order="byte", prefix=base)
+            cells = integrity.discover_cells(conn, providers, options)
+            integrity.sweep_shard(lambda: db.connect_direct(autocommit=False), providers,
+                                  sweep_id=_sweep_id(db, providers), shard=0, cells=cells, options=options)
         summary = _sweep(settings, prefix=base, key_order="path")
         assert summary["findings"] == {"orphan": {"primary": 2}}
     finally:
@@ -174,7 +176,7 @@ def test_cells_and_shards():
     assert integrity.cell_of("x.wav", 2) == "*"
     assert integrity.cell_of("a/b/c/d", 1) == "a/"
     shards = integrity.plan_shards([f"c{i:02d}/" for i in range(10)], 4)
-    assert [len(s) for s in shards] == [3, 3, 2, 2] and sum(shards, []) == [f"c{i:02d}/" for i in range(10)]
+    assert [len(s) for s in shards] == [3, 3, 2, 2] and functools.reduce(operator.iadd, shards, []) == [f"c{i:02d}/" for i in range(10)]
     assert integrity.plan_shards(["a/"], 8) == [["a/"]]
     with pytest.raises(integrity.SweepError, match="deep_rate"):
         SweepOptions(deep_rate=2)
@@ -190,7 +192,7 @@ def test_cli_sweep_prints_findings_and_counts_and_refuses_bad_input(platform, st
 
     env = {**os.environ, **stack_env, "CSL_ENV_FILE": os.devnull}
     run = lambda *a: subprocess.run([sys.executable, "-m", "csl", "storage", *a], capture_output=True,
-                                    text=True, env=env, timeout=300)
+                                    text=True, env=env, timeout=300, check=False)
     done = run("sweep", "--prefix", "samples/", "--deep-sample", "0.1", "--json")
     assert done.returncode == 0, done.stderr
     out = json.loads(done.stdout)
@@ -285,7 +287,7 @@ def test_the_reference_copy_is_the_primary_whatever_order_the_providers_are_give
 
 
 def test_avatars_and_url_form_references_are_not_orphans(platform, settings, providers):
-    primary, fallback = providers
+    primary, _fallback = providers
     folder = f"avatars/t{uuid.uuid4().hex[:8]}/"
     keys = [f"{folder}{i}.png" for i in range(6)]
     body = b"\x89PNG\r\n\x1a\n" + bytes(24)

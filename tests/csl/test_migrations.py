@@ -78,7 +78,7 @@ def test_an_applied_migration_that_changed_is_refused(fresh_database, tmp_path):
     root = _copy_sql(tmp_path)
     with psycopg.connect(fresh_database, autocommit=True) as conn:
         migrate(conn, root=root)
-        first = sorted((root / "csl_ops").glob("0001_*.sql"))[0]
+        first = min((root / "csl_ops").glob("0001_*.sql"))
         first.write_text(first.read_text() + "\n-- edited after the fact\n")
         with pytest.raises(DatabaseError, match="changed after it was applied"):
             migrate(conn, root=root)
@@ -87,9 +87,8 @@ def test_an_applied_migration_that_changed_is_refused(fresh_database, tmp_path):
 def test_badly_named_migration_file_is_refused(fresh_database, tmp_path):
     root = _copy_sql(tmp_path)
     (root / "csl_ops" / "2_add_things.sql").write_text("SELECT 1;")
-    with psycopg.connect(fresh_database, autocommit=True) as conn:
-        with pytest.raises(DatabaseError, match="NNNN_name.sql"):
-            migrate(conn, root=root)
+    with psycopg.connect(fresh_database, autocommit=True) as conn, pytest.raises(DatabaseError, match="NNNN_name.sql"):
+        migrate(conn, root=root)
 
 
 def test_a_migration_never_queues_behind_a_long_transaction(fresh_database, tmp_path):

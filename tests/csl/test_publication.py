@@ -239,7 +239,7 @@ def test_the_edge_serves_approved_samples_only_and_forgets_one_when_it_is_unappr
     primary = StorageProvider(settings.provider("primary"))
     env = {**os.environ, **stack_env, "CSL_ENV_FILE": os.devnull}
     cli = lambda *a: subprocess.run([sys.executable, "-m", "csl", "storage", "publish", *a], capture_output=True,
-                                    text=True, env=env, timeout=300)
+                                    text=True, env=env, timeout=300, check=False)
     with Database(settings.require_database()) as db, db.connect_direct() as conn:
         rows = conn.execute("SELECT id, file_url, approved FROM audio_samples WHERE file_url LIKE 'samples/%%' "
                             "ORDER BY id").fetchall()

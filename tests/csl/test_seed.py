@@ -61,7 +61,7 @@ def test_objects_are_valid_audio_files():
 def test_demo_data_has_realistic_distributions(platform, settings):
     assert platform["status"] in ("loaded", "already loaded")
     with psycopg.connect(settings.database.primary_url) as conn:
-        q = lambda sql: conn.execute(sql).fetchall()  # noqa: E731
+        q = lambda sql: conn.execute(sql).fetchall()
         counts = dict(q("SELECT payment_status::text, count(*) FROM licenses GROUP BY 1"))
         assert set(counts) == {"completed", "pending", "failed", "refunded"}
         assert counts["completed"] > 0.7 * sum(counts.values())

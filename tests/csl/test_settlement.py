@@ -79,7 +79,7 @@ def test_refunds_in_pieces_reverse_the_parts_exactly(price, weights, cuts):
 
 
 def test_to_minor_is_exact_and_refuses_sub_cents():
-    usd = lambda amount: to_minor(amount, "usd")  # noqa: E731
+    usd = lambda amount: to_minor(amount, "usd")
     assert usd(9.99) == 999 and usd(0.1) == 10 and usd(round(19.99 * 3, 2)) == 5997
     assert usd(299.7) == 29970 and usd("10.00") == 1000
     # float noise past 15 significant digits is not money: 0.30000000000000004 is 30 cents
@@ -803,8 +803,8 @@ def test_the_ledger_is_append_only(platform_db):
     with connect(platform_db) as conn:
         settlement.settle(conn, Params(), run_key="run-1")
         fingerprint = settlement.ledger_fingerprint(conn)
-        for change in ("UPDATE csl_ops.postings SET amount_minor = amount_minor + 1 WHERE id = "
-                       "(SELECT min(id) FROM csl_ops.postings)",
+        for change in (("UPDATE csl_ops.postings SET amount_minor = amount_minor + 1 WHERE id = "
+                       "(SELECT min(id) FROM csl_ops.postings)"),
                        "DELETE FROM csl_ops.journal_entries WHERE id = (SELECT max(id) FROM csl_ops.journal_entries)",
                        "UPDATE csl_ops.ledger_accounts SET currency = 'xxx'",
                        "TRUNCATE csl_ops.settled_licences",
@@ -947,8 +947,8 @@ def test_cli_review_payout(platform_db, stack_env):
     import os
 
     env = {**os.environ, **stack_env, "CSL_ENV_FILE": os.devnull, "DATABASE_URL": platform_db}
-    run = lambda *a: subprocess.run([sys.executable, "-m", "csl", "settlement", "review-payout", *a],  # noqa: E731
-                                    capture_output=True, text=True, env=env, timeout=120)
+    run = lambda *a: subprocess.run([sys.executable, "-m", "csl", "settlement", "review-payout", *a],
+                                    capture_output=True, text=True, env=env, timeout=120, check=False)
     with connect(platform_db) as conn:
         payout = settlement.settle(conn, Params(), run_key="run-1")["payouts"][0]
         payout_id = conn.execute("UPDATE csl_ops.payouts SET status = 'needs_review', attempts = 1, "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from datetime import UTC
 
 import psycopg
 import pytest
@@ -102,7 +103,7 @@ def test_old_relfrozenxid_is_frozen_first(db_url):
     assert chosen["ancient"].reason == "wraparound" and chosen["ancient"].action == "vacuum_freeze"
     assert order.index("ancient") < order.index("bloated_too")
     outcome = run_all(db_url)
-    assert [r["table"] for r in outcome["results"]][0] == "ancient"
+    assert next(r["table"] for r in outcome["results"]) == "ancient"
     ancient = outcome["results"][0]
     assert ancient["status"] == "done" and ancient["after"]["xid_age"] < ancient["before"]["xid_age"]
 
@@ -147,11 +148,11 @@ def test_recent_autovacuum_is_skipped_with_that_reason_unless_autovacuum_is_off_
     with psycopg.connect(db_url) as conn:
         evidence = [e for e in vacuum.gather(conn) if e.table in ("auto_done", "auto_off")]
         server = vacuum.settings(conn)
-    from datetime import datetime, timezone
+    from datetime import datetime
 
     for table in evidence:
         table.n_dead_tup = 900
-        table.last_autovacuum = datetime.now(timezone.utc)
+        table.last_autovacuum = datetime.now(UTC)
     chosen, skipped = vacuum.choose(evidence, server, Policy())
     assert [s["table"] for s in skipped] == ["public.auto_done"] and skipped[0]["would_have_been"] == "dead_tuples"
     assert "autovacuum vacuumed it 0 min ago" in skipped[0]["reason"]

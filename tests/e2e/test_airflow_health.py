@@ -6,7 +6,8 @@ from __future__ import annotations
 import psycopg
 import pytest
 
-from .conftest import ensure_settled, run_dag as _run_dag
+from .conftest import ensure_settled
+from .conftest import run_dag as _run_dag
 
 pytestmark = pytest.mark.e2e
 DAG = "csl_platform_health"

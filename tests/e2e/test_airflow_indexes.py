@@ -32,7 +32,7 @@ def builds(settings):
 
 def test_unknown_name_fails_the_plan_before_any_ddl(airflow, settings):
     before = (index_names(settings), builds(settings))
-    run_id, run, states = run_dag(airflow, DAG, {"only": ["idx_does_not_exist"]})
+    _run_id, run, states = run_dag(airflow, DAG, {"only": ["idx_does_not_exist"]})
     assert run["state"] == "failed"
     assert states["plan"] == "failed" and states["build"] in ("upstream_failed", "skipped")
     assert (index_names(settings), builds(settings)) == before

@@ -50,5 +50,5 @@ def test_dry_run_then_real_run_removes_the_dead_tuples(airflow, bloated):
 
 
 def test_unknown_table_fails_the_plan(airflow):
-    run_id, run, states = run_dag(airflow, DAG, {"tables": ["no_such_table"]})
+    _run_id, run, states = run_dag(airflow, DAG, {"tables": ["no_such_table"]})
     assert run["state"] == "failed" and states["plan"] == "failed"

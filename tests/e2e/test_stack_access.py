@@ -6,7 +6,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from devstack import AIRFLOW_SERVICES
 
 from ..conftest import process_tree

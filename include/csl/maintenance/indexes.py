@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import psycopg
 from psycopg import sql
@@ -33,16 +33,25 @@ from csl.errors import CslError
 from csl.sqlfiles import sql_dir
 
 __all__ = [
-    "DeclaredIndex", "IndexState", "PlanItem", "BuildResult", "IndexBuildError", "CatalogError",
-    "load_catalog", "diff", "make_plan", "build_index", "select",
+    "BuildResult",
+    "CatalogError",
+    "DeclaredIndex",
+    "IndexBuildError",
+    "IndexState",
+    "PlanItem",
+    "build_index",
+    "diff",
+    "load_catalog",
+    "make_plan",
+    "select",
 ]
 
 log = logging.getLogger("csl.maintenance.indexes")
 
 TEMP_SUFFIX = "_csl_new"
-_BLOCK = re.compile(r"--\s*index:\s*(?P<name>\S+)\s*\n(?P<comments>(?:--.*\n)*)(?P<stmt>CREATE\s[^;]+);", re.I)
+_BLOCK = re.compile(r"--\s*index:\s*(?P<name>\S+)\s*\n(?P<comments>(?:--.*\n)*)(?P<stmt>CREATE\s[^;]+);", re.IGNORECASE)
 _STMT = re.compile(r"^CREATE\s+(?P<unique>UNIQUE\s+)?INDEX\s+(?:CONCURRENTLY\s+)?(?:IF\s+NOT\s+EXISTS\s+)?"
-                   r"(?P<name>\w+)\s+ON\s+(?:ONLY\s+)?(?P<table>\w+)\b(?P<rest>.*)$", re.I | re.S)
+                   r"(?P<name>\w+)\s+ON\s+(?:ONLY\s+)?(?P<table>\w+)\b(?P<rest>.*)$", re.IGNORECASE | re.DOTALL)
 
 
 class CatalogError(CslError):
@@ -246,7 +255,7 @@ def diff(conn: psycopg.Connection, catalog: list[DeclaredIndex], *, schema: str 
     return states
 
 
-_KEY_LIST = re.compile(r"^\s*(?:USING\s+btree\s*)?\((?P<columns>[^()]*)\)\s*(?:WHERE\s+(?P<where>.+))?$", re.I | re.S)
+_KEY_LIST = re.compile(r"^\s*(?:USING\s+btree\s*)?\((?P<columns>[^()]*)\)\s*(?:WHERE\s+(?P<where>.+))?$", re.IGNORECASE | re.DOTALL)
 
 
 def _duplicate_groups(conn: psycopg.Connection, declared: DeclaredIndex, schema: str) -> int:
@@ -304,7 +313,7 @@ class _BlockerWatch:
         self.blockers: dict[int, dict[str, Any]] = {}
         self._thread = threading.Thread(target=self._run, name=f"blocker-watch-{backend_pid}", daemon=True)
 
-    def __enter__(self) -> _BlockerWatch:
+    def __enter__(self) -> Self:
         self._thread.start()
         return self
 

@@ -24,7 +24,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
@@ -33,8 +33,22 @@ from psycopg import sql
 from csl.errors import CslError
 from csl.sqlfiles import load
 
-__all__ = ["Policy", "TableEvidence", "Candidate", "ActionResult", "MaintenanceError", "MODES",
-           "gather", "settings", "choose", "act", "record_action", "run", "summarise", "format_plan"]
+__all__ = [
+    "MODES",
+    "ActionResult",
+    "Candidate",
+    "MaintenanceError",
+    "Policy",
+    "TableEvidence",
+    "act",
+    "choose",
+    "format_plan",
+    "gather",
+    "record_action",
+    "run",
+    "settings",
+    "summarise",
+]
 
 log = logging.getLogger("csl.maintenance.vacuum")
 
@@ -166,7 +180,7 @@ def _option(table: TableEvidence, server: dict[str, float], name: str, server_na
 def choose(evidence: list[TableEvidence], server: dict[str, float], policy: Policy, *,
            now: datetime | None = None) -> tuple[list[Candidate], list[dict[str, Any]]]:
     """Candidates in priority order (capped at ``max_tables``) and the tables skipped, with why."""
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     wanted = _resolve_tables(evidence, policy.tables)
     chosen: list[Candidate] = []
     skipped: list[dict[str, Any]] = []
