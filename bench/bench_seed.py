@@ -1,7 +1,7 @@
 """Seed loading at bench scale vs a bare ``COPY`` of the same CSV files, same run.
 
 - ``csl seed`` path: generate the CSVs (Python, deterministic) + COPY them in one transaction
-  (``csl.seed.load``: FK order, then ANALYZE);
+  (``csl.devdata.seed.load``: FK order, then ANALYZE);
 - anchor: ``psql \\copy`` of the very same files into an identical empty schema, one
   transaction — the floor for getting these rows into PostgreSQL;
 - objects: the 100k+ sample/generation objects uploaded to the primary provider.
@@ -19,8 +19,8 @@ from pathlib import Path
 import psycopg
 
 from csl.config import Settings, load_env_file
+from csl.devdata.seed import COLUMNS, SCALES, TABLE_ORDER, generate, load, upload_objects
 from csl.migrations import migrate
-from csl.seed import COLUMNS, SCALES, TABLE_ORDER, generate, load, upload_objects
 from csl.storage import StorageProvider
 
 REPO = Path(__file__).resolve().parents[1]

@@ -24,7 +24,7 @@ from __future__ import annotations
 import pendulum
 from airflow.sdk import Param, dag
 
-from csl_airflow.operators import MaintenanceActOperator, MaintenancePlanOperator, MaintenanceReportOperator
+from csl_airflow.maintenance import MaintenanceActOperator, MaintenancePlanOperator, MaintenanceReportOperator
 from csl_airflow.params import full_match
 
 IDENTIFIER = "[a-z_][a-z0-9_]{0,62}"

@@ -25,7 +25,7 @@ from __future__ import annotations
 import pendulum
 from airflow.sdk import Param, dag
 
-from csl_airflow.operators import IndexBuildOperator, IndexPlanOperator, IndexReportOperator
+from csl_airflow.maintenance import IndexBuildOperator, IndexPlanOperator, IndexReportOperator
 from csl_airflow.params import full_match
 
 

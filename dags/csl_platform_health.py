@@ -22,7 +22,7 @@ from __future__ import annotations
 import pendulum
 from airflow.sdk import Param, dag
 
-from csl_airflow.operators import HealthSummaryOperator, PlatformHealthOperator
+from csl_airflow.health import HealthSummaryOperator, PlatformHealthOperator
 
 COMPONENTS = ["database.primary", "database.replica", "database.reads", "storage.primary",
               "storage.fallback", "edge"]

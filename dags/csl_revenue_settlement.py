@@ -32,8 +32,8 @@ from __future__ import annotations
 import pendulum
 from airflow.sdk import Asset, Param, dag
 
-from csl_airflow.operators import PayoutSendOperator, SettlementOperator, StatementOperator
 from csl_airflow.params import PERIOD_BOUND
+from csl_airflow.settlement import PayoutSendOperator, SettlementOperator, StatementOperator
 
 # A name, not a scheme URI: any "scheme://" URI makes Airflow load every provider's URI
 # normaliser at parse time (boto3 among them), on each parse of this file.

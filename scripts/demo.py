@@ -93,7 +93,8 @@ def format_publication(outcome: dict | None, edge_url: str) -> str:
     lines = []
     for p in outcome["providers"]:
         lines.append(f"  {p['provider']} → bucket {p['bucket']} (public read; the bucket of record is private): "
-                     f"{p['approved']} approved samples; published {p['publish']}, withdrew {p['withdraw']}")
+                     f"{p['approved']} approved samples; {p['published']} were published, copied {p['copied']} "
+                     f"(each checked by SHA-256), withdrew {p['withdraw']}")
         if p["corrupt"] or p["missing"]:
             lines.append(f"  not published: {p['corrupt']} whose bytes do not match their SHA-256, "
                          f"{p['missing']} whose original is missing (the sweep's findings)")

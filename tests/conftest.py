@@ -69,8 +69,8 @@ def settings(stack_env: dict[str, str]) -> Settings:
 @pytest.fixture(scope="session")
 def platform(stack: Stack, settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> dict:
     """The platform database migrated and loaded with the demo data set (objects included)."""
+    from csl.devdata.seed import seed
     from csl.migrations import migrate
-    from csl.seed import seed
     from csl.storage import StorageProvider
 
     with Database(settings.require_database()) as db, db.connect_direct() as conn:

@@ -14,18 +14,18 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from csl.cleanup import CleanupError
 from csl.cliargs import number
 from csl.cliargs import print_result as _print
 from csl.config import Settings, load_env_file
 from csl.errors import ConfigError, CslError, SeedError
 from csl.maintenance.indexes import CatalogError
 from csl.maintenance.vacuum import MaintenanceError
-from csl.publication import PublicationError
 from csl.reports import ReportParamsError
 from csl.reports.cli import add_cli as add_report_cli
 from csl.settlement import SettlementParamsError
-from csl.storage_cli import add_cli as add_storage_cli
+from csl.storage.cleanup import CleanupError
+from csl.storage.cli import add_cli as add_storage_cli
+from csl.storage.publication import PublicationError
 
 __all__ = ["main"]
 
@@ -91,7 +91,7 @@ def _cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
 
 def _cmd_seed(args: argparse.Namespace, settings: Settings) -> int:
     from csl.db import Database
-    from csl.seed import seed
+    from csl.devdata.seed import seed
     from csl.storage import StorageProvider
 
     primary = fallback = None
@@ -192,9 +192,6 @@ def _cmd_settlement(args: argparse.Namespace, settings: Settings) -> int:
             sender = settlement.PayoutSender(endpoint=endpoint, api_key=key)
         except ConfigError as exc:
             raise ConfigError("CSL_PAYOUT_ENDPOINT", exc.problem) from None
-    elif args.action == "review-payout":
-        if args.payout is None:
-            raise SettlementParamsError("review-payout: --payout ID is required")
     elif args.action == "run":
         params = settlement.Params(share_bps=args.contributor_share_bps, minimum_payout_cents=args.minimum_payout_cents,
                                    period_start=args.period_start, period_end=args.period_end, dry_run=args.dry_run)
@@ -295,30 +292,44 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-edge", action="store_true")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_health)
-    p = sub.add_parser("indexes", help="the declared index catalog: plan (diff) or apply (online builds)")
-    p.add_argument("action", choices=("plan", "apply"))
-    p.add_argument("--only", nargs="+", metavar="INDEX", help="only these catalog entries (unknown names: error)")
-    p.add_argument("--dry-run", action="store_true", help="with apply: show the plan, build nothing")
+    json_flag = argparse.ArgumentParser(add_help=False)
+    json_flag.add_argument("--json", action="store_true", help="print the whole result as JSON")
+
+    indexes = sub.add_parser("indexes", help="the declared index catalog: plan (diff) or apply (online builds)")
+    actions = indexes.add_subparsers(dest="action", required=True, metavar="{plan,apply}")
+    only = argparse.ArgumentParser(add_help=False)
+    only.add_argument("--only", nargs="+", metavar="INDEX", help="only these catalog entries (unknown names: error)")
+    p = actions.add_parser("plan", parents=[only, json_flag], help="diff the catalog against the database")
+    p.set_defaults(func=_cmd_indexes, dry_run=True)
+    p = actions.add_parser("apply", parents=[only, json_flag], help="build what the plan says, online")
+    p.add_argument("--dry-run", action="store_true", help="show the plan, build nothing")
     p.add_argument("--lock-timeout-ms", type=_int(1, 600_000), default=2000)
     p.add_argument("--statement-timeout-s", type=_int(1, 86_400), default=3600)
     p.add_argument("--max-lock-retries", type=_int(0, 20), default=3)
-    p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_indexes)
-    p = sub.add_parser("maintenance", help="VACUUM / ANALYZE chosen by evidence: plan, or run")
-    p.add_argument("action", choices=("plan", "run"))
-    p.add_argument("--tables", nargs="+", metavar="TABLE", help="only these tables (schema.table or table)")
-    p.add_argument("--mode", choices=("auto", "analyze", "vacuum", "freeze"), default="auto")
-    p.add_argument("--max-tables", type=_int(1, 10_000), default=50)
-    p.add_argument("--dead-ratio", type=number(float, 0, 1, low_open=True), default=0.1)
+
+    maintenance = sub.add_parser("maintenance", help="VACUUM / ANALYZE chosen by evidence: plan, or run")
+    actions = maintenance.add_subparsers(dest="action", required=True, metavar="{plan,run}")
+    policy = argparse.ArgumentParser(add_help=False)
+    policy.add_argument("--tables", nargs="+", metavar="TABLE", help="only these tables (schema.table or table)")
+    policy.add_argument("--mode", choices=("auto", "analyze", "vacuum", "freeze"), default="auto")
+    policy.add_argument("--max-tables", type=_int(1, 10_000), default=50)
+    policy.add_argument("--dead-ratio", type=number(float, 0, 1, low_open=True), default=0.1)
+    p = actions.add_parser("plan", parents=[policy, json_flag], help="the tables tonight's policy chooses, and why")
+    p.set_defaults(func=_cmd_maintenance)
+    p = actions.add_parser("run", parents=[policy, json_flag], help="VACUUM/ANALYZE the chosen tables")
     p.add_argument("--max-duration-s", type=_int(1, 86_400), default=3600,
                    help="start no new action after this many seconds")
     p.add_argument("--workers", type=_int(1, 16), default=2,
                    help="actions at once (the DAG's csl_maintenance pool has 2 slots)")
     p.add_argument("--dry-run", action="store_true")
-    p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_maintenance)
-    p = sub.add_parser("settlement", help="revenue-split settlement: run, statement CSV, send payouts")
-    p.add_argument("action", choices=("run", "statement", "send-payouts", "review-payout"))
+
+    settlement = sub.add_parser("settlement", help="revenue-split settlement: run, statement CSV, send payouts")
+    actions = settlement.add_subparsers(dest="action", required=True,
+                                        metavar="{run,statement,send-payouts,review-payout}")
+    p = actions.add_parser("run", parents=[json_flag], help="one settlement run: allocate, post, claw back, "
+                                                            "instruct payouts, the gate")
     p.add_argument("--contributor-share-bps", type=_int(0, 10_000), default=7000)
     p.add_argument("--minimum-payout-cents", type=_int(0, 10**12), default=1000,
                    help="balances below this many minor units of their currency are carried (1000 = $10, ¥1,000)")
@@ -327,15 +338,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--period-end", type=_period, help="ISO date or date-time (licences created before)")
     p.add_argument("--run-key", type=_key, help="idempotency key of the run (default: a timestamp)")
     p.add_argument("--dry-run", action="store_true", help="compute and validate, commit nothing")
-    p.add_argument("--contributor", type=_uuid, help="statement: one contributor's id")
-    p.add_argument("--out", help="statement: CSV file (default: stdout)")
-    p.add_argument("--payout", type=_int(1, 2**62), help="review-payout: the payout's id")
-    p.add_argument("--transfer", help="review-payout: the transfer found for it (tr_…): confirm it")
-    p.add_argument("--not-paid", metavar="REASON",
-                   help="review-payout: no transfer was made: fail it (the next run pays the balance anew)")
-    p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_settlement)
-    add_storage_cli(sub)  # sweep, cleanup, restore
+    p = actions.add_parser("statement", help="the ledger's postings as CSV, for data teams")
+    p.add_argument("--contributor", type=_uuid, help="one contributor's id")
+    p.add_argument("--out", help="CSV file (default: stdout)")
+    p.set_defaults(func=_cmd_settlement, json=False)
+    p = actions.add_parser("send-payouts", parents=[json_flag],
+                           help="send instructed payouts (CSL_PAYOUT_ENDPOINT, CSL_PAYOUT_API_KEY)")
+    p.set_defaults(func=_cmd_settlement)
+    p = actions.add_parser("review-payout", parents=[json_flag], help="resolve a payout in needs_review")
+    p.add_argument("--payout", type=_int(1, 2**62), required=True, help="the payout's id")
+    verdict = p.add_mutually_exclusive_group(required=True)
+    verdict.add_argument("--transfer", help="the transfer found for it (tr_…): confirm it")
+    verdict.add_argument("--not-paid", metavar="REASON",
+                         help="no transfer was made: fail it (the next run pays the balance anew)")
+    p.set_defaults(func=_cmd_settlement)
+    add_storage_cli(sub)  # sweep, cleanup, restore, publish
     add_report_cli(sub)  # snapshot, report
     return parser
 

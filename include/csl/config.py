@@ -17,7 +17,7 @@ import math
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
@@ -318,7 +318,7 @@ class StorageProviderSettings:
     endpoint_url: str | None = None  # None = AWS's own endpoint for the region
     region: str = "us-east-1"
     force_path_style: bool = True
-    public_bucket: bool = False  # this provider serves the published samples (csl.publication)
+    public_bucket: bool = False  # this provider serves the published samples (csl.storage.publication)
     published_bucket: str | None = None  # where: the public-read copies; default "<bucket>-published"
 
     def __post_init__(self) -> None:
@@ -385,9 +385,6 @@ class Settings:
             raise ConfigError("STORAGE_PROVIDER", "not set; expected one of " + ", ".join(STORAGE_KINDS))
         known = ", ".join(p.name for p in self.storage)
         raise ConfigError("storage provider", f"no provider named {name!r} (configured: {known})")
-
-    def with_overrides(self, **changes: object) -> Settings:
-        return replace(self, **changes)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **explicit: object) -> Settings:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from csl.cdn import VarnishEdge
 from csl.config import Settings
 from csl.db import Database
-from csl.edge import Edge
 from csl.errors import CslError
 from csl.storage import StorageProvider
 
@@ -36,7 +36,7 @@ def check_storage(settings: Settings, provider_name: str) -> dict[str, Any]:
 
 
 def check_edge(settings: Settings) -> dict[str, Any]:
-    with Edge(settings.edge) as edge:
+    with VarnishEdge(settings.edge) as edge:
         return edge.health()
 
 

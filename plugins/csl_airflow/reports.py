@@ -20,7 +20,7 @@ from urllib.parse import quote
 from airflow.sdk import BaseOperatorLink
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
-from csl_airflow.operators import CslBaseOperator, _as_list, _int_param, run_key
+from csl_airflow.base import CslBaseOperator, _as_list, _int_param, run_key
 
 __all__ = ["DAG_ID", "REPORTS_URL_PREFIX", "PerfReportOperator", "PerfSnapshotOperator", "ReportLink",
            "create_app", "external_view", "fastapi_app_entry"]

@@ -1,5 +1,5 @@
 """Operators for the storage integrity sweep, the storage cleanup and the publication
-(``csl.integrity``, ``csl.cleanup``, ``csl.publication``): plan → one mapped task per shard →
+(``csl.storage.integrity``, ``csl.storage.cleanup``, ``csl.storage.publication``): plan → one mapped task per shard →
 a report that closes the sweep; cleanup and publication are one task each."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from typing import Any, ClassVar
 
 from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
-from csl_airflow.operators import CslBaseOperator, _as_list, _int_param, _truthy, run_key
+from csl_airflow.base import CslBaseOperator, _as_list, _int_param, _truthy, run_key
 
 __all__ = [
     "StorageCleanupOperator",
@@ -26,7 +26,7 @@ log = logging.getLogger("csl.airflow.storage")
 def _options(params: dict[str, Any], settings: Any):
     """The sweep's options from the run's Params (``prefix`` null or empty = everything); URL-form
     references may name any configured bucket."""
-    from csl.integrity import SweepError, SweepOptions
+    from csl.storage.integrity import SweepError, SweepOptions
 
     try:
         return SweepOptions(depth=int(params.get("depth", 2)), key_order=str(params.get("key_order", "path")),
@@ -82,9 +82,9 @@ class StorageSweepPlanOperator(_StorageOperator):
         self.shards = shards
 
     def execute(self, context: Any) -> list[dict[str, Any]]:
-        from csl import integrity
         from csl.db import Database
         from csl.errors import StorageError
+        from csl.storage import integrity
 
         options = _options(context["params"], self.settings)
         providers = self.storage_providers()
@@ -118,9 +118,9 @@ class StorageSweepShardOperator(_StorageOperator):
         self.shard = shard
 
     def execute(self, context: Any) -> dict[str, Any]:
-        from csl import integrity
         from csl.db import Database
         from csl.errors import StorageError
+        from csl.storage import integrity
 
         shard = self.shard
         cells = shard["cells"]
@@ -143,7 +143,7 @@ class StorageSweepShardOperator(_StorageOperator):
 
     @staticmethod
     def _failed(db: Any, shard: dict[str, Any], exc: BaseException) -> None:
-        from csl import integrity
+        from csl.storage import integrity
 
         with db.connect_direct() as conn:
             integrity.record_shard_failure(conn, sweep_id=shard["sweep_id"], shard=shard["shard"],
@@ -161,9 +161,9 @@ class StorageSweepReportOperator(CslBaseOperator):
         self.plan_task_id = plan_task_id
 
     def execute(self, context: Any) -> dict[str, Any]:
-        from csl import integrity
         from csl.db import Database
         from csl.runs import record_run
+        from csl.storage import integrity
 
         ti = context["ti"]
         plan = ti.xcom_pull(task_ids=self.plan_task_id, key="plan")
@@ -198,7 +198,7 @@ class StorageCleanupOperator(_StorageOperator):
 
     ``dry_run`` None (the Param's default) is automatic: a dry run unless the schedule started
     the run. XCom ``cleanup`` and the return value hold counts and a bounded sample
-    (``csl.cleanup.summarize``); every candidate is in the log."""
+    (``csl.storage.cleanup.summarize``); every candidate is in the log."""
 
     template_fields: Sequence[str] = ("providers", "temp_prefix", "temp_ttl_h", "orphan_grace_h", "max_objects",
                                       "max_share", "dry_run", "purge_quarantine", "quarantine_retention_days")
@@ -212,9 +212,9 @@ class StorageCleanupOperator(_StorageOperator):
         self.purge_quarantine, self.quarantine_retention_days = purge_quarantine, quarantine_retention_days
 
     def execute(self, context: Any) -> dict[str, Any]:
-        from csl import cleanup
         from csl.db import Database
         from csl.runs import record_run
+        from csl.storage import cleanup
 
         run_type = getattr(context["dag_run"], "run_type", None)
         scheduled = getattr(run_type, "value", run_type) == "scheduled"
@@ -252,7 +252,7 @@ class StorageCleanupOperator(_StorageOperator):
 
 class StoragePublicationOperator(CslBaseOperator):
     """Makes every public provider's published bucket hold exactly the approved samples
-    (``csl.publication``): copies verified by SHA-256, withdrawals capped, the edge purged.
+    (``csl.storage.publication``): copies verified by SHA-256, withdrawals capped, the edge purged.
     XCom ``publication`` and the return value hold counts and a bounded sample of keys."""
 
     template_fields: Sequence[str] = ("dry_run", "max_withdrawals", "max_share")
@@ -265,12 +265,11 @@ class StoragePublicationOperator(CslBaseOperator):
     def execute(self, context: Any) -> dict[str, Any]:
         from contextlib import ExitStack
 
-        from csl import publication
+        from csl.cdn import VarnishEdge
         from csl.db import Database
-        from csl.edge import Edge
         from csl.errors import StorageError
         from csl.runs import record_run
-        from csl.storage import StorageProvider
+        from csl.storage import StorageProvider, publication
 
         providers = [StorageProvider(p) for p in self.settings.storage if p.published_bucket]
         if not providers:
@@ -278,7 +277,7 @@ class StoragePublicationOperator(CslBaseOperator):
         dry_run = _truthy(self.dry_run)
         outcomes = []
         with Database(self.settings.require_database()) as db, ExitStack() as stack:
-            edge = stack.enter_context(Edge(self.settings.edge)) if self.settings.edge.enabled else None
+            edge = stack.enter_context(VarnishEdge(self.settings.edge)) if self.settings.edge.enabled else None
             conn = stack.enter_context(db.connect_direct())
             for provider in providers:
                 try:

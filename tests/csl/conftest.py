@@ -5,8 +5,8 @@ from __future__ import annotations
 import psycopg
 import pytest
 
+from csl.devdata.seed import seed
 from csl.migrations import migrate
-from csl.seed import seed
 
 
 @pytest.fixture

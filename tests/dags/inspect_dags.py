@@ -30,8 +30,8 @@ def main() -> None:
     from airflow.sdk.definitions.mappedoperator import MappedOperator
     from airflow.sdk.exceptions import AirflowFailException
 
-    import csl_airflow.operators  # noqa: F401 - the shared glue: its imports count as the DAGs'
-    from csl_airflow.operators import CslBaseOperator
+    import csl_airflow.base  # noqa: F401 - the shared glue: its imports count as the DAGs'
+    from csl_airflow.base import CslBaseOperator
 
     heavy_after_glue = {m.split(".")[0] for m in sys.modules if m.split(".")[0] in HEAVY}
     files = {}

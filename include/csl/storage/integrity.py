@@ -1,0 +1,675 @@
+"""Storage integrity sweep: what the database refers to vs. what every provider really holds.
+
+The key space is cut into **cells** by key prefix: a key deeper than ``depth`` segments
+belongs to the subtree cell of its first ``depth`` segments (``samples/0a/``); a shallower key
+to the *loose* cell of its folder (``samples/*``, ``*`` at the root). Cells come from the
+database and from delimiter listings of every provider, and are dealt out to shards.
+
+A shard sweeps its cells one at a time: the database inventory of the cell (a server-side
+cursor) and each provider's listing of the cell (1,000-key pages) are read **in the same key
+order and merged in one streaming pass**, so memory does not grow with the bucket. Each
+stream is checked to stay in order; a provider that lists in another order stops the shard
+with ``ListingOrderError`` rather than produce false findings.
+
+The database side is every reference column of ``csl.storage.references`` (samples, generation
+results, avatars), URL-form values normalised to keys. Findings
+(``csl_ops.storage_findings``): ``missing`` (a referenced object a provider lacks),
+``orphan`` (an object nothing refers to), ``size_mismatch`` (against the database, or against
+the reference copy when the database does not know the size), ``checksum_mismatch`` (content
+that differs from its own SHA-256 metadata, or metadata that differs from the reference copy)
+and ``fallback_only`` (the primary lacks it, another provider holds it). The reference copy is
+the ``primary`` role's (``csl.storage.reference_order``), never the first provider someone
+typed; a sweep without the primary reports no ``fallback_only``. Objects whose ETags disagree
+between providers, a deterministic sample (``deep_rate``) and every open checksum finding are
+downloaded and hashed, so a corrupt object whose metadata still looks right is caught.
+
+Findings are staged while the shard runs and written in one transaction at its end. Each
+finding records the providers it depends on (its own, plus the reference copy it was compared
+with); open findings of the shard's cells that were not seen again are closed only when the
+sweep listed every provider they depend on, so sweeping some providers never closes the
+others' findings. A provider that is down fails the shard, naming the provider, and writes
+nothing: it never turns into false ``missing`` rows. The sweep never deletes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from csl.errors import CslError, StorageError
+from csl.sqlfiles import load
+from csl.storage import PRIMARY, RESERVED_PREFIXES, ObjectInfo, StorageProvider, reference_order
+from csl.storage.references import REFERENCE_COLUMNS, references_query
+
+__all__ = [
+    "DEFAULT_EXCLUDE",
+    "KEY_ORDERS",
+    "KINDS",
+    "ListingOrderError",
+    "SweepError",
+    "SweepOptions",
+    "cell_of",
+    "discover_cells",
+    "finish_sweep",
+    "open_findings",
+    "plan_shards",
+    "plan_sweep",
+    "record_shard_failure",
+    "run_sweep",
+    "start_sweep",
+    "sweep_shard",
+]
+
+log = logging.getLogger("csl.integrity")
+
+KINDS = ("missing", "orphan", "size_mismatch", "checksum_mismatch", "fallback_only")
+KEY_ORDERS = ("path", "byte")
+# health probes, the cleanup's quarantine and temporary uploads are nobody's orphans
+DEFAULT_EXCLUDE = RESERVED_PREFIXES
+LOOKAHEAD = 2  # cells whose first listing page is fetched ahead of the merge
+
+
+class SweepError(CslError):
+    """The sweep cannot run as asked, or some of its shards failed."""
+
+
+class ListingOrderError(SweepError):
+    """A stream came out of order: the merge would report false findings, so it stops."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class SweepOptions:
+    depth: int = 2
+    key_order: str = "path"
+    deep_rate: float = 0.0
+    prefix: str = ""
+    exclude: tuple[str, ...] = DEFAULT_EXCLUDE
+    buckets: tuple[str, ...] = ()  # bucket names URL-form references may carry; () = the swept providers'
+    references: tuple[tuple[str, str], ...] = REFERENCE_COLUMNS
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.depth <= 8:
+            raise SweepError(f"depth must be 1..8, got {self.depth}")
+        if self.key_order not in KEY_ORDERS:
+            raise SweepError(f"key_order must be one of {', '.join(KEY_ORDERS)}, got {self.key_order!r}")
+        if not 0.0 <= self.deep_rate <= 1.0:
+            raise SweepError(f"deep_rate must be between 0 and 1, got {self.deep_rate}")
+        if any(not e for e in self.exclude):
+            raise SweepError("exclude prefixes must not be empty")
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"depth": self.depth, "key_order": self.key_order, "deep_rate": self.deep_rate,
+                "prefix": self.prefix, "exclude": list(self.exclude), "buckets": list(self.buckets),
+                "references": [list(r) for r in self.references]}
+
+    def query_params(self, providers: Sequence[StorageProvider]) -> dict[str, Any]:
+        return {"depth": self.depth, "prefix": self.prefix,
+                "buckets": list(self.buckets) or sorted({p.bucket for p in providers})}
+
+
+# -- cells -------------------------------------------------------------------------------
+def cell_of(key: str, depth: int) -> str:
+    parts = key.split("/")
+    if len(parts) > depth:
+        return "/".join(parts[:depth]) + "/"
+    return "/".join(parts[:-1]) + ("/" if len(parts) > 1 else "") + "*"
+
+
+def _cell_prefix(cell: str) -> tuple[str, bool]:
+    """(listing prefix, loose?) of a cell."""
+    return (cell[:-1], True) if cell.endswith("*") else (cell, False)
+
+
+def _cell_overlaps(cell: str, prefix: str) -> bool:
+    head, loose = _cell_prefix(cell)
+    if not prefix:
+        return True
+    if loose:  # objects directly under head: the prefix may reach into them
+        return prefix.startswith(head) and "/" not in prefix[len(head):] or head.startswith(prefix)
+    return head.startswith(prefix) or prefix.startswith(head)
+
+
+def _provider_cells(provider: StorageProvider, depth: int, prefix: str = "", level: int = 0) -> Iterator[str]:
+    loose = False
+    for item in provider.list_page_stream(prefix, delimiter="/"):
+        if isinstance(item, ObjectInfo):
+            loose = True
+        elif level + 1 >= depth:
+            yield item
+        else:
+            yield from _provider_cells(provider, depth, item, level + 1)
+    if loose:
+        yield prefix + "*"
+
+
+def discover_cells(conn: psycopg.Connection, providers: Sequence[StorageProvider], options: SweepOptions) -> list[str]:
+    """Every cell that the database or any provider has something in, sorted, minus excluded ones."""
+    query = sql.SQL(load("storage/cells.sql")).format(refs=references_query(options.references))
+    cells = {row[0] for row in conn.execute(query, options.query_params(providers))}
+    for provider in providers:
+        cells.update(_provider_cells(provider, options.depth))
+    chosen = [c for c in cells if _cell_overlaps(c, options.prefix)
+              and not any(_cell_prefix(c)[0].startswith(e) for e in options.exclude)]
+    return sorted(chosen)
+
+
+def plan_shards(cells: Sequence[str], shards: int) -> list[list[str]]:
+    """Contiguous runs of cells, as even as the cell count allows; no empty shard."""
+    if shards < 1:
+        raise SweepError(f"shards must be at least 1, got {shards}")
+    count = min(shards, len(cells))
+    if count == 0:
+        return []
+    size, extra = divmod(len(cells), count)
+    out, start = [], 0
+    for i in range(count):
+        end = start + size + (1 if i < extra else 0)
+        out.append(list(cells[start:end]))
+        start = end
+    return out
+
+
+# -- the merge ----------------------------------------------------------------------------
+def _order_key(key_order: str) -> Callable[[str], Any]:
+    if key_order == "path":
+        return lambda key: key.split("/")
+    return lambda key: key
+
+
+class _Ordered:
+    """A key-sorted stream with one item of look-ahead that refuses to go backwards."""
+
+    def __init__(self, name: str, items: Iterator[Any], key_of: Callable[[Any], str], order: Callable[[str], Any],
+                 *, allow_repeats: bool = False) -> None:
+        self.name = name
+        self._items = items
+        self._key_of = key_of
+        self._order = order
+        self._allow_repeats = allow_repeats
+        self.head: Any = None
+        self.head_order: Any = None
+        self.advance()
+
+    def advance(self) -> None:
+        previous, previous_order = self.head, self.head_order
+        self.head = next(self._items, None)
+        if self.head is None:
+            self.head_order = None
+            return
+        self.head_order = self._order(self._key_of(self.head))
+        if previous is not None and (self.head_order < previous_order or
+                                     (self.head_order == previous_order and not self._allow_repeats)):
+            raise ListingOrderError(
+                f"{self.name} listed {self._key_of(self.head)!r} after {self._key_of(previous)!r}: not in the "
+                "sweep's key order; sweep with the other key_order ('path' for filer-backed stores such as "
+                "SeaweedFS/MinIO, 'byte' for AWS S3)")
+
+    def take(self, order_value: Any) -> list[Any]:
+        taken = []
+        while self.head is not None and self.head_order == order_value:
+            taken.append(self.head)
+            self.advance()
+        return taken
+
+
+@dataclass
+class _Tally:
+    db_refs: int = 0
+    listed: dict[str, int] = field(default_factory=dict)
+    bytes: dict[str, int] = field(default_factory=dict)
+    findings: dict[str, dict[str, int]] = field(default_factory=dict)
+    deep_verified: int = 0
+
+    def add_finding(self, kind: str, provider: str) -> None:
+        per = self.findings.setdefault(kind, {})
+        per[provider] = per.get(provider, 0) + 1
+
+
+def _sampled(key: str, salt: str, rate: float) -> bool:
+    if rate <= 0:
+        return False
+    if rate >= 1:
+        return True
+    digest = hashlib.blake2b(f"{salt}\0{key}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") < rate * 2 ** 64
+
+
+class _Classifier:
+    """Turns one key's database references and per-provider listings into findings.
+
+    ``providers`` come in ``reference_order``: the primary (when swept) is the reference copy.
+    ``emit(kind, key, provider, detail, reference)`` names, besides the provider a finding is
+    about, the provider it was compared with (or None): the finding depends on both listings."""
+
+    def __init__(self, providers: Sequence[StorageProvider], emit: Callable[[str, str, str, dict, str | None], None],
+                 tally: _Tally, *, deep_rate: float, salt: str, recheck: set[tuple[str, str]]) -> None:
+        self.providers = reference_order(providers)
+        self.count = len(providers)
+        self.primary = PRIMARY if any(p.name == PRIMARY for p in providers) else None
+        self.emit = emit
+        self.tally = tally
+        self.deep_rate = deep_rate
+        self.salt = salt
+        self.recheck = recheck  # (key, provider) with an open checksum finding
+
+    def key(self, key: str, refs: list[tuple], held: dict[str, ObjectInfo]) -> None:
+        if refs and len(held) == self.count:  # the common case: referenced, everywhere, alike
+            expected = refs[0][2]
+            first = None
+            for info in held.values():
+                if first is None:
+                    first = info
+                elif info.size != first.size or info.etag != first.etag:
+                    break
+            else:
+                if (expected is None or expected == first.size) and len(refs) == 1 and not (
+                        self.deep_rate and _sampled(key, self.salt, self.deep_rate)) and not (
+                        self.recheck and any((key, name) in self.recheck for name in held)):
+                    return
+        present = [p for p in self.providers if p.name in held]
+        if not refs:
+            for p in present:
+                info = held[p.name]
+                self.emit("orphan", key, p.name, {"size": info.size, "etag": info.etag}, None)
+            return
+        sources = sorted({r[3] for r in refs})
+        if not present:
+            for p in self.providers:
+                self.emit("missing", key, p.name, {"referenced_by": sources, "present_on": []}, None)
+            return
+        names = [p.name for p in present]
+        if self.primary is not None and self.primary not in held:
+            for p in present:
+                self.emit("fallback_only", key, p.name, {"referenced_by": sources, "present_on": names},
+                          self.primary)
+        else:  # the primary holds it, or was not swept: each swept provider answers for itself
+            for p in self.providers:
+                if p.name not in held:
+                    self.emit("missing", key, p.name, {"referenced_by": sources, "present_on": names}, None)
+        expected = next((r[2] for r in refs if r[2] is not None), None)
+        sized_ok = []
+        if expected is not None:
+            for p in present:
+                actual = held[p.name].size
+                if actual != expected:
+                    self.emit("size_mismatch", key, p.name, {"expected": expected, "actual": actual,
+                                                             "expected_from": "database"}, None)
+                else:
+                    sized_ok.append(p)
+        else:
+            reference = held[present[0].name].size
+            sized_ok.append(present[0])
+            for p in present[1:]:
+                actual = held[p.name].size
+                if actual != reference:
+                    self.emit("size_mismatch", key, p.name, {"expected": reference, "actual": actual,
+                                                             "expected_from": present[0].name}, present[0].name)
+                else:
+                    sized_ok.append(p)
+        self._checksums(key, sized_ok, held)
+
+    def _checksums(self, key: str, candidates: list[StorageProvider], held: dict[str, ObjectInfo]) -> None:
+        if not candidates:
+            return
+        etags = {held[p.name].etag for p in candidates}
+        single_part = all("-" not in held[p.name].etag for p in candidates)
+        disagree = len(etags) > 1 and single_part
+        deep = (disagree or _sampled(key, self.salt, self.deep_rate)
+                or any((key, p.name) in self.recheck for p in candidates))
+        if not deep:
+            return
+        hashes: dict[str, tuple[str, str | None]] = {}
+        for p in candidates:
+            got = p.digest(key)
+            if got is not None:
+                hashes[p.name] = got
+        self.tally.deep_verified += 1
+        if not hashes:
+            return
+        flagged = set()
+        for name, (content, meta) in hashes.items():
+            if meta is not None and content != meta:
+                self.emit("checksum_mismatch", key, name, {"metadata_sha256": meta, "content_sha256": content,
+                                                           "found_by": "download"}, None)
+                flagged.add(name)
+        healthy = [(n, h) for n, h in hashes.items() if n not in flagged]
+        if len(healthy) < 2:
+            return
+        ref_name, (ref_content, ref_meta) = healthy[0]
+        for name, (content, meta) in healthy[1:]:
+            if (meta or content) != (ref_meta or ref_content) or content != ref_content:
+                self.emit("checksum_mismatch", key, name, {"sha256": meta or content, "reference": ref_name,
+                                                           "reference_sha256": ref_meta or ref_content,
+                                                           "found_by": "cross-provider"}, ref_name)
+
+
+def _db_stream(conn: psycopg.Connection, providers: Sequence[StorageProvider], cells: Sequence[str],
+               options: SweepOptions) -> Iterator[tuple]:
+    query = sql.SQL(load("storage/inventory.sql")).format(
+        order=sql.Identifier("parts" if options.key_order == "path" else "key"),
+        refs=references_query(options.references))
+    with conn.cursor(name="csl_inventory") as cur:
+        cur.itersize = 5000
+        cur.execute(query, {**options.query_params(providers), "cells": list(cells)})
+        yield from cur
+
+
+def _cell_list_args(cell: str, options: SweepOptions) -> tuple[str, str | None]:
+    """(prefix, delimiter) of the listing that covers a cell."""
+    head, loose = _cell_prefix(cell)
+    return (options.prefix if options.prefix.startswith(head) else head), ("/" if loose else None)
+
+
+def _cell_listing(provider: StorageProvider, cell: str, options: SweepOptions, tally: _Tally,
+                  first: Any = None, executor: Any = None) -> Iterator[ObjectInfo]:
+    prefix, delimiter = _cell_list_args(cell, options)
+    # only exclusions below the listed prefix can match here (excluded cells are never listed)
+    exclude = tuple(e for e in options.exclude if e.startswith(prefix))
+    count = size = 0
+    try:
+        for item in provider.list_page_stream(prefix, delimiter=delimiter, first=first, executor=executor):
+            if item.__class__ is not ObjectInfo:
+                continue  # a sub-folder of a loose cell: its own cells cover it
+            if exclude and item.key.startswith(exclude):
+                continue
+            if item.key.endswith("/") and not item.size:
+                continue  # a folder marker (SeaweedFS lists an emptied folder so), not an object
+            count += 1
+            size += item.size
+            yield item
+    finally:
+        name = provider.name
+        tally.listed[name] = tally.listed.get(name, 0) + count
+        tally.bytes[name] = tally.bytes.get(name, 0) + size
+
+
+def _merge_cell(cell: str, db_rows: Iterator[tuple], providers: Sequence[StorageProvider], options: SweepOptions,
+                classifier: _Classifier, tally: _Tally, *, firsts: dict[str, Any] | None = None,
+                executor: Any = None) -> None:
+    order = _order_key(options.key_order)
+    firsts = firsts or {}
+    streams = [_Ordered("database", db_rows, lambda r: r[1], order, allow_repeats=True)]
+    streams += [_Ordered(f"provider {p.name!r}",
+                         _cell_listing(p, cell, options, tally, first=firsts.get(p.name), executor=executor),
+                         lambda o: o.key, order)
+                for p in providers]  # reference_order, like the classifier's
+    database, listings = streams[0], streams[1:]
+    names = [p.name for p in providers]
+    while True:
+        current = None
+        for stream in streams:
+            if stream.head is not None and (current is None or stream.head_order < current):
+                current = stream.head_order
+        if current is None:
+            return
+        refs = database.take(current) if database.head is not None and database.head_order == current else []
+        tally.db_refs += len(refs)
+        held = {}
+        key = refs[0][1] if refs else None
+        for name, stream in zip(names, listings, strict=True):
+            if stream.head is not None and stream.head_order == current:
+                info = stream.head
+                stream.advance()
+                held[name] = info
+                key = info.key
+        classifier.key(key, refs, held)
+
+
+def _cell_rows(rows: Iterator[tuple]) -> Iterator[tuple[str, Iterator[tuple]]]:
+    """Split the inventory stream (sorted by cell) into per-cell sub-streams."""
+    pending = next(rows, None)
+
+    while pending is not None:
+        cell = pending[0]
+
+        def one_cell(cell: str = cell) -> Iterator[tuple]:
+            nonlocal pending
+            while pending is not None and pending[0] == cell:
+                yield pending
+                pending = next(rows, None)
+
+        sub = one_cell()
+        yield cell, sub
+        for _ in sub:  # drain what the consumer left
+            pass
+
+
+# -- sweep lifecycle -----------------------------------------------------------------------
+def start_sweep(conn: psycopg.Connection, *, run_key: str, providers: Sequence[StorageProvider],
+                options: SweepOptions, cells: int) -> int:
+    """Create (or, on a rerun of the same run, reopen) the sweep's record; returns its id."""
+    row = conn.execute(
+        "INSERT INTO csl_ops.storage_sweeps (run_key, providers, key_order, params, cells) "
+        "VALUES (%s, %s, %s, %s, %s) ON CONFLICT (run_key) DO UPDATE SET status = 'running', "
+        "providers = excluded.providers, params = excluded.params, cells = excluded.cells, finished_at = NULL "
+        "RETURNING id",
+        (run_key, [p.name for p in reference_order(providers)], options.key_order, json.dumps(options.as_dict()),
+         cells),
+    ).fetchone()
+    return row[0]
+
+
+def plan_sweep(conn: psycopg.Connection, providers: Sequence[StorageProvider], *, run_key: str, shards: int,
+               options: SweepOptions) -> tuple[int, list[str], list[list[str]]]:
+    """Find the cells, deal them out to shards and open (or reopen) the sweep's record with no
+    shard results yet; returns (sweep id, every cell, the cells of each shard)."""
+    cells = discover_cells(conn, providers, options)
+    plan = plan_shards(cells, shards)
+    sweep_id = start_sweep(conn, run_key=run_key, providers=providers, options=options, cells=len(cells))
+    conn.execute("DELETE FROM csl_ops.storage_sweep_shards WHERE sweep_id = %s", (sweep_id,))
+    return sweep_id, cells, plan
+
+
+_STAGE = """
+CREATE TEMP TABLE shard_findings (
+    kind text NOT NULL, object_key text NOT NULL, provider text NOT NULL, cell text NOT NULL, detail jsonb NOT NULL,
+    depends_on text[] NOT NULL
+) ON COMMIT DROP
+"""
+
+
+def sweep_shard(connect: Callable[[], Any], providers: Sequence[StorageProvider], *, sweep_id: int, shard: int,
+                cells: Sequence[str], options: SweepOptions) -> dict[str, Any]:
+    """Sweep ``cells`` and write their findings in one transaction; returns the shard summary.
+
+    ``connect()`` returns a context manager yielding a psycopg connection; two are used (the
+    inventory cursor and the staging writer)."""
+    if not providers:
+        raise SweepError("no storage providers configured")
+    providers = reference_order(providers)
+    names = [p.name for p in providers]
+    started = time.perf_counter()
+    tally = _Tally()
+    with connect() as read_conn, connect() as write_conn:
+        read_conn.autocommit = False
+        write_conn.autocommit = False
+        row = write_conn.execute("SELECT providers FROM csl_ops.storage_sweeps WHERE id = %s", (sweep_id,)).fetchone()
+        if row is None or sorted(row[0]) != sorted(names):
+            raise SweepError(f"sweep {sweep_id} was planned for providers {row[0] if row else None}, "
+                             f"not {names}: a shard sweeps what its sweep planned")
+        write_conn.execute(_STAGE)
+        recheck = {(k, p) for k, p in write_conn.execute(
+            "SELECT object_key, provider FROM csl_ops.storage_findings WHERE resolved_at IS NULL "
+            "AND kind = 'checksum_mismatch' AND cell = ANY(%s)", (list(cells),))}
+        with write_conn.cursor() as cur, cur.copy(
+                "COPY shard_findings (kind, object_key, provider, cell, detail, depends_on) FROM STDIN") as copy:
+            current_cell = ""
+
+            def emit(kind: str, key: str, provider: str, detail: dict, reference: str | None) -> None:
+                depends_on = [provider] if reference in (None, provider) else sorted((provider, reference))
+                copy.write_row((kind, key, provider, current_cell, json.dumps(detail), depends_on))
+                tally.add_finding(kind, provider)
+
+            classifier = _Classifier(providers, emit, tally, deep_rate=options.deep_rate,
+                                     salt=str(sweep_id), recheck=recheck)
+            inventory = _cell_rows(_db_stream(read_conn, providers, cells, options))
+            pending = next(inventory, None)
+            # the first page of the next cells' listings is fetched while this cell is merged:
+            # the server's time overlaps ours, and at most LOOKAHEAD pages per provider wait
+            first_pages: dict[tuple[int, str], Any] = {}
+            with ThreadPoolExecutor(max_workers=2 * len(providers), thread_name_prefix="csl-list") as pool:
+                def look_ahead(index: int) -> None:
+                    for i in range(index, min(index + LOOKAHEAD + 1, len(cells))):
+                        prefix, delimiter = _cell_list_args(cells[i], options)
+                        for p in providers:
+                            if (i, p.name) not in first_pages:
+                                first_pages[(i, p.name)] = pool.submit(p.list_page, prefix, delimiter=delimiter)
+
+                for index, cell in enumerate(cells):
+                    current_cell = cell
+                    look_ahead(index)
+                    firsts = {p.name: first_pages.pop((index, p.name)) for p in providers}
+                    rows: Iterator[tuple] = iter(())
+                    if pending is not None and pending[0] == cell:
+                        rows = pending[1]
+                    _merge_cell(cell, rows, providers, options, classifier, tally, firsts=firsts, executor=pool)
+                    if pending is not None and pending[0] == cell:
+                        pending = next(inventory, None)
+                for future in first_pages.values():
+                    future.cancel()
+        read_conn.rollback()
+        new, refreshed = write_conn.execute(load("storage/apply_findings.sql"), {"sweep": sweep_id}).fetchone()
+        closed = write_conn.execute(load("storage/close_findings.sql"),
+                                    {"sweep": sweep_id, "cells": list(cells), "prefix": options.prefix,
+                                     "providers": names}).rowcount
+        summary = {
+            "shard": shard,
+            "providers": names,
+            "cells": len(cells),
+            "db_refs": tally.db_refs,
+            "listed": tally.listed,
+            "bytes": tally.bytes,
+            "findings": tally.findings,
+            "new": new,
+            "still_open": refreshed,
+            "closed": closed,
+            "deep_verified": tally.deep_verified,
+            "duration_s": round(time.perf_counter() - started, 3),
+        }
+        write_conn.execute(
+            "INSERT INTO csl_ops.storage_sweep_shards (sweep_id, shard, cells, providers, status, summary) "
+            "VALUES (%s, %s, %s, %s, 'done', %s) ON CONFLICT (sweep_id, shard) DO UPDATE SET status = 'done', "
+            "cells = excluded.cells, providers = excluded.providers, summary = excluded.summary, error = NULL, "
+            "finished_at = now()",
+            (sweep_id, shard, list(cells), names, json.dumps(summary)))
+        write_conn.commit()
+    log.info("sweep %s shard %s: %s cells, %s references, listed %s, findings %s (new %s, closed %s) in %.1fs",
+             sweep_id, shard, len(cells), tally.db_refs, tally.listed, tally.findings, new, closed,
+             summary["duration_s"])
+    return summary
+
+
+def record_shard_failure(conn: psycopg.Connection, *, sweep_id: int, shard: int, cells: Sequence[str],
+                         error: BaseException) -> None:
+    provider = getattr(error, "provider", None)
+    conn.execute(
+        "INSERT INTO csl_ops.storage_sweep_shards (sweep_id, shard, cells, providers, status, summary, error) "
+        "SELECT %s, %s, %s, providers, 'failed', %s, %s FROM csl_ops.storage_sweeps WHERE id = %s "
+        "ON CONFLICT (sweep_id, shard) DO UPDATE SET status = 'failed', "
+        "summary = excluded.summary, error = excluded.error, finished_at = now()",
+        (sweep_id, shard, list(cells), json.dumps({"provider": provider}), str(error)[:2000], sweep_id))
+
+
+def finish_sweep(conn: psycopg.Connection, *, sweep_id: int, shards: int, all_cells: Sequence[str],
+                 options: SweepOptions) -> dict[str, Any]:
+    """Aggregate the shards. When every shard is done, findings in cells that no longer exist
+    anywhere are closed too (those the swept providers can judge); otherwise the sweep is
+    marked failed and the failures named."""
+    rows = conn.execute("SELECT shard, status, summary, error FROM csl_ops.storage_sweep_shards "
+                        "WHERE sweep_id = %s ORDER BY shard", (sweep_id,)).fetchall()
+    done = [r for r in rows if r[1] == "done"]
+    failed = [{"shard": r[0], "provider": (r[2] or {}).get("provider"), "error": r[3]} for r in rows if r[1] != "done"]
+    missing_shards = sorted(set(range(shards)) - {r[0] for r in rows})
+    summary: dict[str, Any] = {"sweep_id": sweep_id, "shards": shards, "shards_done": len(done),
+                               "cells": len(all_cells), "db_refs": 0, "listed": {}, "bytes": {},
+                               "findings": {}, "new": 0, "closed": 0, "deep_verified": 0, "failed": failed,
+                               "not_run": missing_shards}
+    for _, _, s, _ in done:
+        for name in ("db_refs", "new", "closed", "deep_verified"):
+            summary[name] += s[name]
+        for name in ("listed", "bytes"):
+            for provider, n in s[name].items():
+                summary[name][provider] = summary[name].get(provider, 0) + n
+        for kind, per in s["findings"].items():
+            agg = summary["findings"].setdefault(kind, {})
+            for provider, n in per.items():
+                agg[provider] = agg.get(provider, 0) + n
+    ok = not failed and not missing_shards
+    if ok:
+        summary["closed"] += conn.execute(
+            "UPDATE csl_ops.storage_findings f SET resolved_at = now(), resolved_sweep_id = s.id "
+            "FROM csl_ops.storage_sweeps s WHERE s.id = %s AND f.resolved_at IS NULL "
+            "AND starts_with(f.object_key, %s) AND NOT (f.cell = ANY(%s)) AND f.depends_on <@ s.providers",
+            (sweep_id, options.prefix, list(all_cells))).rowcount
+    duration, summary["providers"] = conn.execute(
+        "SELECT extract(epoch FROM clock_timestamp() - started_at), providers FROM csl_ops.storage_sweeps "
+        "WHERE id = %s", (sweep_id,)).fetchone()
+    summary["duration_s"] = round(float(duration), 3)
+    summary["open_findings"] = dict(conn.execute(
+        "SELECT kind, count(*) FROM csl_ops.storage_findings WHERE resolved_at IS NULL GROUP BY kind").fetchall())
+    conn.execute("UPDATE csl_ops.storage_sweeps SET status = %s, summary = %s, finished_at = now() WHERE id = %s",
+                 ("done" if ok else "failed", json.dumps(summary), sweep_id))
+    return summary
+
+
+def open_findings(conn: psycopg.Connection, *, sweep_id: int | None = None, limit: int | None = None) -> list[dict]:
+    """Open findings (those seen by ``sweep_id`` if given), ordered by kind, key, provider."""
+    query = ("SELECT kind, object_key, provider, detail, first_seen_at, last_seen_at FROM csl_ops.storage_findings "
+             "WHERE resolved_at IS NULL" + (" AND last_sweep_id = %(sweep)s" if sweep_id is not None else "") +
+             " ORDER BY kind, object_key, provider" + (" LIMIT %(limit)s" if limit else ""))
+    return [{"kind": r[0], "key": r[1], "provider": r[2], "detail": r[3], "first_seen_at": r[4].isoformat(),
+             "last_seen_at": r[5].isoformat()}
+            for r in conn.execute(query, {"sweep": sweep_id, "limit": limit})]
+
+
+def _shard_worker(args: tuple) -> dict[str, Any]:
+    settings, sweep_id, shard, cells, options, provider_names = args
+    from csl.db import Database
+
+    providers = [StorageProvider(settings.provider(name)) for name in provider_names]
+    with Database(settings.require_database(), max_pool_size=2) as db:
+        try:
+            return sweep_shard(lambda: db.connect_direct(autocommit=False), providers, sweep_id=sweep_id,
+                               shard=shard, cells=cells, options=options)
+        except (StorageError, SweepError) as exc:
+            with db.connect_direct() as conn:
+                record_shard_failure(conn, sweep_id=sweep_id, shard=shard, cells=cells, error=exc)
+            return {"shard": shard, "error": str(exc), "provider": getattr(exc, "provider", None)}
+
+
+def run_sweep(settings: Any, *, run_key: str, shards: int = 4, workers: int = 2,
+              options: SweepOptions = SweepOptions(), provider_names: Iterable[str] | None = None) -> dict[str, Any]:
+    """The whole sweep without Airflow: plan, shards in ``workers`` processes, finish."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    from csl.db import Database
+
+    names = list(provider_names) if provider_names else [p.name for p in settings.storage]
+    providers = reference_order([StorageProvider(settings.provider(name)) for name in names])
+    names = [p.name for p in providers]
+    if not options.buckets:  # URL-form references may name any configured bucket, swept or not
+        options = replace(options, buckets=tuple(sorted({p.bucket for p in settings.storage})))
+    started = time.perf_counter()
+    with Database(settings.require_database(), max_pool_size=2) as db, db.connect_direct() as conn:
+        sweep_id, cells, plan = plan_sweep(conn, providers, run_key=run_key, shards=shards, options=options)
+        jobs = [(settings, sweep_id, i, cells_, options, names) for i, cells_ in enumerate(plan)]
+        if workers <= 1 or len(jobs) <= 1:
+            results = [_shard_worker(job) for job in jobs]
+        else:
+            with ProcessPoolExecutor(max_workers=min(workers, len(jobs))) as pool:
+                results = list(pool.map(_shard_worker, jobs))
+        summary = finish_sweep(conn, sweep_id=sweep_id, shards=len(plan), all_cells=cells, options=options)
+    summary["duration_s"] = round(time.perf_counter() - started, 3)
+    errors = [r for r in results if "error" in r]
+    if errors:
+        summary["errors"] = errors
+    return summary

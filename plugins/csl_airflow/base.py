@@ -1,0 +1,82 @@
+"""The base of every csl operator: settings from Airflow connections (once per task run), the run's
+``conf`` checked against the declared Params before anything runs, and the helpers that read
+templated Params. Errors that a retry cannot fix raise ``AirflowFailException``."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from functools import cached_property
+from typing import Any
+
+from airflow.sdk import BaseOperator
+from airflow.sdk.exceptions import AirflowFailException
+
+from csl.config import Settings
+from csl.errors import ConfigError
+from csl_airflow.connections import settings_from_connections
+from csl_airflow.params import conf_refusal
+
+__all__ = ["CslBaseOperator", "run_key"]
+
+log = logging.getLogger("csl.airflow")
+
+
+def run_key(context: Any):
+    """The ``csl_ops.task_runs`` key of the running task instance."""
+    from csl.runs import RunKey
+
+    ti = context["ti"]
+    return RunKey(dag_id=ti.dag_id, task_id=ti.task_id, run_id=ti.run_id,
+                  map_index=ti.map_index if ti.map_index is not None else -1, try_number=ti.try_number or 1)
+
+
+class CslBaseOperator(BaseOperator):
+    """Turns Airflow connections into ``csl`` settings (once per task run), and refuses, before
+    the task does anything, a run whose ``conf`` has a key the DAG does not declare as a Param.
+
+    The API server refuses such a trigger with HTTP 400 (``csl_airflow.trigger_guard``); this
+    check also covers what does not pass it (``airflow dags trigger``, TriggerDagRunOperator)."""
+
+    def __init__(self, *, conn_ids: dict[str, str] | None = None, max_replica_lag_s: float | str = 30.0,
+                 **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.conn_ids = conn_ids or {}
+        self.max_replica_lag_s = max_replica_lag_s
+
+    def pre_execute(self, context: Any) -> None:
+        declared = set(self.params or {}) | (set(self.dag.params) if self.has_dag() else set())
+        refusal = conf_refusal(self.dag_id, getattr(context.get("dag_run"), "conf", None), declared)
+        if refusal:
+            raise AirflowFailException(refusal)  # no retry: the same conf would be refused again
+        super().pre_execute(context)
+
+    @cached_property
+    def settings(self) -> Settings:
+        try:
+            return settings_from_connections(self.conn_ids, max_replica_lag_s=self.max_replica_lag_s)
+        except ConfigError as exc:  # a missing or malformed connection: retrying cannot help
+            raise AirflowFailException(f"configuration: {exc}") from exc
+
+
+def _as_list(value: Sequence[str] | str | None) -> list[str]:
+    """A list Param as rendered by a template: a list, JSON text or ``a,b``; null (an emptied form
+    field) is the empty list."""
+    if value is None or (isinstance(value, str) and value.strip() in ("", "null", "None")):
+        return []
+    if isinstance(value, str):
+        import json
+
+        value = json.loads(value) if value.strip().startswith("[") else [v for v in value.split(",") if v]
+    return [str(v).strip() for v in value]
+
+
+def _int_param(value: Any, name: str) -> int:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise AirflowFailException(f"{name}: expected a whole number, got {value!r}") from None
+
+
+def _truthy(value: Any) -> bool:
+    return str(value).strip().lower() in ("true", "1", "yes")
