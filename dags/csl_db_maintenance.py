@@ -21,24 +21,20 @@ Without Airflow: `python -m csl maintenance plan|run`.
 
 from __future__ import annotations
 
-import pendulum
-from airflow.sdk import Param, dag
+from airflow.sdk import Param
 
+from csl_airflow.dags import csl_dag
 from csl_airflow.maintenance import MaintenanceActOperator, MaintenancePlanOperator, MaintenanceReportOperator
 from csl_airflow.params import full_match
 
 IDENTIFIER = "[a-z_][a-z0-9_]{0,62}"
 
 
-@dag(
-    dag_id="csl_db_maintenance",
+@csl_dag(
+    "csl_db_maintenance",
     schedule="30 1 * * *",
-    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
-    catchup=False,
-    max_active_runs=1,
-    tags=["csl", "database", "maintenance"],
+    tags=["database", "maintenance"],
     doc_md=__doc__,
-    default_args={"owner": "csl-platform", "retries": 1, "retry_delay": pendulum.duration(minutes=2)},
     params={
         "dry_run": Param(False, type="boolean", description="Show what would be done, with the evidence; run nothing."),
         "tables": Param([], type=["null", "array"], uniqueItems=True,

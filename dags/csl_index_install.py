@@ -22,22 +22,19 @@ Without Airflow: `python -m csl indexes plan|apply`.
 
 from __future__ import annotations
 
-import pendulum
-from airflow.sdk import Param, dag
+from airflow.sdk import Param
 
+from csl_airflow.dags import csl_dag
 from csl_airflow.maintenance import IndexBuildOperator, IndexPlanOperator, IndexReportOperator
 from csl_airflow.params import full_match
 
 
-@dag(
-    dag_id="csl_index_install",
+@csl_dag(
+    "csl_index_install",
     schedule="@weekly",
-    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
-    catchup=False,
-    max_active_runs=1,
-    tags=["csl", "database", "indexes"],
+    tags=["database", "indexes"],
     doc_md=__doc__,
-    default_args={"owner": "csl-platform", "retries": 0},
+    retries=0,
     params={
         "dry_run": Param(False, type="boolean", description="Show the plan only; build nothing."),
         "only": Param([], type=["null", "array"], uniqueItems=True,

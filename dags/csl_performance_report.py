@@ -30,21 +30,17 @@ Without Airflow: `python -m csl snapshot` and `python -m csl report --window 24h
 
 from __future__ import annotations
 
-import pendulum
-from airflow.sdk import Param, dag
+from airflow.sdk import Param
 
+from csl_airflow.dags import csl_dag
 from csl_airflow.reports import PerfReportOperator, PerfSnapshotOperator
 
 
-@dag(
-    dag_id="csl_performance_report",
+@csl_dag(
+    "csl_performance_report",
     schedule="@hourly",
-    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
-    catchup=False,
-    max_active_runs=1,
-    tags=["csl", "database", "report"],
+    tags=["database", "report"],
     doc_md=__doc__,
-    default_args={"owner": "csl-platform", "retries": 1, "retry_delay": pendulum.duration(minutes=2)},
     params={
         "make_report": Param("auto", type="string", enum=["auto", "always", "never"],
                              description="auto: manual runs always report, scheduled runs only at report_hour_utc; "

@@ -20,8 +20,9 @@ Connections: `csl_db`, `csl_db_replica`, `csl_storage_primary`, `csl_storage_fal
 from __future__ import annotations
 
 import pendulum
-from airflow.sdk import Param, dag
+from airflow.sdk import Param
 
+from csl_airflow.dags import csl_dag
 from csl_airflow.health import HealthSummaryOperator, PlatformHealthOperator
 
 COMPONENTS = ["database.primary", "database.replica", "database.reads", "storage.primary",
@@ -29,16 +30,14 @@ COMPONENTS = ["database.primary", "database.replica", "database.reads", "storage
 STORAGE_PROVIDERS = ["primary", "fallback"]
 
 
-@dag(
-    dag_id="csl_platform_health",
+@csl_dag(
+    "csl_platform_health",
     schedule="@hourly",
-    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
-    catchup=False,
-    max_active_runs=1,
     dagrun_timeout=pendulum.duration(minutes=10),
-    tags=["csl", "health"],
+    tags=["health"],
     doc_md=__doc__,
-    default_args={"owner": "csl-platform", "retries": 0, "execution_timeout": pendulum.duration(minutes=2)},
+    retries=0,
+    default_args={"execution_timeout": pendulum.duration(minutes=2)},
     params={
         "max_replica_lag_s": Param(30, type="number", minimum=0, maximum=3600,
                                    description="Replay lag (seconds) above which the replica counts as down "

@@ -30,8 +30,9 @@ Without Airflow: `python -m csl settlement run|statement|send-payouts|review-pay
 from __future__ import annotations
 
 import pendulum
-from airflow.sdk import Asset, Param, dag
+from airflow.sdk import Asset, Param
 
+from csl_airflow.dags import csl_dag
 from csl_airflow.params import PERIOD_BOUND
 from csl_airflow.settlement import PayoutSendOperator, SettlementOperator, StatementOperator
 
@@ -42,15 +43,14 @@ BOUND = ("an ISO date (midnight UTC) or date-time (UTC unless it gives an offset
          "e.g. 2026-11-01 or 2026-11-01T09:00+01:00")
 
 
-@dag(
-    dag_id="csl_revenue_settlement",
+@csl_dag(
+    "csl_revenue_settlement",
     schedule="0 3 * * *",
-    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
-    catchup=False,
-    max_active_runs=1,
-    tags=["csl", "money", "settlement"],
+    tags=["money", "settlement"],
     doc_md=__doc__,
-    default_args={"owner": "csl-finance", "retries": 2, "retry_delay": pendulum.duration(minutes=5)},
+    owner="csl-finance",
+    retries=2,
+    retry_delay=pendulum.duration(minutes=5),
     params={
         "period_start": Param(None, type=["null", "string"], pattern=PERIOD_BOUND,
                               description=f"Optional: only licences created at or after {BOUND}. Empty = no bound."),

@@ -17,22 +17,18 @@ Quarantine older than `quarantine_retention_days` is deleted only with `purge_qu
 
 from __future__ import annotations
 
-import pendulum
-from airflow.sdk import Param, dag
+from airflow.sdk import Param
 
 from csl.storage import TEMP_PREFIXES
+from csl_airflow.dags import csl_dag
 from csl_airflow.storage import StorageCleanupOperator
 
 
-@dag(
-    dag_id="csl_storage_cleanup",
+@csl_dag(
+    "csl_storage_cleanup",
     schedule="30 4 * * *",
-    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
-    catchup=False,
-    max_active_runs=1,
-    tags=["csl", "storage", "cleanup"],
+    tags=["storage", "cleanup"],
     doc_md=__doc__,
-    default_args={"owner": "csl-platform", "retries": 1, "retry_delay": pendulum.duration(minutes=2)},
     params={
         "dry_run": Param(None, type=["null", "boolean"],
                          description="List what would move; move nothing. Empty = automatic: a dry run when "

@@ -24,22 +24,20 @@ of some providers closes only findings it could judge. Without Airflow:
 from __future__ import annotations
 
 import pendulum
-from airflow.sdk import Asset, Param, dag
+from airflow.sdk import Asset, Param
 
+from csl_airflow.dags import csl_dag
 from csl_airflow.storage import StorageSweepPlanOperator, StorageSweepReportOperator, StorageSweepShardOperator
 
 FINDINGS = Asset(name="csl_storage_findings")
 
 
-@dag(
-    dag_id="csl_storage_integrity",
+@csl_dag(
+    "csl_storage_integrity",
     schedule="0 3 * * *",
-    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
-    catchup=False,
-    max_active_runs=1,
-    tags=["csl", "storage", "integrity"],
+    tags=["storage", "integrity"],
     doc_md=__doc__,
-    default_args={"owner": "csl-platform", "retries": 1, "retry_delay": pendulum.duration(minutes=1)},
+    retry_delay=pendulum.duration(minutes=1),
     params={
         "shards": Param(4, type="integer", minimum=1, maximum=256,
                         description="Mapped sweep tasks; each takes a contiguous run of key-prefix cells."),

@@ -22,21 +22,20 @@ before anything changes. `dry_run` lists what would change. Records:
 from __future__ import annotations
 
 import pendulum
-from airflow.sdk import Param, dag
+from airflow.sdk import Param
 
+from csl_airflow.dags import csl_dag
 from csl_airflow.storage import StoragePublicationOperator
 
 
-@dag(
-    dag_id="csl_storage_publication",
+@csl_dag(
+    "csl_storage_publication",
     schedule="*/10 * * * *",
-    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
-    catchup=False,
-    max_active_runs=1,
     dagrun_timeout=pendulum.duration(minutes=30),
-    tags=["csl", "storage", "publication"],
+    tags=["storage", "publication"],
     doc_md=__doc__,
-    default_args={"owner": "csl-platform", "retries": 2, "retry_delay": pendulum.duration(minutes=1)},
+    retries=2,
+    retry_delay=pendulum.duration(minutes=1),
     params={
         "dry_run": Param(False, type="boolean", description="List what would be published and withdrawn; change nothing."),
         "max_withdrawals": Param(1000, type="integer", minimum=0, maximum=1_000_000,

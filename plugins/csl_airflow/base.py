@@ -51,6 +51,29 @@ class CslBaseOperator(BaseOperator):
             raise AirflowFailException(refusal)  # no retry: the same conf would be refused again
         super().pre_execute(context)
 
+    def database(self):
+        """The platform database (``csl.db.Database``) from the ``csl_db`` connections; a context
+        manager that closes its pools."""
+        from csl.db import Database
+
+        return Database(self.settings.require_database())
+
+    @staticmethod
+    def plan_of(context: Any, task_id: str, key: str) -> Any:
+        """What the run's plan task pushed under ``key``; a clear failure when the plan task failed
+        (this task runs ``all_done`` to report, so it runs then too)."""
+        value = context["ti"].xcom_pull(task_ids=task_id, key=key)
+        if value is None:
+            raise AirflowFailException(f"no plan: the {task_id!r} task failed (see its log)")
+        return value
+
+    @staticmethod
+    def record(db: Any, context: Any, *, status: str, outcome: Any = None, error: str | None = None) -> None:
+        """This task run's row in ``csl_ops.task_runs``: its Params, outcome figures and error."""
+        from csl.runs import record_run
+
+        record_run(db, run_key(context), status=status, params=dict(context["params"]), outcome=outcome, error=error)
+
     @cached_property
     def settings(self) -> Settings:
         try:

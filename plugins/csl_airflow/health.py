@@ -8,7 +8,7 @@ from typing import Any, ClassVar
 
 from airflow.sdk.exceptions import AirflowFailException
 
-from csl_airflow.base import CslBaseOperator, _as_list, run_key
+from csl_airflow.base import CslBaseOperator, _as_list
 
 __all__ = ["HealthSummaryOperator", "PlatformHealthOperator"]
 
@@ -84,10 +84,8 @@ class HealthSummaryOperator(CslBaseOperator):
         self.tolerate = tolerate
 
     def execute(self, context: Any) -> dict[str, Any]:
-        from csl.db import Database
         from csl.errors import CslError
         from csl.health import down_components
-        from csl.runs import record_run
 
         pulled = context["ti"].xcom_pull(task_ids=self.check_task_ids, key="report") or []
         report: dict[str, Any] = {"storage": {}}
@@ -107,10 +105,10 @@ class HealthSummaryOperator(CslBaseOperator):
         failing = [c for c in down if c.split(" ")[0] not in tolerate]
         report.update(down=down, failing=failing, ok=not failing, tolerated=sorted(tolerate))
         try:
-            with Database(self.settings.require_database()) as db:
-                record_run(db, run_key(context), status="success" if not failing else "failed",
-                           params=dict(context["params"]), outcome=report,
-                           error=("down: " + ", ".join(failing)) if failing else None)
+            with self.database() as db:
+                self.record(db, context, status="success" if not failing else "failed",
+                            outcome=report,
+                            error=("down: " + ", ".join(failing)) if failing else None)
         except CslError as exc:  # the primary itself may be what is down
             log.error("could not record the run in csl_ops.task_runs: %s", exc)
         context["ti"].xcom_push(key="summary", value=report)

@@ -9,9 +9,10 @@ from typing import Any, ClassVar
 
 from airflow.sdk.exceptions import AirflowFailException
 
-from csl_airflow.base import CslBaseOperator, _as_list, _int_param, _truthy, run_key
+from csl_airflow.base import CslBaseOperator, _as_list, _int_param, _truthy
 
-__all__ = ["IndexBuildOperator", "IndexPlanOperator", "IndexReportOperator", "MaintenanceActOperator", "MaintenancePlanOperator", "MaintenanceReportOperator"]
+__all__ = ["IndexBuildOperator", "IndexPlanOperator", "IndexReportOperator", "MaintenanceActOperator",
+           "MaintenancePlanOperator", "MaintenanceReportOperator"]
 
 log = logging.getLogger("csl.airflow.maintenance")
 
@@ -33,9 +34,7 @@ class IndexPlanOperator(CslBaseOperator):
         self.dry_run = dry_run
 
     def execute(self, context: Any) -> list[dict[str, Any]]:
-        from csl.db import Database
         from csl.maintenance import indexes
-        from csl.runs import record_run
 
         only = _as_list(self.only) if self.only else []
         full = indexes.load_catalog()
@@ -43,15 +42,14 @@ class IndexPlanOperator(CslBaseOperator):
             chosen = indexes.select(full, only)
         except indexes.CatalogError as exc:
             raise AirflowFailException(str(exc)) from exc
-        with Database(self.settings.require_database()) as db:
+        with self.database() as db:
             with db.connect_direct("primary") as conn:
                 plan = indexes.make_plan(indexes.diff(conn, chosen, full_catalog=full), chosen)
             summary = indexes.plan_summary(plan)
             dry_run = _truthy(self.dry_run)
             log.info("index plan%s:\n%s", " (dry run: nothing will be built)" if dry_run else "",
                      indexes.format_plan(plan))
-            record_run(db, run_key(context), status="success", params=dict(context["params"]),
-                       outcome={"summary": summary, "dry_run": dry_run})
+            self.record(db, context, status="success", outcome={"summary": summary, "dry_run": dry_run})
         context["ti"].xcom_push(key="plan", value=[vars(item) for item in plan])
         context["ti"].xcom_push(key="summary", value=summary)
         if dry_run:
@@ -77,13 +75,12 @@ class IndexBuildOperator(CslBaseOperator):
         self.lock_backoff_s = lock_backoff_s
 
     def execute(self, context: Any) -> dict[str, Any]:
-        from csl.db import Database
         from csl.maintenance import indexes
 
         item = indexes.PlanItem(**self.item)
         context["index_name"] = item.name  # for map_index_template
         declared = {d.name: d for d in indexes.load_catalog()}[item.name]
-        with Database(self.settings.require_database()) as db:
+        with self.database() as db:
             try:
                 result = indexes.build_index(
                     lambda: db.connect_direct("primary"), item, declared,
@@ -115,13 +112,9 @@ class IndexReportOperator(CslBaseOperator):
         self.build_task_id = build_task_id
 
     def execute(self, context: Any) -> dict[str, Any]:
-        from csl.db import Database
-        from csl.runs import record_run
 
         ti = context["ti"]
-        summary = ti.xcom_pull(task_ids=self.plan_task_id, key="summary")
-        if summary is None:
-            raise AirflowFailException("no plan: the plan task failed (see its log)")
+        summary = self.plan_of(context, self.plan_task_id, "summary")
         builds = [b for b in (ti.xcom_pull(task_ids=[self.build_task_id], key="build") or []) if b]
         failed = [b for b in builds if b["status"] != "success"]
         missing = sorted(set(summary["to_build"]) - {b["name"] for b in builds}) if builds or summary["to_build"] else []
@@ -135,10 +128,10 @@ class IndexReportOperator(CslBaseOperator):
             "blocked": summary.get("blocked", []),  # e.g. a unique index while duplicates exist: never attempted
             "total_build_ms": sum(b["duration_ms"] for b in builds),
         }
-        with Database(self.settings.require_database()) as db:
-            record_run(db, run_key(context), status="failed" if failed or report["not_run"] else "success",
-                       params=dict(context["params"]), outcome=report,
-                       error=", ".join(b["name"] for b in failed) or None)
+        with self.database() as db:
+            self.record(db, context, status="failed" if failed or report["not_run"] else "success",
+                        outcome=report,
+                        error=", ".join(b["name"] for b in failed) or None)
         ti.xcom_push(key="report", value=report)
         if failed or report["not_run"]:
             raise AirflowFailException(
@@ -167,9 +160,7 @@ class MaintenancePlanOperator(CslBaseOperator):
         import dataclasses
         import time
 
-        from csl.db import Database
         from csl.maintenance import vacuum
-        from csl.runs import record_run
 
         try:
             policy = vacuum.Policy(mode=str(self.mode), dead_ratio=float(self.dead_ratio),
@@ -177,7 +168,7 @@ class MaintenancePlanOperator(CslBaseOperator):
                                    tables=tuple(_as_list(self.tables) if self.tables else ()))
         except (vacuum.MaintenanceError, ValueError) as exc:
             raise AirflowFailException(str(exc)) from exc
-        with Database(self.settings.require_database()) as db:
+        with self.database() as db:
             with db.connect_direct("primary") as conn:
                 try:
                     chosen, skipped = vacuum.choose(vacuum.gather(conn), vacuum.settings(conn), policy)
@@ -187,9 +178,9 @@ class MaintenancePlanOperator(CslBaseOperator):
             log.info("maintenance plan%s:\n%s", " (dry run: nothing will run)" if dry_run else "",
                      vacuum.format_plan(chosen, skipped))
             plan = [dataclasses.asdict(c) for c in chosen]
-            record_run(db, run_key(context), status="success", params=dict(context["params"]),
-                       outcome={"chosen": len(plan), "skipped": skipped, "dry_run": dry_run,
-                                "tables": [f"{c['schema']}.{c['table']} ({c['reason']})" for c in plan]})
+            self.record(db, context, status="success",
+                        outcome={"chosen": len(plan), "skipped": skipped, "dry_run": dry_run,
+                                 "tables": [f"{c['schema']}.{c['table']} ({c['reason']})" for c in plan]})
         ti = context["ti"]
         ti.xcom_push(key="plan", value={"chosen": plan, "skipped": skipped, "started_at": time.time(),
                                         "dry_run": dry_run})
@@ -216,14 +207,13 @@ class MaintenanceActOperator(CslBaseOperator):
     def execute(self, context: Any) -> dict[str, Any]:
         import time
 
-        from csl.db import Database
         from csl.maintenance import vacuum
 
         candidate = vacuum.candidate_from_dict(self.candidate)
         context["table_name"] = candidate.qualified  # for map_index_template
         plan = context["ti"].xcom_pull(task_ids=self.plan_task_id, key="plan") or {}
         budget = float(self.max_duration_s)
-        with Database(self.settings.require_database()) as db:
+        with self.database() as db:
             connect = lambda: db.connect_direct("primary")
             if time.time() - plan.get("started_at", time.time()) > budget:
                 result = vacuum.ActionResult(candidate.schema, candidate.table, candidate.reason, candidate.action,
@@ -252,23 +242,19 @@ class MaintenanceReportOperator(CslBaseOperator):
         self.act_task_id = act_task_id
 
     def execute(self, context: Any) -> dict[str, Any]:
-        from csl.db import Database
         from csl.maintenance import vacuum
-        from csl.runs import record_run
 
         ti = context["ti"]
-        plan = ti.xcom_pull(task_ids=self.plan_task_id, key="plan")
-        if plan is None:
-            raise AirflowFailException("no plan: the plan task failed (see its log)")
+        plan = self.plan_of(context, self.plan_task_id, "plan")
         actions = [a for a in (ti.xcom_pull(task_ids=[self.act_task_id], key="action") or []) if a]
         report = {"chosen": len(plan["chosen"]), "skipped_by_policy": plan["skipped"], "dry_run": plan["dry_run"],
                   **vacuum.summarise(actions)}
         missing = len(plan["chosen"]) - len(actions) if not plan["dry_run"] else 0
         failed = report["by_status"].get("failed", 0) + max(missing, 0)
-        with Database(self.settings.require_database()) as db:
-            record_run(db, run_key(context), status="failed" if failed else "success",
-                       params=dict(context["params"]), outcome=report,
-                       error=f"{failed} action(s) failed or never ran" if failed else None)
+        with self.database() as db:
+            self.record(db, context, status="failed" if failed else "success",
+                        outcome=report,
+                        error=f"{failed} action(s) failed or never ran" if failed else None)
         ti.xcom_push(key="report", value=report)
         if failed:
             raise AirflowFailException(f"{failed} maintenance action(s) failed or never ran: {report['tables']}")

@@ -20,7 +20,7 @@ from urllib.parse import quote
 from airflow.sdk import BaseOperatorLink
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
-from csl_airflow.base import CslBaseOperator, _as_list, _int_param, run_key
+from csl_airflow.base import CslBaseOperator, _as_list, _int_param
 
 __all__ = ["DAG_ID", "REPORTS_URL_PREFIX", "PerfReportOperator", "PerfSnapshotOperator", "ReportLink",
            "create_app", "external_view", "fastapi_app_entry"]
@@ -79,13 +79,11 @@ class PerfSnapshotOperator(CslBaseOperator):
         self.out_dir = out_dir
 
     def execute(self, context: Any) -> dict[str, Any]:
-        from csl.db import Database
         from csl.reports import capture, prune, prune_reports, replicas_of
-        from csl.runs import record_run
 
         days = _days(self.retention_days, "retention_days")
         report_days = _days(self.report_retention_days, "report_retention_days")
-        with Database(self.settings.require_database()) as db:
+        with self.database() as db:
             with db.connect_direct("primary") as conn:
                 snap = capture(conn, replicas=replicas_of(db))
                 pruned = prune(conn, retention_days=days)
@@ -94,7 +92,7 @@ class PerfSnapshotOperator(CslBaseOperator):
             outcome = {"snapshot_id": snap.id, "taken_at": snap.taken_at.isoformat(), "rows_written": snap.rows_written,
                        "capture_ms": snap.capture_ms, "replicas": snap.replicas, "pruned": pruned,
                        "reports_pruned": reports_pruned}
-            record_run(db, run_key(context), status="success", params=dict(context["params"]), outcome=outcome)
+            self.record(db, context, status="success", outcome=outcome)
         log.info("snapshot %s: %d rows in %d ms (replicas: %s), %d old snapshot(s) and %d old report(s) removed",
                  snap.id, snap.rows_written, snap.capture_ms, snap.replicas or "none", pruned, reports_pruned["reports"])
         return outcome
@@ -143,9 +141,7 @@ class PerfReportOperator(CslBaseOperator):
         return True, f"scheduled run at the report hour {hour:02d}:00 UTC"
 
     def execute(self, context: Any) -> dict[str, Any]:
-        from csl.db import Database
         from csl.reports import ReportParams, ReportParamsError, make_report, replicas_of
-        from csl.runs import record_run
 
         due, why = self._due(context)
         if not due:
@@ -167,7 +163,7 @@ class PerfReportOperator(CslBaseOperator):
         ti = context["ti"]
         snap = ti.xcom_pull(task_ids=self.snapshot_task_id) or {}
         key = f"{ti.dag_id}/{ti.run_id}"
-        with Database(self.settings.require_database()) as db:
+        with self.database() as db:
             with db.connect_direct("primary") as conn:
                 result = make_report(conn, params, run_key=key, out_dir=Path(self.out_dir) if self.out_dir else reports_dir(),
                                      snapshot_id=snap.get("snapshot_id"), replicas=replicas_of(db),
@@ -175,7 +171,7 @@ class PerfReportOperator(CslBaseOperator):
             outcome = {"report_id": result["id"], "path": result["path"], "summary": result["summary"],
                        "notes": result["meta"]["notes"], "duration_s": result["duration_s"],
                        "html_bytes": result["html_bytes"], "pruned": result["pruned"]}
-            record_run(db, run_key(context), status="success", params=dict(context["params"]), outcome=outcome)
+            self.record(db, context, status="success", outcome=outcome)
         ti.xcom_push(key="report_id", value=result["id"])
         log.info("report %s: %s; %s", result["id"], result["summary"], "; ".join(result["meta"]["notes"]) or "no notes")
         for rec in result["report"]["recommendations"][:20]:

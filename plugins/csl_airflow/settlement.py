@@ -10,7 +10,7 @@ from typing import Any
 from airflow.sdk.exceptions import AirflowFailException
 
 from csl.errors import ConfigError
-from csl_airflow.base import CslBaseOperator, _int_param, _truthy, run_key
+from csl_airflow.base import CslBaseOperator, _int_param, _truthy
 
 __all__ = ["PayoutSendOperator", "SettlementOperator", "StatementOperator"]
 
@@ -37,8 +37,6 @@ class SettlementOperator(CslBaseOperator):
         from collections import Counter
 
         from csl import settlement
-        from csl.db import Database
-        from csl.runs import record_run
 
         def optional(value: Any) -> str | None:
             return None if value in (None, "", "None") else str(value)
@@ -51,18 +49,18 @@ class SettlementOperator(CslBaseOperator):
         except settlement.SettlementParamsError as exc:
             raise AirflowFailException(str(exc)) from exc
         ti = context["ti"]
-        with Database(self.settings.require_database()) as db, db.connect_direct("primary") as conn:
+        with self.database() as db, db.connect_direct("primary") as conn:
             try:  # SettlementBusy / SettlementRace (the platform wrote a split meanwhile) raise: Airflow retries
                 outcome = settlement.settle(conn, params, run_key=f"{ti.dag_id}/{ti.run_id}")
             except settlement.GateFailed as exc:
                 ti.xcom_push(key="gate", value=exc.outcome["gate"])
                 ti.xcom_push(key="findings", value=exc.outcome["findings"][:200])
-                record_run(db, run_key(context), status="failed", params=dict(context["params"]),
-                           outcome={k: v for k, v in exc.outcome.items() if k not in ("findings",)}, error=str(exc))
+                self.record(db, context, status="failed", error=str(exc),
+                            outcome={k: v for k, v in exc.outcome.items() if k != "findings"})
                 raise AirflowFailException(f"{exc}; {len(exc.outcome['findings'])} finding(s), see XCom 'findings'") from exc
-            record_run(db, run_key(context), status="success", params=dict(context["params"]),
-                       outcome={k: v for k, v in outcome.items() if k not in ("findings", "payouts")}
-                       | {"payouts": len(outcome.get("payouts", []))})
+            self.record(db, context, status="success",
+                        outcome={k: v for k, v in outcome.items() if k not in ("findings", "payouts")}
+                        | {"payouts": len(outcome.get("payouts", []))})
         summary = {k: outcome.get(k) for k in ("status", "run_id", "due", "licences", "held", "splits_reused",
                                               "splits_paid_before", "by_currency", "clawbacks", "timings_s")}
         summary["payouts"] = len(outcome.get("payouts", []))
@@ -92,7 +90,6 @@ class PayoutSendOperator(CslBaseOperator):
         from airflow.sdk.exceptions import AirflowSkipException
 
         from csl import settlement
-        from csl.db import Database
 
         if not _truthy(self.enabled):
             raise AirflowSkipException("send_payouts is false: instructions stay 'instructed'")
@@ -107,7 +104,7 @@ class PayoutSendOperator(CslBaseOperator):
         except ConfigError as exc:
             raise AirflowFailException(f"{self.payouts_conn_id}: {exc}") from exc
         try:
-            with Database(self.settings.require_database()) as db, db.connect_direct("primary") as conn:
+            with self.database() as db, db.connect_direct("primary") as conn:
                 result = sender.send(conn)
         except ConfigError as exc:  # settlement.PayoutConfigError: payouts untouched
             raise AirflowFailException(f"{self.payouts_conn_id}: {exc}") from exc
@@ -136,7 +133,6 @@ class StatementOperator(CslBaseOperator):
         from pathlib import Path
 
         from csl import settlement
-        from csl.db import Database
 
         root = Path(self.out_dir or os.environ.get("CSL_REPORTS_DIR")
                     or Path(os.environ.get("AIRFLOW_HOME", ".")) / "csl_reports")
@@ -144,7 +140,7 @@ class StatementOperator(CslBaseOperator):
         folder.mkdir(parents=True, exist_ok=True)
         safe_run = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in context["ti"].run_id)
         path = folder / f"statement_{safe_run}.csv"
-        with (Database(self.settings.require_database()) as db, db.connect_direct("primary") as conn,
+        with (self.database() as db, db.connect_direct("primary") as conn,
               path.open("w", newline="") as out):
             rows = settlement.write_statement(conn, out)
         log.info("statement: %d postings in %s", rows, path)

@@ -10,7 +10,7 @@ from typing import Any, ClassVar
 
 from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
-from csl_airflow.base import CslBaseOperator, _as_list, _int_param, _truthy, run_key
+from csl_airflow.base import CslBaseOperator, _as_list, _int_param, _truthy
 
 __all__ = [
     "StorageCleanupOperator",
@@ -82,14 +82,13 @@ class StorageSweepPlanOperator(_StorageOperator):
         self.shards = shards
 
     def execute(self, context: Any) -> list[dict[str, Any]]:
-        from csl.db import Database
         from csl.errors import StorageError
         from csl.storage import integrity
 
         options = _options(context["params"], self.settings)
         providers = self.storage_providers()
         shards = _int_param(self.shards, "shards")
-        with Database(self.settings.require_database()) as db, db.connect_direct() as conn:
+        with self.database() as db, db.connect_direct() as conn:
             try:
                 sweep_id, cells, plan = integrity.plan_sweep(conn, providers, run_key=context["ti"].run_id,
                                                              shards=shards, options=options)
@@ -118,7 +117,6 @@ class StorageSweepShardOperator(_StorageOperator):
         self.shard = shard
 
     def execute(self, context: Any) -> dict[str, Any]:
-        from csl.db import Database
         from csl.errors import StorageError
         from csl.storage import integrity
 
@@ -127,7 +125,7 @@ class StorageSweepShardOperator(_StorageOperator):
         context["shard_name"] = f"{shard['shard']}: {cells[0]} … {cells[-1]}" if cells else str(shard["shard"])
         options = _options(context["params"], self.settings)
         providers = self.storage_providers()
-        with Database(self.settings.require_database()) as db:
+        with self.database() as db:
             try:
                 summary = integrity.sweep_shard(lambda: db.connect_direct(autocommit=False), providers,
                                                 sweep_id=shard["sweep_id"], shard=shard["shard"], cells=cells,
@@ -161,24 +159,20 @@ class StorageSweepReportOperator(CslBaseOperator):
         self.plan_task_id = plan_task_id
 
     def execute(self, context: Any) -> dict[str, Any]:
-        from csl.db import Database
-        from csl.runs import record_run
         from csl.storage import integrity
 
         ti = context["ti"]
-        plan = ti.xcom_pull(task_ids=self.plan_task_id, key="plan")
-        if plan is None:
-            raise AirflowFailException("no plan: the plan task failed (see its log)")
+        plan = self.plan_of(context, self.plan_task_id, "plan")
         options = _options(context["params"], self.settings)
-        with Database(self.settings.require_database()) as db:
+        with self.database() as db:
             with db.connect_direct() as conn:
                 summary = integrity.finish_sweep(conn, sweep_id=plan["sweep_id"], shards=plan["shards"],
                                                  all_cells=plan["cells"], options=options)
             failed = summary["failed"] + [{"shard": s, "provider": None, "error": "never ran"}
                                           for s in summary["not_run"]]
-            record_run(db, run_key(context), status="failed" if failed else "success",
-                       params=dict(context["params"]), outcome=summary,
-                       error="; ".join(f"shard {f['shard']}: {f['error']}" for f in failed) or None)
+            self.record(db, context, status="failed" if failed else "success",
+                        outcome=summary,
+                        error="; ".join(f"shard {f['shard']}: {f['error']}" for f in failed) or None)
         ti.xcom_push(key="summary", value=summary)
         counts = {kind: sum(per.values()) for kind, per in summary["findings"].items()}
         log.info("sweep %s: %s references, listed %s, findings %s (new %s, closed %s), open now %s",
@@ -212,8 +206,6 @@ class StorageCleanupOperator(_StorageOperator):
         self.purge_quarantine, self.quarantine_retention_days = purge_quarantine, quarantine_retention_days
 
     def execute(self, context: Any) -> dict[str, Any]:
-        from csl.db import Database
-        from csl.runs import record_run
         from csl.storage import cleanup
 
         run_type = getattr(context["dag_run"], "run_type", None)
@@ -221,7 +213,7 @@ class StorageCleanupOperator(_StorageOperator):
         dry_run = cleanup.resolve_dry_run(_optional_bool(self.dry_run), scheduled=scheduled)
         log.info("%s run (dry_run Param %r, run type %s)", "dry" if dry_run else "real", self.dry_run, run_type)
         providers = self.storage_providers()
-        with Database(self.settings.require_database()) as db:
+        with self.database() as db:
             try:
                 cleanup.check_temp_prefix(str(self.temp_prefix))
                 with db.connect_direct() as conn:
@@ -234,10 +226,10 @@ class StorageCleanupOperator(_StorageOperator):
                                                              "quarantine_retention_days"),
                         buckets=sorted({p.bucket for p in self.settings.storage}))
             except cleanup.CleanupError as exc:  # a cap, a bad prefix or share: nothing was touched
-                record_run(db, run_key(context), status="failed", params=dict(context["params"]), error=str(exc))
+                self.record(db, context, status="failed", error=str(exc))
                 raise AirflowFailException(str(exc)) from exc
             outcome = cleanup.summarize(result)
-            record_run(db, run_key(context), status="success", params=dict(context["params"]), outcome=outcome)
+            self.record(db, context, status="success", outcome=outcome)
         verb = "would move" if result["dry_run"] else "moved"
         for c in result["candidates"]:
             log.info("%s %s on %s (%s, %s bytes, last modified %s)", verb, c["key"], c["provider"], c["reason"],
@@ -266,9 +258,7 @@ class StoragePublicationOperator(CslBaseOperator):
         from contextlib import ExitStack
 
         from csl.cdn import VarnishEdge
-        from csl.db import Database
         from csl.errors import StorageError
-        from csl.runs import record_run
         from csl.storage import StorageProvider, publication
 
         providers = [StorageProvider(p) for p in self.settings.storage if p.published_bucket]
@@ -276,7 +266,7 @@ class StoragePublicationOperator(CslBaseOperator):
             raise AirflowFailException("no storage provider publishes anything (set public_bucket on one)")
         dry_run = _truthy(self.dry_run)
         outcomes = []
-        with Database(self.settings.require_database()) as db, ExitStack() as stack:
+        with self.database() as db, ExitStack() as stack:
             edge = stack.enter_context(VarnishEdge(self.settings.edge)) if self.settings.edge.enabled else None
             conn = stack.enter_context(db.connect_direct())
             for provider in providers:
@@ -289,7 +279,7 @@ class StoragePublicationOperator(CslBaseOperator):
                 except publication.PublicationBusy as exc:  # the CLI publishes now: retried
                     raise AirflowException(str(exc)) from exc
                 except publication.PublicationError as exc:  # a cap or a bad Param: nothing was changed
-                    record_run(db, run_key(context), status="failed", params=dict(context["params"]), error=str(exc))
+                    self.record(db, context, status="failed", error=str(exc))
                     raise AirflowFailException(str(exc)) from exc
                 except StorageError as exc:
                     raise _storage_failure(exc, str(exc)) from exc
@@ -310,8 +300,8 @@ class StoragePublicationOperator(CslBaseOperator):
             outcome = {"providers": outcomes, "dry_run": dry_run}
             error = "; ".join(f"provider {o['provider']!r}: {o['copy_failed']} copies did not match their sound "
                               "original (deleted, not published; a retry copies them again)" for o in failed)
-            record_run(db, run_key(context), status="failed" if failed else "success",
-                       params=dict(context["params"]), outcome=outcome, error=error or None)
+            self.record(db, context, status="failed" if failed else "success",
+                        outcome=outcome, error=error or None)
         context["ti"].xcom_push(key="publication", value=outcome)
         if failed:
             raise AirflowException(error)  # retried: a copy can fail in transit
