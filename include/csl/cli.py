@@ -17,15 +17,10 @@ from typing import Any
 from csl.cliargs import number
 from csl.cliargs import print_result as _print
 from csl.config import Settings, load_env_file
-from csl.errors import ConfigError, CslError, SeedError
-from csl.maintenance.indexes import CatalogError
-from csl.maintenance.vacuum import MaintenanceError
-from csl.reports import ReportParamsError
+from csl.errors import BadInput, ConfigError, CslError
 from csl.reports.cli import add_cli as add_report_cli
 from csl.settlement import SettlementParamsError
-from csl.storage.cleanup import CleanupError
 from csl.storage.cli import add_cli as add_storage_cli
-from csl.storage.publication import PublicationError
 
 __all__ = ["main"]
 
@@ -38,7 +33,7 @@ def _int(lo: int, hi: int):
 
 def _period(text: str):
     """An ISO date or date-time (``csl.settlement.parse_period``), refused by argparse (exit 2)."""
-    from csl.settlement import SettlementParamsError, parse_period
+    from csl.settlement import parse_period
 
     try:
         return parse_period(text)
@@ -372,14 +367,10 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"csl: configuration error: {exc}", file=sys.stderr)
         return 2
-    except (CatalogError, MaintenanceError, SettlementParamsError, CleanupError, PublicationError,
-            ReportParamsError) as exc:  # bad names or parameters, a cap: refused before any change
+    except BadInput as exc:  # bad names, parameters or a refusal such as a cap: before any change
         print(f"csl: {exc}", file=sys.stderr)
         return 2
-    except SeedError as exc:  # a request the data set cannot satisfy (scale, reset needed)
-        print(f"csl: {exc}", file=sys.stderr)
-        return 2
-    except CslError as exc:
+    except CslError as exc:  # a problem found, or something to try again later
         print(f"csl: {exc}", file=sys.stderr)
         return 1
     except OSError as exc:  # psycopg.OperationalError is not one: handled below

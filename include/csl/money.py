@@ -13,16 +13,16 @@ from __future__ import annotations
 
 from decimal import Decimal
 
-from csl.errors import CslError
+from csl.errors import BadInput
 
 __all__ = ["CURRENCY_EXPONENTS", "SubUnitAmount", "UnsupportedCurrency", "exponent", "from_minor", "to_minor"]
 
 
-class UnsupportedCurrency(CslError, ValueError):
+class UnsupportedCurrency(BadInput, ValueError):
     """A currency code that is not an active ISO 4217 currency with a minor unit."""
 
 
-class SubUnitAmount(CslError, ValueError):
+class SubUnitAmount(BadInput, ValueError):
     """An amount with a real part below the currency's minor unit."""
 
 

@@ -4,16 +4,17 @@ templated Params. Errors that a retry cannot fix raise ``AirflowFailException``.
 
 from __future__ import annotations
 
+import functools
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import cached_property
 from typing import Any
 
 from airflow.sdk import BaseOperator
-from airflow.sdk.exceptions import AirflowFailException
+from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
 from csl.config import Settings
-from csl.errors import ConfigError
+from csl.errors import BadInput, ConfigError, ProblemFound, Transient
 from csl_airflow.connections import settings_from_connections
 from csl_airflow.params import conf_refusal
 
@@ -31,12 +32,34 @@ def run_key(context: Any):
                   map_index=ti.map_index if ti.map_index is not None else -1, try_number=ti.try_number or 1)
 
 
+def map_errors(execute: Callable[..., Any]) -> Callable[..., Any]:
+    """``execute`` with csl's error kinds (``csl.errors``) mapped to Airflow's, in one place: a
+    ``Transient`` error is raised for a retry, ``BadInput`` and ``ProblemFound`` fail the task
+    without one (the same input would be refused again, the same problem found again)."""
+
+    @functools.wraps(execute)
+    def run(self: Any, context: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return execute(self, context, *args, **kwargs)
+        except Transient as exc:
+            raise AirflowException(f"{exc} (retried)") from exc
+        except (BadInput, ProblemFound) as exc:
+            raise AirflowFailException(str(exc)) from exc
+
+    return run
+
+
 class CslBaseOperator(BaseOperator):
     """Turns Airflow connections into ``csl`` settings (once per task run), and refuses, before
     the task does anything, a run whose ``conf`` has a key the DAG does not declare as a Param.
 
     The API server refuses such a trigger with HTTP 400 (``csl_airflow.trigger_guard``); this
     check also covers what does not pass it (``airflow dags trigger``, TriggerDagRunOperator)."""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "execute" in cls.__dict__:  # every concrete operator's execute maps csl's errors the same way
+            cls.execute = map_errors(cls.__dict__["execute"])
 
     def __init__(self, *, conn_ids: dict[str, str] | None = None, max_replica_lag_s: float | str = 30.0,
                  **kwargs: Any) -> None:

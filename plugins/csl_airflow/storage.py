@@ -94,7 +94,7 @@ class StorageSweepPlanOperator(_StorageOperator):
                                                              shards=shards, options=options)
             except StorageError as exc:  # down: retry later; refusing (credentials, bucket): fail now
                 raise _storage_failure(exc, f"cannot list provider {exc.provider!r}: {exc}") from exc
-            except integrity.SweepError as exc:
+            except (integrity.SweepError, integrity.ListingOrderError) as exc:
                 raise AirflowFailException(str(exc)) from exc
         context["ti"].xcom_push(key="plan", value={"sweep_id": sweep_id, "cells": cells, "shards": len(plan),
                                                    "providers": [p.name for p in providers]})

@@ -13,7 +13,7 @@ from urllib.parse import parse_qsl, urlsplit
 import psycopg
 import pytest
 
-from ..csl.test_settlement import API_KEY, FakeStripe, verified_accounts
+from ..csl.settlement.test_settlement import API_KEY, FakeStripe, verified_accounts
 from .conftest import ensure_settled, run_dag
 
 pytestmark = pytest.mark.e2e

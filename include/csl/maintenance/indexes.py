@@ -29,7 +29,7 @@ from typing import Any, Self
 import psycopg
 from psycopg import sql
 
-from csl.errors import CslError
+from csl.errors import BadInput, ProblemFound
 from csl.sqlfiles import sql_dir
 
 __all__ = [
@@ -54,11 +54,11 @@ _STMT = re.compile(r"^CREATE\s+(?P<unique>UNIQUE\s+)?INDEX\s+(?:CONCURRENTLY\s+)
                    r"(?P<name>\w+)\s+ON\s+(?:ONLY\s+)?(?P<table>\w+)\b(?P<rest>.*)$", re.IGNORECASE | re.DOTALL)
 
 
-class CatalogError(CslError):
+class CatalogError(BadInput):
     """The catalog file is malformed, or a request names an index it does not declare."""
 
 
-class IndexBuildError(CslError):
+class IndexBuildError(ProblemFound):
     """A build failed; the message says why, and any INVALID leftover was removed."""
 
     def __init__(self, message: str, *, result: BuildResult) -> None:

@@ -30,7 +30,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from csl.errors import CslError
+from csl.errors import BadInput
 from csl.sqlfiles import load
 
 __all__ = [
@@ -56,7 +56,7 @@ MODES = ("auto", "analyze", "vacuum", "freeze")
 REASON_ORDER = {"wraparound": 0, "dead_tuples": 1, "stale_statistics": 2, "insert_only": 3, "requested": 4}
 
 
-class MaintenanceError(CslError):
+class MaintenanceError(BadInput):
     """A request the maintenance pipeline refuses (unknown table, bad mode or factor)."""
 
 

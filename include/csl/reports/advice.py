@@ -31,7 +31,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from csl.errors import CslError
+from csl.errors import BadInput
 from csl.reports import sqltext
 from csl.reports.snapshot import MARK
 from csl.sqlfiles import load
@@ -47,7 +47,7 @@ _EQUALITY = re.compile(r'(?:"((?:[^"]|"")+)"|\b([A-Za-z_][A-Za-z0-9_$]*))\s*(?:=
 _names = itertools.count(1)
 
 
-class AdvisorRoleError(CslError):
+class AdvisorRoleError(BadInput):
     """The advisor role is missing, not ours to use, or could write: no advice (the message says which)."""
 
 

@@ -23,7 +23,7 @@ from typing import Any
 import psycopg
 from psycopg.rows import dict_row
 
-from csl.errors import CslError
+from csl.errors import BadInput
 from csl.reports import advice as hypo
 from csl.reports import sqltext
 from csl.reports.snapshot import MARK, ReplicaConnect, Snapshot, capture, get_snapshot
@@ -37,7 +37,7 @@ OWN_QUERIES = MARK  # the report's own capture and analysis statements carry it:
 WRAPAROUND_LIMIT = 2_147_483_647
 
 
-class ReportParamsError(CslError, ValueError):
+class ReportParamsError(BadInput, ValueError):
     """A report parameter is out of range; the message names it."""
 
 

@@ -5,27 +5,27 @@ from __future__ import annotations
 
 from typing import Any
 
-from csl.errors import CslError
+from csl.errors import BadInput, ProblemFound, Transient
 
 
-class SettlementError(CslError):
+class SettlementError(ProblemFound):
     """The settlement cannot run as asked (bad parameter, inconsistent data)."""
 
 
-class SettlementParamsError(SettlementError, ValueError):
+class SettlementParamsError(SettlementError, BadInput, ValueError):
     """A settlement parameter is out of range; nothing was read or written."""
 
 
-class SettlementBusy(SettlementError):
+class SettlementBusy(SettlementError, Transient):
     """Another settlement run holds the lock."""
 
 
-class SettlementRace(SettlementError):
+class SettlementRace(SettlementError, Transient):
     """The old platform wrote a split this run was writing (the unique split key refused ours): the
     run was rolled back; a retry reconciles the platform's row."""
 
 
-class PayoutProviderUnavailable(SettlementError):
+class PayoutProviderUnavailable(SettlementError, Transient):
     """The payment provider cannot be reached or answered unreadably before anything was sent."""
 
 

@@ -30,7 +30,7 @@ from typing import Any
 
 import psycopg
 
-from csl.errors import CslError, StorageError
+from csl.errors import BadInput, StorageError
 from csl.storage import HEALTH_PREFIX, QUARANTINE_PREFIX, TEMP_PREFIXES, StorageProvider
 from csl.storage.references import REFERENCE_COLUMNS, referenced_keys
 
@@ -61,7 +61,7 @@ XCOM_SAMPLE = 100  # candidates named in a run's summary; the log has them all
 _SEGMENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
-class CleanupError(CslError):
+class CleanupError(BadInput):
     """The cleanup cannot run as asked."""
 
 

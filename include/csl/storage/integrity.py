@@ -45,7 +45,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from csl.errors import CslError, StorageError
+from csl.errors import BadInput, ProblemFound, StorageError
 from csl.sqlfiles import load
 from csl.storage import PRIMARY, RESERVED_PREFIXES, ObjectInfo, StorageProvider, reference_order
 from csl.storage.references import REFERENCE_COLUMNS, references_query
@@ -78,11 +78,11 @@ DEFAULT_EXCLUDE = RESERVED_PREFIXES
 LOOKAHEAD = 2  # cells whose first listing page is fetched ahead of the merge
 
 
-class SweepError(CslError):
+class SweepError(BadInput):
     """The sweep cannot run as asked, or some of its shards failed."""
 
 
-class ListingOrderError(SweepError):
+class ListingOrderError(ProblemFound):
     """A stream came out of order: the merge would report false findings, so it stops."""
 
 
@@ -640,7 +640,7 @@ def _shard_worker(args: tuple) -> dict[str, Any]:
         try:
             return sweep_shard(lambda: db.connect_direct(autocommit=False), providers, sweep_id=sweep_id,
                                shard=shard, cells=cells, options=options)
-        except (StorageError, SweepError) as exc:
+        except (StorageError, SweepError, ListingOrderError) as exc:
             with db.connect_direct() as conn:
                 record_shard_failure(conn, sweep_id=sweep_id, shard=shard, cells=cells, error=exc)
             return {"shard": shard, "error": str(exc), "provider": getattr(exc, "provider", None)}

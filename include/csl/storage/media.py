@@ -11,14 +11,14 @@ from __future__ import annotations
 import unicodedata
 from dataclasses import dataclass
 
-from csl.errors import CslError
+from csl.errors import BadInput
 
 __all__ = ["KINDS", "MediaKind", "UploadRejected", "sniff", "validate"]
 
 MB = 1024 * 1024
 
 
-class UploadRejected(CslError, ValueError):
+class UploadRejected(BadInput, ValueError):
     """The file is refused; the message says which check failed and why."""
 
 

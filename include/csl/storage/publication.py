@@ -44,7 +44,7 @@ from typing import Any
 
 import psycopg
 
-from csl.errors import CslError, EdgeError
+from csl.errors import BadInput, EdgeError, Transient
 from csl.storage import PUBLISHED_PREFIXES, ObjectInfo, StorageProvider
 from csl.storage.references import references_query
 
@@ -59,7 +59,7 @@ XCOM_SAMPLE = 100  # keys named per list in a run's summary; the log and the eve
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
-class PublicationError(CslError):
+class PublicationError(BadInput):
     """The publication cannot run as asked."""
 
 
@@ -67,7 +67,7 @@ class WithdrawalCapExceeded(PublicationError):
     """More withdrawals than the caps allow: nothing was changed."""
 
 
-class PublicationBusy(CslError):
+class PublicationBusy(Transient):
     """Another run publishes for the same provider now (the CLI while the DAG runs): try later."""
 
 
