@@ -258,7 +258,6 @@ class StoragePublicationOperator(CslBaseOperator):
         from contextlib import ExitStack
 
         from csl.cdn import VarnishEdge
-        from csl.errors import StorageError
         from csl.storage import StorageProvider, publication
 
         providers = [StorageProvider(p) for p in self.settings.storage if p.published_bucket]
@@ -276,13 +275,10 @@ class StoragePublicationOperator(CslBaseOperator):
                         max_withdrawals=_int_param(self.max_withdrawals, "max_withdrawals"),
                         max_share=float(self.max_share), edge=edge,
                         buckets=sorted({p.bucket for p in self.settings.storage}))
-                except publication.PublicationBusy as exc:  # the CLI publishes now: retried
-                    raise AirflowException(str(exc)) from exc
-                except publication.PublicationError as exc:  # a cap or a bad Param: nothing was changed
+                except publication.PublicationError as exc:  # a cap or a bad Param: recorded, nothing changed
+                    # (a busy lock or an unavailable provider is Transient: retried by map_errors)
                     self.record(db, context, status="failed", error=str(exc))
                     raise AirflowFailException(str(exc)) from exc
-                except StorageError as exc:
-                    raise _storage_failure(exc, str(exc)) from exc
                 for key, reason in result["publish"]:
                     log.info("%s %s (%s)", "would publish" if dry_run else "published", key, reason)
                 for key in result["withdraw"]:
