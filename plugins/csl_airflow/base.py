@@ -1,6 +1,7 @@
-"""The base of every csl operator: settings from Airflow connections (once per task run), the run's
-``conf`` checked against the declared Params before anything runs, and the helpers that read
-templated Params. Errors that a retry cannot fix raise ``AirflowFailException``."""
+"""The base of every csl operator: settings from Airflow connections (once per task run), the
+platform database, the ``csl_ops.task_runs`` record, the run's ``conf`` checked against the
+declared Params before anything runs, an upstream result that is missing named as such, and
+csl's error kinds mapped to Airflow's in one place."""
 
 from __future__ import annotations
 
@@ -66,6 +67,17 @@ class CslBaseOperator(BaseOperator):
         super().__init__(**kwargs)
         self.conn_ids = conn_ids or {}
         self.max_replica_lag_s = max_replica_lag_s
+
+    def render_template_fields(self, context: Any, jinja_env: Any = None) -> None:
+        """Airflow's rendering; an upstream result (an ``XComArg`` argument) that does not exist
+        because its task failed or did not run is one clear failure, not retried."""
+        from airflow.sdk.exceptions import XComNotFound
+
+        try:
+            super().render_template_fields(context, jinja_env)
+        except XComNotFound as exc:
+            raise AirflowFailException(f"no {exc.key!r} result from task {exc.task_id!r}: it failed or did not run "
+                                       "(see its log)") from None
 
     def pre_execute(self, context: Any) -> None:
         declared = set(self.params or {}) | (set(self.dag.params) if self.has_dag() else set())

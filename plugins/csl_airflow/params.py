@@ -6,6 +6,9 @@
   and means nothing to an ECMA-262 reader (the UI), where ``$`` is already the end.
 - **Optional means null-able.** The trigger form sends an emptied field as ``null``; an optional
   Param is ``type=["null", …]`` and the glue reads ``null`` as "not given".
+- **Operators get the Param's value, not its text.** ``param("dry_run")`` as an operator argument
+  is replaced, when the task renders its fields, by the run's validated value (``False``, ``[]``,
+  ``None``, ``7000``): no ``"{{ params.x }}"`` rendered to a string and parsed back.
 - **Only declared keys, only finite numbers.** Airflow turns a ``conf`` key no Param declares into a
   Param of its own that accepts anything, so a typo (``dryrun``) would be ignored and the run would
   do the real thing. ``conf_refusal`` is the rule; the API server's trigger guard
@@ -22,7 +25,7 @@ import math
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-__all__ = ["PERIOD_BOUND", "STRICT_CONF_TAG", "conf_refusal", "full_match"]
+__all__ = ["PERIOD_BOUND", "STRICT_CONF_TAG", "ParamValue", "conf_refusal", "full_match", "param"]
 
 # DAGs with this tag refuse undeclared conf keys at trigger time (every csl DAG carries it).
 STRICT_CONF_TAG = "csl"
@@ -45,6 +48,44 @@ _TIME = "[T ](?:[01][0-9]|2[0-3]):[0-5][0-9](?::[0-5][0-9](?:\\.[0-9]{1,6})?)?(?
 # A pattern, not ``format``: jsonschema checks ``date-time`` only with rfc3339-validator installed
 # (it is not), and ``date`` alone would refuse date-times.
 PERIOD_BOUND = full_match(f"(?:{_DATE})(?:{_TIME})?")
+
+class ParamValue:
+    """A DAG Param's validated value for the running DAG run, as an operator argument.
+
+    Airflow's templater resolves a template field's value that has ``resolve(context)`` (as it
+    does for ``XComArg``) instead of rendering it, so the operator receives the native value
+    from ``context["params"]`` — already checked against the Param's schema at trigger time.
+    Its text (the UI's template view and the serialised DAG) is the template it stands for."""
+
+    __slots__ = ("name",)
+
+    def __init__(self, name: str) -> None:
+        if not name.isidentifier():
+            raise ValueError(f"a Param name, got {name!r}")
+        self.name = name
+
+    def resolve(self, context: Mapping[str, Any]) -> Any:
+        params = context["params"]
+        if self.name not in params:
+            raise KeyError(f"Param {self.name!r} is not declared by this DAG")
+        return params[self.name]
+
+    def __repr__(self) -> str:
+        return f"{{{{ params.{self.name} }}}}"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, ParamValue) and other.name == self.name
+
+    def __hash__(self) -> int:
+        return hash(("ParamValue", self.name))
+
+
+def param(name: str) -> ParamValue:
+    """The run's value of the DAG's Param ``name``, for an operator's templated argument."""
+    return ParamValue(name)
+
 
 _MAX_NAMED = 10  # unknown keys named in a refusal; the rest are counted
 
