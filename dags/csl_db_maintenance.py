@@ -21,11 +21,11 @@ Without Airflow: `python -m csl maintenance plan|run`.
 
 from __future__ import annotations
 
-from airflow.sdk import Param
+from airflow.sdk import Param, XComArg
 
 from csl_airflow.dags import csl_dag
 from csl_airflow.maintenance import MaintenanceActOperator, MaintenancePlanOperator, MaintenanceReportOperator
-from csl_airflow.params import full_match
+from csl_airflow.params import full_match, param
 
 IDENTIFIER = "[a-z_][a-z0-9_]{0,62}"
 
@@ -55,15 +55,14 @@ IDENTIFIER = "[a-z_][a-z0-9_]{0,62}"
 )
 def csl_db_maintenance():
     plan = MaintenancePlanOperator(
-        task_id="plan", tables="{{ params.tables | tojson }}", mode="{{ params.mode }}",
-        max_tables="{{ params.max_tables }}", dead_ratio="{{ params.dead_ratio }}", dry_run="{{ params.dry_run }}",
+        task_id="plan", tables=param("tables"), mode=param("mode"), max_tables=param("max_tables"),
+        dead_ratio=param("dead_ratio"), dry_run=param("dry_run"),
     )
     act = MaintenanceActOperator.partial(
         task_id="act", pool="csl_maintenance", map_index_template="{{ table_name }}",
-        max_duration_s="{{ params.max_duration_s }}",
+        started_at=XComArg(plan, key="started_at"), max_duration_s=param("max_duration_s"),
     ).expand(candidate=plan.output)
-    report = MaintenanceReportOperator(task_id="report")
-    plan >> act >> report
+    MaintenanceReportOperator(task_id="report", plan=XComArg(plan, key="plan"), actions=XComArg(act, key="action"))
 
 
 csl_db_maintenance()

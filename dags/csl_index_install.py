@@ -4,7 +4,7 @@
 Replaces the platform's setup script (23 `CREATE INDEX CONCURRENTLY IF NOT EXISTS` that
 swallowed every error and left INVALID indexes behind forever).
 
-1. **plan** — diff `include/sql/indexes/catalog.sql` against `pg_catalog` (canonical
+1. **plan** — diff `include/sql/maintenance/index_catalog.sql` against `pg_catalog` (canonical
    `pg_get_indexdef`, not names): `missing` → build, `invalid` → drop concurrently + rebuild,
    `drifted` → build under a temporary name, drop the old one, rename (the table never lacks
    it), `ok` → skip, `unknown` → reported, never touched. The plan is in the log, XCom
@@ -22,11 +22,11 @@ Without Airflow: `python -m csl indexes plan|apply`.
 
 from __future__ import annotations
 
-from airflow.sdk import Param
+from airflow.sdk import Param, XComArg
 
 from csl_airflow.dags import csl_dag
 from csl_airflow.maintenance import IndexBuildOperator, IndexPlanOperator, IndexReportOperator
-from csl_airflow.params import full_match
+from csl_airflow.params import full_match, param
 
 
 @csl_dag(
@@ -39,7 +39,7 @@ from csl_airflow.params import full_match
         "dry_run": Param(False, type="boolean", description="Show the plan only; build nothing."),
         "only": Param([], type=["null", "array"], uniqueItems=True,
                       items={"type": "string", "pattern": full_match("[a-z_][a-z0-9_]{0,62}")},
-                      description="Only these catalog indexes (names from include/sql/indexes/catalog.sql); "
+                      description="Only these catalog indexes (names from include/sql/maintenance/index_catalog.sql); "
                                   "empty = all. An unknown name fails the plan before any DDL."),
         "lock_timeout_ms": Param(2000, type="integer", minimum=10, maximum=600_000,
                                  description="How long one build may wait for a lock before it gives up and "
@@ -52,17 +52,17 @@ from csl_airflow.params import full_match
     },
 )
 def csl_index_install():
-    plan = IndexPlanOperator(task_id="plan", only="{{ params.only | tojson }}", dry_run="{{ params.dry_run }}")
+    plan = IndexPlanOperator(task_id="plan", only=param("only"), dry_run=param("dry_run"))
     build = IndexBuildOperator.partial(
         task_id="build",
         pool="csl_ddl",
         map_index_template="{{ index_name }}",
-        lock_timeout_ms="{{ params.lock_timeout_ms }}",
-        statement_timeout_s="{{ params.statement_timeout_s }}",
-        max_lock_retries="{{ params.max_lock_retries }}",
+        lock_timeout_ms=param("lock_timeout_ms"),
+        statement_timeout_s=param("statement_timeout_s"),
+        max_lock_retries=param("max_lock_retries"),
     ).expand(item=plan.output)
-    report = IndexReportOperator(task_id="report", plan_task_id="plan", build_task_id="build")
-    plan >> build >> report
+    IndexReportOperator(task_id="report", summary=XComArg(plan, key="summary"), builds=XComArg(build, key="build"),
+                        dry_run=param("dry_run"))
 
 
 csl_index_install()

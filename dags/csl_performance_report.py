@@ -33,6 +33,7 @@ from __future__ import annotations
 from airflow.sdk import Param
 
 from csl_airflow.dags import csl_dag
+from csl_airflow.params import param
 from csl_airflow.reports import PerfReportOperator, PerfSnapshotOperator
 
 
@@ -77,18 +78,16 @@ from csl_airflow.reports import PerfReportOperator, PerfSnapshotOperator
     },
 )
 def csl_performance_report():
-    snapshot = PerfSnapshotOperator(task_id="snapshot", retention_days="{{ params.retention_days }}",
-                                    report_retention_days="{{ params.report_retention_days }}")
-    report = PerfReportOperator(
-        task_id="report", snapshot_task_id="snapshot",
-        make_report="{{ params.make_report }}", report_hour_utc="{{ params.report_hour_utc }}",
-        window_hours="{{ params.window_hours }}", top="{{ params.top }}", regression_pct="{{ params.regression_pct }}",
-        min_calls="{{ params.min_calls }}", min_cost_drop_pct="{{ params.min_cost_drop_pct }}",
-        advise_queries="{{ params.advise_queries }}", exact_bloat_tables="{{ params.exact_bloat_tables | tojson }}",
-        unused_index_days="{{ params.unused_index_days }}", advisor_role="{{ params.advisor_role }}",
-        report_retention_days="{{ params.report_retention_days }}",
+    snapshot = PerfSnapshotOperator(task_id="snapshot", retention_days=param("retention_days"),
+                                    report_retention_days=param("report_retention_days"))
+    PerfReportOperator(
+        task_id="report", snapshot=snapshot.output,
+        make_report=param("make_report"), report_hour_utc=param("report_hour_utc"),
+        window_hours=param("window_hours"), top=param("top"), regression_pct=param("regression_pct"),
+        min_calls=param("min_calls"), min_cost_drop_pct=param("min_cost_drop_pct"),
+        advise_queries=param("advise_queries"), exact_bloat_tables=param("exact_bloat_tables"),
+        unused_index_days=param("unused_index_days"), advisor_role=param("advisor_role"),
+        report_retention_days=param("report_retention_days"),
     )
-    snapshot >> report
-
 
 csl_performance_report()

@@ -24,7 +24,9 @@ from airflow.sdk import Param
 
 from csl_airflow.dags import csl_dag
 from csl_airflow.health import HealthSummaryOperator, PlatformHealthOperator
+from csl_airflow.params import param
 
+# csl.health.COMPONENTS, written out: this file must not import csl (cheap to parse); a test checks they agree.
 COMPONENTS = ["database.primary", "database.replica", "database.reads", "storage.primary",
               "storage.fallback", "edge"]
 STORAGE_PROVIDERS = ["primary", "fallback"]
@@ -47,22 +49,20 @@ STORAGE_PROVIDERS = ["primary", "fallback"]
                           description="Components allowed to be down without failing the run "
                                       "(e.g. database.replica during a replica rebuild). Empty = none."),
     },
-    render_template_as_native_obj=True,
 )
 def csl_platform_health():
     database = PlatformHealthOperator(task_id="check_database", component="database",
-                                      max_replica_lag_s="{{ params.max_replica_lag_s }}")
+                                      max_replica_lag_s=param("max_replica_lag_s"))
     storage = PlatformHealthOperator.partial(
         task_id="check_storage", component="storage", map_index_template="{{ component_name }}",
     ).expand(provider=STORAGE_PROVIDERS)
     edge = PlatformHealthOperator(task_id="check_edge", component="edge")
-    summary = HealthSummaryOperator(
+    HealthSummaryOperator(
         task_id="summary",
-        check_task_ids=["check_database", "check_storage", "check_edge"],
+        reports=[database.output, storage.output, edge.output],
         expected=["database", *(f"storage.{p}" for p in STORAGE_PROVIDERS), "edge"],
-        tolerate="{{ params.tolerate }}",
+        tolerate=param("tolerate"),
     )
-    [database, storage, edge] >> summary
 
 
 csl_platform_health()

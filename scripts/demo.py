@@ -16,8 +16,8 @@ sys.path.insert(0, str(REPO / "include"))
 
 from airflow_client import AirflowClient
 
-from csl.cli import format_health
 from csl.config import load_env_file
+from csl.health import format_health
 
 # The nightly chain, in order; each DAG joins the demo once it exists.
 DEMO_DAGS = ["csl_platform_health", "csl_index_install", "csl_db_maintenance", "csl_revenue_settlement",

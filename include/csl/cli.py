@@ -12,7 +12,6 @@ import os
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any
 
 from csl.cliargs import number
 from csl.cliargs import print_result as _print
@@ -110,43 +109,38 @@ def _cmd_health(args: argparse.Namespace, settings: Settings) -> int:
     from csl.health import platform_health
 
     report = platform_health(settings, storage=not args.no_storage, edge=not args.no_edge)
-    _print(args, report, format_health(report))
-    return 0 if report["ok"] else 1
+    _print(args, report.as_dict(), report.format())
+    return 0 if report.ok else 1
 
 
 def _cmd_indexes(args: argparse.Namespace, settings: Settings) -> int:
-    import datetime
-
     from csl.db import Database
     from csl.maintenance import indexes
 
-    full = indexes.load_catalog()
-    chosen = indexes.select(full, args.only)
     with Database(settings.require_database()) as db:
-        with db.connect_direct("primary") as conn:
-            plan = indexes.make_plan(indexes.diff(conn, chosen, full_catalog=full), chosen)
-        payload: dict[str, Any] = {"plan": [vars(i) for i in plan], "summary": indexes.plan_summary(plan)}
-        human = indexes.format_plan(plan)
-        failed = 0
+        connect = lambda: db.connect_direct("primary")
+        with connect() as conn:
+            plan = indexes.plan_indexes(conn, args.only)
+        payload, human, failed = plan.as_dict(), plan.format(), 0
         if args.action == "apply" and not args.dry_run:
-            run_id = "cli__" + datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%S.%fZ")
-            results = indexes.apply(lambda: db.connect_direct("primary"), plan, chosen, run_id=run_id,
+            results = indexes.apply(connect, plan.items, plan.catalog, run_id=_run_id(),
                                     lock_timeout_ms=args.lock_timeout_ms, statement_timeout_s=args.statement_timeout_s,
                                     max_lock_retries=args.max_lock_retries)
             payload["results"] = [r.as_dict() for r in results]
             failed = sum(r.status != "success" for r in results)
-            human += "\n" + "\n".join(
-                f"{r.status:<8} {r.action:<8} {r.name:<45} {r.duration_ms} ms"
-                + (f", {r.size_bytes:,} bytes" if r.size_bytes else "") + (f"  {r.error}" if r.error else "")
-                for r in results) if results else "\nnothing to build: every declared index is valid and as declared"
+            human += "\n" + indexes.format_results(results)
     _print(args, payload, human)
     return 1 if failed else 0
 
 
-def _cmd_maintenance(args: argparse.Namespace, settings: Settings) -> int:
-    import dataclasses
+def _run_id() -> str:
+    """A run id for work started from the command line (``csl_ops`` records name their run)."""
     import datetime
 
+    return "cli__" + datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%S.%fZ")
+
+
+def _cmd_maintenance(args: argparse.Namespace, settings: Settings) -> int:
     from csl.db import Database
     from csl.maintenance import vacuum
 
@@ -156,12 +150,10 @@ def _cmd_maintenance(args: argparse.Namespace, settings: Settings) -> int:
         connect = lambda: db.connect_direct("primary")
         if args.action == "plan":
             with connect() as conn:
-                chosen, skipped = vacuum.choose(vacuum.gather(conn), vacuum.settings(conn), policy)
-            _print(args, {"chosen": [dataclasses.asdict(c) for c in chosen], "skipped": skipped},
-                   vacuum.format_plan(chosen, skipped))
+                plan = vacuum.plan_maintenance(conn, policy)
+            _print(args, {k: v for k, v in plan.as_dict().items() if k != "started_at"}, plan.format())
             return 0
-        run_id = "cli__" + datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%S.%fZ")
-        outcome = vacuum.run(connect, policy, run_id=run_id, dry_run=args.dry_run, max_duration_s=args.max_duration_s,
+        outcome = vacuum.run(connect, policy, run_id=_run_id(), dry_run=args.dry_run, max_duration_s=args.max_duration_s,
                              workers=args.workers)
     human = "\n".join(
         f"{r['status']:<15} {r['action']:<14} {r['schema']}.{r['table']:<30} {r['reason']:<17} {r['duration_ms']} ms, "
@@ -231,33 +223,6 @@ def _cmd_settlement(args: argparse.Namespace, settings: Settings) -> int:
                        f"{h['reason']}" for h in holds[:20]))
     _print(args, outcome, human)
     return 0
-
-
-def format_health(report: dict[str, Any]) -> str:
-    """A one-screen summary of a health report."""
-    def mark(ok: bool) -> str:
-        return "ok  " if ok else "DOWN"
-
-    lines = []
-    db = report["database"]
-    primary, replica, reads = db["primary"], db["replica"], db["reads"]
-    lines.append(f"[{mark(primary['ok'])}] database primary   {db['url']}  "
-                 + (f"PostgreSQL {primary.get('version')}, {primary.get('latency_ms')} ms, "
-                    f"{primary.get('streaming_replicas')} streaming replica(s)" if primary["ok"] else primary.get("error", "")))
-    if replica.get("configured", True):
-        lag = replica.get("lag_s")
-        lines.append(f"[{mark(replica['ok'])}] database replica   "
-                     + (f"lag {lag:.2f} s, {replica.get('latency_ms')} ms" if replica["ok"] else replica.get("error", "")))
-    lines.append(f"[{mark(reads.get('ok', False))}] reads routed to    {reads['target']} ({reads['reason']})")
-    for name, info in report.get("storage", {}).items():
-        lines.append(f"[{mark(info['ok'])}] storage {name:<10} {info['kind']} {info['endpoint']} bucket {info['bucket']}  "
-                     + (f"put/get/delete {info['latency_ms']} ms" if info["ok"] else info.get("error", "")))
-    edge = report.get("edge")
-    if edge is not None:
-        lines.append(f"[{mark(edge['ok'])}] edge ({edge['provider']})     {edge['base_url']}  "
-                     + (f"backend healthy, {edge['latency_ms']} ms" if edge["ok"] else edge.get("error", "")))
-    lines.append("healthy" if report["ok"] else "UNHEALTHY: " + ", ".join(report["down"]))
-    return "\n".join(lines)
 
 
 def build_parser() -> argparse.ArgumentParser:

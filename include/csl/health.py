@@ -1,19 +1,51 @@
-"""The platform health check: database primary/replica/lag, each storage provider, the edge."""
+"""The platform health check: database primary/replica/lag, each storage provider, the edge.
+
+One entry point per use: :func:`platform_health` checks everything at once (``python -m csl
+health``); :func:`check_component` checks one component (one Airflow task each) and
+:func:`summarise` joins their reports, with the components a run tolerates, into the same
+:class:`HealthReport`."""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from csl.cdn import VarnishEdge
 from csl.config import Settings
 from csl.db import Database
-from csl.errors import CslError
+from csl.errors import BadInput, CslError, ProblemFound
 from csl.storage import StorageProvider
 
-__all__ = ["check_database", "check_edge", "check_storage", "down_components", "platform_health"]
+__all__ = [
+    "COMPONENTS",
+    "ComponentDown",
+    "ComponentReport",
+    "HealthParamsError",
+    "HealthReport",
+    "check_component",
+    "check_database",
+    "check_edge",
+    "check_storage",
+    "down_components",
+    "format_health",
+    "platform_health",
+    "summarise",
+]
 
 _READ_PROBE = "SELECT count(*) FROM pg_catalog.pg_class"
+
+# What a run may tolerate: the parts a health report names when they are down.
+COMPONENTS = ("database.primary", "database.replica", "database.reads", "storage.primary", "storage.fallback", "edge")
+
+
+class HealthParamsError(BadInput, ValueError):
+    """A component or part name the health check does not know."""
+
+
+class ComponentDown(ProblemFound):
+    """A checked component is down (the report says which part and why)."""
 
 
 def check_database(settings: Settings) -> dict[str, Any]:
@@ -40,10 +72,8 @@ def check_edge(settings: Settings) -> dict[str, Any]:
         return edge.health()
 
 
-def down_components(report: dict[str, Any]) -> list[str]:
-    """Names of every component that is not healthy, e.g. ``["database.replica"]``."""
+def _down_in(database: Mapping[str, Any] | None, storage: Mapping[str, Any], edge: Mapping[str, Any] | None) -> list[str]:
     down = []
-    database = report.get("database")
     if database:
         for part in ("primary", "replica", "reads"):
             info = database.get(part, {})
@@ -51,21 +81,166 @@ def down_components(report: dict[str, Any]) -> list[str]:
                 continue
             if not info.get("ok", False):
                 down.append(f"database.{part}")
-    for name, info in report.get("storage", {}).items():
+    for name, info in storage.items():
         if not info.get("ok"):
             down.append(f"storage.{name}")
-    edge = report.get("edge")
     if edge is not None and not edge.get("ok"):
         down.append("edge")
     return down
 
 
-def platform_health(settings: Settings, *, storage: bool = True, edge: bool = True) -> dict[str, Any]:
-    report: dict[str, Any] = {"database": check_database(settings)}
-    if storage:
-        report["storage"] = {p.name: check_storage(settings, p.name) for p in settings.storage}
-    if edge and settings.edge.base_url:
-        report["edge"] = check_edge(settings)
-    report["down"] = down_components(report)
-    report["ok"] = not report["down"]
-    return report
+def down_components(report: Mapping[str, Any]) -> list[str]:
+    """Names of every component that is not healthy, e.g. ``["database.replica"]``."""
+    return _down_in(report.get("database"), report.get("storage", {}), report.get("edge"))
+
+
+@dataclass(frozen=True)
+class ComponentReport:
+    """One component's check: ``database``, ``storage.<provider>`` or ``edge``, and its figures."""
+
+    component: str
+    report: dict[str, Any]
+
+    @property
+    def failing(self) -> list[str]:
+        """The parts whose state fails this component's check. The database fails only when the
+        primary or reads are down: a replica down or lagging is reported, reads go to the primary."""
+        if self.component == "database":
+            return [f"database.{part}" for part in ("primary", "reads") if not self.report[part].get("ok")]
+        return [] if self.report.get("ok") else [self.component]
+
+    @property
+    def replica_note(self) -> str | None:
+        """Why reads went to the primary, when the replica is configured and down or lagging."""
+        if self.component != "database":
+            return None
+        replica = self.report["replica"]
+        if replica.get("ok") or not replica.get("configured", True):
+            return None
+        return f"replica down or lagging ({replica.get('error')}); reads routed to {self.report['reads']['target']}"
+
+    def raise_if_down(self) -> None:
+        """:class:`ComponentDown` naming each failing part and its error."""
+        failing = self.failing
+        if failing:
+            details = "; ".join(f"{part}: {self._info(part).get('error', 'unhealthy')}" for part in failing)
+            raise ComponentDown(f"{', '.join(failing)} down: {details}")
+
+    def _info(self, part: str) -> dict[str, Any]:
+        return self.report.get(part.split(".", 1)[1], {}) if part.startswith("database.") else self.report
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"component": self.component, "report": self.report}
+
+
+def check_component(settings: Settings, component: str, provider: str | None = None) -> ComponentReport:
+    """Check ``database``, ``storage`` (with ``provider``) or ``edge``."""
+    if component == "database":
+        return ComponentReport("database", check_database(settings))
+    if component == "storage":
+        if not provider:
+            raise HealthParamsError("component 'storage' needs a provider name")
+        return ComponentReport(f"storage.{provider}", check_storage(settings, provider))
+    if component == "edge":
+        return ComponentReport("edge", check_edge(settings))
+    raise HealthParamsError(f"component must be database, storage or edge, got {component!r}")
+
+
+@dataclass(frozen=True)
+class HealthReport:
+    """Every component's figures, what is down, and what of that fails the run (``tolerate``
+    names parts allowed to be down, e.g. the replica during a rebuild; a component expected but
+    never reported is down as ``<name> (no report)``)."""
+
+    database: dict[str, Any] | None = None
+    storage: dict[str, dict[str, Any]] = field(default_factory=dict)
+    edge: dict[str, Any] | None = None
+    unreported: tuple[str, ...] = ()
+    tolerate: frozenset[str] = frozenset()
+
+    @property
+    def down(self) -> list[str]:
+        return _down_in(self.database, self.storage, self.edge) + [f"{c} (no report)" for c in self.unreported]
+
+    @property
+    def failing(self) -> list[str]:
+        return [c for c in self.down if c.split(" ")[0] not in self.tolerate]
+
+    @property
+    def ok(self) -> bool:
+        return not self.failing
+
+    def raise_if_unhealthy(self) -> None:
+        if self.failing:
+            raise ComponentDown("platform unhealthy, down: " + ", ".join(self.failing))
+
+    def as_dict(self) -> dict[str, Any]:
+        parts: dict[str, Any] = {"storage": self.storage}
+        if self.database is not None:
+            parts["database"] = self.database
+        if self.edge is not None:
+            parts["edge"] = self.edge
+        return {**parts, "down": self.down, "failing": self.failing, "ok": self.ok, "tolerated": sorted(self.tolerate)}
+
+    def format(self) -> str:
+        return format_health(self.as_dict())
+
+
+def summarise(reports: Iterable[Mapping[str, Any] | ComponentReport | None], *, expected: Iterable[str],
+              tolerate: Iterable[str] | None = ()) -> HealthReport:
+    """One :class:`HealthReport` from component reports (``ComponentReport`` or its ``as_dict()``;
+    None for a check that reported nothing). ``tolerate`` must name known components."""
+    tolerated = frozenset(tolerate or ())
+    unknown = sorted(tolerated - set(COMPONENTS))
+    if unknown:
+        raise HealthParamsError(f"tolerate: unknown component(s) {', '.join(unknown)}; known: {', '.join(COMPONENTS)}")
+    parts: dict[str, Any] = {"storage": {}}
+    seen = set()
+    for item in reports:
+        if item is None:
+            continue
+        item = item.as_dict() if isinstance(item, ComponentReport) else item
+        name = item["component"]
+        seen.add(name)
+        if name.startswith("storage."):
+            parts["storage"][name.split(".", 1)[1]] = item["report"]
+        else:
+            parts[name] = item["report"]
+    return HealthReport(database=parts.get("database"), storage=parts["storage"], edge=parts.get("edge"),
+                        unreported=tuple(c for c in expected if c not in seen), tolerate=tolerated)
+
+
+def platform_health(settings: Settings, *, storage: bool = True, edge: bool = True) -> HealthReport:
+    """Every component, checked one after the other (``python -m csl health``)."""
+    return HealthReport(database=check_database(settings),
+                        storage={p.name: check_storage(settings, p.name) for p in settings.storage} if storage else {},
+                        edge=check_edge(settings) if edge and settings.edge.base_url else None)
+
+
+def format_health(report: Mapping[str, Any]) -> str:
+    """A one-screen summary of a health report (``HealthReport.as_dict()``)."""
+    def mark(ok: bool) -> str:
+        return "ok  " if ok else "DOWN"
+
+    lines = []
+    db = report["database"]
+    primary, replica, reads = db["primary"], db["replica"], db["reads"]
+    lines.append(f"[{mark(primary['ok'])}] database primary   {db['url']}  "
+                 + (f"PostgreSQL {primary.get('version')}, {primary.get('latency_ms')} ms, "
+                    f"{primary.get('streaming_replicas')} streaming replica(s)" if primary["ok"] else primary.get("error", "")))
+    if replica.get("configured", True):
+        lag = replica.get("lag_s")
+        lines.append(f"[{mark(replica['ok'])}] database replica   "
+                     + (f"lag {lag:.2f} s, {replica.get('latency_ms')} ms" if replica["ok"] else replica.get("error", "")))
+    lines.append(f"[{mark(reads.get('ok', False))}] reads routed to    {reads['target']} ({reads['reason']})")
+    for name, info in report.get("storage", {}).items():
+        lines.append(f"[{mark(info['ok'])}] storage {name:<10} {info['kind']} {info['endpoint']} bucket {info['bucket']}  "
+                     + (f"put/get/delete {info['latency_ms']} ms" if info["ok"] else info.get("error", "")))
+    edge = report.get("edge")
+    if edge is not None:
+        lines.append(f"[{mark(edge['ok'])}] edge ({edge['provider']})     {edge['base_url']}  "
+                     + (f"backend healthy, {edge['latency_ms']} ms" if edge["ok"] else edge.get("error", "")))
+    tolerated = [c for c in report["down"] if c not in report.get("failing", report["down"])]
+    lines.append(("healthy" if report["ok"] else "UNHEALTHY: " + ", ".join(report.get("failing", report["down"])))
+                 + (f" (tolerated: {', '.join(tolerated)})" if tolerated else ""))
+    return "\n".join(lines)

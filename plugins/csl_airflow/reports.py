@@ -11,16 +11,15 @@ context into calls to it.
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 from airflow.sdk import BaseOperatorLink
-from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
+from airflow.sdk.exceptions import AirflowSkipException
 
-from csl_airflow.base import CslBaseOperator, _as_list, _int_param
+from csl_airflow.base import CslBaseOperator
 
 __all__ = ["DAG_ID", "REPORTS_URL_PREFIX", "PerfReportOperator", "PerfSnapshotOperator", "ReportLink",
            "create_app", "external_view", "fastapi_app_entry"]
@@ -41,9 +40,10 @@ def _base_url() -> str:
 
 
 def reports_dir() -> Path:
-    """Where report files go: ``$CSL_REPORTS_DIR/performance`` or ``$AIRFLOW_HOME/csl_reports/performance``."""
-    root = os.environ.get("CSL_REPORTS_DIR") or Path(os.environ.get("AIRFLOW_HOME", ".")) / "csl_reports"
-    return Path(root) / "performance"
+    """Where report folders go (``csl.reports.reports_dir``)."""
+    from csl.reports import reports_dir as where
+
+    return where()
 
 
 class ReportLink(BaseOperatorLink):
@@ -56,22 +56,15 @@ class ReportLink(BaseOperatorLink):
                 f"{quote(ti_key.run_id, safe='')}")
 
 
-def _days(value: Any, name: str) -> int:
-    days = _int_param(value, name)
-    if not 1 <= days <= 3650:
-        raise AirflowFailException(f"{name}: expected 1..3650 days, got {days}")
-    return days
-
-
 class PerfSnapshotOperator(CslBaseOperator):
     """Takes one statistics snapshot (cheap; the read replica's index scans too, when
     ``csl_db_replica`` is set) and removes snapshots past ``retention_days`` and stored reports
-    (rows and folders) past ``report_retention_days``."""
+    (rows and folders) past ``report_retention_days`` (``csl.reports.snapshot_and_prune``)."""
 
     template_fields: Sequence[str] = ("retention_days", "report_retention_days")
     ui_color = "#eef6ff"
 
-    def __init__(self, *, retention_days: Any = 30, report_retention_days: Any = 90, out_dir: str | None = None,
+    def __init__(self, *, retention_days: int = 30, report_retention_days: int = 90, out_dir: str | None = None,
                  **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.retention_days = retention_days
@@ -79,104 +72,76 @@ class PerfSnapshotOperator(CslBaseOperator):
         self.out_dir = out_dir
 
     def execute(self, context: Any) -> dict[str, Any]:
-        from csl.reports import capture, prune, prune_reports, replicas_of
+        from csl.reports import replicas_of, snapshot_and_prune
 
-        days = _days(self.retention_days, "retention_days")
-        report_days = _days(self.report_retention_days, "report_retention_days")
         with self.database() as db:
             with db.connect_direct("primary") as conn:
-                snap = capture(conn, replicas=replicas_of(db))
-                pruned = prune(conn, retention_days=days)
-                reports_pruned = prune_reports(conn, retention_days=report_days,
-                                               out_dir=Path(self.out_dir) if self.out_dir else reports_dir())
-            outcome = {"snapshot_id": snap.id, "taken_at": snap.taken_at.isoformat(), "rows_written": snap.rows_written,
-                       "capture_ms": snap.capture_ms, "replicas": snap.replicas, "pruned": pruned,
-                       "reports_pruned": reports_pruned}
-            self.record(db, context, status="success", outcome=outcome)
+                run = snapshot_and_prune(conn, replicas=replicas_of(db), retention_days=self.retention_days,
+                                         report_retention_days=self.report_retention_days,
+                                         out_dir=Path(self.out_dir) if self.out_dir else reports_dir())
+            self.record(db, context, status="success", outcome=run.outcome())
+        snap = run.snapshot
         log.info("snapshot %s: %d rows in %d ms (replicas: %s), %d old snapshot(s) and %d old report(s) removed",
-                 snap.id, snap.rows_written, snap.capture_ms, snap.replicas or "none", pruned, reports_pruned["reports"])
-        return outcome
+                 snap.id, snap.rows_written, snap.capture_ms, snap.replicas or "none", run.pruned,
+                 run.reports_pruned["reports"])
+        return run.outcome()
 
 
 class PerfReportOperator(CslBaseOperator):
-    """Makes the report over ``window_hours`` ending at the snapshot task's snapshot; stores it
-    in ``csl_ops.perf_reports`` and under :func:`reports_dir`; links to it.
+    """Makes the report over ``window_hours`` ending at the snapshot task's snapshot (``snapshot``:
+    that task's result); stores it in ``csl_ops.perf_reports`` and under :func:`reports_dir`;
+    links to it.
 
     ``make_report``: ``always``, ``never`` or ``auto`` (a manual run always reports; a
-    scheduled run only when its interval ends at ``report_hour_utc``)."""
+    scheduled run only when its interval ends at ``report_hour_utc``: ``csl.reports.report_due``)."""
 
-    template_fields: Sequence[str] = ("window_hours", "top", "regression_pct", "min_calls", "min_cost_drop_pct",
-                                      "advise_queries", "exact_bloat_tables", "make_report", "report_hour_utc",
-                                      "unused_index_days", "advisor_role", "report_retention_days")
+    template_fields: Sequence[str] = ("snapshot", "window_hours", "top", "regression_pct", "min_calls",
+                                      "min_cost_drop_pct", "advise_queries", "exact_bloat_tables", "make_report",
+                                      "report_hour_utc", "unused_index_days", "advisor_role", "report_retention_days")
     operator_extra_links = (ReportLink(),)
     ui_color = "#fff4e5"
 
-    def __init__(self, *, snapshot_task_id: str = "snapshot", window_hours: Any = 24, top: Any = 15,
-                 regression_pct: Any = 50, min_calls: Any = 20, min_cost_drop_pct: Any = 50, advise_queries: Any = 10,
-                 exact_bloat_tables: Any = (), make_report: Any = "always", report_hour_utc: Any = 5,
-                 unused_index_days: Any = 7, advisor_role: Any = "csl_advisor", report_retention_days: Any = 90,
-                 out_dir: str | None = None, **kwargs: Any) -> None:
+    def __init__(self, *, snapshot: Any = None, window_hours: float = 24, top: int = 15, regression_pct: float = 50,
+                 min_calls: int = 20, min_cost_drop_pct: float = 50, advise_queries: int = 10,
+                 exact_bloat_tables: Sequence[str] | None = (), make_report: str = "always",
+                 report_hour_utc: int = 5, unused_index_days: float = 7, advisor_role: str = "csl_advisor",
+                 report_retention_days: int = 90, out_dir: str | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        self.snapshot = snapshot
         self.unused_index_days, self.advisor_role = unused_index_days, advisor_role
         self.report_retention_days = report_retention_days
-        self.snapshot_task_id = snapshot_task_id
         self.window_hours, self.top, self.regression_pct = window_hours, top, regression_pct
         self.min_calls, self.min_cost_drop_pct, self.advise_queries = min_calls, min_cost_drop_pct, advise_queries
         self.make_report, self.report_hour_utc = make_report, report_hour_utc
         self.exact_bloat_tables = exact_bloat_tables
         self.out_dir = out_dir
 
-    def _due(self, context: Any) -> tuple[bool, str]:
-        mode = str(self.make_report)
-        if mode == "never":
-            return False, "make_report is 'never'"
-        kind = getattr(context.get("dag_run"), "run_type", None)
-        run_type = str(getattr(kind, "value", kind) or "").lower()  # DagRunType (a str enum) or its value
-        if mode == "always" or run_type != "scheduled":
-            return True, f"make_report {mode!r}, {run_type or 'manual'} run"
-        end = context.get("data_interval_end") or context.get("logical_date")
-        hour = _int_param(self.report_hour_utc, "report_hour_utc")
-        if end is not None and end.hour != hour:
-            return False, f"scheduled run ending {end:%H:%M} UTC; the report is made at {hour:02d}:00 UTC"
-        return True, f"scheduled run at the report hour {hour:02d}:00 UTC"
-
     def execute(self, context: Any) -> dict[str, Any]:
-        from csl.reports import ReportParams, ReportParamsError, make_report, replicas_of
+        from csl.reports import ReportParams, make_report, replicas_of, report_due
 
-        due, why = self._due(context)
+        kind = getattr(context.get("dag_run"), "run_type", None)
+        due, why = report_due(self.make_report, scheduled=str(getattr(kind, "value", kind) or "") == "scheduled",
+                              interval_end=context.get("data_interval_end") or context.get("logical_date"),
+                              report_hour_utc=self.report_hour_utc)
         if not due:
             raise AirflowSkipException(f"no report this run: {why}")
-        try:
-            params = ReportParams(window=float(self.window_hours), top=_int_param(self.top, "top"),
-                                  regression_pct=float(self.regression_pct),
-                                  min_calls=_int_param(self.min_calls, "min_calls"),
-                                  min_cost_drop_pct=float(self.min_cost_drop_pct),
-                                  advise_queries=_int_param(self.advise_queries, "advise_queries"),
-                                  unused_index_days=float(self.unused_index_days),
-                                  advisor_role=str(self.advisor_role),
-                                  exact_bloat_tables=tuple(_as_list(self.exact_bloat_tables)
-                                                           if self.exact_bloat_tables not in (None, "", "null", "[]")
-                                                           else ()))
-        except (ReportParamsError, ValueError) as exc:
-            raise AirflowFailException(str(exc)) from exc
-        report_days = _days(self.report_retention_days, "report_retention_days")
+        params = ReportParams(window=float(self.window_hours), top=self.top, regression_pct=self.regression_pct,
+                              min_calls=self.min_calls, min_cost_drop_pct=self.min_cost_drop_pct,
+                              advise_queries=self.advise_queries, unused_index_days=self.unused_index_days,
+                              advisor_role=self.advisor_role, exact_bloat_tables=tuple(self.exact_bloat_tables or ()))
         ti = context["ti"]
-        snap = ti.xcom_pull(task_ids=self.snapshot_task_id) or {}
-        key = f"{ti.dag_id}/{ti.run_id}"
         with self.database() as db:
             with db.connect_direct("primary") as conn:
-                result = make_report(conn, params, run_key=key, out_dir=Path(self.out_dir) if self.out_dir else reports_dir(),
-                                     snapshot_id=snap.get("snapshot_id"), replicas=replicas_of(db),
-                                     retention_days=report_days)
-            outcome = {"report_id": result["id"], "path": result["path"], "summary": result["summary"],
-                       "notes": result["meta"]["notes"], "duration_s": result["duration_s"],
-                       "html_bytes": result["html_bytes"], "pruned": result["pruned"]}
-            self.record(db, context, status="success", outcome=outcome)
-        ti.xcom_push(key="report_id", value=result["id"])
-        log.info("report %s: %s; %s", result["id"], result["summary"], "; ".join(result["meta"]["notes"]) or "no notes")
-        for rec in result["report"]["recommendations"][:20]:
+                result = make_report(conn, params, run_key=f"{ti.dag_id}/{ti.run_id}",
+                                     out_dir=Path(self.out_dir) if self.out_dir else reports_dir(),
+                                     snapshot_id=(self.snapshot or {}).get("snapshot_id"), replicas=replicas_of(db),
+                                     retention_days=self.report_retention_days)
+            self.record(db, context, status="success", outcome=result.outcome())
+        ti.xcom_push(key="report_id", value=result.id)
+        log.info("report %s: %s; %s", result.id, result.summary, "; ".join(result.meta["notes"]) or "no notes")
+        for rec in result.report["recommendations"][:20]:
             log.info("[%s] %s %s: %s", rec["severity"], rec["kind"], rec["target"], rec["message"])
-        return outcome
+        return result.outcome()
 
 
 # -- the UI: a FastAPI app mounted by the api-server -------------------------------------------

@@ -32,6 +32,7 @@ def main() -> None:
 
     import csl_airflow.base  # noqa: F401 - the shared glue: its imports count as the DAGs'
     from csl_airflow.base import CslBaseOperator
+    from csl_airflow.params import ParamValue
 
     heavy_after_glue = {m.split(".")[0] for m in sys.modules if m.split(".")[0] in HEAVY}
     files = {}
@@ -78,7 +79,11 @@ def main() -> None:
                         outcomes.append({"refused": True, "fail": True, "message": str(exc)})
                     except Exception as exc:  # noqa: BLE001 - reported: the test wants AirflowFailException
                         outcomes.append({"refused": True, "fail": False, "message": repr(exc)})
-            tasks[task.task_id] = {"csl_operator": checks, "conf": outcomes}
+            callback = (task.partial_kwargs if mapped else vars(task)).get("on_failure_callback")
+            callback = callback[0] if isinstance(callback, list) and len(callback) == 1 else callback
+            tasks[task.task_id] = {"csl_operator": checks, "conf": outcomes,
+                                   "failure_callback": getattr(callback, "__qualname__", repr(callback)),
+                                   **_param_uses(task, mapped, ParamValue)}
         dags[dag_id] = {
             "fileloc": Path(dag.fileloc).name,
             "owners": sorted({t.owner for t in dag.tasks}),
@@ -94,6 +99,31 @@ def main() -> None:
         }
     print(json.dumps({"import_errors": bag.import_errors, "files": files, "heavy_modules": heavy, "dags": dags},
                      default=str))
+
+
+def _param_uses(task, mapped: bool, param_value: type) -> dict:
+    """The Params a task's templated arguments take as values (``param(name)``), and any argument
+    that is still template text reading a Param (``"{{ params.x }}"``: a string parsed back)."""
+    fields = task.operator_class.template_fields if mapped else task.template_fields
+    given = task.partial_kwargs if mapped else {name: getattr(task, name, None) for name in fields}
+    refs, texts = [], []
+
+    def walk(value) -> None:
+        if isinstance(value, param_value):
+            refs.append(value.name)
+        elif isinstance(value, str):
+            if "{{" in value and "params" in value:
+                texts.append(value)
+        elif isinstance(value, dict):
+            for item in value.values():
+                walk(item)
+        elif isinstance(value, (list, tuple)):
+            for item in value:
+                walk(item)
+
+    for name in fields:
+        walk(given.get(name))
+    return {"param_refs": sorted(set(refs)), "param_texts": texts}
 
 
 def _accepts(param, value) -> bool:

@@ -217,6 +217,32 @@ def test_every_task_refuses_an_undeclared_conf_key_before_it_starts(inspected):
             assert nothing == {"refused": False}, (dag_id, task_id, nothing)
 
 
+def test_params_reach_operators_as_their_values(inspected):
+    # ``param(name)`` gives the operator the run's validated value; a "{{ params.x }}" string would be
+    # rendered to text and parsed back (a list as JSON text, a null as "None").
+    used = set()
+    for dag_id, dag in inspected["dags"].items():
+        for task_id, task in dag["task_checks"].items():
+            assert not task["param_texts"], f"{dag_id}.{task_id} reads a Param as template text: {task['param_texts']}"
+            unknown = set(task["param_refs"]) - set(dag["params"])
+            assert not unknown, f"{dag_id}.{task_id} takes Params its DAG does not declare: {sorted(unknown)}"
+            used.update((dag_id, name) for name in task["param_refs"])
+    assert ("csl_platform_health", "tolerate") in used and ("csl_db_maintenance", "tables") in used
+
+
+def test_every_task_reports_its_failure_through_the_one_shared_callback(inspected):
+    for dag_id, dag in inspected["dags"].items():
+        for task_id, task in dag["task_checks"].items():
+            assert task["failure_callback"] == "on_task_failure", (dag_id, task_id, task["failure_callback"])
+
+
+def test_the_health_form_offers_exactly_the_components_the_check_knows(inspected):
+    from csl.health import COMPONENTS
+
+    schema = inspected["dags"]["csl_platform_health"]["params"]["tolerate"]["schema"]
+    assert schema["items"]["enum"] == list(COMPONENTS)
+
+
 def test_every_period_bound_the_form_accepts_is_one_the_settlement_parses(inspected):
     # The DAG's pattern and csl.settlement.parse_period must agree: a value the trigger form lets
     # through and the domain refuses would fail the run after the trigger said yes.

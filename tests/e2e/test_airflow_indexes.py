@@ -36,6 +36,11 @@ def test_unknown_name_fails_the_plan_before_any_ddl(airflow, settings):
     assert run["state"] == "failed"
     assert states["plan"] == "failed" and states["build"] in ("upstream_failed", "skipped")
     assert (index_names(settings), builds(settings)) == before
+    # the report (all_done) gets the plan's summary as an XComArg: missing, it says which task to look at
+    assert states["report"] == "failed"
+    log = airflow.request("GET", f"/dags/{DAG}/dagRuns/{_run_id}/taskInstances/report/logs/1",
+                          headers={"Accept": "application/json"}).text
+    assert "no 'summary' result from task 'plan': it failed or did not run" in log
 
 
 def test_bad_params_are_refused_at_trigger(airflow):

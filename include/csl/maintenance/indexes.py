@@ -33,22 +33,32 @@ from csl.errors import BadInput, ProblemFound
 from csl.sqlfiles import sql_dir
 
 __all__ = [
+    "BUILD_ACTIONS",
     "BuildResult",
     "CatalogError",
     "DeclaredIndex",
     "IndexBuildError",
+    "IndexPlan",
+    "IndexRunFailed",
+    "IndexRunReport",
     "IndexState",
     "PlanItem",
+    "apply",
     "build_index",
+    "build_planned",
     "diff",
+    "format_results",
     "load_catalog",
     "make_plan",
+    "plan_indexes",
+    "report_run",
     "select",
 ]
 
 log = logging.getLogger("csl.maintenance.indexes")
 
 TEMP_SUFFIX = "_csl_new"
+BUILD_ACTIONS = ("build", "rebuild", "swap")  # the plan actions that build something
 _BLOCK = re.compile(r"--\s*index:\s*(?P<name>\S+)\s*\n(?P<comments>(?:--.*\n)*)(?P<stmt>CREATE\s[^;]+);", re.IGNORECASE)
 _STMT = re.compile(r"^CREATE\s+(?P<unique>UNIQUE\s+)?INDEX\s+(?:CONCURRENTLY\s+)?(?:IF\s+NOT\s+EXISTS\s+)?"
                    r"(?P<name>\w+)\s+ON\s+(?:ONLY\s+)?(?P<table>\w+)\b(?P<rest>.*)$", re.IGNORECASE | re.DOTALL)
@@ -124,7 +134,7 @@ class BuildResult:
 
 # -- the catalog ------------------------------------------------------------------------------
 def load_catalog(path: Path | None = None) -> list[DeclaredIndex]:
-    path = path or sql_dir() / "indexes" / "catalog.sql"
+    path = path or sql_dir() / "maintenance" / "index_catalog.sql"
     text = path.read_text()
     found: list[DeclaredIndex] = []
     for block in _BLOCK.finditer(text):
@@ -322,10 +332,10 @@ class _BlockerWatch:
         self._thread.join(5)
 
     def _run(self) -> None:
-        if self._stop.wait(self._delay):
-            return
         try:
-            with self._connect() as conn:
+            with self._connect() as conn:  # connected while the delay runs: on a busy host a new backend is slow
+                if self._stop.wait(self._delay):
+                    return
                 while not self._stop.wait(self._interval):
                     for row in conn.execute(_BLOCKERS, (self._pid,)).fetchall():
                         pid, user, app, state, query, age, mode = row
@@ -397,7 +407,7 @@ def _build_on(conn: psycopg.Connection, connect: Callable[[], psycopg.Connection
               max_lock_retries: int, backoff_s: float, cleanup_timeout_s: float) -> BuildResult:
     """``build_index`` on a given autocommit connection (``connect`` serves the blocker watch)."""
     result = BuildResult(item.name, item.table, item.action)
-    if item.action not in ("build", "rebuild", "swap"):
+    if item.action not in BUILD_ACTIONS:
         result.status = "success"
         return result
     started = time.perf_counter()
@@ -505,7 +515,7 @@ def plan_summary(plan: list[PlanItem]) -> dict[str, Any]:
     counts: dict[str, int] = {}
     for item in plan:
         counts[item.action] = counts.get(item.action, 0) + 1
-    return {"counts": counts, "to_build": [i.name for i in plan if i.action in ("build", "rebuild", "swap")],
+    return {"counts": counts, "to_build": [i.name for i in plan if i.action in BUILD_ACTIONS],
             "unknown": [i.name for i in plan if i.action == "leave"],
             "blocked": [{"name": i.name, "reason": i.reason} for i in plan if i.action == "blocked"]}
 
@@ -528,7 +538,7 @@ def apply(connect: Callable[[], psycopg.Connection], plan: list[PlanItem], catal
     results = []
     with connect() as record_conn, connect() as build_conn:
         for item in plan:
-            if item.action not in ("build", "rebuild", "swap"):
+            if item.action not in BUILD_ACTIONS:
                 continue
             try:
                 result = _build_on(build_conn, connect, item, by_name[item.name], schema=schema, **options)
@@ -538,3 +548,111 @@ def apply(connect: Callable[[], psycopg.Connection], plan: list[PlanItem], catal
             record_build(record_conn, run_id, result, item.statement)
             results.append(result)
     return results
+
+
+# -- one entry point per step, shared by ``python -m csl indexes`` and the DAG's tasks --------------
+
+@dataclass(frozen=True)
+class IndexPlan:
+    """The diff of the chosen declared indexes against the database, as plan items."""
+
+    items: list[PlanItem]
+    catalog: list[DeclaredIndex]
+
+    @property
+    def summary(self) -> dict[str, Any]:
+        return plan_summary(self.items)
+
+    @property
+    def to_build(self) -> list[PlanItem]:
+        return [item for item in self.items if item.action in BUILD_ACTIONS]
+
+    def format(self) -> str:
+        return format_plan(self.items)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"plan": [vars(item) for item in self.items], "summary": self.summary}
+
+
+def plan_indexes(conn: psycopg.Connection, only: Iterable[str] | None = None, *, schema: str = "public") -> IndexPlan:
+    """Load the catalog, keep ``only`` (unknown names: ``CatalogError`` before anything else) and
+    diff it against ``pg_catalog``."""
+    full = load_catalog()
+    chosen = select(full, list(only or ()))
+    return IndexPlan(make_plan(diff(conn, chosen, schema=schema, full_catalog=full), chosen), chosen)
+
+
+def build_planned(connect: Callable[[], psycopg.Connection], item: PlanItem | dict[str, Any], *, run_id: str,
+                  schema: str = "public", **build_options: Any) -> BuildResult:
+    """Build one plan item (a task of the DAG) and record it in ``csl_ops.index_builds``, also when
+    it fails: then ``IndexBuildError`` is raised after the record, its ``result`` attached."""
+    item = item if isinstance(item, PlanItem) else PlanItem(**item)
+    declared = {d.name: d for d in load_catalog()}.get(item.name)
+    if declared is None:
+        raise CatalogError(f"{item.name!r} is not in the index catalog")
+    error = None
+    try:
+        result = build_index(connect, item, declared, schema=schema, **build_options)
+    except IndexBuildError as exc:
+        result, error = exc.result, exc
+    with connect() as conn:
+        record_build(conn, run_id, result, item.statement)
+    if error is not None:
+        raise error
+    return result
+
+
+def format_results(results: list[BuildResult]) -> str:
+    if not results:
+        return "nothing to build: every declared index is valid and as declared"
+    return "\n".join(f"{r.status:<8} {r.action:<8} {r.name:<45} {r.duration_ms} ms"
+                     + (f", {r.size_bytes:,} bytes" if r.size_bytes else "") + (f"  {r.error}" if r.error else "")
+                     for r in results)
+
+
+class IndexRunFailed(ProblemFound):
+    """Some planned builds failed or never ran (the run report names them)."""
+
+
+@dataclass(frozen=True)
+class IndexRunReport:
+    """What a run built, what failed, what never ran, what was left alone or blocked."""
+
+    plan: dict[str, int]
+    built: list[dict[str, Any]]
+    failed: list[dict[str, Any]]
+    not_run: list[str]
+    unknown: list[str]
+    blocked: list[dict[str, Any]]
+    total_build_ms: int
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed and not self.not_run
+
+    def raise_for_failures(self) -> None:
+        if not self.ok:
+            raise IndexRunFailed(
+                "index builds failed: " + "; ".join(f"{b['name']}: {b['error']}" for b in self.failed)
+                + (f"; never ran: {', '.join(self.not_run)}" if self.not_run else ""))
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def report_run(summary: dict[str, Any], builds: Iterable[BuildResult | dict[str, Any] | None], *,
+               dry_run: bool) -> IndexRunReport:
+    """The run's report from its plan summary (:func:`plan_summary`) and the builds that reported
+    (a build that never ran is ``not_run``, except on a dry run, which builds nothing)."""
+    done = [b.as_dict() if isinstance(b, BuildResult) else b for b in builds if b]
+    failed = [b for b in done if b["status"] != "success"]
+    missing = sorted(set(summary["to_build"]) - {b["name"] for b in done})
+    return IndexRunReport(
+        plan=summary["counts"],
+        built=[{k: b[k] for k in ("name", "action", "duration_ms", "size_bytes", "attempts")} for b in done
+               if b["status"] == "success"],
+        failed=[{k: b[k] for k in ("name", "action", "error", "blockers", "cleaned_up")} for b in failed],
+        not_run=[] if dry_run else missing,
+        unknown=summary["unknown"],
+        blocked=summary.get("blocked", []),  # e.g. a unique index while duplicates exist: never attempted
+        total_build_ms=sum(b["duration_ms"] for b in done))

@@ -30,21 +30,30 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from csl.errors import BadInput
+from csl.errors import BadInput, ProblemFound
 from csl.sqlfiles import load
 
 __all__ = [
     "MODES",
     "ActionResult",
+    "Budget",
     "Candidate",
+    "MaintenanceActionFailed",
     "MaintenanceError",
+    "MaintenancePlan",
+    "MaintenanceRunFailed",
+    "NightReport",
     "Policy",
     "TableEvidence",
     "act",
+    "carry_out",
     "choose",
     "format_plan",
     "gather",
+    "plan_maintenance",
+    "raise_for_failure",
     "record_action",
+    "report_night",
     "run",
     "settings",
     "summarise",
@@ -403,6 +412,65 @@ def candidate_from_dict(data: dict[str, Any]) -> Candidate:
     return Candidate(**data)
 
 
+@dataclass(frozen=True)
+class Budget:
+    """A night's time budget: no action starts once ``max_duration_s`` have passed since
+    ``started_at`` (seconds since the epoch: the plan and each action may run in other
+    processes, as the DAG's mapped tasks do)."""
+
+    started_at: float
+    max_duration_s: float
+
+    def spent(self, now: float | None = None) -> bool:
+        return (time.time() if now is None else now) - self.started_at > self.max_duration_s
+
+
+@dataclass(frozen=True)
+class MaintenancePlan:
+    """Tonight's candidates (most urgent first), the tables skipped and why, when it was made."""
+
+    chosen: list[Candidate]
+    skipped: list[dict[str, Any]]
+    started_at: float
+
+    def format(self) -> str:
+        return format_plan(self.chosen, self.skipped)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"chosen": [asdict(c) for c in self.chosen], "skipped": self.skipped, "started_at": self.started_at}
+
+
+def plan_maintenance(conn: psycopg.Connection, policy: Policy) -> MaintenancePlan:
+    """Gather every table's evidence and choose by ``policy``."""
+    chosen, skipped = choose(gather(conn), settings(conn), policy)
+    return MaintenancePlan(chosen, skipped, started_at=time.time())
+
+
+class MaintenanceActionFailed(ProblemFound):
+    """A VACUUM or ANALYZE failed (not a locked table: that is skipped)."""
+
+
+def carry_out(connect: Callable[[], psycopg.Connection], candidate: Candidate, *, run_id: str, budget: Budget,
+              statement_timeout_s: int = 3600, lock_timeout_ms: int = 1000, dry_run: bool = False) -> ActionResult:
+    """One chosen action, unless the budget is spent before it starts, recorded in
+    ``csl_ops.maintenance_actions`` (not on a dry run)."""
+    if budget.spent():
+        result = ActionResult(candidate.schema, candidate.table, candidate.reason, candidate.action, "skipped_budget",
+                              error=f"max_duration_s={budget.max_duration_s:g} spent before it started")
+    else:
+        result = act(connect, candidate, statement_timeout_s=statement_timeout_s, lock_timeout_ms=lock_timeout_ms,
+                     dry_run=dry_run)
+    if not dry_run:
+        with connect() as conn:
+            record_action(conn, run_id, candidate, result)
+    return result
+
+
+def raise_for_failure(candidate: Candidate, result: ActionResult) -> None:
+    if result.status == "failed":
+        raise MaintenanceActionFailed(f"{candidate.action} {candidate.qualified} failed: {result.error}")
+
+
 def run(connect: Callable[[], psycopg.Connection], policy: Policy, *, run_id: str, dry_run: bool = False,
         max_duration_s: float = 3600.0, statement_timeout_s: int = 3600, lock_timeout_ms: int = 1000,
         workers: int = 1) -> dict[str, Any]:
@@ -413,24 +481,56 @@ def run(connect: Callable[[], psycopg.Connection], policy: Policy, *, run_id: st
     """
     from concurrent.futures import ThreadPoolExecutor
 
-    started = time.monotonic()
+    with connect() as conn:
+        plan = plan_maintenance(conn, policy)
+    budget = Budget(plan.started_at, max_duration_s)
 
     def one(candidate: Candidate) -> ActionResult:
-        if time.monotonic() - started > max_duration_s:
-            return ActionResult(candidate.schema, candidate.table, candidate.reason, candidate.action,
-                                "skipped_budget", error=f"max_duration_s={max_duration_s:g} exhausted")
-        return act(connect, candidate, statement_timeout_s=statement_timeout_s, lock_timeout_ms=lock_timeout_ms,
-                   dry_run=dry_run)
+        return carry_out(connect, candidate, run_id=run_id, budget=budget, statement_timeout_s=statement_timeout_s,
+                         lock_timeout_ms=lock_timeout_ms, dry_run=dry_run)
 
-    with connect() as conn:
-        chosen, skipped = choose(gather(conn), settings(conn), policy)
-        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-            results = list(pool.map(one, chosen))
-        if not dry_run:
-            for candidate, result in zip(chosen, results, strict=True):
-                record_action(conn, run_id, candidate, result)
-    return {"chosen": [asdict(c) for c in chosen], "skipped": skipped,
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        results = list(pool.map(one, plan.chosen))
+    return {"chosen": [asdict(c) for c in plan.chosen], "skipped": plan.skipped,
             "results": [r.as_dict() for r in results], "summary": summarise(results)}
+
+
+class MaintenanceRunFailed(ProblemFound):
+    """Some chosen actions failed or never ran."""
+
+
+@dataclass(frozen=True)
+class NightReport:
+    """Before/after summary of a night's maintenance (the DAG's report task)."""
+
+    chosen: int
+    skipped_by_policy: list[dict[str, Any]]
+    dry_run: bool
+    summary: dict[str, Any]
+    never_ran: int
+
+    @property
+    def failed(self) -> int:
+        return self.summary["by_status"].get("failed", 0) + self.never_ran
+
+    def raise_for_failures(self) -> None:
+        if self.failed:
+            raise MaintenanceRunFailed(f"{self.failed} maintenance action(s) failed or never ran: "
+                                       f"{self.summary['tables']}")
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"chosen": self.chosen, "skipped_by_policy": self.skipped_by_policy, "dry_run": self.dry_run,
+                **self.summary}
+
+
+def report_night(plan: MaintenancePlan | dict[str, Any], actions: Iterable[ActionResult | dict[str, Any] | None], *,
+                 dry_run: bool) -> NightReport:
+    """The night's report from its plan and the actions that reported (on a real run a chosen
+    table without an action never ran, and counts as failed)."""
+    plan = plan.as_dict() if isinstance(plan, MaintenancePlan) else plan
+    done = [a for a in actions if a]
+    return NightReport(chosen=len(plan["chosen"]), skipped_by_policy=plan["skipped"], dry_run=dry_run,
+                       summary=summarise(done), never_ran=0 if dry_run else max(len(plan["chosen"]) - len(done), 0))
 
 
 def summarise(results: Iterable[ActionResult | dict[str, Any]]) -> dict[str, Any]:

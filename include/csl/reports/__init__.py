@@ -6,7 +6,7 @@ index advice, and a self-contained HTML page (+ CSV/JSON) stored in ``csl_ops`` 
         snapshot = reports.capture(conn, replicas=replicas)     # hourly, cheap
         result = reports.make_report(conn, reports.ReportParams(window="24h"), replicas=replicas,
                                      run_key="cli__…", out_dir=Path("reports"))
-        frames = reports.to_frames(result["report"])            # pandas, for notebooks
+        frames = reports.to_frames(result.report)               # pandas, for notebooks
 
 Stored reports are kept ``retention_days`` (90 by default): every snapshot and report run
 deletes older ones and removes their folders (:func:`prune_reports`).
@@ -18,9 +18,12 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +37,9 @@ from csl.sqlfiles import load
 __all__ = [
     "ReportParams",
     "ReportParamsError",
+    "ReportResult",
     "Snapshot",
+    "SnapshotRun",
     "analyse",
     "capture",
     "list_reports",
@@ -44,7 +49,10 @@ __all__ = [
     "prune_reports",
     "render_html",
     "replicas_of",
+    "report_due",
+    "reports_dir",
     "safe_name",
+    "snapshot_and_prune",
     "stored_report",
     "to_frames",
 ]
@@ -84,14 +92,14 @@ REPORT_RETENTION_DAYS = 90
 def make_report(conn: psycopg.Connection, params: ReportParams | None = None, *, run_key: str,
                 out_dir: Path | None = None, snapshot_id: int | None = None,
                 advise_with_hypopg: bool = True, replicas: Mapping[str, ReplicaConnect] | None = None,
-                retention_days: int = REPORT_RETENTION_DAYS) -> dict[str, Any]:
+                retention_days: int = REPORT_RETENTION_DAYS) -> ReportResult:
     """Snapshot (unless ``snapshot_id`` ends the window; reading ``replicas`` too), analyse,
     render; store the page and every table in ``csl_ops.perf_reports`` (a rerun with the same
     ``run_key`` replaces it) and, with ``out_dir``, write ``out_dir/<run_key>/index.html``,
     ``report.json`` and one CSV per table. Then stored reports older than ``retention_days`` go
     (:func:`prune_reports`).
 
-    Returns ``{"id", "path", "summary", "meta", "report", "duration_s", "html_bytes", "pruned"}``.
+    Returns a :class:`ReportResult`.
     """
     _check_retention(retention_days)
     started = time.perf_counter()
@@ -115,9 +123,86 @@ def make_report(conn: psycopg.Connection, params: ReportParams | None = None, *,
     pruned = prune_reports(conn, retention_days=retention_days, out_dir=out_dir)
     duration = round(time.perf_counter() - started, 2)
     log.info("report %s (%s): %s in %.1fs", report_id, run_key, report["summary"], duration)
-    return {"id": report_id, "path": str(folder) if folder else None, "summary": report["summary"],
-            "meta": meta, "report": report, "duration_s": duration, "html_bytes": len(page.encode()),
-            "pruned": pruned}
+    return ReportResult(id=report_id, path=str(folder) if folder else None, summary=report["summary"], meta=meta,
+                        report=report, duration_s=duration, html_bytes=len(page.encode()), pruned=pruned)
+
+
+@dataclass(frozen=True)
+class ReportResult:
+    """A stored report: its id, folder (when written to disk), summary, meta (window, notes,
+    params), the whole analysed report, how long it took, the page's size, what was pruned."""
+
+    id: int
+    path: str | None
+    summary: dict[str, Any]
+    meta: dict[str, Any]
+    report: dict[str, Any]
+    duration_s: float
+    html_bytes: int
+    pruned: dict[str, int]
+
+    def outcome(self) -> dict[str, Any]:
+        """The figures a run record keeps (the report itself is stored in ``csl_ops.perf_reports``)."""
+        return {"report_id": self.id, "path": self.path, "summary": self.summary, "notes": self.meta["notes"],
+                "duration_s": self.duration_s, "html_bytes": self.html_bytes, "pruned": self.pruned}
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "path": self.path, "summary": self.summary, "meta": self.meta, "report": self.report,
+                "duration_s": self.duration_s, "html_bytes": self.html_bytes, "pruned": self.pruned}
+
+
+@dataclass(frozen=True)
+class SnapshotRun:
+    """One snapshot, and what retention removed in the same run."""
+
+    snapshot: Snapshot
+    pruned: int
+    reports_pruned: dict[str, int]
+
+    def outcome(self) -> dict[str, Any]:
+        snap = self.snapshot
+        return {"snapshot_id": snap.id, "taken_at": snap.taken_at.isoformat(), "rows_written": snap.rows_written,
+                "capture_ms": snap.capture_ms, "replicas": snap.replicas, "pruned": self.pruned,
+                "reports_pruned": self.reports_pruned}
+
+
+def snapshot_and_prune(conn: psycopg.Connection, *, replicas: Mapping[str, ReplicaConnect] | None = None,
+                       retention_days: int = 30, report_retention_days: int = REPORT_RETENTION_DAYS,
+                       out_dir: Path | None = None) -> SnapshotRun:
+    """Take one snapshot (the replicas' index scans too), then remove snapshots older than
+    ``retention_days`` and stored reports (rows and folders) older than ``report_retention_days``."""
+    _check_retention(retention_days)
+    _check_retention(report_retention_days)
+    snap = capture(conn, replicas=replicas)
+    return SnapshotRun(snap, prune(conn, retention_days=retention_days),
+                       prune_reports(conn, retention_days=report_retention_days, out_dir=out_dir))
+
+
+def reports_dir() -> Path:
+    """Where report folders go: ``$CSL_REPORTS_DIR/performance``, else
+    ``$AIRFLOW_HOME/csl_reports/performance`` (``./csl_reports/performance`` without either)."""
+    root = os.environ.get("CSL_REPORTS_DIR") or Path(os.environ.get("AIRFLOW_HOME", ".")) / "csl_reports"
+    return Path(root) / "performance"
+
+
+REPORT_MODES = ("auto", "always", "never")
+
+
+def report_due(mode: str, *, scheduled: bool, interval_end: datetime | None, report_hour_utc: int) -> tuple[bool, str]:
+    """Whether this run makes a report, and why: ``always`` / ``never``; ``auto``: a manual run
+    always, a scheduled run only when its interval ends at ``report_hour_utc``."""
+    if mode not in REPORT_MODES:
+        raise ReportParamsError(f"make_report: expected one of {', '.join(REPORT_MODES)}, got {mode!r}")
+    if isinstance(report_hour_utc, bool) or not isinstance(report_hour_utc, int) or not 0 <= report_hour_utc <= 23:
+        raise ReportParamsError(f"report_hour_utc: expected an hour 0..23, got {report_hour_utc!r}")
+    if mode == "never":
+        return False, "make_report is 'never'"
+    if mode == "always" or not scheduled:
+        return True, f"make_report {mode!r}, {'scheduled' if scheduled else 'manual'} run"
+    if interval_end is not None and interval_end.hour != report_hour_utc:
+        return False, (f"scheduled run ending {interval_end:%H:%M} UTC; the report is made at "
+                       f"{report_hour_utc:02d}:00 UTC")
+    return True, f"scheduled run at the report hour {report_hour_utc:02d}:00 UTC"
 
 
 def _check_retention(days: Any) -> None:

@@ -443,7 +443,7 @@ def analyse(conn: psycopg.Connection, params: ReportParams | None = None, *, sna
             continue
         if u["in_catalog"]:
             rec("unused_index", "low", u["index"],
-                f"{u['why']}; declared in the index catalog (include/sql/indexes/catalog.sql"
+                f"{u['why']}; declared in the index catalog (include/sql/maintenance/index_catalog.sql"
                 + (f", why: {declared[name]}" if declared and name in declared else "")
                 + "): if it is no longer needed, remove its entry from the catalog — never drop it while it is "
                 "declared, the index pipeline builds it again", evidence_)
@@ -457,7 +457,7 @@ def analyse(conn: psycopg.Connection, params: ReportParams | None = None, *, sna
         message = f"its columns are a prefix of {d['covered_by']} ({d['covering_definition']}); {_fmt_bytes(d['size_bytes'])}"
         if d["in_catalog"] is not False:
             rec("duplicate_index", "low", d["index"], message + "; declared in the index catalog: remove its entry from "
-                "include/sql/indexes/catalog.sql rather than dropping it (the index pipeline builds it again)",
+                "include/sql/maintenance/index_catalog.sql rather than dropping it (the index pipeline builds it again)",
                 {"size_bytes": d["size_bytes"], "covered_by": d["covered_by"]})
             continue
         rec("duplicate_index", "medium", d["index"], message,

@@ -41,12 +41,12 @@ def _out_dir(args: argparse.Namespace) -> Path:
 
 def _cmd_snapshot(args: argparse.Namespace, settings: Any) -> int:
     from csl.db import Database
-    from csl.reports import capture, prune, prune_reports, replicas_of
+    from csl.reports import replicas_of, snapshot_and_prune
 
     with Database(settings.require_database()) as db, db.connect_direct("primary") as conn:
-        snap = capture(conn, replicas=replicas_of(db))
-        pruned = prune(conn, retention_days=args.retention_days)
-        reports_pruned = prune_reports(conn, retention_days=args.report_retention_days, out_dir=_out_dir(args))
+        run = snapshot_and_prune(conn, replicas=replicas_of(db), retention_days=args.retention_days,
+                                 report_retention_days=args.report_retention_days, out_dir=_out_dir(args))
+    snap, pruned, reports_pruned = run.snapshot, run.pruned, run.reports_pruned
     payload = {"snapshot": snap.as_dict(), "pruned": pruned, "retention_days": args.retention_days,
                "reports_pruned": reports_pruned, "report_retention_days": args.report_retention_days}
     replicas = "".join(f"; {name}: {status}" for name, status in snap.replicas.items())
@@ -70,20 +70,20 @@ def _cmd_report(args: argparse.Namespace, settings: Any) -> int:
     with Database(settings.require_database()) as db, db.connect_direct("primary") as conn:
         result = make_report(conn, params, run_key=run_key, out_dir=out, advise_with_hypopg=not args.no_hypopg,
                              replicas=replicas_of(db), retention_days=args.report_retention_days)
-    summary, meta = result["summary"], result["meta"]
-    recs = result["report"]["recommendations"]
-    lines = [f"report {result['id']} ({run_key}): window {meta['window']} "
+    summary, meta = result.summary, result.meta
+    recs = result.report["recommendations"]
+    lines = [f"report {result.id} ({run_key}): window {meta['window']} "
              f"{meta['window_start']:%Y-%m-%d %H:%M} → {meta['window_end']:%Y-%m-%d %H:%M %Z}"
-             if meta["window_start"] else f"report {result['id']} ({run_key})",
+             if meta["window_start"] else f"report {result.id} ({run_key})",
              *[f"note: {n}" for n in meta["notes"]],
              (f"{summary['queries']:,} queries, {summary['db_time_ms']:,.0f} ms, {summary['regressions']} regressions, "
               f"{summary['missing_index_advice']} index advice, {summary['recommendations']} recommendations "
               f"({summary['high']} high)"),
              *[f"  [{r['severity']}] {r['kind']} {r['target']}: {r['message']}"
                + (f"\n      {r['statement']}" if r["statement"] else "") for r in recs[:25]],
-             f"written to {result['path']}/index.html ({result['html_bytes']:,} bytes) in {result['duration_s']} s"]
-    payload = {"id": result["id"], "run_key": run_key, "path": result["path"], "summary": summary, "meta": meta,
-               "recommendations": recs, "duration_s": result["duration_s"]}
+             f"written to {result.path}/index.html ({result.html_bytes:,} bytes) in {result.duration_s} s"]
+    payload = {"id": result.id, "run_key": run_key, "path": result.path, "summary": summary, "meta": meta,
+               "recommendations": recs, "duration_s": result.duration_s}
     _print(args, payload, "\n".join(lines))
     return 0
 

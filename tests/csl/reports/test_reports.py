@@ -61,7 +61,7 @@ def test_slow_seq_scan_is_a_top_query_and_hypopg_advice_names_the_index_until_it
     workload(perf_db)
     with psycopg.connect(perf_db, autocommit=True) as conn:
         first = reports.make_report(conn, ReportParams(window="1h"), run_key="t-advice-1", out_dir=tmp_path)
-        report = first["report"]
+        report = first.report
         top = probe(report["tables"]["top_queries_total_time"])
         assert top is not None and top["calls"] == 40 and top["mean_ms"] > 0
         assert "$1" in top["query"]
@@ -83,13 +83,13 @@ def test_slow_seq_scan_is_a_top_query_and_hypopg_advice_names_the_index_until_it
         conn.execute("ANALYZE listening_sessions")
         workload(perf_db, offset=3)
         second = reports.make_report(conn, ReportParams(window="1h"), run_key="t-advice-2")
-        after = probe(second["report"]["tables"]["index_advice"])
+        after = probe(second.report["tables"]["index_advice"])
         assert after is not None and not after["suggested"], after  # still slow in the window, but indexed now
         assert "listening_sessions_listener_id_idx" in (after["plan_before"] or "")
-        assert not [r for r in second["report"]["recommendations"] if r["kind"] == "missing_index"]
+        assert not [r for r in second.report["recommendations"] if r["kind"] == "missing_index"]
         # the first report's own work (snapshots, EXPLAINs of this very query) is not reported as workload
-        assert probe(second["report"]["tables"]["top_queries_total_time"])["calls"] == 40
-        assert not [q for q in second["report"]["tables"]["top_queries_total_time"]
+        assert probe(second.report["tables"]["top_queries_total_time"])["calls"] == 40
+        assert not [q for q in second.report["tables"]["top_queries_total_time"]
                     if "csl:perf-report" in q["query"] or "csl_ops.perf_" in q["query"]]
 
 
@@ -194,7 +194,7 @@ def test_first_report_says_there_is_no_older_snapshot_and_writes_every_output(pe
         result = reports.make_report(conn, ReportParams(window="24h"), run_key="t-files", out_dir=tmp_path)
         stored = reports.stored_report(conn, run_key="t-files")
         stats_reset = conn.execute("SELECT stats_reset FROM pg_stat_statements_info").fetchone()[0]
-    meta = result["meta"]
+    meta = result.meta
     assert meta["baseline_snapshot_id"] is None and meta["window_start"] == stats_reset
     assert any(note.startswith("No older snapshot in the 24h window") and "statistics reset" in note
                for note in meta["notes"])
@@ -204,15 +204,15 @@ def test_first_report_says_there_is_no_older_snapshot_and_writes_every_output(pe
     assert "<svg" in page and 'data-table="top_queries_total_time"' in page
     assert not re.search(r"""(src|href)=["']?(https?:)?//""", page), "the page must not load anything from outside"
     assert "<script" not in page
-    tables = result["report"]["tables"]
+    tables = result.report["tables"]
     for name, rows in tables.items():
         with (folder / f"{name}.csv").open(newline="") as f:
             assert len(list(csv.reader(f))) == (len(rows) + 1 if rows else 0), name
     data = json.loads((folder / "report.json").read_text())
-    assert data["summary"]["queries"] == result["summary"]["queries"] > 0
+    assert data["summary"]["queries"] == result.summary["queries"] > 0
     assert stored["html"] == page and stored["data"]["tables"]["top_queries_total_time"]
 
-    frames = reports.to_frames(result["report"])
+    frames = reports.to_frames(result.report)
     assert set(frames) == set(tables)
     top = frames["top_queries_total_time"]
     assert len(top) == len(tables["top_queries_total_time"]) and top["total_ms"].is_monotonic_decreasing

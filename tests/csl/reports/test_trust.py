@@ -113,7 +113,7 @@ def test_texts_planted_in_pg_stat_statements_by_a_read_only_login_never_write_as
         result = reports.make_report(conn, ReportParams(window="1h"), run_key="t-hostile", out_dir=tmp_path)
         assert conn.execute("SELECT v, hits FROM csl_sentinel").fetchall() == [(SENTINEL, 0)]
         assert _writes_to_sentinel(conn) == 0
-    advice = result["report"]["tables"]["index_advice"]
+    advice = result.report["tables"]["index_advice"]
     planted_rows = [a for a in advice if "listening_sessions WHERE listener_id" in a["query"]
                     and a["query"].startswith("/*…*/")]
     assert len(planted_rows) == len(PAYLOADS), [(a["query"][:90], a["reason"]) for a in advice]
@@ -237,7 +237,7 @@ def test_reports_show_no_literals_and_no_statement_that_carries_a_password(senti
     finally:
         for c in (personal, dsn, password):
             c.close()
-    sessions = {pids[s["pid"]]: s["query"] for s in result["report"]["tables"]["sessions"] if s["pid"] in pids}
+    sessions = {pids[s["pid"]]: s["query"] for s in result.report["tables"]["sessions"] if s["pid"] in pids}
     assert sessions == {
         "personal": "SELECT ? AS email, ? AS card, ? AS note, ? AS esc, ? AS bits, ? AS hex, ? AS nested",
         "dsn": "SELECT … (redacted: may carry a secret)",  # a URL with a password: not even without literals
@@ -274,7 +274,7 @@ def test_csv_cells_that_a_spreadsheet_would_run_are_quoted(sentinel_db, tmp_path
         cells = [row["table"] for row in csv.DictReader(f)]
     assert sorted(c for c in cells if c.endswith(".t")) == sorted(f"'{f}.t" for f in formulas), cells
     assert not [c for c in cells if c.startswith(("=", "+", "-", "@", "\t", "\r"))]
-    data = result["report"]["tables"]["sessions"]
+    data = result.report["tables"]["sessions"]
     assert any(s["application_name"] == formulas[0] for s in data)  # the report's data itself is unchanged
     served = reports.render.table_csv([{"key": "-1+1", "n": -5}])
     assert list(csv.reader(io.StringIO(served))) == [["key", "n"], ["'-1+1", "-5"]]
