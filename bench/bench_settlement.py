@@ -57,8 +57,8 @@ with psycopg.connect(os.environ["CSL_BENCH_URL"], autocommit=True) as conn:
     started = time.perf_counter()
     out = settlement.settle(conn, settlement.Params(), run_key={key!r})
     wall = time.perf_counter() - started
-print(json.dumps({{"wall_s": wall, "licences": out.get("licences"), "payouts": len(out.get("payouts", [])),
-                  "clawbacks": out.get("clawbacks"), "timings_s": out.get("timings_s"), "status": out["status"],
+print(json.dumps({{"wall_s": wall, "licences": out.licences, "payouts": len(out.payouts),
+                  "clawbacks": out.clawbacks, "timings_s": out.timings_s, "status": out.status,
                   "maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}}, default=str))
 """
 

@@ -33,7 +33,7 @@ import pendulum
 from airflow.sdk import Asset, Param
 
 from csl_airflow.dags import csl_dag
-from csl_airflow.params import PERIOD_BOUND
+from csl_airflow.params import PERIOD_BOUND, param
 from csl_airflow.settlement import PayoutSendOperator, SettlementOperator, StatementOperator
 
 # A name, not a scheme URI: any "scheme://" URI makes Airflow load every provider's URI
@@ -68,11 +68,10 @@ BOUND = ("an ISO date (midnight UTC) or date-time (UTC unless it gives an offset
 def csl_revenue_settlement():
     settle = SettlementOperator(
         task_id="settle", outlets=[LEDGER],
-        share_bps="{{ params.contributor_share_bps }}", minimum_payout_cents="{{ params.minimum_payout_cents }}",
-        period_start="{{ params.period_start }}", period_end="{{ params.period_end }}",
-        dry_run="{{ params.dry_run }}",
+        share_bps=param("contributor_share_bps"), minimum_payout_cents=param("minimum_payout_cents"),
+        period_start=param("period_start"), period_end=param("period_end"), dry_run=param("dry_run"),
     )
-    payouts = PayoutSendOperator(task_id="send_payouts", enabled="{{ params.send_payouts and not params.dry_run }}")
+    payouts = PayoutSendOperator(task_id="send_payouts", send_payouts=param("send_payouts"), dry_run=param("dry_run"))
     statement = StatementOperator(task_id="statement")
     settle >> [payouts, statement]
 

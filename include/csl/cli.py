@@ -18,7 +18,7 @@ from csl.cliargs import print_result as _print
 from csl.config import Settings, load_env_file
 from csl.errors import BadInput, ConfigError, CslError
 from csl.reports.cli import add_cli as add_report_cli
-from csl.settlement import SettlementParamsError
+from csl.settlement.cli import add_cli as add_settlement_cli
 from csl.storage.cli import add_cli as add_storage_cli
 
 __all__ = ["main"]
@@ -28,31 +28,6 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 
 def _int(lo: int, hi: int):
     return number(int, lo, hi)
-
-
-def _period(text: str):
-    """An ISO date or date-time (``csl.settlement.parse_period``), refused by argparse (exit 2)."""
-    from csl.settlement import parse_period
-
-    try:
-        return parse_period(text)
-    except SettlementParamsError as exc:
-        raise argparse.ArgumentTypeError(str(exc).split(": ", 1)[1]) from None
-
-
-def _uuid(text: str) -> str:
-    import uuid
-
-    try:
-        return str(uuid.UUID(text))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a UUID (a contributor's id), got {text[:60]!r}") from None
-
-
-def _key(text: str) -> str:
-    if not 1 <= len(text) <= 250 or not text.isprintable():
-        raise argparse.ArgumentTypeError(f"expected 1..250 printable characters, got {text[:60]!r}")
-    return text
 
 
 class _Parser(argparse.ArgumentParser):
@@ -164,65 +139,6 @@ def _cmd_maintenance(args: argparse.Namespace, settings: Settings) -> int:
     return 1 if outcome["summary"]["by_status"].get("failed") else 0
 
 
-def _cmd_settlement(args: argparse.Namespace, settings: Settings) -> int:
-    import datetime
-
-    from csl import settlement
-    from csl.db import Database
-
-    sender = params = None  # every argument is judged before the database is touched
-    if args.action == "send-payouts":
-        endpoint, key = os.environ.get("CSL_PAYOUT_ENDPOINT"), os.environ.get("CSL_PAYOUT_API_KEY")
-        if not endpoint or not key:
-            raise ConfigError("CSL_PAYOUT_ENDPOINT/CSL_PAYOUT_API_KEY", "both required to send payouts")
-        try:
-            sender = settlement.PayoutSender(endpoint=endpoint, api_key=key)
-        except ConfigError as exc:
-            raise ConfigError("CSL_PAYOUT_ENDPOINT", exc.problem) from None
-    elif args.action == "run":
-        params = settlement.Params(share_bps=args.contributor_share_bps, minimum_payout_cents=args.minimum_payout_cents,
-                                   period_start=args.period_start, period_end=args.period_end, dry_run=args.dry_run)
-    with Database(settings.require_database()) as db, db.connect_direct("primary") as conn:
-        if args.action == "statement":
-            out = open(args.out, "w", newline="") if args.out else sys.stdout  # noqa: SIM115
-            try:
-                rows = settlement.write_statement(conn, out, contributor=args.contributor)
-            finally:
-                if args.out:
-                    out.close()
-            if args.out:
-                print(f"wrote {rows:,} postings to {args.out}")
-            return 0
-        if sender is not None:
-            try:
-                result = sender.send(conn)
-            finally:
-                sender.close()
-            _print(args, result, f"payouts: {result['confirmed']} confirmed ({result['looked_up']} looked up), "
-                                 f"{result['failed']} failed, {result['needs_review']} need review, "
-                                 f"{result['retry_later']} to retry")
-            return 1 if result["failed"] or result["needs_review"] or result["retry_later"] else 0
-        if args.action == "review-payout":
-            result = settlement.review_payout(conn, args.payout, transfer_id=args.transfer, not_paid=args.not_paid)
-            _print(args, result, f"payout {result['payout_id']}: {result['status']} "
-                                 f"({result['amount_minor']} {result['currency']} to {result['contributor_id']})")
-            return 0
-        run_key = args.run_key or "cli__" + datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%S.%fZ")
-        try:
-            outcome = settlement.settle(conn, params, run_key=run_key)
-        except settlement.GateFailed as exc:
-            _print(args, exc.outcome, f"GATE FAILED: {exc}\n" + "\n".join(
-                f"  finding {f['kind']}: licence {f['license_id']} {f['detail']}" for f in exc.outcome["findings"][:20]))
-            return 1
-    clawbacks, holds = outcome.get("clawbacks", {}), outcome.get("payout_holds", [])
-    human = (f"{outcome['status']}: {outcome.get('licences', 0):,} licences settled, "
-             f"{outcome.get('splits_reused', 0):,} platform splits reused, "
-             f"{clawbacks.get('refunds', 0):,} refunds and {clawbacks.get('disputes', 0):,} lost disputes clawed back, "
-             f"{len(outcome.get('payouts', [])):,} payout instructions"
-             + "".join(f"\n  held (balance carried): {h['balance_minor']} {h['currency']} of {h['contributor_id']}: "
-                       f"{h['reason']}" for h in holds[:20]))
-    _print(args, outcome, human)
-    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -285,34 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true")
     p.set_defaults(func=_cmd_maintenance)
 
-    settlement = sub.add_parser("settlement", help="revenue-split settlement: run, statement CSV, send payouts")
-    actions = settlement.add_subparsers(dest="action", required=True,
-                                        metavar="{run,statement,send-payouts,review-payout}")
-    p = actions.add_parser("run", parents=[json_flag], help="one settlement run: allocate, post, claw back, "
-                                                            "instruct payouts, the gate")
-    p.add_argument("--contributor-share-bps", type=_int(0, 10_000), default=7000)
-    p.add_argument("--minimum-payout-cents", type=_int(0, 10**12), default=1000,
-                   help="balances below this many minor units of their currency are carried (1000 = $10, ¥1,000)")
-    p.add_argument("--period-start", type=_period, help="ISO date or date-time (licences created at or after; "
-                                                         "UTC unless it has an offset)")
-    p.add_argument("--period-end", type=_period, help="ISO date or date-time (licences created before)")
-    p.add_argument("--run-key", type=_key, help="idempotency key of the run (default: a timestamp)")
-    p.add_argument("--dry-run", action="store_true", help="compute and validate, commit nothing")
-    p.set_defaults(func=_cmd_settlement)
-    p = actions.add_parser("statement", help="the ledger's postings as CSV, for data teams")
-    p.add_argument("--contributor", type=_uuid, help="one contributor's id")
-    p.add_argument("--out", help="CSV file (default: stdout)")
-    p.set_defaults(func=_cmd_settlement, json=False)
-    p = actions.add_parser("send-payouts", parents=[json_flag],
-                           help="send instructed payouts (CSL_PAYOUT_ENDPOINT, CSL_PAYOUT_API_KEY)")
-    p.set_defaults(func=_cmd_settlement)
-    p = actions.add_parser("review-payout", parents=[json_flag], help="resolve a payout in needs_review")
-    p.add_argument("--payout", type=_int(1, 2**62), required=True, help="the payout's id")
-    verdict = p.add_mutually_exclusive_group(required=True)
-    verdict.add_argument("--transfer", help="the transfer found for it (tr_…): confirm it")
-    verdict.add_argument("--not-paid", metavar="REASON",
-                         help="no transfer was made: fail it (the next run pays the balance anew)")
-    p.set_defaults(func=_cmd_settlement)
+    add_settlement_cli(sub)  # run, statement, send-payouts, review-payout
     add_storage_cli(sub)  # sweep, cleanup, restore, publish
     add_report_cli(sub)  # snapshot, report
     return parser

@@ -32,9 +32,10 @@ Rules (README, "Settlement rules"):
 
 Modules: ``params`` (a run's parameters, parsed up front), ``arithmetic`` (allocation and
 clawbacks in integer minor units), ``run`` (the one-transaction run), ``gate`` (the data-quality
-gate), ``ledger`` (balances, fingerprint, statements), ``payouts`` (the payout state machine and
-the sender), ``provider`` (the payment provider's HTTP API, apart from the state machine),
-``errors``.
+gate), ``ledger`` (balances, fingerprint, statements and their files), ``payouts`` (the payout
+state machine, the sender, when a run sends), ``provider`` (the payment provider's HTTP API and
+its endpoint rule, apart from the state machine), ``results`` (what a run, a send and a review
+return), ``errors``, ``cli`` (``python -m csl settlement …``).
 """
 
 from csl.money import SubUnitAmount, to_minor
@@ -42,16 +43,32 @@ from csl.settlement.arithmetic import allocate, split_licence
 from csl.settlement.errors import (
     GateFailed,
     PayoutProviderUnavailable,
+    PayoutsNeedAttention,
+    PayoutsUnsettled,
     SettlementBusy,
     SettlementError,
     SettlementParamsError,
     SettlementRace,
 )
 from csl.settlement.gate import GATE_CHECKS, run_gate
-from csl.settlement.ledger import balances, ledger_fingerprint, write_statement
+from csl.settlement.ledger import (
+    balances,
+    ledger_fingerprint,
+    reports_root,
+    statement_path,
+    write_statement,
+    write_statement_file,
+)
 from csl.settlement.params import Params, parse_period
-from csl.settlement.payouts import IDEMPOTENCY_WINDOW_S, PayoutSender, review_payout
-from csl.settlement.provider import PaymentProvider, PayoutConfigError, classify_answer, payout_endpoint
+from csl.settlement.payouts import IDEMPOTENCY_WINDOW_S, PayoutSender, payouts_not_sent, review_payout
+from csl.settlement.provider import (
+    PaymentProvider,
+    PayoutConfigError,
+    classify_answer,
+    connection_endpoint,
+    payout_endpoint,
+)
+from csl.settlement.results import PayoutReview, PayoutSendResult, SettlementOutcome
 from csl.settlement.run import LOCK_KEY, SPLITS_KEY_COLUMNS, settle
 
 __all__ = [
@@ -64,22 +81,32 @@ __all__ = [
     "PaymentProvider",
     "PayoutConfigError",
     "PayoutProviderUnavailable",
+    "PayoutReview",
+    "PayoutSendResult",
     "PayoutSender",
+    "PayoutsNeedAttention",
+    "PayoutsUnsettled",
     "SettlementBusy",
     "SettlementError",
+    "SettlementOutcome",
     "SettlementParamsError",
     "SettlementRace",
     "SubUnitAmount",
     "allocate",
     "balances",
     "classify_answer",
+    "connection_endpoint",
     "ledger_fingerprint",
     "parse_period",
     "payout_endpoint",
+    "payouts_not_sent",
+    "reports_root",
     "review_payout",
     "run_gate",
     "settle",
     "split_licence",
+    "statement_path",
     "to_minor",
     "write_statement",
+    "write_statement_file",
 ]

@@ -1,11 +1,14 @@
 """The settlement's errors: bad parameters, a busy lock, a race with the old platform, a failed gate,
-an unreachable payment provider."""
+an unreachable payment provider, payouts that did not go through."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 from csl.errors import BadInput, ProblemFound, Transient
+
+if TYPE_CHECKING:
+    from csl.settlement.results import SettlementOutcome
 
 
 class SettlementError(ProblemFound):
@@ -29,9 +32,20 @@ class PayoutProviderUnavailable(SettlementError, Transient):
     """The payment provider cannot be reached or answered unreadably before anything was sent."""
 
 
-class GateFailed(SettlementError):
-    """The data-quality gate failed: the run was rolled back; findings and the validation are kept."""
+class PayoutsNeedAttention(SettlementError):
+    """Payouts were refused by the payment provider or need review: a person must act; sending
+    again cannot help."""
 
-    def __init__(self, message: str, *, outcome: dict[str, Any]) -> None:
+
+class PayoutsUnsettled(SettlementError, Transient):
+    """Payouts whose outcome is still unknown: the next send repeats them with the same
+    idempotency keys."""
+
+
+class GateFailed(SettlementError):
+    """The data-quality gate failed: the run was rolled back; findings and the validation are kept.
+    ``outcome`` is the rolled-back run's figures (status ``gate_failed``)."""
+
+    def __init__(self, message: str, *, outcome: SettlementOutcome) -> None:
         super().__init__(message)
         self.outcome = outcome

@@ -1,9 +1,13 @@
-"""Reading the ledger: balances, a fingerprint of every row, statements for data teams."""
+"""Reading the ledger: balances, a fingerprint of every row, statements for data teams (and
+where a run's statement file goes)."""
 
 from __future__ import annotations
 
 import hashlib
+import os
 from collections import defaultdict
+from collections.abc import Mapping
+from pathlib import Path
 
 import psycopg
 
@@ -66,3 +70,24 @@ def write_statement(conn: psycopg.Connection, out, *, contributor: str | None = 
                              from_minor(amount, currency), from_minor(total, currency), posted_at.isoformat(), run_id])
             rows += 1
     return rows
+
+
+def reports_root(environ: Mapping[str, str] | None = None) -> Path:
+    """The folder report files go under: ``$CSL_REPORTS_DIR``, else ``$AIRFLOW_HOME/csl_reports``
+    (``./csl_reports`` without ``AIRFLOW_HOME``)."""
+    environ = os.environ if environ is None else environ
+    return Path(environ.get("CSL_REPORTS_DIR") or Path(environ.get("AIRFLOW_HOME") or ".") / "csl_reports")
+
+
+def statement_path(root: str | Path, run_id: str) -> Path:
+    """A run's statement file: ``<root>/settlement/statement_<run id>.csv``, every character of
+    the run id outside letters, digits and ``-_.`` replaced by ``_`` (a run id is not a path)."""
+    safe_run = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in run_id)
+    return Path(root) / "settlement" / f"statement_{safe_run}.csv"
+
+
+def write_statement_file(conn: psycopg.Connection, path: Path, *, contributor: str | None = None) -> int:
+    """``write_statement`` into the file ``path`` (its folder created); returns rows written."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as out:
+        return write_statement(conn, out, contributor=contributor)

@@ -7,12 +7,13 @@ import logging
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Self
 
 import psycopg
 
 from csl.settlement.errors import SettlementBusy, SettlementError, SettlementParamsError
 from csl.settlement.provider import PaymentProvider, PayoutConfigError
+from csl.settlement.results import PayoutReview, PayoutSendResult
 
 log = logging.getLogger("csl.settlement")
 
@@ -33,6 +34,20 @@ SELECT (SELECT count(*) FROM csl_ops.payout_licences pl
                                 AND EXISTS (SELECT 1 FROM csl_ops.settled_licences sl WHERE sl.license_id = rs.license_id)
                               GROUP BY rs.license_id HAVING count(*) > 1) d)
 """
+
+
+def payouts_not_sent(*, send_payouts: bool, dry_run: bool) -> str | None:
+    """Why a settlement run sends no payouts, or None when it sends them: only with
+    ``send_payouts`` and not in a dry run (a dry run moves no money). Anything but a bool is
+    refused: a text such as ``"false"`` must not read as yes."""
+    for name, value in (("send_payouts", send_payouts), ("dry_run", dry_run)):
+        if not isinstance(value, bool):
+            raise SettlementParamsError(f"{name}: expected true or false, got {value!r}")
+    if not send_payouts:
+        return "send_payouts is false: instructions stay 'instructed'"
+    if dry_run:
+        return "dry_run is true: no payouts are sent, instructions stay 'instructed'"
+    return None
 
 
 class PayoutSender:
@@ -68,9 +83,16 @@ class PayoutSender:
     def close(self) -> None:
         self._provider.close()
 
-    def send(self, conn: psycopg.Connection, *, limit: int = 1000) -> dict[str, Any]:
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def send(self, conn: psycopg.Connection, *, limit: int = 1000) -> PayoutSendResult:
         """Send (or look up) every payout not yet settled; returns counts by outcome and the
-        errors. ``conn`` must be autocommit: each payout's steps commit on their own."""
+        errors (``PayoutSendResult.raise_for_problems`` says whether that is a failure).
+        ``conn`` must be autocommit: each payout's steps commit on their own."""
         if not conn.autocommit:
             raise SettlementError("PayoutSender.send needs an autocommit connection (each step commits on its own)")
         if not conn.execute("SELECT pg_try_advisory_lock(%s)", (SEND_LOCK_KEY,)).fetchone()[0]:
@@ -99,7 +121,7 @@ class PayoutSender:
                 counts[outcome] += 1
                 if error:
                     errors.append({"payout_id": payout_id, "outcome": outcome, **error})
-            return {**counts, "errors": errors}
+            return PayoutSendResult(**counts, errors=errors)
         finally:
             conn.execute("SELECT pg_advisory_unlock(%s)", (SEND_LOCK_KEY,))
 
@@ -232,7 +254,7 @@ def fail(conn: psycopg.Connection, payout: _Payout, error: str, *, from_status: 
 
 
 def review_payout(conn: psycopg.Connection, payout_id: int, *, transfer_id: str | None = None,
-                  not_paid: str | None = None) -> dict[str, Any]:
+                  not_paid: str | None = None) -> PayoutReview:
     """Resolve a payout in ``needs_review`` after a person has checked the provider's records:
 
     - ``transfer_id``: the transfer exists (found in the dashboard): the payout is confirmed with
@@ -263,8 +285,8 @@ def review_payout(conn: psycopg.Connection, payout_id: int, *, transfer_id: str 
     if not done:
         raise SettlementError(f"payout {payout_id} changed state during the review; look again")
     log.warning("payout %s reviewed: %s (%s)", payout_id, outcome, transfer_id or not_paid)
-    return {"payout_id": payout_id, "status": outcome, "amount_minor": payout.amount, "currency": payout.currency,
-            "contributor_id": payout.contributor, "transfer_id": transfer_id}
+    return PayoutReview(payout_id=payout_id, status=outcome, amount_minor=payout.amount, currency=payout.currency,
+                        contributor_id=payout.contributor, transfer_id=transfer_id)
 
 
 @dataclass(frozen=True)

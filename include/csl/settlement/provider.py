@@ -16,25 +16,36 @@ from csl.settlement.errors import PayoutProviderUnavailable
 _REFUSAL_TYPES = frozenset({"invalid_request_error", "card_error"})
 
 
-def payout_endpoint(endpoint: str) -> str:
+def payout_endpoint(endpoint: str, *, setting: str = "payout endpoint") -> str:
     """The payment provider's base URL: https, or http only on loopback (a local test server);
-    no credentials, query or fragment in it. ``ConfigError`` otherwise, before anything is sent."""
+    no credentials, query or fragment in it. ``ConfigError`` naming ``setting`` otherwise, before
+    anything is sent."""
     parts = urlsplit(endpoint or "")
     shown = f"{parts.scheme}://{parts.hostname}" if parts.hostname else repr((endpoint or "")[:60])
     if parts.scheme not in ("https", "http") or not parts.hostname:
-        raise ConfigError("payout endpoint", f"expected an https://host[:port] URL, got {shown}")
+        raise ConfigError(setting, f"expected an https://host[:port] URL, got {shown}")
     if parts.username or parts.password or parts.query or parts.fragment:
-        raise ConfigError("payout endpoint", f"no credentials, query or fragment in the URL ({shown}): "
-                                             "the API key goes in the connection's password")
+        raise ConfigError(setting, f"no credentials, query or fragment in the URL ({shown}): "
+                                   "the API key goes in the connection's password")
     if parts.scheme == "http":
         try:
             loopback = parts.hostname == "localhost" or ipaddress.ip_address(parts.hostname).is_loopback
         except ValueError:
             loopback = False
         if not loopback:
-            raise ConfigError("payout endpoint", f"http:// only on loopback (a local test server), got {shown}: "
-                                                 "use https:// for a remote payment provider")
+            raise ConfigError(setting, f"http:// only on loopback (a local test server), got {shown}: "
+                                       "use https:// for a remote payment provider")
     return endpoint.rstrip("/")
+
+
+def connection_endpoint(*, schema: str | None, host: str | None, port: int | str | None,
+                        setting: str = "payout endpoint") -> str:
+    """The payment provider's base URL from a connection's parts: ``schema`` is the scheme
+    (``https`` when empty), then the host and the port when there is one; checked as
+    ``payout_endpoint`` checks it (a connection without a host is refused, not sent to "None")."""
+    host = f"[{host}]" if host and ":" in host and not host.startswith("[") else host or ""  # an IPv6 address
+    suffix = f":{port}" if port else ""
+    return payout_endpoint(f"{schema or 'https'}://{host}{suffix}", setting=setting)
 
 
 def classify_answer(status: int, body: Mapping[str, Any] | None) -> str:

@@ -16,6 +16,7 @@ from csl.settlement.arithmetic import _clawback_parts
 from csl.settlement.errors import GateFailed, SettlementBusy, SettlementError, SettlementParamsError, SettlementRace
 from csl.settlement.gate import _GateLibraries, _record_failed_gate, _small, run_gate
 from csl.settlement.params import Params
+from csl.settlement.results import SettlementOutcome
 from csl.sqlfiles import load, statements
 
 log = logging.getLogger("csl.settlement")
@@ -43,10 +44,10 @@ def _acquire(conn: psycopg.Connection, wait_s: float) -> None:
         time.sleep(0.5)
 
 
-def settle(conn: psycopg.Connection, params: Params, *, run_key: str) -> dict[str, Any]:
+def settle(conn: psycopg.Connection, params: Params, *, run_key: str) -> SettlementOutcome:
     """One settlement run, all or nothing. ``conn`` must be an autocommit connection.
 
-    Returns the run's figures; raises ``GateFailed`` (after recording the findings and the
+    Returns the run's figures (a run key settled before: the figures it recorded); raises ``GateFailed`` (after recording the findings and the
     validation) when the data-quality gate fails, ``SettlementBusy`` when another run holds
     the lock.
     """
@@ -61,7 +62,7 @@ def settle(conn: psycopg.Connection, params: Params, *, run_key: str) -> dict[st
         previous = conn.execute("SELECT id, status, figures FROM csl_ops.settlement_runs WHERE run_key = %s",
                                 (run_key,)).fetchone()
         if previous and previous[1] == "committed":
-            return {**previous[2], "status": "already committed", "run_id": previous[0]}
+            return SettlementOutcome.of(previous[2], status="already committed", run_id=previous[0])
         return _settle(conn, params, run_key)
     finally:
         try:
@@ -71,7 +72,7 @@ def settle(conn: psycopg.Connection, params: Params, *, run_key: str) -> dict[st
             pass
 
 
-def _settle(conn: psycopg.Connection, params: Params, run_key: str) -> dict[str, Any]:
+def _settle(conn: psycopg.Connection, params: Params, run_key: str) -> SettlementOutcome:
     installation = conn.execute("SELECT id::text FROM csl_ops.installation").fetchone()[0]
     values = {"share_bps": params.share_bps, "period_start": params.period_start, "period_end": params.period_end,
               "run_key": run_key, "minimum": params.minimum_payout_cents, "installation": installation}
@@ -165,13 +166,11 @@ def _settle(conn: psycopg.Connection, params: Params, run_key: str) -> dict[str,
             _record_failed_gate(conn, f"{run_key}#dry_run" if params.dry_run else run_key, params, outcome)
             raise GateFailed("settlement gate failed: " + ", ".join(
                 f"{c['check']}={c['violations']}" for c in outcome["gate"]["checks"] if c["violations"]),
-                outcome=outcome) from None
-        outcome.update(status="dry_run")
-        return outcome
-    outcome["status"] = "committed"
+                outcome=SettlementOutcome.of(outcome, status="gate_failed")) from None
+        return SettlementOutcome.of(outcome, status="dry_run")
     log.info("settlement %s: %s licences, %s clawbacks, %s payouts, %s held", run_key, outcome["licences"],
              outcome["clawbacks"]["refunds"], len(outcome["payouts"]), len(outcome["payout_holds"]))
-    return outcome
+    return SettlementOutcome.of(outcome, status="committed")
 
 
 def _analyze(conn: psycopg.Connection, tables: str, lock_timeout_s: int) -> bool:

@@ -188,10 +188,10 @@ def posted_parts(conn):
 def test_a_run_settles_every_licence_exactly_and_a_rerun_changes_nothing(platform_db):
     with connect(platform_db) as conn:
         outcome = settlement.settle(conn, Params(), run_key="run-1")
-        assert outcome["status"] == "committed" and outcome["held"] == 0
+        assert outcome.status == "committed" and outcome.held == 0
         expected = expected_parts(conn)
         posted = posted_parts(conn)
-        assert outcome["licences"] == len(expected)
+        assert outcome.licences == len(expected)
         for license_id, (_platform_minor, parts) in expected.items():
             assert posted.get(license_id, {}) == {k: v for k, v in parts.items() if v}, license_id
         markers = dict(conn.execute("SELECT license_id::text, platform_minor FROM csl_ops.settled_licences").fetchall())
@@ -201,36 +201,36 @@ def test_a_run_settles_every_licence_exactly_and_a_rerun_changes_nothing(platfor
                             "HAVING sum(amount_minor) <> 0) x").fetchone()[0] == 0
         assert conn.execute("SELECT count(*) FROM (SELECT license_id, contributor_id FROM revenue_splits "
                             "GROUP BY 1, 2 HAVING count(*) > 1) d").fetchone()[0] == 0
-        assert outcome["splits_reused"] > 0
+        assert outcome.splits_reused > 0
         fingerprint = settlement.ledger_fingerprint(conn)
         again = settlement.settle(conn, Params(), run_key="run-2")
-        assert again["licences"] == 0 and again["clawbacks"]["refunds"] == 0 and again["payouts"] == []
+        assert again.licences == 0 and again.clawbacks["refunds"] == 0 and again.payouts == []
         assert settlement.ledger_fingerprint(conn) == fingerprint
-        assert settlement.settle(conn, Params(), run_key="run-1")["status"] == "already committed"
+        assert settlement.settle(conn, Params(), run_key="run-1").status == "already committed"
 
 
 def test_payouts_over_the_minimum_and_the_rest_carried(platform_db):
     with connect(platform_db) as conn:
         outcome = settlement.settle(conn, Params(minimum_payout_cents=5000), run_key="run-1")
-        paid = {(p["contributor_id"], p["currency"]): p["amount_minor"] for p in outcome["payouts"]}
+        paid = {(p["contributor_id"], p["currency"]): p["amount_minor"] for p in outcome.payouts}
         assert paid and all(v >= 5000 for v in paid.values())
         balances = settlement.balances(conn)
         assert all(balances[k] == 0 for k in paid)
         # held: at or over the minimum, but the contributor has no verified payout account (carried)
-        held = {(h["contributor_id"], h["currency"]): h["balance_minor"] for h in outcome["payout_holds"]}
+        held = {(h["contributor_id"], h["currency"]): h["balance_minor"] for h in outcome.payout_holds}
         assert held and all(v >= 5000 and balances[k] == v for k, v in held.items())
         # carried: under the minimum; negative where a refund clawed back what the platform paid before
         carried = {k: v for k, v in balances.items() if v > 0 and k not in held}
         owing = {k: v for k, v in balances.items() if v < 0}
         assert carried and all(v < 5000 for v in carried.values())
         # nothing new and the same minimum: nothing to pay; a lower minimum pays what was carried
-        assert settlement.settle(conn, Params(minimum_payout_cents=5000), run_key="run-2")["payouts"] == []
+        assert settlement.settle(conn, Params(minimum_payout_cents=5000), run_key="run-2").payouts == []
         lower = settlement.settle(conn, Params(minimum_payout_cents=1), run_key="run-3")
         carried_unheld = {k: v for k, v in carried.items()
-                          if k not in {(h["contributor_id"], h["currency"]) for h in lower["payout_holds"]}}
-        assert {(p["contributor_id"], p["currency"]): p["amount_minor"] for p in lower["payouts"]} == carried_unheld
+                          if k not in {(h["contributor_id"], h["currency"]) for h in lower.payout_holds}}
+        assert {(p["contributor_id"], p["currency"]): p["amount_minor"] for p in lower.payouts} == carried_unheld
         assert {k: v for k, v in settlement.balances(conn).items() if v} == \
-            owing | {(h["contributor_id"], h["currency"]): h["balance_minor"] for h in lower["payout_holds"]}
+            owing | {(h["contributor_id"], h["currency"]): h["balance_minor"] for h in lower.payout_holds}
 
 
 def test_refunds_after_payout_claw_back_exactly_and_a_negative_balance_is_carried(platform_db):
@@ -253,7 +253,7 @@ def test_refunds_after_payout_claw_back_exactly_and_a_negative_balance_is_carrie
         conn.execute("UPDATE licenses SET payment_status = 'refunded' WHERE id = %s", (license_id,))
         parts = posted_parts(conn)[license_id]
         outcome = settlement.settle(conn, Params(minimum_payout_cents=1), run_key="run-2")
-        assert outcome["clawbacks"]["refunds"] == 2
+        assert outcome.clawbacks["refunds"] == 2
         clawed = defaultdict(int)
         for party, amount in conn.execute(
                 "SELECT coalesce(a.contributor_id::text, a.kind), p.amount_minor FROM csl_ops.postings p "
@@ -265,7 +265,7 @@ def test_refunds_after_payout_claw_back_exactly_and_a_negative_balance_is_carrie
         balances = settlement.balances(conn)
         for contributor in parts:
             assert balances[(contributor, currency)] <= 0  # paid out before: now owes it back, carried
-        assert not any(p["contributor_id"] in parts for p in outcome["payouts"])
+        assert not any(p["contributor_id"] in parts for p in outcome.payouts)
 
 
 def test_corrupted_input_is_a_finding_and_the_gate_stops_everything(platform_db):
@@ -276,7 +276,7 @@ def test_corrupted_input_is_a_finding_and_the_gate_stops_everything(platform_db)
                                  "revenue_splits ORDER BY id LIMIT 1) RETURNING license_id::text").fetchone()[0]
         with pytest.raises(GateFailed) as caught:
             settlement.settle(conn, Params(), run_key="run-bad")
-        kinds = {(f["kind"], f["license_id"]) for f in caught.value.outcome["findings"]}
+        kinds = {(f["kind"], f["license_id"]) for f in caught.value.outcome.findings}
         assert ("sub_unit_price", bad_price) in kinds and ("split_mismatch", bad_split) in kinds
         assert conn.execute("SELECT count(*) FROM csl_ops.postings").fetchone()[0] == 0
         assert conn.execute("SELECT count(*) FROM csl_ops.payouts").fetchone()[0] == 0
@@ -297,7 +297,7 @@ def test_after_a_failed_gate_the_fixed_data_settles_under_the_same_run_key(platf
             settlement.settle(conn, Params(), run_key="nightly")
         conn.execute("UPDATE licenses SET price = 10.00 WHERE id = %s", (bad,))  # the data is fixed
         outcome = settlement.settle(conn, Params(), run_key="nightly")  # the task is cleared and retried
-        assert outcome["status"] == "committed" and outcome["held"] == 0
+        assert outcome.status == "committed" and outcome.held == 0
         runs = dict(conn.execute("SELECT run_key, status FROM csl_ops.settlement_runs").fetchall())
         assert runs == {"nightly": "committed", "nightly#dry_run": "gate_failed"}
 
@@ -309,7 +309,7 @@ def test_a_licence_without_any_contributor_is_held_not_given_to_the_platform(pla
             "WHERE payment_status = 'completed' AND generation_id IS NOT NULL ORDER BY id LIMIT 1) RETURNING id").fetchone()[0]
         with pytest.raises(GateFailed) as caught:
             settlement.settle(conn, Params(), run_key="run-1")
-        held = {f["kind"] for f in caught.value.outcome["findings"]}
+        held = {f["kind"] for f in caught.value.outcome.findings}
         assert held == {"unknown_source_samples"}, held
         assert conn.execute("SELECT count(*) FROM csl_ops.settled_licences").fetchone()[0] == 0
         assert orphan
@@ -332,7 +332,7 @@ def test_a_refund_on_an_intent_shared_by_two_licences_is_held(platform_db):
                      "('re_shared', %s, 1.00, %s, 'partial', 'succeeded')", (first[1], currency))
         with pytest.raises(GateFailed) as caught:
             settlement.settle(conn, Params(), run_key="run-2")
-        assert {f["kind"] for f in caught.value.outcome["findings"]} == {"refund_ambiguous_licence"}
+        assert {f["kind"] for f in caught.value.outcome.findings} == {"refund_ambiguous_licence"}
         assert conn.execute("SELECT count(*) FROM csl_ops.postings WHERE kind = 'clawback' AND source_id = 're_shared'"
                             ).fetchone()[0] == 0
 
@@ -342,7 +342,7 @@ def test_dry_run_commits_nothing(platform_db):
         outcome = settlement.settle(conn, Params(dry_run=True), run_key="dry")
         splits_before = conn.execute("SELECT count(*) FROM revenue_splits").fetchone()[0]
         outcome = settlement.settle(conn, Params(dry_run=True), run_key="dry-2")
-        assert outcome["status"] == "dry_run" and outcome["licences"] > 0 and outcome["gate"]["success"]
+        assert outcome.status == "dry_run" and outcome.licences > 0 and outcome.gate["success"]
         assert conn.execute("SELECT count(*) FROM csl_ops.postings").fetchone()[0] == 0
         assert conn.execute("SELECT count(*) FROM revenue_splits").fetchone()[0] == splits_before
         assert conn.execute("SELECT count(*) FROM csl_ops.settlement_runs").fetchone()[0] == 0
@@ -366,7 +366,7 @@ def test_two_concurrent_runs_make_one_ledger(platform_db):
     assert len(results) + len(errors) == 2
     assert all("another settlement run holds the settlement lock" in str(e) for e in errors)
     with connect(platform_db) as conn:
-        assert sum(r["licences"] for r in results) == conn.execute(
+        assert sum(r.licences for r in results) == conn.execute(
             "SELECT count(*) FROM csl_ops.settled_licences").fetchone()[0]
         assert conn.execute("SELECT count(*) FROM (SELECT license_id, account_id FROM csl_ops.postings WHERE kind = 'sale' "
                             "AND license_id IS NOT NULL GROUP BY 1, 2 HAVING count(*) > 1) d").fetchone()[0] == 0
@@ -402,7 +402,7 @@ def test_sigkill_mid_run_then_rerun_gives_the_same_ledger(stack, platform_db, tm
             assert watcher.execute("SELECT count(*) FROM csl_ops.postings").fetchone()[0] == 0
         with connect(platform_db) as conn:
             outcome = settlement.settle(conn, Params(), run_key="nightly")
-            assert outcome["status"] == "committed"
+            assert outcome.status == "committed"
             assert settlement.ledger_fingerprint(conn) == uninterrupted
     finally:
         stack.psql(f"DROP DATABASE IF EXISTS {twin} WITH (FORCE)")
@@ -423,6 +423,15 @@ def test_statement_csv_has_running_balances(platform_db, tmp_path):
     for line in lines:
         last[(line["contributor_id"], line["currency"])] = int(line["balance_minor"])
     assert last == {k: v for k, v in balances.items()}
+
+
+def test_a_run_s_statement_file_is_written_where_statement_path_says(platform_db, tmp_path):
+    with connect(platform_db) as conn:
+        settlement.settle(conn, Params(minimum_payout_cents=10**9), run_key="run-1")
+        path = settlement.statement_path(tmp_path / "reports", "scheduled__2026-12-01T03:00:00+00:00")
+        rows = settlement.write_statement_file(conn, path)  # its folder does not exist yet
+    assert path.parent == tmp_path / "reports" / "settlement" and path.is_file()
+    assert rows > 0 and len(path.read_text().splitlines()) == rows + 1  # and the header
 
 
 # -- sending payouts (Stripe's transfer API shape, at the HTTP layer) ---------------------------
@@ -554,14 +563,14 @@ def test_payouts_are_sent_with_idempotency_keys_and_their_outcomes_applied(platf
         # the platform's own old 'paid' marks are not ours to judge here: start from pending splits
         conn.execute("UPDATE revenue_splits SET status = 'pending', payment_date = NULL")
         outcome = settlement.settle(conn, Params(minimum_payout_cents=1000), run_key="run-1")
-        payouts = outcome["payouts"]
+        payouts = outcome.payouts
         assert len(payouts) >= 3 and all(p["licences"] > 0 for p in payouts)
         refused, limited = (payouts[0]["contributor_id"], payouts[0]["currency"]), \
             (payouts[1]["contributor_id"], payouts[1]["currency"])
         stripe = stripe_of(conn, refuse=[payouts[0]["idempotency_key"]], rate_limit=[payouts[1]["idempotency_key"]])
         sender = sender_for(stripe)
         result = sender.send(conn)
-        assert (result["confirmed"], result["failed"], result["retry_later"]) == (len(payouts) - 2, 1, 1)
+        assert (result.confirmed, result.failed, result.retry_later) == (len(payouts) - 2, 1, 1)
         posts = stripe.posts()
         assert [p["idempotency_key"] for p in posts] == [p["idempotency_key"] for p in payouts]
         assert [(int(p["amount"]), p["currency"]) for p in posts] == [(p["amount_minor"], p["currency"]) for p in payouts]
@@ -578,12 +587,12 @@ def test_payouts_are_sent_with_idempotency_keys_and_their_outcomes_applied(platf
         stripe.requests.clear()
         again = sender.send(conn)
         assert [p["idempotency_key"] for p in stripe.posts()] == [payouts[1]["idempotency_key"]]
-        assert again["confirmed"] == 1 and payout_rows(conn)[limited][:1] == ("confirmed",)
+        assert again.confirmed == 1 and payout_rows(conn)[limited][:1] == ("confirmed",)
         assert paid_splits(conn) == covered(conn, ["confirmed"])
         # the refused payout's licences are released: the next run's payout covers them again
         refused_licences = {lic for lic, c in covered(conn, ["failed"]) if c == refused[0]}
         run2 = settlement.settle(conn, Params(minimum_payout_cents=1000), run_key="run-2")
-        assert [(p["contributor_id"], p["currency"], p["amount_minor"]) for p in run2["payouts"]] == \
+        assert [(p["contributor_id"], p["currency"], p["amount_minor"]) for p in run2.payouts] == \
             [(*refused, payouts[0]["amount_minor"])]
         assert {lic for lic, c in covered(conn, ["instructed"]) if c == refused[0]} == refused_licences
         sender.close()
@@ -605,10 +614,10 @@ def test_a_payout_marks_paid_exactly_the_licences_it_covers(platform_db):
     """Two payouts to one contributor; only the later is confirmed: only its licence is paid."""
     with connect(platform_db) as conn:
         conn.execute("UPDATE revenue_splits SET status = 'pending', payment_date = NULL")
-        first = settlement.settle(conn, Params(minimum_payout_cents=1), run_key="run-1")["payouts"][0]
+        first = settlement.settle(conn, Params(minimum_payout_cents=1), run_key="run-1").payouts[0]
         contributor, currency = first["contributor_id"], first["currency"]
         new_licence = sell(conn, contributor, currency, 25.0)
-        second = settlement.settle(conn, Params(minimum_payout_cents=1), run_key="run-2")["payouts"]
+        second = settlement.settle(conn, Params(minimum_payout_cents=1), run_key="run-2").payouts
         assert [(p["contributor_id"], p["currency"], p["amount_minor"], p["licences"]) for p in second] == \
             [(contributor, currency, 1750, 1)]
         stripe = stripe_of(conn, rate_limit=[first["idempotency_key"]])  # the first payout's answer is not in yet
@@ -627,7 +636,7 @@ def test_a_payout_marks_paid_exactly_the_licences_it_covers(platform_db):
 
 def test_sent_is_committed_before_the_call_and_a_lost_answer_is_never_paid_twice(platform_db):
     with connect(platform_db) as conn, connect(platform_db) as watcher:
-        payouts = settlement.settle(conn, Params(minimum_payout_cents=1000), run_key="run-1")["payouts"]
+        payouts = settlement.settle(conn, Params(minimum_payout_cents=1000), run_key="run-1").payouts
         lost = payouts[0]["contributor_id"]
         stripe = stripe_of(conn, lose_answer=[payouts[0]["idempotency_key"]])
         seen_status = {}
@@ -644,10 +653,10 @@ def test_sent_is_committed_before_the_call_and_a_lost_answer_is_never_paid_twice
                                          transport=httpx.MockTransport(watching))
         result = sender.send(conn)
         assert set(seen_status.values()) == {("sent", 1)}
-        assert result["retry_later"] == 1 and payout_rows(conn)[(lost, payouts[0]["currency"])][0] == "sent"
+        assert result.retry_later == 1 and payout_rows(conn)[(lost, payouts[0]["currency"])][0] == "sent"
         # within the idempotency window the same key is sent again: Stripe answers with the first transfer
         stripe.lose_answer.clear()
-        assert sender.send(conn)["confirmed"] == 1
+        assert sender.send(conn).confirmed == 1
         made = [t for t in stripe.transfers if t["metadata"]["idempotency_key"] == payouts[0]["idempotency_key"]]
         assert len(made) == 1 and payout_rows(conn)[(lost, payouts[0]["currency"])][:2] == ("confirmed", made[0]["id"])
         sender.close()
@@ -655,7 +664,7 @@ def test_sent_is_committed_before_the_call_and_a_lost_answer_is_never_paid_twice
 
 def test_past_the_idempotency_window_an_unknown_payout_is_looked_up_never_resent(platform_db):
     with connect(platform_db) as conn:
-        payouts = settlement.settle(conn, Params(minimum_payout_cents=1000), run_key="run-1")["payouts"]
+        payouts = settlement.settle(conn, Params(minimum_payout_cents=1000), run_key="run-1").payouts
         made_it, never_arrived = payouts[0], payouts[1]
         stripe = stripe_of(conn, lose_answer=[made_it["idempotency_key"]], rate_limit=[never_arrived["idempotency_key"]])
         sender = sender_for(stripe)
@@ -674,14 +683,14 @@ def test_past_the_idempotency_window_an_unknown_payout_is_looked_up_never_resent
         stripe.rate_limit.clear()
         result = sender.send(conn)
         assert stripe.posts() == [], "nothing is sent again past the window"
-        assert (result["looked_up"], result["confirmed"], result["needs_review"]) == (2, 1, 1)
+        assert (result.looked_up, result.confirmed, result.needs_review) == (2, 1, 1)
         transfer = next(t for t in stripe.transfers if t["metadata"].get("idempotency_key") == made_it["idempotency_key"])
         rows = payout_rows(conn)
         assert rows[(made_it["contributor_id"], made_it["currency"])][:2] == ("confirmed", transfer["id"])
         assert rows[(never_arrived["contributor_id"], never_arrived["currency"])][0] == "needs_review"
         error = conn.execute("SELECT error FROM csl_ops.payouts WHERE idempotency_key = %s", (keys[1],)).fetchone()[0]
         assert "no transfer found" in error and "review" in error
-        assert sender.send(conn)["needs_review"] == 0 and stripe.posts() == []  # left for a person
+        assert sender.send(conn).needs_review == 0 and stripe.posts() == []  # left for a person
         sender.close()
 
 
@@ -710,7 +719,7 @@ def test_refunds_convert_like_prices_float_noise_is_not_a_sub_cent(platform_db):
         license_id, pi, _, currency = refundable_licence(conn)
         refund(conn, "re_noise", pi, 0.1 + 0.2, currency)  # 0.30000000000000004: float noise, 30 cents
         outcome = settlement.settle(conn, Params(), run_key="run-2")
-        assert outcome["clawbacks"]["refunds"] == 1
+        assert outcome.clawbacks["refunds"] == 1
         assert conn.execute("SELECT p.amount_minor FROM csl_ops.postings p JOIN csl_ops.ledger_accounts a "
                             "ON a.id = p.account_id AND a.kind = 'clearing' "
                             "WHERE p.kind = 'clawback' AND p.source_id = 're_noise'").fetchone()[0] == -30
@@ -718,7 +727,7 @@ def test_refunds_convert_like_prices_float_noise_is_not_a_sub_cent(platform_db):
         refund(conn, "re_half_cent", pi, 10.005, currency)  # a real half cent: held, never rounded
         with pytest.raises(GateFailed) as caught:
             settlement.settle(conn, Params(), run_key="run-3")
-        assert [(f["kind"], f["license_id"]) for f in caught.value.outcome["findings"]] == \
+        assert [(f["kind"], f["license_id"]) for f in caught.value.outcome.findings] == \
             [("refund_sub_unit", license_id)]
         assert conn.execute("SELECT count(*) FROM csl_ops.postings WHERE kind = 'clawback' AND source_id = 're_half_cent'"
                             ).fetchone()[0] == 0
@@ -728,7 +737,7 @@ def test_the_gate_checks_clawbacks_against_the_refunded_share_not_only_their_bal
     """An earlier clawback that took more than a contributor's part (balanced, so no entry check
     sees it) fails the gate as soon as the licence is refunded again."""
     with connect(platform_db) as conn:
-        run_id = settlement.settle(conn, Params(minimum_payout_cents=10**9), run_key="run-1")["run_id"]
+        run_id = settlement.settle(conn, Params(minimum_payout_cents=10**9), run_key="run-1").run_id
         license_id, pi, price, currency = refundable_licence(conn, generation=True)
         contributor, part = min(posted_parts(conn)[license_id].items())
         entry = conn.execute("INSERT INTO csl_ops.journal_entries (run_id, kind, currency, memo) VALUES "
@@ -743,7 +752,7 @@ def test_the_gate_checks_clawbacks_against_the_refunded_share_not_only_their_bal
         refund(conn, "re_partial", pi, round(price / 4, 2), currency)
         with pytest.raises(GateFailed) as caught:
             settlement.settle(conn, Params(minimum_payout_cents=1), run_key="run-2")
-        violations = {c["check"]: c["violations"] for c in caught.value.outcome["gate"]["checks"]}
+        violations = {c["check"]: c["violations"] for c in caught.value.outcome.gate["checks"]}
         assert violations["clawbacks_within_allocation"] >= 1 and violations["clawbacks_proportional"] >= 1
         assert violations["entries_balance"] == 0 and violations["findings"] == 0
         assert conn.execute("SELECT count(*) FROM csl_ops.postings").fetchone()[0] == postings_before
@@ -753,10 +762,10 @@ def test_the_gate_checks_clawbacks_against_the_refunded_share_not_only_their_bal
 def test_the_gate_judges_the_payouts_and_a_wrong_one_stops_the_run(platform_db):
     with connect(platform_db) as conn:
         outcome = settlement.settle(conn, Params(), run_key="run-1")
-        assert outcome["payouts"] and outcome["gate"]["payouts"] == len(outcome["payouts"])
-        assert {v["asset"] for v in outcome["gate"]["validation"]} == {"checks", "entries", "payouts"}
+        assert outcome.payouts and outcome.gate["payouts"] == len(outcome.payouts)
+        assert {v["asset"] for v in outcome.gate["validation"]} == {"checks", "entries", "payouts"}
         # a bug in the payout step (simulated: every instruction one cent over the balance)
-        sell(conn, outcome["payouts"][0]["contributor_id"], outcome["payouts"][0]["currency"], 99.0)
+        sell(conn, outcome.payouts[0]["contributor_id"], outcome.payouts[0]["currency"], 99.0)
         conn.execute("CREATE FUNCTION pg_temp.one_cent_more() RETURNS trigger LANGUAGE plpgsql AS "
                      "$$ BEGIN NEW.amount_minor := NEW.amount_minor + 1; RETURN NEW; END $$")
         conn.execute("CREATE TRIGGER one_cent_more BEFORE INSERT ON csl_ops.payouts FOR EACH ROW "
@@ -764,8 +773,8 @@ def test_the_gate_judges_the_payouts_and_a_wrong_one_stops_the_run(platform_db):
         payouts_before = conn.execute("SELECT count(*) FROM csl_ops.payouts").fetchone()[0]
         with pytest.raises(GateFailed) as caught:
             settlement.settle(conn, Params(), run_key="run-2")
-        violations = {c["check"]: c["violations"] for c in caught.value.outcome["gate"]["checks"]}
-        assert violations["payouts_clear_balances"] == 1 and caught.value.outcome["payouts"] == []
+        violations = {c["check"]: c["violations"] for c in caught.value.outcome.gate["checks"]}
+        assert violations["payouts_clear_balances"] == 1 and caught.value.outcome.payouts == []
         assert conn.execute("SELECT count(*) FROM csl_ops.payouts").fetchone()[0] == payouts_before
 
 
@@ -776,7 +785,7 @@ def test_splits_the_platform_already_paid_are_recorded_as_paid_and_never_paid_ag
             "WHERE rs.status = 'paid'").fetchall())
         assert before, "the seed has platform splits already marked paid"
         outcome = settlement.settle(conn, Params(minimum_payout_cents=1), run_key="run-1")
-        assert outcome["status"] == "committed" and outcome["splits_paid_before"] > 0
+        assert outcome.status == "committed" and outcome.splits_paid_before > 0
         prepaid = dict(conn.execute(
             "SELECT p.license_id::text || ':' || a.contributor_id, p.amount_minor FROM csl_ops.postings p "
             "JOIN csl_ops.ledger_accounts a ON a.id = p.account_id "
@@ -788,7 +797,7 @@ def test_splits_the_platform_already_paid_are_recorded_as_paid_and_never_paid_ag
         settled_paid = {k for k in before if k in sales}
         # every settled split the platform had paid: its payment is on the ledger, at the sale's amount
         assert set(prepaid) == settled_paid and all(prepaid[k] == sales[k] for k in prepaid)
-        assert len({k.split(":")[0] for k in prepaid}) == outcome["splits_paid_before"]
+        assert len({k.split(":")[0] for k in prepaid}) == outcome.splits_paid_before
         # no payout covers them, so sending can never pay them twice
         covered_keys = {f"{lic}:{c}" for lic, c in conn.execute(
             "SELECT license_id::text, contributor_id::text FROM csl_ops.payout_licences").fetchall()}
@@ -799,7 +808,7 @@ def test_splits_the_platform_already_paid_are_recorded_as_paid_and_never_paid_ag
             "JOIN csl_ops.ledger_accounts a ON a.id = p.account_id AND a.kind = 'contributor_payable' "
             "JOIN csl_ops.journal_entries e ON e.id = p.entry_id "
             "WHERE p.kind <> 'payout' GROUP BY 1").fetchall())
-        paid_now = {f"{p['contributor_id']}:{p['currency']}": p["amount_minor"] for p in outcome["payouts"]}
+        paid_now = {f"{p['contributor_id']}:{p['currency']}": p["amount_minor"] for p in outcome.payouts}
         assert paid_now and all(owed[k] == v for k, v in paid_now.items())
         # and the platform's own rows keep their payment dates
         after = dict(conn.execute(
@@ -836,7 +845,7 @@ def test_a_posting_naming_a_missing_account_fails_the_gate(platform_db):
                      "EXECUTE FUNCTION pg_temp.lose_account()")
         with pytest.raises(GateFailed) as caught:
             settlement.settle(conn, Params(), run_key="run-1")
-        violations = {c["check"]: c["violations"] for c in caught.value.outcome["gate"]["checks"]}
+        violations = {c["check"]: c["violations"] for c in caught.value.outcome.gate["checks"]}
         assert violations["postings_reference_entries_and_accounts"] == 1
         assert violations["entries_balance"] == 0  # the amounts still balance: only the reference is wrong
         assert conn.execute("SELECT count(*) FROM csl_ops.postings").fetchone()[0] == 0
@@ -860,17 +869,17 @@ def test_a_licence_completed_during_a_run_is_left_for_the_next_run(platform_db, 
 
         monkeypatch.setattr(settlement_run, "run_gate", gate_after_a_late_sale)
         outcome = settlement.settle(conn, Params(), run_key="run-1")
-        assert outcome["status"] == "committed" and outcome["gate"]["success"]
+        assert outcome.status == "committed" and outcome.gate["success"]
         settled = "SELECT count(*) FROM csl_ops.settled_licences WHERE license_id = %s"
         assert conn.execute(settled, (late,)).fetchone()[0] == 0
         monkeypatch.setattr(settlement_run, "run_gate", real_gate)
         again = settlement.settle(conn, Params(), run_key="run-2")
-        assert again["licences"] == 1 and conn.execute(settled, (late,)).fetchone()[0] == 1
+        assert again.licences == 1 and conn.execute(settled, (late,)).fetchone()[0] == 1
 
 
 def test_a_payout_needing_review_is_resolved_by_a_person_never_resent_blindly(platform_db):
     with connect(platform_db) as conn:
-        payouts = settlement.settle(conn, Params(minimum_payout_cents=1000), run_key="run-1")["payouts"]
+        payouts = settlement.settle(conn, Params(minimum_payout_cents=1000), run_key="run-1").payouts
         found, lost = payouts[0], payouts[1]
         ids = dict(conn.execute("SELECT idempotency_key, id FROM csl_ops.payouts WHERE idempotency_key = ANY(%s)",
                                 ([found["idempotency_key"], lost["idempotency_key"]],)).fetchall())
@@ -883,7 +892,7 @@ def test_a_payout_needing_review_is_resolved_by_a_person_never_resent_blindly(pl
         with pytest.raises(SettlementParamsError, match="not a transfer id"):
             settlement.review_payout(conn, found_id, transfer_id="12345")
         # the transfer was found in the provider's dashboard: confirmed, its licences paid
-        assert settlement.review_payout(conn, found_id, transfer_id="tr_found1")["status"] == "confirmed"
+        assert settlement.review_payout(conn, found_id, transfer_id="tr_found1").status == "confirmed"
         assert conn.execute("SELECT status, transfer_id FROM csl_ops.payouts WHERE id = %s",
                             (found_id,)).fetchone() == ("confirmed", "tr_found1")
         assert conn.execute(
@@ -897,7 +906,7 @@ def test_a_payout_needing_review_is_resolved_by_a_person_never_resent_blindly(pl
         assert settlement.balances(conn)[key] == lost["amount_minor"]
         with pytest.raises(settlement.SettlementError, match="not 'needs_review'"):
             settlement.review_payout(conn, lost_id, not_paid="twice")
-        again = settlement.settle(conn, Params(minimum_payout_cents=1000), run_key="run-2")["payouts"]
+        again = settlement.settle(conn, Params(minimum_payout_cents=1000), run_key="run-2").payouts
         anew = [p for p in again if (p["contributor_id"], p["currency"]) == key]
         assert len(anew) == 1 and anew[0]["amount_minor"] == lost["amount_minor"]
         assert anew[0]["idempotency_key"] != lost["idempotency_key"] and anew[0]["licences"] == lost["licences"]
@@ -911,7 +920,7 @@ def test_a_payout_refused_after_a_later_one_was_instructed_is_covered_again_by_t
                                 "ON po.id = pl.payout_id WHERE po.idempotency_key = %s", (payout_key,)).fetchall())
 
     with connect(platform_db) as conn:
-        first = settlement.settle(conn, Params(minimum_payout_cents=1000), run_key="run-1")["payouts"][0]
+        first = settlement.settle(conn, Params(minimum_payout_cents=1000), run_key="run-1").payouts[0]
         key = (first["contributor_id"], first["currency"])
         first_licences = licences(conn, first["idempotency_key"])
         assert len(first_licences) == first["licences"] > 0
@@ -919,17 +928,17 @@ def test_a_payout_refused_after_a_later_one_was_instructed_is_covered_again_by_t
             conn.execute("UPDATE csl_ops.payouts SET status = %s, first_sent_at = now() WHERE idempotency_key <> %s",
                          (status, first["idempotency_key"]))
         late_sale = sell(conn, *key, 99.0)  # the first payout is still in flight when the next run pays this
-        second = next(p for p in settlement.settle(conn, Params(minimum_payout_cents=1000), run_key="run-2")["payouts"]
+        second = next(p for p in settlement.settle(conn, Params(minimum_payout_cents=1000), run_key="run-2").payouts
                       if (p["contributor_id"], p["currency"]) == key)
         assert licences(conn, second["idempotency_key"]) == {(late_sale,)}
         stripe = stripe_of(conn, refuse=[first["idempotency_key"]])
         sender = sender_for(stripe)
         result = sender.send(conn)
-        assert (result["failed"], result["confirmed"]) == (1, 1)
-        third = settlement.settle(conn, Params(minimum_payout_cents=1000), run_key="run-3")["payouts"]
+        assert (result.failed, result.confirmed) == (1, 1)
+        third = settlement.settle(conn, Params(minimum_payout_cents=1000), run_key="run-3").payouts
         assert [(p["contributor_id"], p["currency"], p["amount_minor"]) for p in third] == [(*key, first["amount_minor"])]
         assert licences(conn, third[0]["idempotency_key"]) == first_licences
-        assert sender.send(conn)["confirmed"] == 1
+        assert sender.send(conn).confirmed == 1
         sender.close()
         paid = {lic for lic, c in paid_splits(conn) if c == key[0]}
         assert {lic for (lic,) in first_licences} | {late_sale} <= paid
@@ -939,15 +948,15 @@ def test_a_refusal_committed_during_a_run_is_paid_by_the_next_run(platform_db):
     """A refusal's reversal can take a posting id below a concurrent run's high-water mark and
     commit after its snapshot: the next run must not skip the payout scan because of the mark."""
     with connect(platform_db) as conn:
-        refused = settlement.settle(conn, Params(minimum_payout_cents=1000), run_key="run-1")["payouts"][0]
+        refused = settlement.settle(conn, Params(minimum_payout_cents=1000), run_key="run-1").payouts[0]
         stripe = stripe_of(conn, refuse=[refused["idempotency_key"]])
         sender = sender_for(stripe)
-        assert sender.send(conn)["failed"] == 1
+        assert sender.send(conn).failed == 1
         sender.close()
         # as if the reversal had been numbered below run-1's mark (it ran while run-1 was posting)
         conn.execute("UPDATE csl_ops.settlement_runs SET figures = jsonb_set(figures, '{ledger_high_water}', "
                      "to_jsonb((SELECT max(id) FROM csl_ops.postings))) WHERE run_key = 'run-1'")
-        again = settlement.settle(conn, Params(minimum_payout_cents=1000), run_key="run-2")["payouts"]
+        again = settlement.settle(conn, Params(minimum_payout_cents=1000), run_key="run-2").payouts
         assert [(p["contributor_id"], p["currency"], p["amount_minor"]) for p in again] == \
             [(refused["contributor_id"], refused["currency"], refused["amount_minor"])]
 
@@ -960,7 +969,7 @@ def test_cli_review_payout(platform_db, stack_env):
     run = lambda *a: subprocess.run([sys.executable, "-m", "csl", "settlement", "review-payout", *a],
                                     capture_output=True, text=True, env=env, timeout=120, check=False)
     with connect(platform_db) as conn:
-        payout = settlement.settle(conn, Params(), run_key="run-1")["payouts"][0]
+        payout = settlement.settle(conn, Params(), run_key="run-1").payouts[0]
         payout_id = conn.execute("UPDATE csl_ops.payouts SET status = 'needs_review', attempts = 1, "
                                  "first_sent_at = now() - interval '2 days' WHERE idempotency_key = %s RETURNING id",
                                  (payout["idempotency_key"],)).fetchone()[0]

@@ -53,14 +53,14 @@ def test_yen_settle_in_yen_and_dinars_in_fils_end_to_end(platform_db):
         contributor = paid_contributor(conn)
         yen, dinar = sell(conn, contributor, "jpy", 1000.0), sell(conn, contributor, "kwd", 12.345)
         outcome = settlement.settle(conn, Params(minimum_payout_cents=1), run_key="run-1")
-        assert outcome["by_currency"]["jpy"] == {"licences": 1, "gross_minor": 1000, "contributors_minor": 700,
+        assert outcome.by_currency["jpy"] == {"licences": 1, "gross_minor": 1000, "contributors_minor": 700,
                                                  "platform_minor": 300}
-        assert outcome["by_currency"]["kwd"] == {"licences": 1, "gross_minor": 12345, "contributors_minor": 8642,
+        assert outcome.by_currency["kwd"] == {"licences": 1, "gross_minor": 12345, "contributors_minor": 8642,
                                                  "platform_minor": 3703}  # 70 % of 12,345 fils, half up
         splits = dict(conn.execute("SELECT license_id::text, amount FROM revenue_splits WHERE license_id = ANY(%s)",
                                    ([yen, dinar],)).fetchall())
         assert splits == {yen: 700.0, dinar: 8.642}
-        mine = {p["currency"]: p for p in outcome["payouts"] if p["contributor_id"] == contributor}
+        mine = {p["currency"]: p for p in outcome.payouts if p["contributor_id"] == contributor}
         assert mine["jpy"]["amount_minor"] == 700 and mine["kwd"]["amount_minor"] == 8642
         stripe = stripe_of(conn)
         sender_for(stripe).send(conn)
@@ -92,7 +92,7 @@ def test_a_currency_without_an_exponent_or_an_amount_below_its_minor_unit_is_hel
         tenth_fils = sell(conn, contributor, "kwd", 1.2345)
         with pytest.raises(GateFailed) as caught:
             settlement.settle(conn, Params(), run_key="run-1")
-        found = {(f["kind"], f["license_id"]) for f in caught.value.outcome["findings"]}
+        found = {(f["kind"], f["license_id"]) for f in caught.value.outcome.findings}
         assert found == {("unsupported_currency", unknown), ("sub_unit_price", half_yen),
                          ("sub_unit_price", tenth_fils)}
         assert conn.execute("SELECT count(*) FROM csl_ops.postings").fetchone()[0] == 0
@@ -104,30 +104,30 @@ def test_payouts_pay_the_verified_account_copied_when_instructed_never_a_custome
         outcome = settlement.settle(conn, Params(minimum_payout_cents=1000), run_key="run-1")
         accounts = dict(conn.execute("SELECT contributor_id::text, account_id FROM csl_ops.payout_accounts "
                                      "WHERE verified_at IS NOT NULL AND disabled_at IS NULL").fetchall())
-        assert outcome["payouts"] and all(p["destination"] == accounts[p["contributor_id"]] for p in outcome["payouts"])
+        assert outcome.payouts and all(p["destination"] == accounts[p["contributor_id"]] for p in outcome.payouts)
         # contributors without a verified account: held, with a finding that does not fail the gate
         unpaid = dict(conn.execute("SELECT c, coalesce(pa.account_id, 'none') FROM (SELECT DISTINCT contributor_id AS c "
                                    "FROM csl_ops.ledger_accounts WHERE kind = 'contributor_payable') x "
                                    "LEFT JOIN csl_ops.payout_accounts pa ON pa.contributor_id = x.c "
                                    "WHERE pa.verified_at IS NULL").fetchall())
-        holds = {(h["contributor_id"], h["currency"]): h["reason"] for h in outcome["payout_holds"]}
+        holds = {(h["contributor_id"], h["currency"]): h["reason"] for h in outcome.payout_holds}
         assert holds and {c for c, _ in holds} <= {str(c) for c in unpaid}
         assert set(holds.values()) == {"no_payout_account", "payout_account_unverified"}
         assert {(k, c, cur, b) for k, c, cur, b in findings_of(conn, "run-1")} == \
             {(reason, c, cur, False) for (c, cur), reason in holds.items()}
         balances = settlement.balances(conn)
-        assert all(balances[k] == h["balance_minor"] for h in outcome["payout_holds"]
+        assert all(balances[k] == h["balance_minor"] for h in outcome.payout_holds
                    for k in [(h["contributor_id"], h["currency"])])
         # the platform changes a contributor's account after the payout was instructed: the payout
         # still pays the account it was instructed to (recorded, never looked up again)
-        moved = outcome["payouts"][0]
+        moved = outcome.payouts[0]
         conn.execute("UPDATE csl_ops.payout_accounts SET account_id = 'acct_changedafterwards' WHERE contributor_id = %s",
                      (moved["contributor_id"],))
         stripe = FakeStripe(accounts=set(accounts.values()))  # the provider knows the accounts as instructed
         result = sender_for(stripe).send(conn)
-        assert result["confirmed"] == len(outcome["payouts"]) and result["failed"] == 0
+        assert result.confirmed == len(outcome.payouts) and result.failed == 0
         posted = {p["idempotency_key"]: p["destination"] for p in stripe.posts()}
-        assert posted == {p["idempotency_key"]: p["destination"] for p in outcome["payouts"]}
+        assert posted == {p["idempotency_key"]: p["destination"] for p in outcome.payouts}
         assert not any(d.startswith(("cus_", "acct_csl_")) for d in posted.values())
         # once the platform verifies a held contributor's account, the next run pays them, even
         # though nothing new was posted (the scan is not skipped after a run that held balances)
@@ -136,19 +136,19 @@ def test_payouts_pay_the_verified_account_copied_when_instructed_never_a_custome
                      "VALUES (%s, 'acct_verifiednow', now()) ON CONFLICT (contributor_id) DO UPDATE "
                      "SET account_id = 'acct_verifiednow', verified_at = now()", (held_contributor,))
         again = settlement.settle(conn, Params(minimum_payout_cents=1000), run_key="run-2")
-        assert {(p["contributor_id"], p["destination"]) for p in again["payouts"]} >= {(held_contributor, "acct_verifiednow")}
-        assert (held_contributor, held_currency) not in {(h["contributor_id"], h["currency"]) for h in again["payout_holds"]}
+        assert {(p["contributor_id"], p["destination"]) for p in again.payouts} >= {(held_contributor, "acct_verifiednow")}
+        assert (held_contributor, held_currency) not in {(h["contributor_id"], h["currency"]) for h in again.payout_holds}
 
 
 def test_the_provider_refuses_a_destination_it_does_not_know(platform_db):
     with connect(platform_db) as conn:
-        payouts = settlement.settle(conn, Params(minimum_payout_cents=1000), run_key="run-1")["payouts"]
+        payouts = settlement.settle(conn, Params(minimum_payout_cents=1000), run_key="run-1").payouts
         unknown = payouts[0]
         stripe = FakeStripe(accounts=verified_accounts_but(conn, unknown["destination"]))
         result = sender_for(stripe).send(conn)
         to_it = [p for p in payouts if p["destination"] == unknown["destination"]]  # one per currency
-        assert result["failed"] == len(to_it) and result["confirmed"] == len(payouts) - len(to_it)
-        assert all("No such destination" in e["error"] for e in result["errors"])
+        assert result.failed == len(to_it) and result.confirmed == len(payouts) - len(to_it)
+        assert all("No such destination" in e["error"] for e in result.errors)
         for p in to_it:  # refused: the money is back on the balance, for the next run
             assert payout_rows(conn)[(p["contributor_id"], p["currency"])][0] == "failed"
             assert settlement.balances(conn)[(p["contributor_id"], p["currency"])] == p["amount_minor"]
@@ -168,7 +168,7 @@ def forget_destination(conn, key: str) -> None:
 
 def test_payouts_from_before_destinations_were_recorded_are_never_sent_to_a_guess(platform_db):
     with connect(platform_db) as conn:
-        payouts = settlement.settle(conn, Params(minimum_payout_cents=1000), run_key="run-1")["payouts"]
+        payouts = settlement.settle(conn, Params(minimum_payout_cents=1000), run_key="run-1").payouts
         never_sent, already_sent = payouts[0], payouts[1]
         forget_destination(conn, never_sent["idempotency_key"])
         forget_destination(conn, already_sent["idempotency_key"])
@@ -181,9 +181,9 @@ def test_payouts_from_before_destinations_were_recorded_are_never_sent_to_a_gues
         rows = payout_rows(conn)
         assert rows[(never_sent["contributor_id"], never_sent["currency"])][0] == "failed"
         assert rows[(already_sent["contributor_id"], already_sent["currency"])][0] == "needs_review"
-        assert result["failed"] == 1 and result["needs_review"] == 1
+        assert result.failed == 1 and result.needs_review == 1
         # the released one is instructed again, to the contributor's verified account
-        again = settlement.settle(conn, Params(minimum_payout_cents=1000), run_key="run-2")["payouts"]
+        again = settlement.settle(conn, Params(minimum_payout_cents=1000), run_key="run-2").payouts
         anew = [p for p in again if (p["contributor_id"], p["currency"]) ==
                 (never_sent["contributor_id"], never_sent["currency"])]
         assert [(p["amount_minor"], p["destination"]) for p in anew] == \
@@ -193,7 +193,7 @@ def test_payouts_from_before_destinations_were_recorded_are_never_sent_to_a_gues
 # -- 3. ambiguous answers ------------------------------------------------------------------------
 def test_ambiguous_answers_are_unknown_outcomes_resent_with_the_same_key_never_paid_twice(platform_db):
     with connect(platform_db) as conn:
-        payouts = settlement.settle(conn, Params(minimum_payout_cents=1000), run_key="run-1")["payouts"]
+        payouts = settlement.settle(conn, Params(minimum_payout_cents=1000), run_key="run-1").payouts
         assert len(payouts) >= 5
         keys = [p["idempotency_key"] for p in payouts[:4]]
         scripted = {keys[0]: (408, json.dumps({"error": {"type": "api_error", "message": "Request timeout"}})),
@@ -203,21 +203,21 @@ def test_ambiguous_answers_are_unknown_outcomes_resent_with_the_same_key_never_p
         stripe = stripe_of(conn, scripted=scripted, scripted_made=keys)  # all four were in fact processed
         sender = sender_for(stripe)
         result = sender.send(conn)
-        assert result["failed"] == 0 and result["retry_later"] == 4
+        assert result.failed == 0 and result.retry_later == 4
         rows = payout_rows(conn)
         assert {rows[(p["contributor_id"], p["currency"])][0] for p in payouts[:4]} == {"sent"}
         for p in payouts[:4]:  # the money was not returned to the balance: it may have left
             assert settlement.balances(conn)[(p["contributor_id"], p["currency"])] == 0
         stripe.scripted.clear()
-        assert sender.send(conn)["confirmed"] == 4  # the same keys again: the provider's saved transfers
+        assert sender.send(conn).confirmed == 4  # the same keys again: the provider's saved transfers
         for key in keys:
             assert len([t for t in stripe.transfers if t["metadata"]["idempotency_key"] == key]) == 1
-        assert settlement.settle(conn, Params(minimum_payout_cents=1000), run_key="run-2")["payouts"] == []
+        assert settlement.settle(conn, Params(minimum_payout_cents=1000), run_key="run-2").payouts == []
 
 
 def test_a_bad_api_key_stops_the_send_before_any_payout_is_touched(platform_db):
     with connect(platform_db) as conn:
-        payouts = settlement.settle(conn, Params(minimum_payout_cents=1000), run_key="run-1")["payouts"]
+        payouts = settlement.settle(conn, Params(minimum_payout_cents=1000), run_key="run-1").payouts
         stripe = stripe_of(conn)
         with pytest.raises(settlement.PayoutConfigError, match="401"):
             sender_for(stripe, api_key="sk_test_revoked").send(conn)
@@ -253,7 +253,7 @@ def test_http_payment_endpoints_only_on_loopback(platform_db, stack_env):
 
 def test_the_lookup_matches_the_idempotency_key_not_a_payout_id_another_environment_shares(platform_db):
     with connect(platform_db) as conn:
-        payout = settlement.settle(conn, Params(minimum_payout_cents=1000), run_key="run-1")["payouts"][0]
+        payout = settlement.settle(conn, Params(minimum_payout_cents=1000), run_key="run-1").payouts[0]
         stripe = stripe_of(conn)
         conn.execute("UPDATE csl_ops.payouts SET status = 'sent', attempts = 1, first_sent_at = now() - interval '25 hours' "
                      "WHERE idempotency_key = %s", (payout["idempotency_key"],))
@@ -265,7 +265,7 @@ def test_the_lookup_matches_the_idempotency_key_not_a_payout_id_another_environm
                                  "transfer_group": f"csl-settlement-{run_id}", "reversed": False,
                                  "metadata": {"payout_id": str(payout_id), "idempotency_key": "csl-payout-staging"}})
         result = sender_for(stripe).send(conn)
-        assert (result["looked_up"], result["needs_review"]) == (1, 1)  # the rest were sent and confirmed
+        assert (result.looked_up, result.needs_review) == (1, 1)  # the rest were sent and confirmed
         assert conn.execute("SELECT status, transfer_id FROM csl_ops.payouts WHERE id = %s",
                             (payout_id,)).fetchone() == ("needs_review", None)
 
@@ -281,7 +281,7 @@ def licence_of(conn, payout: dict) -> str:
 def test_a_licence_the_platform_marks_paid_after_settlement_sends_its_payout_to_review(platform_db):
     with connect(platform_db) as conn:
         conn.execute("UPDATE revenue_splits SET status = 'pending', payment_date = NULL")
-        payouts = settlement.settle(conn, Params(minimum_payout_cents=1000), run_key="run-1")["payouts"]
+        payouts = settlement.settle(conn, Params(minimum_payout_cents=1000), run_key="run-1").payouts
         victim = payouts[0]
         licence = licence_of(conn, victim)
         conn.execute("UPDATE revenue_splits SET status = 'paid', payment_date = now() WHERE license_id = %s "
@@ -289,7 +289,7 @@ def test_a_licence_the_platform_marks_paid_after_settlement_sends_its_payout_to_
         stripe = stripe_of(conn)
         result = sender_for(stripe).send(conn)
         assert victim["idempotency_key"] not in {p["idempotency_key"] for p in stripe.posts()}
-        assert result["needs_review"] == 1 and result["confirmed"] == len(payouts) - 1
+        assert result.needs_review == 1 and result.confirmed == len(payouts) - 1
         status, error = conn.execute("SELECT status, error FROM csl_ops.payouts WHERE idempotency_key = %s",
                                      (victim["idempotency_key"],)).fetchone()
         assert status == "needs_review" and "marked paid outside this ledger" in error
@@ -297,7 +297,7 @@ def test_a_licence_the_platform_marks_paid_after_settlement_sends_its_payout_to_
 
 def test_a_duplicate_split_is_found_by_the_nightly_audit_and_holds_that_contributors_payouts(platform_db):
     with connect(platform_db) as conn:
-        payouts = settlement.settle(conn, Params(minimum_payout_cents=1000), run_key="run-1")["payouts"]
+        payouts = settlement.settle(conn, Params(minimum_payout_cents=1000), run_key="run-1").payouts
         victim = payouts[0]
         licence = licence_of(conn, victim)
         # the old platform inserted its own split for the licence while run-1 was under way
@@ -312,11 +312,11 @@ def test_a_duplicate_split_is_found_by_the_nightly_audit_and_holds_that_contribu
         other = next(p for p in payouts[1:] if p["contributor_id"] != victim["contributor_id"])
         sell(conn, other["contributor_id"], other["currency"], 99.0)
         outcome = settlement.settle(conn, Params(minimum_payout_cents=1000), run_key="run-2")
-        assert outcome["status"] == "committed"  # held, not blocked: everyone else is paid
+        assert outcome.status == "committed"  # held, not blocked: everyone else is paid
         assert (victim["contributor_id"], victim["currency"], "duplicate_splits") in \
-            {(h["contributor_id"], h["currency"], h["reason"]) for h in outcome["payout_holds"]}
-        assert victim["contributor_id"] not in {p["contributor_id"] for p in outcome["payouts"]}
-        assert other["contributor_id"] in {p["contributor_id"] for p in outcome["payouts"]}
+            {(h["contributor_id"], h["currency"], h["reason"]) for h in outcome.payout_holds}
+        assert victim["contributor_id"] not in {p["contributor_id"] for p in outcome.payouts}
+        assert other["contributor_id"] in {p["contributor_id"] for p in outcome.payouts}
         detail = conn.execute("SELECT detail FROM csl_ops.settlement_findings f JOIN csl_ops.settlement_runs r "
                               "ON r.id = f.run_id WHERE r.run_key = 'run-2' AND f.kind = 'duplicate_splits' "
                               "AND NOT f.blocking").fetchone()[0]
@@ -360,7 +360,7 @@ def test_the_unique_split_key_waits_for_the_duplicates_then_makes_the_race_a_cle
         assert conn.execute("SELECT count(*) FROM csl_ops.postings").fetchone()[0] == postings
         monkeypatch.setattr(settlement_run, "load", real_load)
         outcome = settlement.settle(conn, Params(), run_key="run-2")  # the retry reuses the platform's row
-        assert outcome["licences"] == 1 and outcome["splits_reused"] == 1
+        assert outcome.licences == 1 and outcome.splits_reused == 1
 
 
 # -- 5. what "due" trusts -----------------------------------------------------------------------
@@ -375,7 +375,7 @@ def test_a_completed_licence_whose_payment_did_not_arrive_is_held(platform_db):
         conn.execute("UPDATE licenses SET payment_intent_id = 'pi_never_created' WHERE id = %s", (missing,))
         with pytest.raises(GateFailed) as caught:
             settlement.settle(conn, Params(), run_key="run-1")
-        assert {(f["kind"], f["license_id"]) for f in caught.value.outcome["findings"]} == {
+        assert {(f["kind"], f["license_id"]) for f in caught.value.outcome.findings} == {
             ("payment_not_succeeded", processing), ("payment_short", short), ("no_payment_intent", missing)}
         assert conn.execute("SELECT count(*) FROM csl_ops.settled_licences").fetchone()[0] == 0
 
@@ -395,7 +395,7 @@ def test_lost_disputes_are_clawed_back_like_refunds_won_ones_are_not(platform_db
             "SELECT a.contributor_id::text, -p.amount_minor FROM csl_ops.postings p JOIN csl_ops.ledger_accounts a "
             "ON a.id = p.account_id WHERE p.license_id = %s AND p.kind = 'sale'", (lost_licence,)).fetchall()}
         outcome = settlement.settle(conn, Params(minimum_payout_cents=1), run_key="run-2")
-        assert outcome["clawbacks"]["disputes"] == 1 and outcome["clawbacks"]["refunds"] == 0
+        assert outcome.clawbacks["disputes"] == 1 and outcome.clawbacks["refunds"] == 0
         clawed = {c: a for c, a in conn.execute(
             "SELECT a.contributor_id::text, p.amount_minor FROM csl_ops.postings p JOIN csl_ops.ledger_accounts a "
             "ON a.id = p.account_id AND a.kind = 'contributor_payable' WHERE p.source_id = 'dp_lost1'").fetchall()}
@@ -406,14 +406,14 @@ def test_lost_disputes_are_clawed_back_like_refunds_won_ones_are_not(platform_db
                      "('dp_orphan', 'ch_nobodyknows', 10.0, 'usd', 'fraudulent', 'lost')")
         with pytest.raises(GateFailed) as caught:
             settlement.settle(conn, Params(minimum_payout_cents=1), run_key="run-3")
-        assert [(f["kind"], f["detail"]["dispute_id"]) for f in caught.value.outcome["findings"]] == \
+        assert [(f["kind"], f["detail"]["dispute_id"]) for f in caught.value.outcome.findings] == \
             [("dispute_unmatched", "dp_orphan")]
 
 
 # -- 6. the payout state machine ---------------------------------------------------------------
 def test_payouts_only_move_forward_and_what_they_pay_never_changes(platform_db):
     with connect(platform_db) as conn:
-        payouts = settlement.settle(conn, Params(minimum_payout_cents=1000), run_key="run-1")["payouts"]
+        payouts = settlement.settle(conn, Params(minimum_payout_cents=1000), run_key="run-1").payouts
         first, second = payouts[0]["idempotency_key"], payouts[1]["idempotency_key"]
         refused = psycopg.errors.RestrictViolation
         for change in ("status = 'confirmed'", "amount_minor = amount_minor + 1", "destination = 'acct_elsewhere'",
@@ -471,7 +471,7 @@ def test_a_worker_killed_while_its_run_waits_on_a_lock_frees_the_settlement_lock
             time.sleep(0.2)
         blocker.execute("ROLLBACK")
     with connect(platform_db) as conn:
-        assert settlement.settle(conn, Params(lock_wait_s=0), run_key="nightly")["status"] == "committed"
+        assert settlement.settle(conn, Params(lock_wait_s=0), run_key="nightly").status == "committed"
 
 
 def test_the_in_run_analyze_does_not_queue_behind_an_index_build(platform_db):
