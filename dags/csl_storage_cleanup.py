@@ -21,6 +21,7 @@ from airflow.sdk import Param
 
 from csl.storage import TEMP_PREFIXES
 from csl_airflow.dags import csl_dag
+from csl_airflow.params import param
 from csl_airflow.storage import StorageCleanupOperator
 
 
@@ -55,11 +56,10 @@ from csl_airflow.storage import StorageCleanupOperator
 )
 def csl_storage_cleanup():
     StorageCleanupOperator(
-        task_id="cleanup", providers="{{ params.providers | tojson }}", temp_prefix="{{ params.temp_prefix }}",
-        temp_ttl_h="{{ params.temp_ttl_h }}", orphan_grace_h="{{ params.orphan_grace_h }}",
-        max_objects="{{ params.max_objects }}", max_share="{{ params.max_share }}", dry_run="{{ params.dry_run }}",
-        purge_quarantine="{{ params.purge_quarantine }}",
-        quarantine_retention_days="{{ params.quarantine_retention_days }}",
+        task_id="cleanup", providers=param("providers"), temp_prefix=param("temp_prefix"),
+        temp_ttl_h=param("temp_ttl_h"), orphan_grace_h=param("orphan_grace_h"), max_objects=param("max_objects"),
+        max_share=param("max_share"), dry_run=param("dry_run"), purge_quarantine=param("purge_quarantine"),
+        quarantine_retention_days=param("quarantine_retention_days"),
     )
 
 

@@ -24,9 +24,10 @@ of some providers closes only findings it could judge. Without Airflow:
 from __future__ import annotations
 
 import pendulum
-from airflow.sdk import Asset, Param
+from airflow.sdk import Asset, Param, XComArg
 
 from csl_airflow.dags import csl_dag
+from csl_airflow.params import param
 from csl_airflow.storage import StorageSweepPlanOperator, StorageSweepReportOperator, StorageSweepShardOperator
 
 FINDINGS = Asset(name="csl_storage_findings")
@@ -58,12 +59,13 @@ FINDINGS = Asset(name="csl_storage_findings")
     },
 )
 def csl_storage_integrity():
-    plan = StorageSweepPlanOperator(task_id="plan", shards="{{ params.shards }}",
-                                    providers="{{ params.providers | tojson }}")
+    options = {name: param(name) for name in ("depth", "key_order", "deep_sample", "prefix")}  # every step's
+    plan = StorageSweepPlanOperator(task_id="plan", shards=param("shards"), providers=param("providers"), **options)
     sweep = StorageSweepShardOperator.partial(
-        task_id="sweep", map_index_template="{{ shard_name }}", providers="{{ params.providers | tojson }}",
+        task_id="sweep", map_index_template="{{ shard_name }}", providers=param("providers"), **options,
     ).expand(shard=plan.output)
-    report = StorageSweepReportOperator(task_id="report", outlets=[FINDINGS])
+    report = StorageSweepReportOperator(task_id="report", plan=XComArg(plan, key="plan"), outlets=[FINDINGS],
+                                        **options)
     plan >> sweep >> report
 
 

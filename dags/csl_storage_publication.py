@@ -25,6 +25,7 @@ import pendulum
 from airflow.sdk import Param
 
 from csl_airflow.dags import csl_dag
+from csl_airflow.params import param
 from csl_airflow.storage import StoragePublicationOperator
 
 
@@ -46,8 +47,8 @@ from csl_airflow.storage import StoragePublicationOperator
     },
 )
 def csl_storage_publication():
-    StoragePublicationOperator(task_id="publish", dry_run="{{ params.dry_run }}",
-                               max_withdrawals="{{ params.max_withdrawals }}", max_share="{{ params.max_share }}")
+    StoragePublicationOperator(task_id="publish", dry_run=param("dry_run"), max_withdrawals=param("max_withdrawals"),
+                               max_share=param("max_share"))
 
 
 csl_storage_publication()

@@ -1,6 +1,7 @@
 """Storage: the S3-compatible providers and everything done with their objects.
 
-- ``providers`` — one interface over MinIO, AWS S3 and Supabase Storage; the reserved folders
+- ``providers`` — one interface over MinIO, AWS S3 and Supabase Storage; the reserved folders;
+  ``providers_for(settings, names)``, the providers a run works on (the CLI, the glue, the health check)
 - ``upload`` — the storage service: validated uploads, failover with a replicate-back record
 - ``media`` — what an upload may be (extension, MIME type, magic bytes, size)
 - ``references`` — which objects the platform's rows refer to
@@ -24,6 +25,8 @@ from csl.storage.providers import (
     TEMP_PREFIXES,
     ObjectInfo,
     StorageProvider,
+    configured_buckets,
+    providers_for,
     public_read_policy,
     reference_order,
     sha256_hex,
@@ -44,6 +47,8 @@ __all__ = [
     "UploadRejected",
     "UploadResult",
     "check_upload_prefix",
+    "configured_buckets",
+    "providers_for",
     "public_read_policy",
     "queue_replication",
     "reference_order",

@@ -24,7 +24,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -43,6 +43,7 @@ __all__ = [
     "Candidate",
     "CapExceeded",
     "CleanupError",
+    "CleanupResult",
     "RestoreConflict",
     "check_temp_prefix",
     "find_candidates",
@@ -51,10 +52,9 @@ __all__ = [
     "resolve_dry_run",
     "restore",
     "run_cleanup",
-    "summarize",
 ]
 
-log = logging.getLogger("csl.cleanup")
+log = logging.getLogger(__name__)
 
 DEFAULT_MAX_SHARE = 0.10  # a run may move at most this share of a provider's objects
 XCOM_SAMPLE = 100  # candidates named in a run's summary; the log has them all
@@ -286,20 +286,67 @@ def purge(conn: psycopg.Connection, providers: Sequence[StorageProvider], *, ret
     return {"purged": out, "skipped": skipped}
 
 
+@dataclass(frozen=True, kw_only=True)
+class CleanupResult:
+    """A cleanup run: its candidates (as dicts of ``Candidate``), what moved and was purged, and
+    the refusal a dry run reports instead of raising. ``as_dict()`` is the whole result (the
+    CLI's ``--json``); ``summary()`` is small enough for XCom and the run record."""
+
+    dry_run: bool
+    refused: str | None = None
+    candidates: list[dict[str, Any]] = field(default_factory=list)
+    by_reason: dict[str, int] = field(default_factory=dict)
+    by_provider: dict[str, int] = field(default_factory=dict)
+    listed: dict[str, int] = field(default_factory=dict)  # objects per provider with candidates (the share cap)
+    kept_referenced: list[dict[str, Any]] = field(default_factory=list)
+    moved: list[dict[str, Any]] = field(default_factory=list)
+    purged: list[dict[str, Any]] = field(default_factory=list)
+    purge_skipped: list[dict[str, Any]] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"dry_run": self.dry_run, "refused": self.refused, "candidates": self.candidates,
+                "by_reason": self.by_reason, "by_provider": self.by_provider, "listed": self.listed,
+                "kept_referenced": self.kept_referenced, "moved": self.moved, "purged": self.purged,
+                "purge_skipped": self.purge_skipped}
+
+    def summary(self, *, sample: int = XCOM_SAMPLE) -> dict[str, Any]:
+        """Counts, plus the first ``sample`` candidates (the log and ``csl_ops.storage_quarantine``
+        have every one)."""
+        return {"dry_run": self.dry_run, "refused": self.refused, "by_reason": self.by_reason,
+                "by_provider": self.by_provider, "listed": self.listed,
+                "candidates": len(self.candidates), "kept_referenced": len(self.kept_referenced),
+                "moved": len(self.moved), "purged": len(self.purged),
+                "purge_skipped": len(self.purge_skipped), "sample": self.candidates[:sample],
+                "sample_truncated": len(self.candidates) > sample}
+
+    def _log(self) -> None:
+        """Every candidate, one line each (would move / moved), and the refusal a real run would meet."""
+        verb = "would move" if self.dry_run else "moved"
+        for c in self.candidates:
+            log.info("%s %s on %s (%s, %s bytes, last modified %s)", verb, c["key"], c["provider"], c["reason"],
+                     c["size"], c["last_modified"])
+        if self.refused:
+            log.warning("a real run would be refused: %s", self.refused)
+
+
 def run_cleanup(conn: psycopg.Connection, providers: Sequence[StorageProvider], *, run_key: str,
                 temp_prefix: str = "tmp/", temp_ttl_h: float = 24, orphan_grace_h: float = 72,
                 max_objects: int = 1000, max_share: float = DEFAULT_MAX_SHARE, dry_run: bool = True,
                 purge_quarantine: bool = False, quarantine_retention_days: int = 30, now: datetime | None = None,
                 buckets: Sequence[str] | None = None,
-                references: Sequence[tuple[str, str]] = REFERENCE_COLUMNS) -> dict[str, Any]:
-    """Find, cap, then (unless ``dry_run``) quarantine; optionally purge old quarantine.
+                references: Sequence[tuple[str, str]] = REFERENCE_COLUMNS) -> CleanupResult:
+    """Find, cap, then (unless ``dry_run``) quarantine; optionally purge old quarantine. Every
+    candidate is logged (``csl.storage.cleanup``), and every object kept because a row refers to it.
 
     Over a cap a real run raises ``CapExceeded`` and a dry run reports it (``refused``);
     either way nothing moves."""
     check_temp_prefix(temp_prefix)
+    for name, value in (("max_objects", max_objects), ("quarantine_retention_days", quarantine_retention_days)):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise CleanupError(f"{name}: expected a whole number, got {value!r}")
     if max_objects < 0:
         raise CleanupError(f"max_objects must be >= 0, got {max_objects}")
-    if not 0 < max_share <= 1:
+    if isinstance(max_share, bool) or not isinstance(max_share, (int, float)) or not 0 < max_share <= 1:
         raise CleanupError(f"max_share must be more than 0 and at most 1, got {max_share}")
     now = now or datetime.now(UTC)
     candidates, kept = find_candidates(conn, providers, temp_prefix=temp_prefix, temp_ttl_h=temp_ttl_h,
@@ -308,28 +355,21 @@ def run_cleanup(conn: psycopg.Connection, providers: Sequence[StorageProvider], 
     listed, refused = _check_caps(candidates, providers, max_objects=max_objects, max_share=max_share)
     if refused and not dry_run:
         raise CapExceeded(refused)
-    result: dict[str, Any] = {"dry_run": dry_run, "refused": refused, "candidates": [asdict(c) for c in candidates],
-                              "by_reason": {}, "by_provider": {}, "listed": listed,
-                              "kept_referenced": [asdict(c) for c in kept], "moved": [], "purged": [],
-                              "purge_skipped": []}
+    by_reason: dict[str, int] = {}
+    by_provider: dict[str, int] = {}
     for c in candidates:
-        result["by_reason"][c.reason] = result["by_reason"].get(c.reason, 0) + 1
-        result["by_provider"][c.provider] = result["by_provider"].get(c.provider, 0) + 1
+        by_reason[c.reason] = by_reason.get(c.reason, 0) + 1
+        by_provider[c.provider] = by_provider.get(c.provider, 0) + 1
+    moved: list[dict[str, Any]] = []
     if not dry_run:
-        result["moved"] = quarantine(conn, providers, candidates, run_key=run_key, today=now.strftime("%Y%m%d"))
+        moved = quarantine(conn, providers, candidates, run_key=run_key, today=now.strftime("%Y%m%d"))
+    purged: dict[str, Any] = {"purged": [], "skipped": []}
     if purge_quarantine:
         purged = purge(conn, providers, retention_days=quarantine_retention_days, max_objects=max_objects,
                        dry_run=dry_run)
-        result["purged"], result["purge_skipped"] = purged["purged"], purged["skipped"]
+    result = CleanupResult(dry_run=dry_run, refused=refused, candidates=[asdict(c) for c in candidates],
+                           by_reason=by_reason, by_provider=by_provider, listed=listed,
+                           kept_referenced=[asdict(c) for c in kept], moved=moved, purged=purged["purged"],
+                           purge_skipped=purged["skipped"])
+    result._log()
     return result
-
-
-def summarize(result: dict[str, Any], *, sample: int = XCOM_SAMPLE) -> dict[str, Any]:
-    """A run's result small enough for XCom and the run record: counts, plus the first
-    ``sample`` candidates (the log and ``csl_ops.storage_quarantine`` have every one)."""
-    return {"dry_run": result["dry_run"], "refused": result["refused"], "by_reason": result["by_reason"],
-            "by_provider": result["by_provider"], "listed": result["listed"],
-            "candidates": len(result["candidates"]), "kept_referenced": len(result["kept_referenced"]),
-            "moved": len(result["moved"]), "purged": len(result["purged"]),
-            "purge_skipped": len(result["purge_skipped"]), "sample": result["candidates"][:sample],
-            "sample_truncated": len(result["candidates"]) > sample}

@@ -17,55 +17,43 @@ from csl.cliargs import print_result as _print
 __all__ = ["add_cli"]
 
 
-def _providers(args: argparse.Namespace, settings: Any) -> list[Any]:
-    from csl.storage import StorageProvider
-
-    names = list(dict.fromkeys(args.providers or [p.name for p in settings.storage]))  # typed order is irrelevant
-    return [StorageProvider(settings.provider(name)) for name in names]
-
-
 def _stamp() -> str:
     import datetime
 
     return datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
 
 
-def _buckets(settings: Any) -> list[str]:
-    return sorted({p.bucket for p in settings.storage})
-
-
 def _cmd_sweep(args: argparse.Namespace, settings: Any) -> int:
     import uuid
 
     from csl.db import Database
-    from csl.storage import integrity
+    from csl.storage import integrity, providers_for
 
-    names = [p.name for p in _providers(args, settings)]
-    options = integrity.SweepOptions(depth=args.depth, key_order=args.key_order, deep_rate=args.deep_sample,
-                                     prefix=args.prefix or "")
+    names = [p.name for p in providers_for(settings, args.providers)]
+    options = integrity.SweepOptions.for_settings(settings, depth=args.depth, key_order=args.key_order,
+                                                  deep_sample=args.deep_sample, prefix=args.prefix)
     summary = integrity.run_sweep(settings, run_key=args.run_key or f"cli__{_stamp()}__{uuid.uuid4().hex[:8]}",
                                   shards=args.shards, workers=args.workers, options=options, provider_names=names)
     with Database(settings.require_database()) as db, db.connect_direct() as conn:
-        findings = integrity.open_findings(conn, sweep_id=summary["sweep_id"])
+        findings = integrity.open_findings(conn, sweep_id=summary.sweep_id)
     lines = [f"{f['kind']:<18} {f['provider']:<10} {f['key']}" for f in findings[:50]]
     if len(findings) > 50:
         lines.append(f"… and {len(findings) - 50} more (--json lists them all)")
-    counts = {kind: sum(per.values()) for kind, per in summary["findings"].items()}
-    failed = summary["failed"] + summary.get("errors", [])
-    lines.append(f"swept {summary['cells']} cells, {summary['db_refs']:,} references, listed {summary['listed']} "
-                 f"in {summary['duration_s']} s; findings {counts or 'none'}; new {summary['new']}, "
-                 f"closed {summary['closed']}")
+    failed = summary.failed + summary.errors
+    lines.append(f"swept {summary.cells} cells, {summary.db_refs:,} references, listed {summary.listed} "
+                 f"in {summary.duration_s} s; findings {summary.finding_counts or 'none'}; new {summary.new}, "
+                 f"closed {summary.closed}")
     for failure in failed:
         lines.append(f"FAILED shard {failure['shard']}: {failure['error']}")
-    _print(args, {"summary": summary, "findings": findings}, "\n".join(lines))
+    _print(args, {"summary": summary.as_dict(), "findings": findings}, "\n".join(lines))
     return 1 if failed else 0
 
 
 def _cmd_restore(args: argparse.Namespace, settings: Any) -> int:
     from csl.db import Database
-    from csl.storage import cleanup
+    from csl.storage import cleanup, providers_for
 
-    providers = _providers(args, settings)
+    providers = providers_for(settings, args.providers)
     with Database(settings.require_database()) as db, db.connect_direct() as conn:
         done = cleanup.restore(conn, providers, key=args.key, run_key=args.run_key, force=args.force)
     _print(args, done, "\n".join([f"restored {r['key']} on {r['provider']}" for r in done["restored"]]
@@ -75,68 +63,64 @@ def _cmd_restore(args: argparse.Namespace, settings: Any) -> int:
 
 def _cmd_cleanup(args: argparse.Namespace, settings: Any) -> int:
     from csl.db import Database
-    from csl.storage import cleanup
+    from csl.storage import cleanup, configured_buckets, providers_for
 
     cleanup.check_temp_prefix(args.temp_prefix)  # one line before any work
-    providers = _providers(args, settings)
+    providers = providers_for(settings, args.providers)
     with Database(settings.require_database()) as db, db.connect_direct() as conn:
         result = cleanup.run_cleanup(
             conn, providers, run_key=args.run_key or f"cli__{_stamp()}", temp_prefix=args.temp_prefix,
             temp_ttl_h=args.temp_ttl_h, orphan_grace_h=args.orphan_grace_h, max_objects=args.max_objects,
             max_share=args.max_share, dry_run=not args.apply, purge_quarantine=args.purge_quarantine,
-            quarantine_retention_days=args.quarantine_retention_days, buckets=_buckets(settings))
-    verb = "would move" if result["dry_run"] else "moved"
-    lines = [f"{verb} {c['key']} on {c['provider']} ({c['reason']})" for c in result["candidates"]]
+            quarantine_retention_days=args.quarantine_retention_days, buckets=configured_buckets(settings))
+    verb = "would move" if result.dry_run else "moved"
+    lines = [f"{verb} {c['key']} on {c['provider']} ({c['reason']})" for c in result.candidates]
     lines += [f"kept {c['key']} on {c['provider']} ({c['reason']}): a row refers to it"
-              for c in result["kept_referenced"]]
-    lines.append(f"{verb} {len(result['candidates'])} objects to quarantine {result['by_reason'] or ''}"
+              for c in result.kept_referenced]
+    lines.append(f"{verb} {len(result.candidates)} objects to quarantine {result.by_reason or ''}"
                  + ("" if args.apply else " — dry run; pass --apply to move them"))
-    if result["refused"]:
-        lines.append(f"REFUSED: {result['refused']}")
-    _print(args, result, "\n".join(lines))
-    return 1 if result["refused"] else 0
+    if result.refused:
+        lines.append(f"REFUSED: {result.refused}")
+    _print(args, result.as_dict(), "\n".join(lines))
+    return 1 if result.refused else 0
 
 
 def _cmd_publish(args: argparse.Namespace, settings: Any) -> int:
     from csl.cdn import VarnishEdge
     from csl.db import Database
-    from csl.storage import publication
+    from csl.storage import configured_buckets, providers_for, publication
 
-    public = [p for p in _providers(args, settings) if p.settings.published_bucket]
-    if not public:
-        raise publication.PublicationError("none of these providers publishes anything (no public bucket)")
-    results, lines = [], []
+    public = providers_for(settings, args.providers, published_only=True)
     with Database(settings.require_database()) as db, db.connect_direct() as conn:
         edge = VarnishEdge(settings.edge) if settings.edge.enabled else None
         try:
-            for provider in public:
-                result = publication.run_publication(
-                    conn, provider, run_key=args.run_key or f"cli__{_stamp()}", dry_run=not args.apply,
-                    max_withdrawals=args.max_withdrawals, max_share=args.max_share, edge=edge, buckets=_buckets(settings))
-                results.append(result)
-                verb = ("would " if not args.apply else "") + "publish"
-                lines += [f"{verb} {key} ({reason})" for key, reason in result["publish"]]
-                lines += [f"{'would withdraw' if not args.apply else 'withdrew'} {key}" for key in result["withdraw"]]
-                lines += [f"missing original (copy kept if any): {key}" for key in result["missing"]]
-                lines += [f"not publishable (outside {', '.join(publication.PUBLISHED_PREFIXES)}): {key}"
-                          for key in result["unpublishable"]]
-                lines += [(f"NOT PUBLISHED {r['key']}: " + ("its bytes do not match the SHA-256 it was stored with"
-                                                            if r["problem"] == "corrupt" else
-                                                            f"the copy's SHA-256 {r['copy_sha256']} is not the "
-                                                            f"original's {r['expected_sha256']}"))
-                          for r in result["copy_refused"]]
-                lines.append(f"{provider.name} → {result['bucket']}: {result['approved']} approved, "
-                             f"{result['published']} were published; {len(result['publish'])} to publish, "
-                             f"{len(result['withdraw'])} to withdraw"
-                             + ("" if args.apply else " — dry run; pass --apply to change them"))
-                if result["refused"]:
-                    lines.append(f"REFUSED: {result['refused']}")
+            run = publication.publish_all(conn, public, run_key=args.run_key or f"cli__{_stamp()}",
+                                          dry_run=not args.apply, max_withdrawals=args.max_withdrawals,
+                                          max_share=args.max_share, edge=edge, buckets=configured_buckets(settings))
         finally:
             if edge is not None:
                 edge.close()
-    _print(args, {"providers": results}, "\n".join(lines))
-    copy_failed = any(r["problem"] == "copy_failed" for result in results for r in result["copy_refused"])
-    return 1 if copy_failed or any(r["refused"] for r in results) else 0
+    lines = []
+    for result in run.results:
+        verb = ("would " if not args.apply else "") + "publish"
+        lines += [f"{verb} {key} ({reason})" for key, reason in result.publish]
+        lines += [f"{'would withdraw' if not args.apply else 'withdrew'} {key}" for key in result.withdraw]
+        lines += [f"missing original (copy kept if any): {key}" for key in result.missing]
+        lines += [f"not publishable (outside {', '.join(publication.PUBLISHED_PREFIXES)}): {key}"
+                  for key in result.unpublishable]
+        lines += [(f"NOT PUBLISHED {r['key']}: " + ("its bytes do not match the SHA-256 it was stored with"
+                                                    if r["problem"] == "corrupt" else
+                                                    f"the copy's SHA-256 {r['copy_sha256']} is not the "
+                                                    f"original's {r['expected_sha256']}"))
+                  for r in result.copy_refused]
+        lines.append(f"{result.provider} → {result.bucket}: {result.approved} approved, "
+                     f"{result.published} were published; {len(result.publish)} to publish, "
+                     f"{len(result.withdraw)} to withdraw"
+                     + ("" if args.apply else " — dry run; pass --apply to change them"))
+        if result.refused:
+            lines.append(f"REFUSED: {result.refused}")
+    _print(args, {"providers": [r.as_dict() for r in run.results]}, "\n".join(lines))
+    return 1 if run.error or any(r.refused for r in run.results) else 0
 
 
 def add_cli(sub: Any) -> None:

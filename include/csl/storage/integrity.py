@@ -37,9 +37,9 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import psycopg
@@ -47,7 +47,15 @@ from psycopg import sql
 
 from csl.errors import BadInput, ProblemFound, StorageError
 from csl.sqlfiles import load
-from csl.storage import PRIMARY, RESERVED_PREFIXES, ObjectInfo, StorageProvider, reference_order
+from csl.storage import (
+    PRIMARY,
+    RESERVED_PREFIXES,
+    ObjectInfo,
+    StorageProvider,
+    configured_buckets,
+    providers_for,
+    reference_order,
+)
 from csl.storage.references import REFERENCE_COLUMNS, references_query
 
 __all__ = [
@@ -55,21 +63,28 @@ __all__ = [
     "KEY_ORDERS",
     "KINDS",
     "ListingOrderError",
+    "ShardSummary",
+    "ShardsFailed",
     "SweepError",
     "SweepOptions",
+    "SweepPlan",
+    "SweepSummary",
     "cell_of",
     "discover_cells",
+    "finish_planned",
     "finish_sweep",
     "open_findings",
     "plan_shards",
     "plan_sweep",
     "record_shard_failure",
     "run_sweep",
+    "shard_label",
     "start_sweep",
+    "sweep_and_record",
     "sweep_shard",
 ]
 
-log = logging.getLogger("csl.integrity")
+log = logging.getLogger(__name__)
 
 KINDS = ("missing", "orphan", "size_mismatch", "checksum_mismatch", "fallback_only")
 KEY_ORDERS = ("path", "byte")
@@ -79,7 +94,11 @@ LOOKAHEAD = 2  # cells whose first listing page is fetched ahead of the merge
 
 
 class SweepError(BadInput):
-    """The sweep cannot run as asked, or some of its shards failed."""
+    """The sweep cannot run as asked."""
+
+
+class ShardsFailed(ProblemFound):
+    """Some shards of the sweep failed or never ran: the sweep is marked failed, its findings incomplete."""
 
 
 class ListingOrderError(ProblemFound):
@@ -105,6 +124,21 @@ class SweepOptions:
             raise SweepError(f"deep_rate must be between 0 and 1, got {self.deep_rate}")
         if any(not e for e in self.exclude):
             raise SweepError("exclude prefixes must not be empty")
+
+    @classmethod
+    def for_settings(cls, settings: Any, *, depth: int = 2, key_order: str = "path", deep_sample: float = 0.0,
+                     prefix: str | None = None) -> SweepOptions:
+        """The options of a sweep asked for by its parameters (the DAG's Params, native values):
+        ``prefix`` None or empty means everything; URL-form references may name any configured
+        bucket (``settings.storage``), swept or not. A bad value is a ``SweepError``."""
+        if isinstance(depth, bool) or not isinstance(depth, int):
+            raise SweepError(f"depth must be a whole number, got {depth!r}")
+        if isinstance(deep_sample, bool) or not isinstance(deep_sample, (int, float)):
+            raise SweepError(f"deep_sample must be a number between 0 and 1, got {deep_sample!r}")
+        if not isinstance(key_order, str) or not (prefix is None or isinstance(prefix, str)):
+            raise SweepError(f"key_order and prefix must be text, got {key_order!r} and {prefix!r}")
+        return cls(depth=depth, key_order=key_order, deep_rate=float(deep_sample), prefix=prefix or "",
+                   buckets=configured_buckets(settings))
 
     def as_dict(self) -> dict[str, Any]:
         return {"depth": self.depth, "key_order": self.key_order, "deep_rate": self.deep_rate,
@@ -156,7 +190,11 @@ def discover_cells(conn: psycopg.Connection, providers: Sequence[StorageProvider
     query = sql.SQL(load("storage/cells.sql")).format(refs=references_query(options.references))
     cells = {row[0] for row in conn.execute(query, options.query_params(providers))}
     for provider in providers:
-        cells.update(_provider_cells(provider, options.depth))
+        try:
+            cells.update(_provider_cells(provider, options.depth))
+        except StorageError as exc:  # the same kind (unavailable: retried), saying what could not be done
+            exc.args = (f"cannot list provider {exc.provider!r}: {exc}",)
+            raise
     chosen = [c for c in cells if _cell_overlaps(c, options.prefix)
               and not any(_cell_prefix(c)[0].startswith(e) for e in options.exclude)]
     return sorted(chosen)
@@ -458,15 +496,45 @@ def start_sweep(conn: psycopg.Connection, *, run_key: str, providers: Sequence[S
     return row[0]
 
 
+@dataclass(frozen=True)
+class SweepPlan:
+    """A planned sweep: its record's id, every cell, the cells of each shard and the providers'
+    names (as given). ``as_dict()`` is the XCom ``plan``; ``shards()`` one item per shard, each
+    what one mapped sweep task gets (``sweep_and_record``)."""
+
+    sweep_id: int
+    cells: list[str]
+    shard_cells: list[list[str]]
+    providers: list[str]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"sweep_id": self.sweep_id, "cells": self.cells, "shards": len(self.shard_cells),
+                "providers": self.providers}
+
+    def shards(self) -> list[dict[str, Any]]:
+        return [{"sweep_id": self.sweep_id, "shard": i, "cells": cells} for i, cells in enumerate(self.shard_cells)]
+
+
+def shard_label(shard: Mapping[str, Any]) -> str:
+    """A shard item's name (its mapped task's name): ``2: samples/0a/ … samples/0f/``."""
+    cells = shard["cells"]
+    return f"{shard['shard']}: {cells[0]} … {cells[-1]}" if cells else str(shard["shard"])
+
+
 def plan_sweep(conn: psycopg.Connection, providers: Sequence[StorageProvider], *, run_key: str, shards: int,
-               options: SweepOptions) -> tuple[int, list[str], list[list[str]]]:
+               options: SweepOptions) -> SweepPlan:
     """Find the cells, deal them out to shards and open (or reopen) the sweep's record with no
-    shard results yet; returns (sweep id, every cell, the cells of each shard)."""
+    shard results yet. A provider that cannot be listed is named (``cannot list provider …``)."""
+    if isinstance(shards, bool) or not isinstance(shards, int):
+        raise SweepError(f"shards must be a whole number, got {shards!r}")
     cells = discover_cells(conn, providers, options)
-    plan = plan_shards(cells, shards)
+    shard_cells = plan_shards(cells, shards)
     sweep_id = start_sweep(conn, run_key=run_key, providers=providers, options=options, cells=len(cells))
     conn.execute("DELETE FROM csl_ops.storage_sweep_shards WHERE sweep_id = %s", (sweep_id,))
-    return sweep_id, cells, plan
+    plan = SweepPlan(sweep_id, cells, shard_cells, [p.name for p in providers])
+    log.info("sweep %s: %s cells in %s shards over providers %s", sweep_id, len(cells), len(shard_cells),
+             plan.providers)
+    return plan
 
 
 _STAGE = """
@@ -478,7 +546,7 @@ CREATE TEMP TABLE shard_findings (
 
 
 def sweep_shard(connect: Callable[[], Any], providers: Sequence[StorageProvider], *, sweep_id: int, shard: int,
-                cells: Sequence[str], options: SweepOptions) -> dict[str, Any]:
+                cells: Sequence[str], options: SweepOptions) -> ShardSummary:
     """Sweep ``cells`` and write their findings in one transaction; returns the shard summary.
 
     ``connect()`` returns a context manager yielding a psycopg connection; two are used (the
@@ -541,31 +609,37 @@ def sweep_shard(connect: Callable[[], Any], providers: Sequence[StorageProvider]
         closed = write_conn.execute(load("storage/close_findings.sql"),
                                     {"sweep": sweep_id, "cells": list(cells), "prefix": options.prefix,
                                      "providers": names}).rowcount
-        summary = {
-            "shard": shard,
-            "providers": names,
-            "cells": len(cells),
-            "db_refs": tally.db_refs,
-            "listed": tally.listed,
-            "bytes": tally.bytes,
-            "findings": tally.findings,
-            "new": new,
-            "still_open": refreshed,
-            "closed": closed,
-            "deep_verified": tally.deep_verified,
-            "duration_s": round(time.perf_counter() - started, 3),
-        }
+        summary = ShardSummary(shard=shard, providers=names, cells=len(cells), db_refs=tally.db_refs,
+                               listed=tally.listed, bytes=tally.bytes, findings=tally.findings, new=new,
+                               still_open=refreshed, closed=closed, deep_verified=tally.deep_verified,
+                               duration_s=round(time.perf_counter() - started, 3))
         write_conn.execute(
             "INSERT INTO csl_ops.storage_sweep_shards (sweep_id, shard, cells, providers, status, summary) "
             "VALUES (%s, %s, %s, %s, 'done', %s) ON CONFLICT (sweep_id, shard) DO UPDATE SET status = 'done', "
             "cells = excluded.cells, providers = excluded.providers, summary = excluded.summary, error = NULL, "
             "finished_at = now()",
-            (sweep_id, shard, list(cells), names, json.dumps(summary)))
+            (sweep_id, shard, list(cells), names, json.dumps(summary.as_dict())))
         write_conn.commit()
     log.info("sweep %s shard %s: %s cells, %s references, listed %s, findings %s (new %s, closed %s) in %.1fs",
              sweep_id, shard, len(cells), tally.db_refs, tally.listed, tally.findings, new, closed,
-             summary["duration_s"])
+             summary.duration_s)
     return summary
+
+
+def sweep_and_record(db: Any, providers: Sequence[StorageProvider], shard: Mapping[str, Any], *,
+                     options: SweepOptions) -> ShardSummary:
+    """Sweep one shard item of a ``SweepPlan`` (``{"sweep_id", "shard", "cells"}``) on ``db``
+    (a ``csl.db.Database``). A shard that fails (a provider down or refusing, a listing out of
+    order, a sweep planned for other providers) is recorded as failed (``finish_sweep`` names
+    it) and its error raised again."""
+    sweep_id, number, cells = shard["sweep_id"], shard["shard"], shard["cells"]
+    try:
+        return sweep_shard(lambda: db.connect_direct(autocommit=False), providers, sweep_id=sweep_id, shard=number,
+                           cells=cells, options=options)
+    except (StorageError, ListingOrderError, SweepError) as exc:
+        with db.connect_direct() as conn:
+            record_shard_failure(conn, sweep_id=sweep_id, shard=number, cells=cells, error=exc)
+        raise
 
 
 def record_shard_failure(conn: psycopg.Connection, *, sweep_id: int, shard: int, cells: Sequence[str],
@@ -580,10 +654,10 @@ def record_shard_failure(conn: psycopg.Connection, *, sweep_id: int, shard: int,
 
 
 def finish_sweep(conn: psycopg.Connection, *, sweep_id: int, shards: int, all_cells: Sequence[str],
-                 options: SweepOptions) -> dict[str, Any]:
+                 options: SweepOptions) -> SweepSummary:
     """Aggregate the shards. When every shard is done, findings in cells that no longer exist
     anywhere are closed too (those the swept providers can judge); otherwise the sweep is
-    marked failed and the failures named."""
+    marked failed and the failures named (``SweepSummary.check`` raises them)."""
     rows = conn.execute("SELECT shard, status, summary, error FROM csl_ops.storage_sweep_shards "
                         "WHERE sweep_id = %s ORDER BY shard", (sweep_id,)).fetchall()
     done = [r for r in rows if r[1] == "done"]
@@ -618,7 +692,17 @@ def finish_sweep(conn: psycopg.Connection, *, sweep_id: int, shards: int, all_ce
         "SELECT kind, count(*) FROM csl_ops.storage_findings WHERE resolved_at IS NULL GROUP BY kind").fetchall())
     conn.execute("UPDATE csl_ops.storage_sweeps SET status = %s, summary = %s, finished_at = now() WHERE id = %s",
                  ("done" if ok else "failed", json.dumps(summary), sweep_id))
-    return summary
+    result = SweepSummary(**summary)
+    log.info("sweep %s: %s references, listed %s, findings %s (new %s, closed %s), open now %s",
+             result.sweep_id, result.db_refs, result.listed, result.finding_counts, result.new, result.closed,
+             result.open_findings)
+    return result
+
+
+def finish_planned(conn: psycopg.Connection, plan: Mapping[str, Any], *, options: SweepOptions) -> SweepSummary:
+    """``finish_sweep`` of a ``SweepPlan`` as its ``as_dict()`` (the XCom ``plan``)."""
+    return finish_sweep(conn, sweep_id=plan["sweep_id"], shards=plan["shards"], all_cells=plan["cells"],
+                        options=options)
 
 
 def open_findings(conn: psycopg.Connection, *, sweep_id: int | None = None, limit: int | None = None) -> list[dict]:
@@ -631,45 +715,119 @@ def open_findings(conn: psycopg.Connection, *, sweep_id: int | None = None, limi
             for r in conn.execute(query, {"sweep": sweep_id, "limit": limit})]
 
 
-def _shard_worker(args: tuple) -> dict[str, Any]:
-    settings, sweep_id, shard, cells, options, provider_names = args
+def _shard_worker(args: tuple) -> ShardSummary | dict[str, Any]:
+    settings, item, options, provider_names = args
     from csl.db import Database
 
-    providers = [StorageProvider(settings.provider(name)) for name in provider_names]
+    providers = providers_for(settings, provider_names)
     with Database(settings.require_database(), max_pool_size=2) as db:
         try:
-            return sweep_shard(lambda: db.connect_direct(autocommit=False), providers, sweep_id=sweep_id,
-                               shard=shard, cells=cells, options=options)
+            return sweep_and_record(db, providers, item, options=options)
         except (StorageError, SweepError, ListingOrderError) as exc:
-            with db.connect_direct() as conn:
-                record_shard_failure(conn, sweep_id=sweep_id, shard=shard, cells=cells, error=exc)
-            return {"shard": shard, "error": str(exc), "provider": getattr(exc, "provider", None)}
+            return {"shard": item["shard"], "error": str(exc), "provider": getattr(exc, "provider", None)}
 
 
 def run_sweep(settings: Any, *, run_key: str, shards: int = 4, workers: int = 2,
-              options: SweepOptions = SweepOptions(), provider_names: Iterable[str] | None = None) -> dict[str, Any]:
-    """The whole sweep without Airflow: plan, shards in ``workers`` processes, finish."""
+              options: SweepOptions = SweepOptions(), provider_names: Iterable[str] | None = None) -> SweepSummary:
+    """The whole sweep without Airflow: plan, shards in ``workers`` processes, finish. The
+    summary's ``errors`` are the shards that failed in this run (``failed`` those the record holds)."""
     from concurrent.futures import ProcessPoolExecutor
 
     from csl.db import Database
 
-    names = list(provider_names) if provider_names else [p.name for p in settings.storage]
-    providers = reference_order([StorageProvider(settings.provider(name)) for name in names])
+    providers = reference_order(providers_for(settings, provider_names))
     names = [p.name for p in providers]
     if not options.buckets:  # URL-form references may name any configured bucket, swept or not
-        options = replace(options, buckets=tuple(sorted({p.bucket for p in settings.storage})))
+        options = replace(options, buckets=configured_buckets(settings))
     started = time.perf_counter()
     with Database(settings.require_database(), max_pool_size=2) as db, db.connect_direct() as conn:
-        sweep_id, cells, plan = plan_sweep(conn, providers, run_key=run_key, shards=shards, options=options)
-        jobs = [(settings, sweep_id, i, cells_, options, names) for i, cells_ in enumerate(plan)]
+        plan = plan_sweep(conn, providers, run_key=run_key, shards=shards, options=options)
+        jobs = [(settings, item, options, names) for item in plan.shards()]
         if workers <= 1 or len(jobs) <= 1:
             results = [_shard_worker(job) for job in jobs]
         else:
             with ProcessPoolExecutor(max_workers=min(workers, len(jobs))) as pool:
                 results = list(pool.map(_shard_worker, jobs))
-        summary = finish_sweep(conn, sweep_id=sweep_id, shards=len(plan), all_cells=cells, options=options)
-    summary["duration_s"] = round(time.perf_counter() - started, 3)
-    errors = [r for r in results if "error" in r]
-    if errors:
-        summary["errors"] = errors
-    return summary
+        summary = finish_sweep(conn, sweep_id=plan.sweep_id, shards=len(plan.shard_cells), all_cells=plan.cells,
+                               options=options)
+    return replace(summary, duration_s=round(time.perf_counter() - started, 3),
+                   errors=[r for r in results if isinstance(r, dict)])
+
+
+@dataclass(frozen=True, kw_only=True)
+class ShardSummary:
+    """One swept shard: what was listed and found in its cells (``as_dict()``: the XCom ``shard``
+    and the ``csl_ops.storage_sweep_shards`` summary)."""
+
+    shard: int
+    providers: list[str]
+    cells: int
+    db_refs: int
+    listed: dict[str, int]
+    bytes: dict[str, int]
+    findings: dict[str, dict[str, int]]
+    new: int
+    still_open: int
+    closed: int
+    deep_verified: int
+    duration_s: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True, kw_only=True)
+class SweepSummary:
+    """A finished (or failed) sweep: totals per finding kind and provider, bytes, duration, and
+    the shards that failed (``failed``: recorded failures; ``not_run``: shards with no record).
+    ``as_dict()`` is the XCom ``summary`` and the run record's outcome; ``errors`` (shards that
+    failed in ``run_sweep``) appears in it only when there are some."""
+
+    sweep_id: int
+    shards: int
+    shards_done: int
+    cells: int
+    db_refs: int
+    listed: dict[str, int]
+    bytes: dict[str, int]
+    findings: dict[str, dict[str, int]]
+    new: int
+    closed: int
+    deep_verified: int
+    failed: list[dict[str, Any]]
+    not_run: list[int]
+    providers: list[str]
+    duration_s: float
+    open_findings: dict[str, int]
+    errors: list[dict[str, Any]] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        if not self.errors:
+            del out["errors"]
+        return out
+
+    @property
+    def finding_counts(self) -> dict[str, int]:
+        """Findings per kind, over every provider."""
+        return {kind: sum(per.values()) for kind, per in self.findings.items()}
+
+    @property
+    def failures(self) -> list[dict[str, Any]]:
+        """Every shard that did not sweep (``shard``, ``provider`` or None, ``error``), those that
+        never ran included."""
+        return self.failed + [{"shard": s, "provider": None, "error": "never ran"} for s in self.not_run]
+
+    @property
+    def error(self) -> str | None:
+        """The failures in one line, for the run record; None when every shard swept."""
+        return "; ".join(f"shard {f['shard']}: {f['error']}" for f in self.failures) or None
+
+    def check(self) -> None:
+        """Raises ``ShardsFailed`` naming the shards (and providers) that did not sweep."""
+        failures = self.failures
+        if failures:
+            providers = sorted({f["provider"] for f in failures if f["provider"]})
+            raise ShardsFailed(f"{len(failures)} of {self.shards} shards did not sweep"
+                               + (f" (provider {', '.join(map(repr, providers))} failed)" if providers else "")
+                               + ": " + (self.error or "")[:1500])

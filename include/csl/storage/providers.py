@@ -20,12 +20,15 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from functools import cached_property
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from csl.config import StorageProviderSettings
-from csl.errors import ProviderUnavailable, StorageError
+from csl.errors import ConfigError, ProviderUnavailable, StorageError
+
+if TYPE_CHECKING:
+    from csl.config import Settings
 
 __all__ = [
     "HEALTH_PREFIX",
@@ -37,6 +40,8 @@ __all__ = [
     "TEMP_PREFIXES",
     "ObjectInfo",
     "StorageProvider",
+    "configured_buckets",
+    "providers_for",
     "public_read_policy",
     "reference_order",
     "sha256_hex",
@@ -62,6 +67,32 @@ def reference_order(providers: Sequence[StorageProvider]) -> list[StorageProvide
     """The providers with the reference copy (``PRIMARY``) first, the others by name: every
     comparison between copies uses this order, whatever order a person typed them in."""
     return sorted(providers, key=lambda p: (p.name != PRIMARY, p.name))
+
+
+def providers_for(settings: Settings, names: Iterable[str] | None = None, *, published_only: bool = False,
+                  **options: Any) -> list[StorageProvider]:
+    """The providers ``names`` (by role, repeats dropped, in the order given), or every configured
+    one when ``names`` is None or empty; with ``published_only`` only those that publish (have a
+    published bucket). ``options`` go to each ``StorageProvider`` (``max_attempts=1``, …).
+
+    Raises ``ConfigError`` for an unknown name, when no provider is configured, or when none of
+    them publishes."""
+    wanted = list(dict.fromkeys(names or ())) or [p.name for p in settings.storage]
+    if not wanted:
+        raise ConfigError("STORAGE_PROVIDER", "no storage providers configured (connections csl_storage_*)")
+    chosen = [settings.provider(name) for name in wanted]  # an unknown name: ConfigError naming the known ones
+    if published_only:
+        chosen = [p for p in chosen if p.published_bucket]
+        if not chosen:
+            raise ConfigError("public_bucket", f"none of the storage providers {', '.join(map(repr, wanted))} "
+                                               "publishes anything (set public_bucket on one)")
+    return [StorageProvider(p, **options) for p in chosen]
+
+
+def configured_buckets(settings: Settings) -> tuple[str, ...]:
+    """Every configured provider's bucket, sorted: the names URL-form references may carry,
+    whichever providers a run works on."""
+    return tuple(sorted({p.bucket for p in settings.storage}))
 
 
 def public_read_policy(bucket: str) -> dict[str, Any]:

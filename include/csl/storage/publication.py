@@ -48,10 +48,10 @@ from csl.errors import BadInput, EdgeError, Transient
 from csl.storage import PUBLISHED_PREFIXES, ObjectInfo, StorageProvider
 from csl.storage.references import references_query
 
-__all__ = ["PUBLISHED_BY", "Plan", "PublicationBusy", "PublicationError", "WithdrawalCapExceeded", "approved_keys",
-           "make_plan", "run_publication", "summarize"]
+__all__ = ["PUBLISHED_BY", "CopiesDidNotMatch", "Plan", "PublicationBusy", "PublicationError", "PublicationResult",
+           "PublicationRun", "WithdrawalCapExceeded", "approved_keys", "make_plan", "publish_all", "run_publication"]
 
-log = logging.getLogger("csl.publication")
+log = logging.getLogger(__name__)
 
 PUBLISHED_BY = ("audio_samples", "file_url", "approved")  # table, key column, the flag that publishes it
 _LOCK_CLASS = 0x637370  # "csp": advisory locks (class, hashtext(provider)) of publication runs
@@ -69,6 +69,11 @@ class WithdrawalCapExceeded(PublicationError):
 
 class PublicationBusy(Transient):
     """Another run publishes for the same provider now (the CLI while the DAG runs): try later."""
+
+
+class CopiesDidNotMatch(Transient):
+    """Copies of sound originals did not match them (deleted, never public): a copy can fail in
+    transit, so the run is tried again and copies them again."""
 
 
 @dataclass
@@ -214,12 +219,15 @@ def _purge_owed(conn: psycopg.Connection, provider: StorageProvider, published: 
 
 def run_publication(conn: psycopg.Connection, provider: StorageProvider, *, run_key: str, dry_run: bool,
                     max_withdrawals: int = 1000, max_share: float = 0.10, edge: Any = None,
-                    buckets: Sequence[str] | None = None) -> dict[str, Any]:
+                    buckets: Sequence[str] | None = None) -> PublicationResult:
     """One publication run for ``provider`` (its published bucket). ``edge`` (a ``csl.cdn.VarnishEdge``
     or None) is purged of what was withdrawn or replaced. Raises ``WithdrawalCapExceeded`` (nothing
-    changed) unless ``dry_run``, which reports the refusal instead."""
-    if not 0 < max_share <= 1:
+    changed) unless ``dry_run``, which reports the refusal instead. What it did (or would do) is
+    logged key by key (``csl.storage.publication``)."""
+    if isinstance(max_share, bool) or not isinstance(max_share, (int, float)) or not 0 < max_share <= 1:
         raise PublicationError(f"max_share must be in (0, 1], got {max_share!r}")
+    if isinstance(max_withdrawals, bool) or not isinstance(max_withdrawals, int):
+        raise PublicationError(f"max_withdrawals: expected a whole number, got {max_withdrawals!r}")
     if max_withdrawals < 0:
         raise PublicationError(f"max_withdrawals must be >= 0, got {max_withdrawals!r}")
     published = provider.published()
@@ -227,11 +235,13 @@ def run_publication(conn: psycopg.Connection, provider: StorageProvider, *, run_
     if not dry_run:
         _lock(conn, provider.name)
     try:
-        return _run(conn, provider, published, run_key=run_key, dry_run=dry_run, buckets=buckets, edge=edge,
-                    max_withdrawals=max_withdrawals, max_share=max_share)
+        result = _run(conn, provider, published, run_key=run_key, dry_run=dry_run, buckets=buckets, edge=edge,
+                      max_withdrawals=max_withdrawals, max_share=max_share)
     finally:
         if not dry_run:
             conn.execute("SELECT pg_advisory_unlock(%s, hashtext(%s))", (_LOCK_CLASS, provider.name))
+    result._log()
+    return result
 
 
 def _lock(conn: psycopg.Connection, provider: str) -> None:
@@ -240,18 +250,18 @@ def _lock(conn: psycopg.Connection, provider: str) -> None:
 
 
 def _run(conn: psycopg.Connection, provider: StorageProvider, published: StorageProvider, *, run_key: str,
-         dry_run: bool, buckets: Sequence[str], edge: Any, max_withdrawals: int, max_share: float) -> dict[str, Any]:
+         dry_run: bool, buckets: Sequence[str], edge: Any, max_withdrawals: int, max_share: float
+         ) -> PublicationResult:
     plan = make_plan(conn, provider, buckets=buckets, max_withdrawals=max_withdrawals, max_share=max_share)
-    result: dict[str, Any] = {"provider": provider.name, "bucket": published.bucket, "dry_run": dry_run, **asdict(plan),
-                              "copy_refused": [], "purge": {}}
     if plan.refused and not dry_run:
         raise WithdrawalCapExceeded(plan.refused)
     if dry_run:
-        return result
+        return PublicationResult(provider=provider.name, bucket=published.bucket, dry_run=dry_run, **asdict(plan))
+    copy_refused = []
     for key, reason in plan.publish:
         refused = _publish(conn, provider, published, key, reason, run_key)
         if refused:
-            result["copy_refused"].append(refused)
+            copy_refused.append(refused)
     for key in plan.withdraw:
         _withdraw(conn, provider, published, key, run_key)
     for key in plan.unfinished:  # the copy went; its record and purge did not
@@ -259,19 +269,100 @@ def _run(conn: psycopg.Connection, provider: StorageProvider, published: Storage
             conn.execute("DELETE FROM csl_ops.published_objects WHERE provider = %s AND object_key = %s",
                          (provider.name, key))
             _event(conn, provider.name, key, "withdrawn", run_key, edge_purged=False, detail={"finished": True})
-    result["purge"] = _purge_owed(conn, provider, published, edge)
-    return result
+    return PublicationResult(provider=provider.name, bucket=published.bucket, dry_run=dry_run, **asdict(plan),
+                             copy_refused=copy_refused, purge=_purge_owed(conn, provider, published, edge))
 
 
-def summarize(result: dict[str, Any], *, sample: int = XCOM_SAMPLE) -> dict[str, Any]:
-    """Counts plus the first ``sample`` keys of each list: small enough for XCom and the run record."""
-    out: dict[str, Any] = {k: result[k] for k in ("provider", "bucket", "dry_run", "published", "approved",
-                                                  "refused", "purge")}
-    for name in ("publish", "withdraw", "unfinished", "missing", "unpublishable", "copy_refused", "known_corrupt"):
-        out[name] = len(result[name])
-        out[f"{name}_sample"] = result[name][:sample]
-    refused_now = sum(1 for r in result["copy_refused"] if r["problem"] == "corrupt")
-    out["corrupt"] = refused_now + len(result["known_corrupt"])
-    out["copy_failed"] = len(result["copy_refused"]) - refused_now
-    out["copied"] = 0 if result["dry_run"] else len(result["publish"]) - len(result["copy_refused"])
-    return out
+@dataclass(frozen=True, kw_only=True)
+class PublicationResult:
+    """One provider's publication run: the plan (``Plan``'s lists and counts), the copies refused
+    and the edge purges sent. ``as_dict()`` is the whole result (the CLI's ``--json``),
+    ``summary()`` counts plus a bounded sample of each list (XCom and the run record)."""
+
+    provider: str
+    bucket: str
+    dry_run: bool
+    publish: list[tuple[str, str]] = field(default_factory=list)
+    withdraw: list[str] = field(default_factory=list)
+    unfinished: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    known_corrupt: list[str] = field(default_factory=list)
+    unpublishable: list[str] = field(default_factory=list)
+    published: int = 0
+    approved: int = 0
+    refused: str | None = None
+    copy_refused: list[dict[str, Any]] = field(default_factory=list)  # each with its problem: corrupt | copy_failed
+    purge: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"provider": self.provider, "bucket": self.bucket, "dry_run": self.dry_run, "publish": self.publish,
+                "withdraw": self.withdraw, "unfinished": self.unfinished, "missing": self.missing,
+                "known_corrupt": self.known_corrupt, "unpublishable": self.unpublishable,
+                "published": self.published, "approved": self.approved, "refused": self.refused,
+                "copy_refused": self.copy_refused, "purge": self.purge}
+
+    @property
+    def copy_failed(self) -> int:
+        """Copies of a sound original that did not match it (deleted; a later run copies them again)."""
+        return sum(1 for r in self.copy_refused if r["problem"] != "corrupt")
+
+    def summary(self, *, sample: int = XCOM_SAMPLE) -> dict[str, Any]:
+        """Counts plus the first ``sample`` keys of each list: small enough for XCom and the run record."""
+        result = self.as_dict()
+        out: dict[str, Any] = {k: result[k] for k in ("provider", "bucket", "dry_run", "published", "approved",
+                                                      "refused", "purge")}
+        for name in ("publish", "withdraw", "unfinished", "missing", "unpublishable", "copy_refused",
+                     "known_corrupt"):
+            out[name] = len(result[name])
+            out[f"{name}_sample"] = result[name][:sample]
+        out["corrupt"] = len(self.copy_refused) - self.copy_failed + len(self.known_corrupt)
+        out["copy_failed"] = self.copy_failed
+        out["copied"] = 0 if self.dry_run else len(self.publish) - len(self.copy_refused)
+        return out
+
+    def _log(self) -> None:
+        for key, reason in self.publish:
+            log.info("%s %s (%s)", "would publish" if self.dry_run else "published", key, reason)
+        for key in self.withdraw:
+            log.info("%s %s", "would withdraw" if self.dry_run else "withdrew", key)
+        for key in self.missing:
+            log.warning("approved but its original is missing: %s", key)
+        for key in self.unpublishable:
+            log.warning("approved but outside the published folders, not published: %s", key)
+        for refused in self.copy_refused:
+            log.warning("not published: %s (%s)", refused["key"], refused["problem"])
+        if self.refused:
+            log.warning("a real run would be refused: %s", self.refused)
+
+
+@dataclass(frozen=True)
+class PublicationRun:
+    """A publication run over every provider that publishes: ``as_dict()`` is the XCom
+    ``publication`` value and the run record's outcome (each provider's ``summary()``)."""
+
+    results: tuple[PublicationResult, ...]
+    dry_run: bool
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"providers": [r.summary() for r in self.results], "dry_run": self.dry_run}
+
+    @property
+    def error(self) -> str | None:
+        """What failed, for the run record: the providers whose copies did not match, or None."""
+        return "; ".join(f"provider {r.provider!r}: {r.copy_failed} copies did not match their sound original "
+                         "(deleted, not published; a retry copies them again)"
+                         for r in self.results if r.copy_failed) or None
+
+    def check(self) -> None:
+        """Raises ``CopiesDidNotMatch`` (transient: retried) when a copy did not match its original."""
+        if self.error:
+            raise CopiesDidNotMatch(self.error)
+
+
+def publish_all(conn: psycopg.Connection, providers: Sequence[StorageProvider], *, run_key: str, dry_run: bool,
+                max_withdrawals: int = 1000, max_share: float = 0.10, edge: Any = None,
+                buckets: Sequence[str] | None = None) -> PublicationRun:
+    """``run_publication`` for each of ``providers`` in turn (a refusal stops at that provider)."""
+    return PublicationRun(tuple(run_publication(conn, provider, run_key=run_key, dry_run=dry_run,
+                                                max_withdrawals=max_withdrawals, max_share=max_share, edge=edge,
+                                                buckets=buckets) for provider in providers), dry_run)

@@ -39,10 +39,10 @@ def test_expired_uploads_move_to_quarantine_within_the_cap_and_come_back(platfor
     kwargs = {"temp_prefix": temp, "temp_ttl_h": 24, "orphan_grace_h": 10_000, "now": later}
 
     fresh = cleanup.run_cleanup(conn, providers, run_key="t-fresh", **{**kwargs, "now": None}, dry_run=False)
-    assert fresh["candidates"] == []  # a minute-old upload is not expired
+    assert fresh.candidates == []  # a minute-old upload is not expired
 
     dry = cleanup.run_cleanup(conn, providers, run_key="t-dry", dry_run=True, **kwargs)
-    assert sorted(c["key"] for c in dry["candidates"]) == uploads and dry["moved"] == []
+    assert sorted(c["key"] for c in dry.candidates) == uploads and dry.moved == []
     assert _keys(primary, temp) == set(uploads)  # the dry run moved nothing
 
     with pytest.raises(cleanup.CapExceeded, match="3 objects.*max_objects=2.*nothing was touched"):
@@ -51,14 +51,14 @@ def test_expired_uploads_move_to_quarantine_within_the_cap_and_come_back(platfor
 
     run_key = f"t-{uuid.uuid4().hex[:6]}"
     done = cleanup.run_cleanup(conn, providers, run_key=run_key, dry_run=False, **kwargs)
-    assert {m["key"] for m in done["moved"]} == set(uploads) and done["by_reason"] == {"expired_upload": 3}
+    assert {m["key"] for m in done.moved} == set(uploads) and done.by_reason == {"expired_upload": 3}
     assert _keys(primary, temp) == set()
-    held = {m["quarantine_key"] for m in done["moved"]}
+    held = {m["quarantine_key"] for m in done.moved}
     assert all(k.startswith(f"_quarantine/{later:%Y%m%d}/{temp}") for k in held)
     assert all(primary.get(q) == b"RIFF" + q.split("/", 2)[2].encode() for q in held)
 
     again = cleanup.run_cleanup(conn, providers, run_key=run_key, dry_run=False, **kwargs)
-    assert again["candidates"] == []  # a rerun finds nothing left to do
+    assert again.candidates == []  # a rerun finds nothing left to do
 
     restored = cleanup.restore(conn, providers, run_key=run_key)
     assert {r["key"] for r in restored["restored"]} == set(uploads) and restored["skipped"] == []
@@ -75,17 +75,17 @@ def test_orphans_past_their_grace_are_quarantined_and_the_sweep_stops_reporting_
     run_sweep(settings, run_key=f"t-{uuid.uuid4()}", shards=2, workers=1, options=SweepOptions())
     early = cleanup.run_cleanup(conn, providers, run_key="t-early", dry_run=True, orphan_grace_h=72,
                                 temp_prefix="tmp/none/")
-    assert early["candidates"] == []  # reported moments ago: still inside the grace period
+    assert early.candidates == []  # reported moments ago: still inside the grace period
     later = datetime.now(UTC) + timedelta(hours=73)
     run_key = f"t-{uuid.uuid4().hex[:6]}"
     moved = cleanup.run_cleanup(conn, providers, run_key=run_key, dry_run=False, orphan_grace_h=72,
                                 temp_prefix="tmp/none/", now=later)
     try:
         # other sessions' leftovers on a reused stack may be orphans too: the seeded ones must be among them
-        assert set(orphans) <= {m["key"] for m in moved["moved"] if m["provider"] == "primary"}
-        assert all(m["reason"] == "orphan" for m in moved["moved"])
+        assert set(orphans) <= {m["key"] for m in moved.moved if m["provider"] == "primary"}
+        assert all(m["reason"] == "orphan" for m in moved.moved)
         after = run_sweep(settings, run_key=f"t-{uuid.uuid4()}", shards=2, workers=1, options=SweepOptions())
-        assert "orphan" not in after["findings"]  # quarantine is not swept as orphans
+        assert "orphan" not in after.findings  # quarantine is not swept as orphans
         open_orphans = conn.execute("SELECT count(*) FROM csl_ops.storage_findings WHERE kind = 'orphan' "
                                     "AND resolved_at IS NULL AND object_key = ANY(%s)", (orphans,)).fetchone()
         assert open_orphans == (0,)
@@ -102,17 +102,17 @@ def test_purge_deletes_old_quarantine_only_when_asked(platform, settings, provid
     later = datetime.now(UTC) + timedelta(days=2)
     run_key = f"t-{uuid.uuid4().hex[:6]}"
     moved = cleanup.run_cleanup(conn, providers, run_key=run_key, dry_run=False, temp_prefix=temp, now=later)
-    held = moved["moved"][0]["quarantine_key"]
+    held = moved.moved[0]["quarantine_key"]
     conn.execute("UPDATE csl_ops.storage_quarantine SET moved_at = now() - interval '40 days' WHERE run_key = %s",
                  (run_key,))
     kept = cleanup.run_cleanup(conn, providers, run_key=run_key + "-b", dry_run=False, temp_prefix=temp, now=later)
-    assert kept["purged"] == [] and primary.exists(held)  # not asked: kept
+    assert kept.purged == [] and primary.exists(held)  # not asked: kept
     dry = cleanup.run_cleanup(conn, providers, run_key=run_key + "-c", dry_run=True, temp_prefix=temp, now=later,
                               purge_quarantine=True)
-    assert held in [p["quarantine_key"] for p in dry["purged"]] and primary.exists(held)
+    assert held in [p["quarantine_key"] for p in dry.purged] and primary.exists(held)
     done = cleanup.run_cleanup(conn, providers, run_key=run_key + "-d", dry_run=False, temp_prefix=temp, now=later,
                                purge_quarantine=True)
-    assert held in [p["quarantine_key"] for p in done["purged"]] and not primary.exists(held)
+    assert held in [p["quarantine_key"] for p in done.purged] and not primary.exists(held)
 
 
 def test_bad_requests_are_refused_before_anything_moves(platform, providers, conn):
@@ -174,12 +174,12 @@ def test_every_candidate_is_checked_against_every_reference_column(platform, set
     try:
         done = cleanup.run_cleanup(conn, [fallback], run_key=f"t-{uuid.uuid4().hex[:6]}", temp_prefix=temp,
                                    orphan_grace_h=24, now=LATER, dry_run=False)
-        assert {m["key"] for m in done["moved"] if m["key"] in keys + [orphan]} == {keys[3]}
-        assert {(c["key"], c["reason"]) for c in done["kept_referenced"]} >= {
+        assert {m["key"] for m in done.moved if m["key"] in keys + [orphan]} == {keys[3]}
+        assert {(c["key"], c["reason"]) for c in done.kept_referenced} >= {
             (keys[0], "expired_upload"), (keys[1], "expired_upload"), (keys[2], "expired_upload"), (orphan, "orphan")}
         assert all(fallback.exists(k) for k in keys[:3] + [orphan])
     finally:
-        for m in done["moved"] if "done" in locals() else []:  # anything else old enough goes back
+        for m in done.moved if "done" in locals() else []:  # anything else old enough goes back
             if m["key"] != keys[3]:
                 cleanup.restore(conn, providers, key=m["key"])
         conn.execute("DELETE FROM audio_samples WHERE id = %s", (sample,))
@@ -201,10 +201,10 @@ def test_a_run_moving_too_large_a_share_of_a_provider_is_refused(platform, provi
                             max_share=share)
     assert {o.key for o in primary.iter_objects(temp)} == set(keys)  # nothing moved
     dry = cleanup.run_cleanup(conn, [primary], run_key="t-share", temp_prefix=temp, now=LATER, max_share=share)
-    assert "max_share" in dry["refused"] and len(dry["candidates"]) == 3 and dry["listed"] == {"primary": total}
+    assert "max_share" in dry.refused and len(dry.candidates) == 3 and dry.listed == {"primary": total}
     ok = cleanup.run_cleanup(conn, [primary], run_key=f"t-{uuid.uuid4().hex[:6]}", temp_prefix=temp, now=LATER,
                              dry_run=False, max_share=4 / total)
-    assert ok["refused"] is None and len(ok["moved"]) == 3
+    assert ok.refused is None and len(ok.moved) == 3
 
 
 def test_restore_refuses_to_overwrite_what_lives_at_the_key_now_unless_forced(platform, providers, conn, temp):
@@ -213,7 +213,7 @@ def test_restore_refuses_to_overwrite_what_lives_at_the_key_now_unless_forced(pl
     primary.put(key, b"RIFF-original")
     run_key = f"t-{uuid.uuid4().hex[:6]}"
     held = cleanup.run_cleanup(conn, providers, run_key=run_key, temp_prefix=temp, now=LATER,
-                               dry_run=False)["moved"][0]["quarantine_key"]
+                               dry_run=False).moved[0]["quarantine_key"]
     primary.put(key, b"RIFF-uploaded-again")  # the user uploaded a new take under the same key
     with pytest.raises(cleanup.RestoreConflict, match=rf"overwrite '{key}' on provider 'primary'.*--force"):
         cleanup.restore(conn, providers, run_key=run_key)
@@ -237,7 +237,7 @@ def test_restore_and_purge_on_a_subset_of_providers_skip_the_others_and_say_so(p
         p.put(f"{temp}{p.name}.wav", b"RIFF" + p.name.encode())
     run_key = f"t-{uuid.uuid4().hex[:6]}"
     moved = cleanup.run_cleanup(conn, providers, run_key=run_key, temp_prefix=temp, now=LATER, dry_run=False)
-    assert {m["provider"] for m in moved["moved"]} == {"primary", "fallback"}
+    assert {m["provider"] for m in moved.moved} == {"primary", "fallback"}
 
     only_fallback = cleanup.restore(conn, [fallback], run_key=run_key)
     assert [(r["provider"], r["key"]) for r in only_fallback["restored"]] == [("fallback", f"{temp}fallback.wav")]
@@ -248,13 +248,13 @@ def test_restore_and_purge_on_a_subset_of_providers_skip_the_others_and_say_so(p
         cleanup.restore(conn, [fallback], run_key=run_key)
 
     again = cleanup.run_cleanup(conn, providers, run_key=run_key + "-2", temp_prefix=temp, now=LATER, dry_run=False)
-    assert {m["provider"] for m in again["moved"]} == {"fallback"}
+    assert {m["provider"] for m in again.moved} == {"fallback"}
     conn.execute("UPDATE csl_ops.storage_quarantine SET moved_at = now() - interval '40 days' "
                  "WHERE run_key = ANY(%s)", ([run_key, run_key + "-2"],))
     purged = cleanup.purge(conn, [primary], retention_days=30, max_objects=100, dry_run=False)
     assert f"{temp}primary.wav" in [p["key"] for p in purged["purged"]]
     assert f"{temp}fallback.wav" in [s["key"] for s in purged["skipped"]]
-    held = again["moved"][0]["quarantine_key"]
+    held = again.moved[0]["quarantine_key"]
     assert fallback.exists(held)  # the fallback's quarantine was not touched
     cleanup.purge(conn, [fallback], retention_days=30, max_objects=100, dry_run=False)
     assert not fallback.exists(held)
@@ -265,10 +265,10 @@ def test_a_summary_is_counts_and_a_bounded_sample(platform, providers, conn, tem
     for i in range(5):
         primary.put(f"{temp}{i}.wav", b"RIFF")
     result = cleanup.run_cleanup(conn, providers, run_key="t-sum", temp_prefix=temp, now=LATER)
-    summary = cleanup.summarize(result, sample=2)
+    summary = result.summary(sample=2)
     assert summary["candidates"] == 5 and summary["by_reason"] == {"expired_upload": 5}
     assert len(summary["sample"]) == 2 and summary["sample_truncated"] is True and summary["dry_run"] is True
-    assert len(json.dumps(cleanup.summarize({**result, "candidates": result["candidates"] * 100_000}))) < 50_000
+    assert len(json.dumps(replace(result, candidates=result.candidates * 100_000).summary())) < 50_000
 
 
 def test_manual_runs_are_dry_runs_unless_asked_the_schedule_does_the_work():
@@ -300,3 +300,13 @@ def test_cli_restore_refuses_a_conflict_in_one_line_and_forces_on_request(platfo
     assert primary.get(key) == b"RIFF-original"
     bad = run("cleanup", "--temp-prefix", "samples/")
     assert bad.returncode == 2 and "temp_prefix must be one of" in bad.stderr and bad.stderr.count("\n") == 1
+
+
+def test_a_cleanup_run_logs_every_candidate_itself(platform, providers, conn, temp, caplog):
+    import logging
+
+    providers[0].put(f"{temp}logged.wav", b"RIFF")
+    caplog.set_level(logging.INFO, logger="csl.storage.cleanup")
+    cleanup.run_cleanup(conn, providers, run_key="t-log", temp_prefix=temp, now=LATER)
+    assert any(r.getMessage().startswith(f"would move {temp}logged.wav on primary (expired_upload, 4 bytes")
+               for r in caplog.records), [r.getMessage() for r in caplog.records]

@@ -29,11 +29,11 @@ def _open(settings, **where) -> set[tuple[str, str, str]]:
     return {r for r in rows if r[1].startswith(SEEDED)}
 
 
-def _sweep(settings, **options) -> dict:
+def _sweep(settings, **options) -> integrity.SweepSummary:
     shards = options.pop("shards", 4)
     summary = run_sweep(settings, run_key=f"test-{uuid.uuid4()}", shards=shards, workers=2,
                         options=SweepOptions(**options))
-    assert not summary["failed"] and not summary.get("errors"), summary
+    assert not summary.failed and not summary.errors, summary
     return summary
 
 
@@ -48,14 +48,14 @@ def test_every_seeded_defect_is_found_and_nothing_else(platform, settings):
         | {("orphan", k, "primary") for k in d["orphan"]}
     )
     summary = _sweep(settings)
-    assert summary["shards_done"] == summary["shards"] == 4 and not summary["failed"]
+    assert summary.shards_done == summary.shards == 4 and not summary.failed
     assert _open(settings) == expected
     # every object of both buckets was listed, every database reference read
     with psycopg.connect(settings.database.primary_url) as conn:
         refs = conn.execute("SELECT (SELECT count(*) FROM audio_samples) + (SELECT count(result_url) FROM generations) "
                             "+ (SELECT count(avatar_url) FROM users)").fetchone()[0]
-        assert summary["db_refs"] == refs
-        assert summary["listed"]["primary"] >= refs - len(d["missing"]) - len(d["fallback_only"]) + len(d["orphan"])
+        assert summary.db_refs == refs
+        assert summary.listed["primary"] >= refs - len(d["missing"]) - len(d["fallback_only"]) + len(d["orphan"])
         detail = conn.execute("SELECT detail FROM csl_ops.storage_findings WHERE kind = 'size_mismatch' "
                               "AND resolved_at IS NULL AND object_key = %s", (d["truncated"][0],)).fetchone()[0]
         assert detail["actual"] * 2 in (detail["expected"], detail["expected"] - 1)
@@ -66,18 +66,18 @@ def test_rerun_refreshes_findings_and_a_repaired_object_is_closed(platform, sett
     _sweep(settings)
     before = _open(settings)
     again = _sweep(settings, shards=3)
-    assert again["new"] == 0 and _open(settings) == before  # same findings, not duplicated
+    assert again.new == 0 and _open(settings) == before  # same findings, not duplicated
     key = platform["defects"]["unreplicated"][0]
     fallback.put(key, primary.get(key))  # what the replication pipeline will do
     try:
         repaired = _sweep(settings)
         assert ("missing", key, "fallback") not in _open(settings)
         assert _open(settings) == before - {("missing", key, "fallback")}
-        assert repaired["closed"] == 1
+        assert repaired.closed == 1
         with psycopg.connect(settings.database.primary_url) as conn:
             rows = conn.execute("SELECT count(*) FILTER (WHERE resolved_at IS NULL), "
                                 "count(*) FILTER (WHERE resolved_sweep_id = %s) FROM csl_ops.storage_findings "
-                                "WHERE object_key = %s AND kind = 'missing'", (repaired["sweep_id"], key)).fetchone()
+                                "WHERE object_key = %s AND kind = 'missing'", (repaired.sweep_id, key)).fetchone()
         assert rows == (0, 1)  # a reused stack keeps the closed findings of earlier sessions
     finally:
         fallback.delete(key)
@@ -102,16 +102,16 @@ def test_corrupt_copies_with_good_metadata_are_caught_only_by_deep_verification(
     try:
         shallow = _sweep(settings, prefix=cell, deep_rate=0.0)
         assert not any(f[1] == key for f in _open(settings))
-        assert shallow["deep_verified"] == 0
+        assert shallow.deep_verified == 0
         deep = _sweep(settings, prefix=cell, deep_rate=1.0)
         assert {f for f in _open(settings) if f[1] == key} == {("checksum_mismatch", key, "primary"),
                                                                ("checksum_mismatch", key, "fallback")}
-        assert deep["deep_verified"] >= 1
+        assert deep.deep_verified >= 1
         # an open checksum finding is re-verified by every later sweep, sampled or not
         for p in (primary, fallback):
             p.put(key, original, content_type=head["content_type"])
         healed = _sweep(settings, prefix=cell, deep_rate=0.0)
-        assert not any(f[1] == key for f in _open(settings)) and healed["closed"] == 2
+        assert not any(f[1] == key for f in _open(settings)) and healed.closed == 2
     finally:
         for p in (primary, fallback):
             p.put(key, original, content_type=head["content_type"])
@@ -137,9 +137,9 @@ def test_a_provider_down_mid_sweep_fails_its_shards_by_name_and_writes_nothing(p
         status = conn.execute("SELECT status FROM csl_ops.storage_sweeps WHERE id = %s", (sweep_id,)).fetchone()
     assert after == before  # no finding written, none refreshed, none closed
     assert status == ("failed",)
-    assert summary["failed"] == [{"shard": 0, "provider": "fallback",
+    assert summary.failed == [{"shard": 0, "provider": "fallback",
                                   "error": "storage provider 'fallback': cannot reach it"}]
-    assert summary["not_run"] == [1]
+    assert summary.not_run == [1]
 
 
 def test_a_listing_out_of_the_sweeps_key_order_is_refused_not_misreported(platform, settings, providers):
@@ -156,7 +156,7 @@ def test_a_listing_out_of_the_sweeps_key_order_is_refused_not_misreported(platfo
             integrity.sweep_shard(lambda: db.connect_direct(autocommit=False), providers,
                                   sweep_id=_sweep_id(db, providers), shard=0, cells=cells, options=options)
         summary = _sweep(settings, prefix=base, key_order="path")
-        assert summary["findings"] == {"orphan": {"primary": 2}}
+        assert summary.findings == {"orphan": {"primary": 2}}
     finally:
         for key in keys:
             primary.delete(key)
@@ -242,10 +242,10 @@ def test_a_transient_server_error_while_listing_is_retried_a_persistent_one_name
 
 
 # -- issue 12, item 8: a sweep closes only what it swept; the reference copy is the primary's --
-def _sweep_of(settings, names, **options) -> dict:
+def _sweep_of(settings, names, **options) -> integrity.SweepSummary:
     summary = run_sweep(settings, run_key=f"test-{uuid.uuid4()}", shards=2, workers=1,
                         options=SweepOptions(**options), provider_names=names)
-    assert not summary["failed"] and not summary.get("errors"), summary
+    assert not summary.failed and not summary.errors, summary
     return summary
 
 
@@ -259,10 +259,10 @@ def test_a_sweep_of_some_providers_closes_only_the_findings_it_could_judge(platf
     # the fallback's missing/size/fallback_only findings stay open; from the primary alone, the
     # objects only the fallback holds are simply missing on the primary
     assert _open(settings) == before | {("missing", k, "primary") for k in d["fallback_only"]}
-    assert set(primary_only["listed"]) == {"primary"} and primary_only["providers"] == ["primary"]
+    assert set(primary_only.listed) == {"primary"} and primary_only.providers == ["primary"]
 
     fallback_only = _sweep_of(settings, ["fallback"])
-    assert "fallback_only" not in fallback_only["findings"]  # without the primary there is no reference to lack
+    assert "fallback_only" not in fallback_only.findings  # without the primary there is no reference to lack
     assert _open(settings) == before | {("missing", k, "primary") for k in d["fallback_only"]}
 
     _sweep(settings)  # both again: the primary-only view is superseded, nothing else changed
@@ -270,7 +270,7 @@ def test_a_sweep_of_some_providers_closes_only_the_findings_it_could_judge(platf
     with psycopg.connect(settings.database.primary_url) as conn:
         shards = conn.execute("SELECT DISTINCT sh.providers FROM csl_ops.storage_sweep_shards sh JOIN "
                               "csl_ops.storage_sweeps s ON s.id = sh.sweep_id WHERE s.id = ANY(%s)",
-                              ([primary_only["sweep_id"], fallback_only["sweep_id"]],)).fetchall()
+                              ([primary_only.sweep_id, fallback_only.sweep_id],)).fetchall()
     assert sorted(shards) == [(["fallback"],), (["primary"],)]
 
 
@@ -278,11 +278,11 @@ def test_the_reference_copy_is_the_primary_whatever_order_the_providers_are_give
     _sweep(settings)
     expected = _open(settings)
     reversed_ = _sweep_of(settings, ["fallback", "primary"])
-    assert _open(settings) == expected and reversed_["new"] == 0 and reversed_["closed"] == 0
-    assert reversed_["providers"] == ["primary", "fallback"]
+    assert _open(settings) == expected and reversed_.new == 0 and reversed_.closed == 0
+    assert reversed_.providers == ["primary", "fallback"]
     straight = _sweep_of(settings, ["primary", "fallback"])
-    assert straight["findings"] == reversed_["findings"]
-    assert reversed_["findings"]["fallback_only"] == {"fallback": len(platform["defects"]["fallback_only"])}
+    assert straight.findings == reversed_.findings
+    assert reversed_.findings["fallback_only"] == {"fallback": len(platform["defects"]["fallback_only"])}
 
 
 def test_avatars_and_url_form_references_are_not_orphans(platform, settings, providers):
@@ -306,7 +306,7 @@ def test_avatars_and_url_form_references_are_not_orphans(platform, settings, pro
                          (uid, f"{uid}@example.org", url))
     try:
         summary = _sweep(settings, prefix=folder, shards=1)
-        assert summary["db_refs"] == len(forms)
+        assert summary.db_refs == len(forms)
         assert {f for f in _open_all(settings) if f[1].startswith(folder)} == {
             ("orphan", keys[5], "primary"), ("orphan", keys[5], "fallback")}
     finally:
@@ -331,7 +331,7 @@ def test_emptied_folders_are_not_objects(platform, settings, providers):
     primary.put(folder + "x.wav", b"RIFF")
     primary.delete(folder + "x.wav")  # SeaweedFS keeps the folder and lists it as an object of its own
     summary = _sweep(settings, prefix=folder, shards=1)
-    assert summary["findings"] == {} and not any(f[1].startswith(folder) for f in _open_all(settings))
+    assert summary.findings == {} and not any(f[1].startswith(folder) for f in _open_all(settings))
 
 
 def test_a_shard_refuses_providers_its_sweep_was_not_planned_for(platform, settings, providers):
@@ -340,3 +340,39 @@ def test_a_shard_refuses_providers_its_sweep_was_not_planned_for(platform, setti
         with pytest.raises(integrity.SweepError, match="planned for providers"):
             integrity.sweep_shard(lambda: db.connect_direct(autocommit=False), providers, sweep_id=sweep_id,
                                   shard=0, cells=["samples/0a/"], options=SweepOptions())
+
+
+# -- issue 13: the rules the Airflow glue carried, now csl's ------------------------------------
+def test_a_provider_that_cannot_be_listed_while_planning_is_named_and_keeps_its_kind(platform, settings, providers):
+    import dataclasses
+
+    down = StorageProvider(dataclasses.replace(settings.provider("fallback"), endpoint_url="http://127.0.0.1:9"),
+                           max_attempts=1)
+    with (Database(settings.require_database()) as db, db.connect_direct() as conn,
+          pytest.raises(ProviderUnavailable, match=r"^cannot list provider 'fallback': storage provider")):
+        integrity.plan_sweep(conn, [providers[0], down], run_key=f"test-{uuid.uuid4()}", shards=2,
+                             options=SweepOptions())
+
+
+def test_a_planned_sweep_records_its_failed_shard_and_fails_naming_it(platform, settings, providers):
+    import dataclasses
+
+    options = SweepOptions.for_settings(settings, prefix="samples/0")
+    down = StorageProvider(dataclasses.replace(settings.provider("fallback"), endpoint_url="http://127.0.0.1:9"),
+                           max_attempts=1)
+    with Database(settings.require_database()) as db:
+        with db.connect_direct() as conn:
+            plan = integrity.plan_sweep(conn, list(providers), run_key=f"test-{uuid.uuid4()}", shards=2,
+                                        options=options)
+        assert plan.as_dict()["shards"] == len(plan.shards()) == 2
+        first, second = plan.shards()
+        assert isinstance(integrity.sweep_and_record(db, list(providers), first, options=options),
+                          integrity.ShardSummary)
+        with pytest.raises(ProviderUnavailable, match="fallback"):
+            integrity.sweep_and_record(db, [providers[0], down], second, options=options)
+        with db.connect_direct() as conn:
+            summary = integrity.finish_planned(conn, plan.as_dict(), options=options)
+    assert summary.shards_done == 1 and [f["shard"] for f in summary.failed] == [1]
+    assert summary.failed[0]["provider"] == "fallback" and summary.error.startswith("shard 1: storage provider")
+    with pytest.raises(integrity.ShardsFailed, match=r"^1 of 2 shards did not sweep \(provider 'fallback' failed\)"):
+        summary.check()

@@ -88,8 +88,8 @@ def test_only_approved_samples_are_published_verified_and_a_rerun_changes_nothin
     outside = world.sample(4, b"RIFF elsewhere", key=f"uploads/{world.tag}/4.wav")
 
     result = world.run()
-    assert sorted(result["publish"]) == [(approved, "new"), (by_url, "new")]
-    assert (result["missing"], result["unpublishable"], result["copy_refused"]) == ([missing], [outside], [])
+    assert sorted(result.publish) == [(approved, "new"), (by_url, "new")]
+    assert (result.missing, result.unpublishable, result.copy_refused) == ([missing], [outside], [])
     assert world.copies() == {approved: b"RIFF approved", by_url: b"RIFF stored as a URL"}
     # anyone may read the copies of approved samples, nothing in the bucket of record
     assert {k: anonymous_status(world.published, k) for k in (approved, by_url)} == {approved: 200, by_url: 200}
@@ -101,7 +101,7 @@ def test_only_approved_samples_are_published_verified_and_a_rerun_changes_nothin
 
     events = world.events()
     again = world.run()
-    assert (again["publish"], again["withdraw"], again["unfinished"]) == ([], [], [])
+    assert (again.publish, again.withdraw, again.unfinished) == ([], [], [])
     assert world.events() == events
 
 
@@ -110,7 +110,7 @@ def test_unapproving_withdraws_the_copy_and_keeps_the_original(world):
     world.run()
     world.approve(0, False)
     result = world.run()
-    assert result["withdraw"] == [keys[0]]
+    assert result.withdraw == [keys[0]]
     assert keys[0] not in world.copies() and len(world.copies()) == 9
     assert world.provider.get(keys[0]) == b"RIFF 0"  # the original never moves
     assert anonymous_status(world.published, keys[0]) != 200
@@ -124,7 +124,7 @@ def test_a_replaced_original_is_published_again(world):
     world.run()
     world.provider.put(key, b"RIFF second take, longer")
     result = world.run()
-    assert result["publish"] == [(key, "changed")]
+    assert result.publish == [(key, "changed")]
     assert world.copies() == {key: b"RIFF second take, longer"}
     assert world.events()[-1] == (key, "republished")
 
@@ -134,26 +134,26 @@ def test_a_copy_that_does_not_match_its_original_is_never_left_public(world):
     world.provider.put(key, b"RIFF rotten", metadata={"sha256": hashlib.sha256(b"RIFF fresh").hexdigest()})
     world.sample(0, None, key=key)
     result = world.run()
-    assert [(r["key"], r["problem"]) for r in result["copy_refused"]] == [(key, "corrupt")]
+    assert [(r["key"], r["problem"]) for r in result.copy_refused] == [(key, "corrupt")]
     assert world.copies() == {}
     assert world.conn.execute("SELECT count(*) FROM csl_ops.published_objects").fetchone()[0] == 0
     assert world.events() == [(key, "copy_refused")]
-    assert publication.summarize(result)["corrupt"] == 1
+    assert result.summary()["corrupt"] == 1
     again = world.run()  # not copied again while the original is the same corrupt object
-    assert (again["publish"], again["known_corrupt"], world.events()) == ([], [key], [(key, "copy_refused")])
-    assert publication.summarize(again)["corrupt"] == 1
+    assert (again.publish, again.known_corrupt, world.events()) == ([], [key], [(key, "copy_refused")])
+    assert again.summary()["corrupt"] == 1
     world.provider.put(key, b"RIFF fresh")  # restored (from another provider): published on the next run
-    assert world.run()["publish"] == [(key, "new")] and world.copies() == {key: b"RIFF fresh"}
+    assert world.run().publish == [(key, "new")] and world.copies() == {key: b"RIFF fresh"}
 
 
 def test_a_copy_garbled_on_the_way_is_deleted_and_reported_as_a_failed_copy(world, monkeypatch):
     key = world.sample(0, b"RIFF sound original")
     monkeypatch.setattr(StorageProvider, "copy_from", lambda self, source, k: self.put(k, b"RIFF garbled"))
     result = world.run()
-    assert [(r["key"], r["problem"]) for r in result["copy_refused"]] == [(key, "copy_failed")]
-    assert world.copies() == {} and publication.summarize(result)["copy_failed"] == 1
+    assert [(r["key"], r["problem"]) for r in result.copy_refused] == [(key, "copy_failed")]
+    assert world.copies() == {} and result.summary()["copy_failed"] == 1
     monkeypatch.undo()
-    assert world.run()["publish"] == [(key, "new")] and world.copies() == {key: b"RIFF sound original"}
+    assert world.run().publish == [(key, "new")] and world.copies() == {key: b"RIFF sound original"}
 
 
 def test_withdrawing_more_than_the_caps_allow_is_refused_before_anything_changes(world):
@@ -164,14 +164,14 @@ def test_withdrawing_more_than_the_caps_allow_is_refused_before_anything_changes
         world.run()
     assert sorted(world.copies()) == sorted(keys)
     dry = world.run(dry_run=True)
-    assert dry["withdraw"] == sorted(keys) and "max_share" in dry["refused"] and len(world.copies()) == 10
+    assert dry.withdraw == sorted(keys) and "max_share" in dry.refused and len(world.copies()) == 10
     world.conn.execute("UPDATE audio_samples SET approved = true WHERE id = ANY(%s::uuid[])", (world.rows[:10],))
     for n in (1, 2):
         world.approve(n, False)
     with pytest.raises(publication.WithdrawalCapExceeded, match="2 published samples .* max_withdrawals=1"):
         world.run(max_withdrawals=1, max_share=1)
     assert len(world.copies()) == 10
-    assert world.run(max_withdrawals=2, max_share=1)["withdraw"] == sorted(keys[1:3])
+    assert world.run(max_withdrawals=2, max_share=1).withdraw == sorted(keys[1:3])
     with pytest.raises(publication.PublicationError, match="max_share"):
         world.run(max_share=0)
 
@@ -182,9 +182,9 @@ def test_one_run_per_provider_at_a_time(world, platform_db):
         other.execute("SELECT pg_advisory_lock(%s, hashtext(%s))", (publication._LOCK_CLASS, world.provider.name))
         with pytest.raises(publication.PublicationBusy, match="holds the lock"):
             world.run()
-        assert world.run(dry_run=True)["publish"] == [(key, "new")]  # a dry run changes nothing: no lock needed
+        assert world.run(dry_run=True).publish == [(key, "new")]  # a dry run changes nothing: no lock needed
         assert world.copies() == {}
-    assert world.run()["publish"] == [(key, "new")]
+    assert world.run().publish == [(key, "new")]
 
 
 def test_a_run_that_died_half_way_is_finished_by_the_next(world):
@@ -196,7 +196,7 @@ def test_a_run_that_died_half_way_is_finished_by_the_next(world):
     world.approve(0, False)
     world.published.delete(keys[0])
     result = world.run()
-    assert (result["publish"], result["unfinished"], result["withdraw"]) == ([(keys[1], "unrecorded")], [keys[0]], [])
+    assert (result.publish, result.unfinished, result.withdraw) == ([(keys[1], "unrecorded")], [keys[0]], [])
     published = {r[0] for r in world.conn.execute("SELECT object_key FROM csl_ops.published_objects")}
     assert published == set(keys[1:]) == set(world.copies())
     assert world.conn.execute("SELECT count(*) FROM csl_ops.publication_events WHERE edge_purged = false "
@@ -214,14 +214,14 @@ def test_purges_the_edge_refuses_stay_owed_and_are_sent_by_a_later_run(world, se
     refusing = VarnishEdge(settings.edge, transport=httpx.MockTransport(lambda request: httpx.Response(503, text="busy")))
     keys = [world.sample(n, f"RIFF {n}".encode()) for n in range(10)]
     first = world.run(edge=accepting)  # new copies are purged too: the edge may hold the 404 it gave before
-    assert first["purge"] == {"owed": 0, "sent": 10, "dropped": 10}
+    assert first.purge == {"owed": 0, "sent": 10, "dropped": 10}
     sent.clear()
     world.approve(0, False)
     result = world.run(edge=refusing)
-    assert result["withdraw"] == [keys[0]] and result["purge"]["owed"] == 1 and "HTTP 503" in result["purge"]["error"]
-    assert world.run(edge=accepting)["purge"] == {"owed": 0, "sent": 1, "dropped": 1}
+    assert result.withdraw == [keys[0]] and result.purge["owed"] == 1 and "HTTP 503" in result.purge["error"]
+    assert world.run(edge=accepting).purge == {"owed": 0, "sent": 1, "dropped": 1}
     assert sent == [f"obj:/{world.published.bucket}/{keys[0]}"]
-    assert world.run(edge=accepting)["purge"]["sent"] == 0
+    assert world.run(edge=accepting).purge["sent"] == 0
 
 
 def test_purges_are_batched_under_the_edge_header_limit(settings):
@@ -275,3 +275,14 @@ def test_the_edge_serves_approved_samples_only_and_forgets_one_when_it_is_unappr
         refused = cli("--apply")
         conn.execute("UPDATE audio_samples SET approved = true WHERE id = ANY(%s)", ([r[0] for r in rows if r[2]],))
         assert refused.returncode == 2 and refused.stderr.count("\n") == 1 and "max_share" in refused.stderr
+
+
+def test_a_publication_run_logs_what_it_published_itself(world, caplog):
+    import logging
+
+    key = world.sample(0, b"RIFF logged")
+    caplog.set_level(logging.INFO, logger="csl.storage.publication")
+    world.run(dry_run=True)
+    world.run()
+    assert [r.getMessage() for r in caplog.records if r.name == "csl.storage.publication"
+            and key in r.getMessage()] == [f"would publish {key} (new)", f"published {key} (new)"]
