@@ -36,6 +36,7 @@ __all__ = [
     "parse_integer",
     "parse_number",
     "redact",
+    "reports_root",
 ]
 
 STORAGE_KINDS = ("minio", "s3", "supabase")
@@ -515,3 +516,10 @@ def load_env_file(path: str | os.PathLike[str], *, environ: dict[str, str] | Non
         loaded[key.strip()] = value
         environ.setdefault(key.strip(), value)
     return loaded
+
+
+def reports_root(environ: Mapping[str, str] | None = None) -> Path:
+    """The folder report files go under (each capability its own subfolder): ``$CSL_REPORTS_DIR``,
+    else ``$AIRFLOW_HOME/csl_reports`` (``./csl_reports`` without ``AIRFLOW_HOME``)."""
+    environ = os.environ if environ is None else environ
+    return Path(environ.get("CSL_REPORTS_DIR") or Path(environ.get("AIRFLOW_HOME") or ".") / "csl_reports")

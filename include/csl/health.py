@@ -16,7 +16,7 @@ from csl.cdn import VarnishEdge
 from csl.config import Settings
 from csl.db import Database
 from csl.errors import BadInput, CslError, ProblemFound
-from csl.storage import StorageProvider
+from csl.storage import providers_for
 
 __all__ = [
     "COMPONENTS",
@@ -64,7 +64,7 @@ def check_database(settings: Settings) -> dict[str, Any]:
 
 
 def check_storage(settings: Settings, provider_name: str) -> dict[str, Any]:
-    return StorageProvider(settings.provider(provider_name), max_attempts=1).health()
+    return providers_for(settings, [provider_name], max_attempts=1)[0].health()
 
 
 def check_edge(settings: Settings) -> dict[str, Any]:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from functools import cached_property
 from typing import Any
 
@@ -94,15 +94,6 @@ class CslBaseOperator(BaseOperator):
         return Database(self.settings.require_database())
 
     @staticmethod
-    def plan_of(context: Any, task_id: str, key: str) -> Any:
-        """What the run's plan task pushed under ``key``; a clear failure when the plan task failed
-        (this task runs ``all_done`` to report, so it runs then too)."""
-        value = context["ti"].xcom_pull(task_ids=task_id, key=key)
-        if value is None:
-            raise AirflowFailException(f"no plan: the {task_id!r} task failed (see its log)")
-        return value
-
-    @staticmethod
     def record(db: Any, context: Any, *, status: str, outcome: Any = None, error: str | None = None) -> None:
         """This task run's row in ``csl_ops.task_runs``: its Params, outcome figures and error."""
         from csl.runs import record_run
@@ -115,26 +106,3 @@ class CslBaseOperator(BaseOperator):
             return settings_from_connections(self.conn_ids, max_replica_lag_s=self.max_replica_lag_s)
         except ConfigError as exc:  # a missing or malformed connection: retrying cannot help
             raise AirflowFailException(f"configuration: {exc}") from exc
-
-
-def _as_list(value: Sequence[str] | str | None) -> list[str]:
-    """A list Param as rendered by a template: a list, JSON text or ``a,b``; null (an emptied form
-    field) is the empty list."""
-    if value is None or (isinstance(value, str) and value.strip() in ("", "null", "None")):
-        return []
-    if isinstance(value, str):
-        import json
-
-        value = json.loads(value) if value.strip().startswith("[") else [v for v in value.split(",") if v]
-    return [str(v).strip() for v in value]
-
-
-def _int_param(value: Any, name: str) -> int:
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        raise AirflowFailException(f"{name}: expected a whole number, got {value!r}") from None
-
-
-def _truthy(value: Any) -> bool:
-    return str(value).strip().lower() in ("true", "1", "yes")

@@ -92,7 +92,7 @@ class PayoutSendOperator(CslBaseOperator):
 
 class StatementOperator(CslBaseOperator):
     """Writes the per-contributor statement CSV for data teams (one file per run, under
-    ``out_dir`` or ``csl.settlement.reports_root()``)."""
+    ``out_dir`` or ``csl.config.reports_root()``)."""
 
     def __init__(self, *, out_dir: str | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -100,8 +100,9 @@ class StatementOperator(CslBaseOperator):
 
     def execute(self, context: Any) -> dict[str, Any]:
         from csl import settlement
+        from csl.config import reports_root
 
-        path = settlement.statement_path(self.out_dir or settlement.reports_root(), context["ti"].run_id)
+        path = settlement.statement_path(self.out_dir or reports_root(), context["ti"].run_id)
         with self.database() as db, db.connect_direct("primary") as conn:
             rows = settlement.write_statement_file(conn, path)
         log.info("statement: %d postings in %s", rows, path)

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 import time
 from collections.abc import Mapping
@@ -29,6 +28,7 @@ from typing import Any
 
 import psycopg
 
+from csl.config import reports_root
 from csl.reports.analysis import ReportParams, ReportParamsError, analyse, parse_window
 from csl.reports.render import REPORT_FILES, columns_of, render_html, to_frames, to_json, write_files
 from csl.reports.snapshot import MARK, ReplicaConnect, Snapshot, capture, prune
@@ -181,8 +181,7 @@ def snapshot_and_prune(conn: psycopg.Connection, *, replicas: Mapping[str, Repli
 def reports_dir() -> Path:
     """Where report folders go: ``$CSL_REPORTS_DIR/performance``, else
     ``$AIRFLOW_HOME/csl_reports/performance`` (``./csl_reports/performance`` without either)."""
-    root = os.environ.get("CSL_REPORTS_DIR") or Path(os.environ.get("AIRFLOW_HOME", ".")) / "csl_reports"
-    return Path(root) / "performance"
+    return reports_root() / "performance"
 
 
 REPORT_MODES = ("auto", "always", "never")

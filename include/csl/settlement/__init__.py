@@ -54,7 +54,6 @@ from csl.settlement.gate import GATE_CHECKS, run_gate
 from csl.settlement.ledger import (
     balances,
     ledger_fingerprint,
-    reports_root,
     statement_path,
     write_statement,
     write_statement_file,
@@ -100,7 +99,6 @@ __all__ = [
     "parse_period",
     "payout_endpoint",
     "payouts_not_sent",
-    "reports_root",
     "review_payout",
     "run_gate",
     "settle",

@@ -4,9 +4,7 @@ where a run's statement file goes)."""
 from __future__ import annotations
 
 import hashlib
-import os
 from collections import defaultdict
-from collections.abc import Mapping
 from pathlib import Path
 
 import psycopg
@@ -70,13 +68,6 @@ def write_statement(conn: psycopg.Connection, out, *, contributor: str | None = 
                              from_minor(amount, currency), from_minor(total, currency), posted_at.isoformat(), run_id])
             rows += 1
     return rows
-
-
-def reports_root(environ: Mapping[str, str] | None = None) -> Path:
-    """The folder report files go under: ``$CSL_REPORTS_DIR``, else ``$AIRFLOW_HOME/csl_reports``
-    (``./csl_reports`` without ``AIRFLOW_HOME``)."""
-    environ = os.environ if environ is None else environ
-    return Path(environ.get("CSL_REPORTS_DIR") or Path(environ.get("AIRFLOW_HOME") or ".") / "csl_reports")
 
 
 def statement_path(root: str | Path, run_id: str) -> Path:

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from csl import settlement
+from csl.config import reports_root
 from csl.errors import ConfigError, ProblemFound, Transient
 from csl.settlement import PayoutSendResult, SettlementOutcome
 
@@ -55,10 +56,10 @@ def test_the_statement_goes_under_the_reports_root_named_by_a_safe_run_id(tmp_pa
 
 
 def test_the_reports_root_is_the_setting_else_airflow_home():
-    assert settlement.reports_root({"CSL_REPORTS_DIR": "/srv/reports", "AIRFLOW_HOME": "/opt/airflow"}) == \
+    assert reports_root({"CSL_REPORTS_DIR": "/srv/reports", "AIRFLOW_HOME": "/opt/airflow"}) == \
         Path("/srv/reports")
-    assert settlement.reports_root({"AIRFLOW_HOME": "/opt/airflow"}) == Path("/opt/airflow/csl_reports")
-    assert settlement.reports_root({"CSL_REPORTS_DIR": ""}) == Path("csl_reports")
+    assert reports_root({"AIRFLOW_HOME": "/opt/airflow"}) == Path("/opt/airflow/csl_reports")
+    assert reports_root({"CSL_REPORTS_DIR": ""}) == Path("csl_reports")
 
 
 # -- the run's figures -----------------------------------------------------------------------
