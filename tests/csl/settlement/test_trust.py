@@ -491,7 +491,7 @@ def test_the_in_run_analyze_does_not_queue_behind_an_index_build(platform_db):
         builder.execute("ROLLBACK")
         thread.join(60)
     assert not stuck, "the run queued behind the index build"
-    assert done["outcome"]["status"] == "committed" and done["outcome"]["timings_s"]["analyze_skipped"] is True
+    assert done["outcome"].status == "committed" and done["outcome"].timings_s["analyze_skipped"] is True
 
 
 def test_reversals_reach_the_settled_licences_through_an_index_whatever_the_statistics(platform_db):
