@@ -40,6 +40,11 @@ __all__ = [
 ]
 
 STORAGE_KINDS = ("minio", "s3", "supabase")
+# boto3 >= 1.36 adds a CRC32 checksum to every upload by default ("when_supported"); Supabase
+# Storage, Cloudflare R2 and MinIO before 2025-01 refuse or mis-store it. "when_required" sends a
+# checksum only where the S3 API requires one. The default per kind; each provider may override it.
+CHECKSUM_CALCULATIONS = ("when_supported", "when_required")
+DEFAULT_CHECKSUM_CALCULATION = {"minio": "when_supported", "s3": "when_supported", "supabase": "when_required"}
 CDN_PROVIDERS = ("cloudflare", "cloudfront", "azure", "varnish")
 BUCKET_NAME = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 
@@ -321,11 +326,17 @@ class StorageProviderSettings:
     force_path_style: bool = True
     public_bucket: bool = False  # this provider serves the published samples (csl.storage.publication)
     published_bucket: str | None = None  # where: the public-read copies; default "<bucket>-published"
+    request_checksum_calculation: str | None = None  # when boto3 adds upload checksums; None: the kind's default
 
     def __post_init__(self) -> None:
         prefix = self.kind.upper()
         if self.kind not in STORAGE_KINDS:
             raise ConfigError("STORAGE_PROVIDER", f"expected one of {', '.join(STORAGE_KINDS)}, got {self.kind!r}")
+        if self.request_checksum_calculation is None:
+            object.__setattr__(self, "request_checksum_calculation", DEFAULT_CHECKSUM_CALCULATION[self.kind])
+        if self.request_checksum_calculation not in CHECKSUM_CALCULATIONS:
+            raise ConfigError(f"{prefix}_REQUEST_CHECKSUM_CALCULATION", f"expected one of "
+                              f"{', '.join(CHECKSUM_CALCULATIONS)}, got {self.request_checksum_calculation!r}")
         if self.endpoint_url is not None:
             parse_http_url(f"{prefix}_ENDPOINT", self.endpoint_url)
         if not self.bucket:
@@ -442,6 +453,7 @@ def provider_from_env(env: Mapping[str, str], *, name: str, kind: str) -> Storag
             force_path_style=parse_bool("MINIO_FORCE_PATH_STYLE", _get(env, "MINIO_FORCE_PATH_STYLE", "true")),
             public_bucket=parse_bool("MINIO_PUBLIC_BUCKET", _get(env, "MINIO_PUBLIC_BUCKET", "false")),
             published_bucket=_get(env, "MINIO_PUBLISHED_BUCKET"),
+            request_checksum_calculation=_get(env, "MINIO_REQUEST_CHECKSUM_CALCULATION"),
         )
     if kind == "s3":
         endpoint = _get(env, "S3_ENDPOINT")
@@ -457,6 +469,7 @@ def provider_from_env(env: Mapping[str, str], *, name: str, kind: str) -> Storag
                                         _get(env, "S3_FORCE_PATH_STYLE", "true" if endpoint else "false")),
             public_bucket=parse_bool("S3_PUBLIC_BUCKET", _get(env, "S3_PUBLIC_BUCKET", "false")),
             published_bucket=_get(env, "S3_PUBLISHED_BUCKET"),
+            request_checksum_calculation=_get(env, "S3_REQUEST_CHECKSUM_CALCULATION"),
         )
     if kind == "supabase":
         base = parse_http_url("SUPABASE_URL", _required(env, "SUPABASE_URL", why))
@@ -470,6 +483,7 @@ def provider_from_env(env: Mapping[str, str], *, name: str, kind: str) -> Storag
             bucket=_get(env, "SUPABASE_AUDIO_BUCKET", "audio-samples"),
             region=_get(env, "SUPABASE_S3_REGION", region),
             force_path_style=True,
+            request_checksum_calculation=_get(env, "SUPABASE_REQUEST_CHECKSUM_CALCULATION"),
         )
     setting = "STORAGE_PROVIDER" if name == "primary" else "STORAGE_FALLBACK_PROVIDER"
     raise ConfigError(setting, f"expected one of {', '.join(STORAGE_KINDS)}, got {kind!r}")

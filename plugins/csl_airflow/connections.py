@@ -8,7 +8,9 @@ backend in production):
 - ``csl_storage_primary`` / ``csl_storage_fallback``: type ``aws``; login/password are the
   access key pair; extra ``endpoint_url``, ``region_name``, ``bucket``, ``provider``
   (minio|s3|supabase), ``force_path_style``, ``public_bucket`` (JSON booleans, or the strings
-  true/false), ``published_bucket`` (the public copies' bucket; default ``<bucket>-published``)
+  true/false), ``published_bucket`` (the public copies' bucket; default ``<bucket>-published``),
+  ``request_checksum_calculation`` (``when_supported`` | ``when_required``: whether boto3 adds a
+  checksum to every upload; default by provider, ``when_required`` for supabase)
 - ``csl_cdn_edge``: type ``http``; host, port, schema (http/https); extra ``provider``,
   ``cache_ttl`` (whole seconds)
 
@@ -27,6 +29,7 @@ from airflow.sdk.exceptions import AirflowNotFoundException
 
 from csl.config import (
     CDN_PROVIDERS,
+    CHECKSUM_CALCULATIONS,
     MAX_CACHE_TTL_S,
     MAX_REPLICA_LAG_S,
     STORAGE_KINDS,
@@ -52,7 +55,7 @@ DEFAULT_CONN_IDS = {
     "edge": "csl_cdn_edge",
 }
 STORAGE_EXTRA = ("endpoint_url", "region_name", "bucket", "provider", "force_path_style", "public_bucket",
-                 "published_bucket")
+                 "published_bucket", "request_checksum_calculation")
 EDGE_EXTRA = ("provider", "cache_ttl")
 _HOST_FORBIDDEN = set("@/?#[]:%\\")
 
@@ -146,12 +149,16 @@ def _storage(conn, name: str) -> StorageProviderSettings:
         raise ConfigError(_where(conn), "extra.bucket is required (a bucket name)")
     if not conn.login or not conn.password:
         raise ConfigError(_where(conn), "login and password (the access key pair) are required")
-    for key in ("provider", "region_name", "endpoint_url", "published_bucket"):
+    for key in ("provider", "region_name", "endpoint_url", "published_bucket", "request_checksum_calculation"):
         if key in extra and (not isinstance(extra[key], str) or not extra[key]):
             raise ConfigError(_where(conn, f"extra.{key}"), "expected a non-empty string")
     kind = extra.get("provider", "s3")
     if kind not in STORAGE_KINDS:
         raise ConfigError(_where(conn, "extra.provider"), f"expected one of {', '.join(STORAGE_KINDS)}, got {kind!r}")
+    checksums = extra.get("request_checksum_calculation")
+    if checksums is not None and checksums not in CHECKSUM_CALCULATIONS:
+        raise ConfigError(_where(conn, "extra.request_checksum_calculation"),
+                          f"expected one of {', '.join(CHECKSUM_CALCULATIONS)}, got {checksums!r}")
     endpoint = extra.get("endpoint_url")
     return StorageProviderSettings(
         name=name,
@@ -164,6 +171,7 @@ def _storage(conn, name: str) -> StorageProviderSettings:
         force_path_style=parse_bool(_where(conn, "extra.force_path_style"), extra.get("force_path_style", True)),
         public_bucket=parse_bool(_where(conn, "extra.public_bucket"), extra.get("public_bucket", False)),
         published_bucket=extra.get("published_bucket"),
+        request_checksum_calculation=extra.get("request_checksum_calculation"),
     )
 
 

@@ -174,6 +174,9 @@ def test_values_built_in_code_are_checked_too():
     ({"MINIO_PUBLIC_BUCKET": "true", "MINIO_BUCKET": "audio", "MINIO_PUBLISHED_BUCKET": "audio"},
      "MINIO_PUBLISHED_BUCKET"),
     ({"MINIO_PUBLIC_BUCKET": "false", "MINIO_PUBLISHED_BUCKET": "audio-published"}, "MINIO_PUBLISHED_BUCKET"),
+    # when boto3 adds upload checksums (issue 14): one of the two values botocore knows
+    ({"MINIO_REQUEST_CHECKSUM_CALCULATION": "always"}, "MINIO_REQUEST_CHECKSUM_CALCULATION"),
+    ({"MINIO_REQUEST_CHECKSUM_CALCULATION": "WHEN_REQUIRED "}, "MINIO_REQUEST_CHECKSUM_CALCULATION"),
 ])
 def test_ports_urls_and_bools_are_parsed_up_front(change, setting):
     with pytest.raises(ConfigError) as caught:
@@ -256,3 +259,16 @@ def test_cli_refuses_bad_settings_with_exit_2(change, setting):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and setting in lines[0], result.stderr
     assert "s3cret" not in result.stderr + result.stdout
+
+
+def test_upload_checksums_default_by_provider_and_can_be_set_per_provider():
+    # boto3 >= 1.36 adds a CRC32 to every upload; Supabase Storage refuses or mis-stores it
+    supabase = {**BASE, "STORAGE_FALLBACK_PROVIDER": "supabase", "SUPABASE_URL": "https://x.supabase.co",
+                "SUPABASE_S3_ACCESS_KEY_ID": "k", "SUPABASE_S3_SECRET_ACCESS_KEY": "s"}
+    settings = Settings.from_env(supabase)
+    assert settings.provider("primary").request_checksum_calculation == "when_supported"
+    assert settings.provider("fallback").request_checksum_calculation == "when_required"
+    chosen = Settings.from_env({**supabase, "MINIO_REQUEST_CHECKSUM_CALCULATION": "when_required",
+                                "SUPABASE_REQUEST_CHECKSUM_CALCULATION": "when_supported"})
+    assert chosen.provider("primary").request_checksum_calculation == "when_required"
+    assert chosen.provider("fallback").request_checksum_calculation == "when_supported"

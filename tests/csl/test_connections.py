@@ -52,6 +52,7 @@ for case in cases:
         s = settings_from_connections(max_replica_lag_s=case.get("lag", 30.0))
         p = s.provider("primary")
         out.append({"ok": {"force_path_style": p.force_path_style, "public_bucket": p.public_bucket,
+                           "checksums": p.request_checksum_calculation,
                            "cache_ttl_s": s.edge.cache_ttl_s, "edge": s.edge.base_url,
                            "lag": s.database.max_replica_lag_s, "url": repr(s.database)}})
     except ConfigError as exc:
@@ -63,7 +64,11 @@ print("RESULTS " + json.dumps(out))
 
 GOOD = [
     ("defaults", conns(), {"force_path_style": True, "public_bucket": False, "cache_ttl_s": 86400,
-                           "edge": "http://127.0.0.1:6081", "lag": 30.0}),
+                           "edge": "http://127.0.0.1:6081", "lag": 30.0, "checksums": "when_supported"}),
+    ("supabase sends checksums only where required", conns(storage={"extra": {"provider": "supabase"}}),
+     {"checksums": "when_required"}),
+    ("checksums as set", conns(storage={"extra": {"request_checksum_calculation": "when_required"}}),
+     {"checksums": "when_required"}),
     ("string false is false", conns(storage={"extra": {"force_path_style": "false", "public_bucket": "False"}}),
      {"force_path_style": False, "public_bucket": False}),
     ("string true is true", conns(storage={"extra": {"public_bucket": "true"}}), {"public_bucket": True}),
@@ -81,6 +86,10 @@ BAD = [
     ("public bucket number", conns(storage={"extra": {"public_bucket": 2}}), "extra.public_bucket"),
     ("unknown storage key", conns(storage={"extra": {"force_pathstyle": False}}), "extra"),
     ("unknown provider", conns(storage={"extra": {"provider": "dropbox"}}), "extra.provider"),
+    ("checksums unknown", conns(storage={"extra": {"request_checksum_calculation": "always"}}),
+     "extra.request_checksum_calculation"),
+    ("checksums not text", conns(storage={"extra": {"request_checksum_calculation": False}}),
+     "extra.request_checksum_calculation"),
     ("endpoint with credentials", conns(storage={"extra": {"endpoint_url": "http://u:s3cret-ep@127.0.0.1:9000"}}),
      "extra.endpoint_url"),
     ("edge port out of range", conns(edge={"port": 70000}), "port"),

@@ -150,6 +150,7 @@ class StorageProvider:
             read_timeout=self._read_timeout_s,
             retries={"max_attempts": self._max_attempts, "mode": "standard"},
             max_pool_connections=self._max_pool_connections,
+            request_checksum_calculation=s.request_checksum_calculation,
         )
         session = boto3.session.Session()
         return session.client(

@@ -50,6 +50,26 @@ def test_put_head_get_delete_round_trip_with_checksum(primary):
     assert primary.exists(key) is False
 
 
+@pytest.mark.parametrize(("setting", "sends"), [("when_supported", True), ("when_required", False)])
+def test_the_provider_setting_decides_whether_an_upload_carries_a_checksum(settings, scratch, setting, sends):
+    # boto3 >= 1.36 adds a CRC32 to every upload unless told "when_required" (Supabase, R2, old MinIO)
+    from dataclasses import replace
+
+    provider = StorageProvider(replace(settings.provider("primary"), request_checksum_calculation=setting),
+                               max_attempts=1)
+    sent: list[dict[str, str]] = []
+    provider.client.meta.events.register("before-send.s3.PutObject",
+                                         lambda request, **_: sent.append(dict(request.headers)))
+    key = f"tests/{uuid.uuid4().hex[:8]}/checksum.bin"
+    scratch.append((provider, key))
+    provider.put(key, b"checksummed?")
+    headers = {name.lower(): str(value) for name, value in sent[0].items()}
+    carried = any(name.startswith("x-amz-checksum-") for name in headers) or "x-amz-checksum" in headers.get(
+        "x-amz-trailer", "")
+    assert carried is sends, headers
+    assert provider.get(key) == b"checksummed?"
+
+
 def test_listing_is_sorted_and_paged(fallback, scratch):
     base = f"tests/list{uuid.uuid4().hex[:6]}/"
     keys = [f"{base}{i % 256:02x}/{i:05d}.wav" for i in range(2300)]
