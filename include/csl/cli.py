@@ -15,6 +15,7 @@ from pathlib import Path
 
 from csl.cliargs import number
 from csl.cliargs import print_result as _print
+from csl.cliargs import run_key as cli_run_key
 from csl.config import Settings, load_env_file
 from csl.errors import BadInput, ConfigError, CslError
 from csl.reports.cli import add_cli as add_report_cli
@@ -98,7 +99,7 @@ def _cmd_indexes(args: argparse.Namespace, settings: Settings) -> int:
             plan = indexes.plan_indexes(conn, args.only)
         payload, human, failed = plan.as_dict(), plan.format(), 0
         if args.action == "apply" and not args.dry_run:
-            results = indexes.apply(connect, plan.items, plan.catalog, run_id=_run_id(),
+            results = indexes.apply(connect, plan.items, plan.catalog, run_id=cli_run_key(),
                                     lock_timeout_ms=args.lock_timeout_ms, statement_timeout_s=args.statement_timeout_s,
                                     max_lock_retries=args.max_lock_retries)
             payload["results"] = [r.as_dict() for r in results]
@@ -106,13 +107,6 @@ def _cmd_indexes(args: argparse.Namespace, settings: Settings) -> int:
             human += "\n" + indexes.format_results(results)
     _print(args, payload, human)
     return 1 if failed else 0
-
-
-def _run_id() -> str:
-    """A run id for work started from the command line (``csl_ops`` records name their run)."""
-    import datetime
-
-    return "cli__" + datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%S.%fZ")
 
 
 def _cmd_maintenance(args: argparse.Namespace, settings: Settings) -> int:
@@ -128,7 +122,7 @@ def _cmd_maintenance(args: argparse.Namespace, settings: Settings) -> int:
                 plan = vacuum.plan_maintenance(conn, policy)
             _print(args, {k: v for k, v in plan.as_dict().items() if k != "started_at"}, plan.format())
             return 0
-        outcome = vacuum.run(connect, policy, run_id=_run_id(), dry_run=args.dry_run, max_duration_s=args.max_duration_s,
+        outcome = vacuum.run(connect, policy, run_id=cli_run_key(), dry_run=args.dry_run, max_duration_s=args.max_duration_s,
                              workers=args.workers)
     human = "\n".join(
         f"{r['status']:<15} {r['action']:<14} {r['schema']}.{r['table']:<30} {r['reason']:<17} {r['duration_ms']} ms, "

@@ -1,4 +1,4 @@
-"""Argument types and output shared by ``csl.cli`` and the subcommands other modules register."""
+"""Argument types, output and run keys shared by ``csl.cli`` and the subcommands other modules register."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import argparse
 import json
 from typing import Any
 
-__all__ = ["number", "print_result"]
+__all__ = ["number", "print_result", "run_key"]
 
 
 def number(kind: type, lo: float, hi: float, *, low_open: bool = False):
@@ -23,6 +23,14 @@ def number(kind: type, lo: float, hi: float, *, low_open: bool = False):
             raise argparse.ArgumentTypeError(f"expected a number in {span}, got {value}")
         return value
     return parse
+
+
+def run_key() -> str:
+    """The key of a run started from the command line (``csl_ops`` records name their run):
+    ``cli__`` and the UTC time to the microsecond."""
+    import datetime
+
+    return "cli__" + datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%S.%fZ")
 
 
 def print_result(args: argparse.Namespace, payload: Any, human: str) -> None:

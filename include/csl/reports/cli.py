@@ -14,6 +14,7 @@ from typing import Any
 
 from csl.cliargs import number
 from csl.cliargs import print_result as _print
+from csl.cliargs import run_key as cli_run_key
 
 __all__ = ["add_cli"]
 
@@ -66,7 +67,7 @@ def _cmd_report(args: argparse.Namespace, settings: Any) -> int:
                           advise_queries=args.advise_queries, unused_index_days=args.unused_index_days,
                           advisor_role=args.advisor_role, exact_bloat_tables=tuple(args.exact_bloat or ()))
     out = _out_dir(args)
-    run_key = "cli__" + datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%S.%fZ")
+    run_key = cli_run_key()
     with Database(settings.require_database()) as db, db.connect_direct("primary") as conn:
         result = make_report(conn, params, run_key=run_key, out_dir=out, advise_with_hypopg=not args.no_hypopg,
                              replicas=replicas_of(db), retention_days=args.report_retention_days)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime
 import os
 import sys
 from collections.abc import Iterator
@@ -18,6 +17,7 @@ from typing import Any
 
 from csl.cliargs import number
 from csl.cliargs import print_result as _print
+from csl.cliargs import run_key as cli_run_key
 from csl.errors import ConfigError
 
 __all__ = ["add_cli"]
@@ -62,7 +62,7 @@ def _cmd_run(args: argparse.Namespace, settings: Any) -> int:
 
     params = settlement.Params(share_bps=args.contributor_share_bps, minimum_payout_cents=args.minimum_payout_cents,
                                period_start=args.period_start, period_end=args.period_end, dry_run=args.dry_run)
-    run_key = args.run_key or "cli__" + datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%S.%fZ")
+    run_key = args.run_key or cli_run_key()
     with _primary(settings) as conn:
         try:
             outcome = settlement.settle(conn, params, run_key=run_key)

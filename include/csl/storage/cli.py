@@ -13,14 +13,9 @@ from typing import Any
 
 from csl.cliargs import number
 from csl.cliargs import print_result as _print
+from csl.cliargs import run_key as cli_run_key
 
 __all__ = ["add_cli"]
-
-
-def _stamp() -> str:
-    import datetime
-
-    return datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
 
 
 def _cmd_sweep(args: argparse.Namespace, settings: Any) -> int:
@@ -32,7 +27,7 @@ def _cmd_sweep(args: argparse.Namespace, settings: Any) -> int:
     names = [p.name for p in providers_for(settings, args.providers)]
     options = integrity.SweepOptions.for_settings(settings, depth=args.depth, key_order=args.key_order,
                                                   deep_sample=args.deep_sample, prefix=args.prefix)
-    summary = integrity.run_sweep(settings, run_key=args.run_key or f"cli__{_stamp()}__{uuid.uuid4().hex[:8]}",
+    summary = integrity.run_sweep(settings, run_key=args.run_key or f"{cli_run_key()}__{uuid.uuid4().hex[:8]}",
                                   shards=args.shards, workers=args.workers, options=options, provider_names=names)
     with Database(settings.require_database()) as db, db.connect_direct() as conn:
         findings = integrity.open_findings(conn, sweep_id=summary.sweep_id)
@@ -69,7 +64,7 @@ def _cmd_cleanup(args: argparse.Namespace, settings: Any) -> int:
     providers = providers_for(settings, args.providers)
     with Database(settings.require_database()) as db, db.connect_direct() as conn:
         result = cleanup.run_cleanup(
-            conn, providers, run_key=args.run_key or f"cli__{_stamp()}", temp_prefix=args.temp_prefix,
+            conn, providers, run_key=args.run_key or cli_run_key(), temp_prefix=args.temp_prefix,
             temp_ttl_h=args.temp_ttl_h, orphan_grace_h=args.orphan_grace_h, max_objects=args.max_objects,
             max_share=args.max_share, dry_run=not args.apply, purge_quarantine=args.purge_quarantine,
             quarantine_retention_days=args.quarantine_retention_days, buckets=configured_buckets(settings))
@@ -94,7 +89,7 @@ def _cmd_publish(args: argparse.Namespace, settings: Any) -> int:
     with Database(settings.require_database()) as db, db.connect_direct() as conn:
         edge = VarnishEdge(settings.edge) if settings.edge.enabled else None
         try:
-            run = publication.publish_all(conn, public, run_key=args.run_key or f"cli__{_stamp()}",
+            run = publication.publish_all(conn, public, run_key=args.run_key or cli_run_key(),
                                           dry_run=not args.apply, max_withdrawals=args.max_withdrawals,
                                           max_share=args.max_share, edge=edge, buckets=configured_buckets(settings))
         finally:
