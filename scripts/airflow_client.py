@@ -46,6 +46,9 @@ class AirflowClient:
     def unpause(self, dag_id: str) -> None:
         self._ok(self.request("PATCH", f"/dags/{dag_id}", json={"is_paused": False}))
 
+    def pause(self, dag_id: str) -> None:
+        self._ok(self.request("PATCH", f"/dags/{dag_id}", json={"is_paused": True}))
+
     def trigger(self, dag_id: str, conf: dict | None = None) -> httpx.Response:
         return self.request("POST", f"/dags/{dag_id}/dagRuns", json={"logical_date": None, "conf": conf or {}})
 

@@ -20,8 +20,11 @@ from csl.config import load_env_file
 from csl.health import format_health
 
 # The nightly chain, in order; each DAG joins the demo once it exists.
-DEMO_DAGS = ["csl_platform_health", "csl_index_install", "csl_db_maintenance", "csl_revenue_settlement",
-             "csl_storage_integrity", "csl_storage_publication", "csl_performance_report"]
+# (DAG, conf): replication repairs what the sweep found, and a second sweep shows it closed
+DEMO_DAGS = [("csl_platform_health", None), ("csl_index_install", None), ("csl_db_maintenance", None),
+             ("csl_revenue_settlement", None), ("csl_storage_integrity", None),
+             ("csl_storage_replication", {"mode": "findings"}), ("csl_storage_integrity", None),
+             ("csl_storage_publication", None), ("csl_performance_report", None)]
 
 
 def format_index_report(report: dict | None) -> str:
@@ -87,6 +90,23 @@ def format_sweep(summary: dict | None) -> str:
     return "\n".join(lines)
 
 
+def format_replication(summary: dict | None, plan: dict | None) -> str:
+    if not summary:
+        return "  (no summary: see the report task's log)"
+    methods = ", ".join(f"{n} by {m}" for m, n in sorted(summary["by_method"].items())) or "none"
+    proofs = ", ".join(f"{n} by {v}" for v, n in sorted(summary["by_verification"].items())) or "none"
+    lines = [(f"  mode {summary['mode']}: {summary['verified']} objects copied and verified ({summary['bytes']:,} bytes; "
+             f"{methods}; proven {proofs}), {summary['skipped']} already right, {summary['failed']} failed")]
+    if plan and plan.get("by_reason"):
+        lines.append("  why: " + ", ".join(f"{reason} {n}" for reason, n in sorted(plan["by_reason"].items())))
+    lines.append(f"  conflicts left for a person: {summary['conflicts']}"
+                 + (f" ({', '.join(summary['conflict_keys'][:3])}{' …' if summary['conflicts'] > 3 else ''}; "
+                    "csl_ops.storage_findings kind replication_conflict)" if summary["conflicts"] else ""))
+    lines.append(f"  database inventory read from the {summary['inventory_from']}; every copy: "
+                 f"csl_ops.replication_copies run {summary['run_id']}")
+    return "\n".join(lines)
+
+
 def format_publication(outcome: dict | None, edge_url: str) -> str:
     if not outcome:
         return "  (no summary: see the publish task's log)"
@@ -148,6 +168,8 @@ def show(client: AirflowClient, dag_id: str, run: dict) -> int:
         print(format_maintenance_report(xcom("report", "report")))
     elif dag_id == "csl_storage_integrity":
         print(format_sweep(xcom("report", "summary")))
+    elif dag_id == "csl_storage_replication":
+        print(format_replication(xcom("report", "summary"), xcom("plan", "plan")))
     elif dag_id == "csl_storage_publication":
         print(format_publication(xcom("publish", "publication"), os.environ.get("CDN_BASE_URL", "")))
     elif dag_id == "csl_performance_report":
@@ -166,9 +188,10 @@ def main() -> int:
     import subprocess
 
     subprocess.run([sys.executable, "-m", "csl", "snapshot"], check=True, stdout=subprocess.DEVNULL)
-    for dag_id in DEMO_DAGS:
+    shown: set[tuple[str, str]] = set()
+    for dag_id, conf in DEMO_DAGS:
         client.wait_for_dag(dag_id)
-        response = client.trigger(dag_id)
+        response = client.trigger(dag_id, conf)
         if response.status_code >= 400:
             print(f"trigger {dag_id}: HTTP {response.status_code} {response.text}")
             return 1
@@ -182,8 +205,11 @@ def main() -> int:
         runs = client.request("GET", f"/dags/{dag_id}/dagRuns",
                               params={"start_date_gte": started, "order_by": "start_date"}).json()["dag_runs"]
         for run in runs:
+            if (dag_id, run["dag_run_id"]) in shown:
+                continue
             if run["state"] not in ("success", "failed"):
                 run = client.wait_for_run(dag_id, run["dag_run_id"])
+            shown.add((dag_id, run["dag_run_id"]))
             failures += show(client, dag_id, run)
         print()
     print()

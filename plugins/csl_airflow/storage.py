@@ -1,6 +1,7 @@
-"""Operators for the storage integrity sweep, the storage cleanup and the publication
-(``csl.storage.integrity``, ``csl.storage.cleanup``, ``csl.storage.publication``): plan → one mapped task per shard →
-a report that closes the sweep; cleanup and publication are one task each.
+"""Operators for the storage integrity sweep, the storage cleanup, the publication and the
+replication (``csl.storage.integrity``, ``.cleanup``, ``.publication``, ``.replication``): the sweep
+and the replication are plan → one mapped task per shard → a report that closes the run;
+cleanup and publication are one task each.
 
 Each ``execute`` builds its providers with ``csl.storage.providers_for`` and makes one csl call; what
 was done is logged by csl (``csl.storage.*``), and csl's errors reach Airflow through the base's one
@@ -15,6 +16,9 @@ from typing import Any, ClassVar
 from csl_airflow.base import CslBaseOperator
 
 __all__ = [
+    "ReplicationCopyOperator",
+    "ReplicationPlanOperator",
+    "ReplicationReportOperator",
     "StorageCleanupOperator",
     "StoragePublicationOperator",
     "StorageSweepPlanOperator",
@@ -207,3 +211,106 @@ class StoragePublicationOperator(_StorageOperator):
         context["ti"].xcom_push(key="publication", value=run.as_dict())
         run.check()  # copies that did not match their original: retried (a copy can fail in transit)
         return run.as_dict()
+
+
+_REPLICATION_FIELDS = ("mode", "prefix", "source", "destination", "max_objects", "max_bytes", "concurrency",
+                       "multipart_threshold_mb", "dry_run")
+
+
+class _ReplicationOperator(_StorageOperator):
+    """A step of a replication run: its options (``csl.storage.replication.ReplicationOptions``)
+    from the run's Params; ``mode`` None is decided by how the run started."""
+
+    template_fields: Sequence[str] = ("providers", *_REPLICATION_FIELDS)
+
+    def __init__(self, *, mode: Any = None, prefix: Any = None, source: Any = None, destination: Any = None,
+                 max_objects: Any = None, max_bytes: Any = None, concurrency: Any = None,
+                 multipart_threshold_mb: Any = None, dry_run: Any = False, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.mode, self.prefix, self.source, self.destination = mode, prefix, source, destination
+        self.max_objects, self.max_bytes, self.concurrency = max_objects, max_bytes, concurrency
+        self.multipart_threshold_mb, self.dry_run = multipart_threshold_mb, dry_run
+
+    def replication_options(self, context: Any) -> Any:
+        from csl.storage.replication import ReplicationOptions, resolve_mode
+
+        run_type = getattr(context["dag_run"], "run_type", None)
+        values = {name: getattr(self, name) for name in _REPLICATION_FIELDS}
+        values["mode"] = resolve_mode(self.mode, run_type=getattr(run_type, "value", run_type))
+        return ReplicationOptions.from_params(values)
+
+
+class ReplicationPlanOperator(_ReplicationOperator):
+    """Opens the run, gathers its input (queue, findings, or a fresh diff of the prefix), decides
+    every key and records the plan; refuses over the caps. XCom ``plan`` shows it (a dry run
+    stops here); returns one item per copy shard (none for a dry run)."""
+
+    template_fields: Sequence[str] = (*_ReplicationOperator.template_fields, "shards")
+
+    def __init__(self, *, shards: Any = 2, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.shards = shards
+
+    def execute(self, context: Any) -> list[dict[str, Any]]:
+        from csl.storage import configured_buckets
+        from csl.storage.replication import plan_replication
+
+        options, providers = self.replication_options(context), self.storage_providers()
+        with self.database() as db:
+            plan = plan_replication(db, providers, run_key=context["ti"].run_id, options=options,
+                                    buckets=configured_buckets(self.settings))
+        context["ti"].xcom_push(key="plan", value=plan.as_dict())
+        return [] if plan.dry_run else plan.shards(self.shards)
+
+
+class ReplicationCopyOperator(_ReplicationOperator):
+    """Copies and verifies one shard's planned objects, ``concurrency`` at a time. A provider that
+    cannot answer fails the task naming it (retried; what finished stays verified)."""
+
+    template_fields: Sequence[str] = (*_ReplicationOperator.template_fields, "shard")
+    template_fields_renderers: ClassVar[dict[str, str]] = {"shard": "json"}
+    ui_color = "#e6f1fd"
+
+    def __init__(self, *, shard: Any, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.shard = shard
+
+    def execute(self, context: Any) -> dict[str, Any]:
+        from csl.storage import integrity
+        from csl.storage.replication import copy_shard
+
+        context["shard_name"] = integrity.shard_label(self.shard)
+        options, providers = self.replication_options(context), self.storage_providers()
+        edge = self.settings.edge.base_url if self.settings.edge.enabled else None
+        with self.database() as db:
+            result = copy_shard(db, providers, self.shard, options=options, edge_base_url=edge).as_dict()
+        context["ti"].xcom_push(key="copies", value=result)
+        return result
+
+
+class ReplicationReportOperator(CslBaseOperator):
+    """Closes the run: settles what the copies proved, sums it up (XCom ``summary``, the run
+    record) and fails naming the copies that failed or never finished. Its outlets (Asset
+    ``csl_storage_replicated``) are emitted only when the run is done."""
+
+    template_fields: Sequence[str] = ("plan",)
+    template_fields_renderers: ClassVar[dict[str, str]] = {"plan": "json"}
+
+    def __init__(self, *, plan: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("trigger_rule", "all_done")
+        super().__init__(**kwargs)
+        self.plan = plan  # the plan task's XCom "plan" (ReplicationPlan.as_dict())
+
+    def execute(self, context: Any) -> dict[str, Any]:
+        from csl.storage.replication import finish_replication
+
+        with self.database() as db:
+            with db.connect_direct() as conn:
+                summary = finish_replication(conn, self.plan["run_id"])
+            failed = summary.failed or summary.not_done
+            self.record(db, context, status="failed" if failed else "success", outcome=summary.as_dict(),
+                        error=summary.failures[0]["error"] if failed and summary.failures else None)
+        context["ti"].xcom_push(key="summary", value=summary.as_dict())
+        log.info("%s", summary.format())
+        summary.check()
+        return summary.as_dict()

@@ -151,6 +151,7 @@ EDITS = {
     "csl_storage_cleanup": ("switch", "dry_run", True, True),
     "csl_storage_publication": ("switch", "dry_run", True, True),
     "csl_storage_integrity": ("text", "prefix", "samples/", "samples/"),
+    "csl_storage_replication": ("switch", "dry_run", True, True),
 }
 
 

@@ -1,9 +1,10 @@
-"""``python -m csl storage sweep|cleanup|restore|publish``: the storage integrity sweep, cleanup and
-publication without Airflow.
+"""``python -m csl storage sweep|cleanup|restore|publish|replicate``: the storage integrity sweep,
+cleanup, publication and replication without Airflow.
 
 Wired into ``csl.cli`` with ``add_cli(sub)``. Exit codes as the rest of the CLI: 0 done,
-1 the work ran and found a problem (a shard failed, a dry run over a cap), 2 bad input or a
-refusal before any work (one line: a bad ``--temp-prefix``, a cap, a restore conflict).
+1 the work ran and found a problem (a shard failed, a dry run over a cap, a copy that failed or
+a provider that stopped answering), 2 bad input or a refusal before any work (one line: a bad
+``--temp-prefix``, a cap, a restore conflict, a replication plan over its caps).
 """
 
 from __future__ import annotations
@@ -118,15 +119,46 @@ def _cmd_publish(args: argparse.Namespace, settings: Any) -> int:
     return 1 if run.error or any(r.refused for r in run.results) else 0
 
 
+def _cmd_replicate(args: argparse.Namespace, settings: Any) -> int:
+    from csl.errors import ProviderUnavailable
+    from csl.storage.replication import ReplicationOptions, replicate
+
+    options = ReplicationOptions(mode=args.mode, prefix=args.prefix or "", source=args.source,
+                                 destination=args.destination, max_objects=args.max_objects,
+                                 max_bytes=args.max_bytes, concurrency=args.concurrency,
+                                 multipart_threshold_mb=args.multipart_threshold_mb, dry_run=args.dry_run)
+    try:
+        plan, summary = replicate(settings, run_key=args.run_key or cli_run_key(), options=options,
+                                  provider_names=args.providers)
+    except ProviderUnavailable as exc:  # what finished is recorded; a rerun with the same --run-key resumes
+        print(f"replication stopped: {exc}")
+        return 1
+    if summary is None:
+        lines = [f"would copy {c.key} {c.source} → {c.destination} ({c.size:,} bytes, {c.reason})"
+                 if not c.in_place else f"would prove {c.key} on {c.destination} in place"
+                 for c in plan.copies[:50]]
+        if len(plan.copies) > 50:
+            lines.append(f"… and {len(plan.copies) - 50} more (--json lists the first {plan.SHOWN})")
+        lines += [f"CONFLICT {d.key}: {d.conflict}" for d in plan.conflicts[:50]]
+        totals = plan.totals()
+        lines.append(f"dry run: {totals['objects']} objects ({totals['bytes']:,} bytes) to copy, "
+                     f"{totals['in_place']} to prove in place, {totals['conflicts']} conflicts; nothing copied")
+        _print(args, {"plan": plan.as_dict()}, "\n".join(lines))
+        return 0
+    _print(args, {"plan": plan.totals(), "summary": summary.as_dict()}, summary.format())
+    return 1 if summary.failed or summary.not_done else 0
+
+
 def add_cli(sub: Any) -> None:
-    """Register ``storage sweep|cleanup|restore|publish`` on the ``csl`` command's subparsers:
+    """Register ``storage sweep|cleanup|restore|publish|replicate`` on the ``csl`` command's subparsers:
     each action its own subcommand, with only its own options."""
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--providers", nargs="+", metavar="NAME", help="providers by role (default: all configured)")
     common.add_argument("--json", action="store_true", help="print the whole result as JSON")
     storage = sub.add_parser("storage", help="integrity sweep (never deletes), cleanup to quarantine, restore, "
-                                             "publication of the approved samples")
-    actions = storage.add_subparsers(dest="action", required=True, metavar="{sweep,cleanup,restore,publish}")
+                                             "publication of the approved samples, replication between providers")
+    actions = storage.add_subparsers(dest="action", required=True,
+                                     metavar="{sweep,cleanup,restore,publish,replicate}")
 
     p = actions.add_parser("sweep", parents=[common], help="compare the database with every provider; report findings")
     p.add_argument("--prefix", help="only keys under this prefix")
@@ -173,3 +205,22 @@ def add_cli(sub: Any) -> None:
     p.add_argument("--apply", action="store_true", help="really publish and withdraw (default: dry run)")
     p.add_argument("--run-key", help="the run's key (default: cli__<time>)")
     p.set_defaults(func=_cmd_publish)
+
+    p = actions.add_parser("replicate", parents=[common],
+                           help="copy what is missing or wrong between providers, SHA-256-verified")
+    p.add_argument("--mode", choices=("queue", "findings", "diff"), default="queue",
+                   help="queue: uploads that fell back; findings: the sweep's open findings; "
+                        "diff: a fresh comparison of --prefix")
+    p.add_argument("--prefix", help="only keys under this prefix")
+    p.add_argument("--source", metavar="NAME", help="copy only from this provider")
+    p.add_argument("--destination", metavar="NAME", help="copy only to this provider")
+    p.add_argument("--max-objects", type=number(int, 1, 10**7), default=10_000,
+                   help="refuse before copying anything when the plan copies more objects")
+    p.add_argument("--max-bytes", type=number(int, 1, 1 << 50), default=100 * 1024 ** 3,
+                   help="refuse before copying anything when the plan copies more bytes")
+    p.add_argument("--concurrency", type=number(int, 1, 64), default=8, help="objects copied at once")
+    p.add_argument("--multipart-threshold-mb", type=number(int, 5, 5 * 1024), default=8,
+                   help="objects above this go up in parts")
+    p.add_argument("--dry-run", action="store_true", help="show the plan, copy nothing")
+    p.add_argument("--run-key", help="the run's key; the same key again resumes it (default: cli__<time>)")
+    p.set_defaults(func=_cmd_replicate)

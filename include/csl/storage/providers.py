@@ -18,6 +18,7 @@ import hashlib
 import json
 import logging
 import os
+import threading
 import time
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
@@ -57,6 +58,16 @@ PUBLISHED_PREFIXES = ("samples/",)  # the folders of the published bucket anyone
 RESERVED_PREFIXES = (HEALTH_PREFIX, QUARANTINE_PREFIX, *TEMP_PREFIXES)  # never a home for uploads
 LIST_ATTEMPTS = 5  # listing pages: 0.2, 0.4, 0.8, 1.6 s between attempts
 SHA256_META = "sha256"  # stored as x-amz-meta-sha256
+_SESSION: Any = None  # the boto3 session every client is made from (clients are thread-safe, sessions are not)
+_SESSION_LOCK = threading.Lock()
+
+
+def _forget_session() -> None:  # a forked child (the sweep's worker processes) starts its own
+    global _SESSION, _SESSION_LOCK
+    _SESSION, _SESSION_LOCK = None, threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_session)
 
 
 def sha256_hex(data: bytes) -> str:
@@ -138,7 +149,6 @@ class StorageProvider:
     def client(self) -> Any:
         if self._client is not None:
             return self._client
-        import boto3
         from botocore.config import Config
 
         s = self.settings
@@ -152,16 +162,15 @@ class StorageProvider:
             max_pool_connections=self._max_pool_connections,
             request_checksum_calculation=s.request_checksum_calculation,
         )
-        session = boto3.session.Session()
-        return session.client(
-            "s3",
-            endpoint_url=s.endpoint_url,
-            aws_access_key_id=s.access_key.reveal(),
-            aws_secret_access_key=s.secret_key.reveal(),
-            config=config,
-        )
+        return _new_client(endpoint_url=s.endpoint_url, aws_access_key_id=s.access_key.reveal(),
+                           aws_secret_access_key=s.secret_key.reveal(), config=config)
 
     # -- error translation -----------------------------------------------------------------
+    def error(self, action: str, key: str | None, exc: Exception) -> StorageError:
+        """The ``StorageError`` that says ``action`` on ``key`` failed on this provider, and how:
+        ``ProviderUnavailable`` when it could not answer (connection, timeout, 5xx)."""
+        return self._fail(action, key, exc)
+
     def _fail(self, action: str, key: str | None, exc: Exception) -> StorageError:
         from botocore.exceptions import ClientError, ConnectTimeoutError, ReadTimeoutError
         from botocore.exceptions import ConnectionError as BotoConnectionError
@@ -482,6 +491,19 @@ class StorageProvider:
             return result
         result.update(ok=True, latency_ms=round((time.perf_counter() - started) * 1000, 2))
         return result
+
+
+def _new_client(**kwargs: Any) -> Any:
+    """An S3 client from the one boto3 session (made on first use): the session's loader parses
+    the S3 service model once for every client (~14 MB per separate session). Sessions are not
+    thread-safe, so clients are made under a lock; the clients themselves are."""
+    global _SESSION
+    import boto3
+
+    with _SESSION_LOCK:
+        if _SESSION is None:
+            _SESSION = boto3.session.Session()
+        return _SESSION.client("s3", **kwargs)
 
 
 def _s3_error(body: bytes) -> tuple[str, str]:

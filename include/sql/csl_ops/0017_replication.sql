@@ -61,8 +61,17 @@ CREATE TABLE csl_ops.replication_copies (
 CREATE INDEX replication_copies_run_cell ON csl_ops.replication_copies (run_id, cell, object_key);
 
 ALTER TABLE csl_ops.replication_queue ADD COLUMN resolved_run_id bigint REFERENCES csl_ops.replication_runs (id);
-ALTER TABLE csl_ops.storage_findings ADD COLUMN resolved_replication_id bigint
-    REFERENCES csl_ops.replication_runs (id);
+-- a conflict is found by a replication run, not a sweep: it names the run instead
+ALTER TABLE csl_ops.storage_findings
+    ALTER COLUMN first_sweep_id DROP NOT NULL,
+    ALTER COLUMN last_sweep_id DROP NOT NULL,
+    ADD COLUMN last_replication_id bigint REFERENCES csl_ops.replication_runs (id),
+    ADD COLUMN resolved_replication_id bigint REFERENCES csl_ops.replication_runs (id),
+    ADD CONSTRAINT storage_findings_found_by CHECK (
+        CASE WHEN kind = 'replication_conflict' THEN last_replication_id IS NOT NULL
+             ELSE first_sweep_id IS NOT NULL AND last_sweep_id IS NOT NULL END);
+COMMENT ON COLUMN csl_ops.storage_findings.last_replication_id IS
+    'replication_conflict: the replication run that last found the key''s copies irreconcilable.';
 COMMENT ON COLUMN csl_ops.storage_findings.resolved_replication_id IS
     'The replication run whose verified copy resolved this finding (NULL: a sweep resolved it).';
 

@@ -12,12 +12,15 @@ import pytest
 from ...conftest import REPO
 
 OWN = {  # options only that action has
-    "sweep": {"--prefix", "--deep-sample", "--shards", "--workers", "--depth", "--key-order"},
-    "cleanup": {"--temp-prefix", "--temp-ttl-h", "--orphan-grace-h", "--max-objects", "--purge-quarantine",
+    "sweep": {"--deep-sample", "--shards", "--workers", "--depth", "--key-order"},
+    "cleanup": {"--temp-prefix", "--temp-ttl-h", "--orphan-grace-h", "--purge-quarantine",
                 "--quarantine-retention-days"},
     "restore": {"--key", "--force"},
     "publish": {"--max-withdrawals"},
+    "replicate": {"--mode", "--source", "--destination", "--max-bytes", "--concurrency", "--multipart-threshold-mb",
+                  "--dry-run"},
 }
+SHARED = {"--prefix": {"sweep", "replicate"}, "--max-objects": {"cleanup", "replicate"}}  # and only they
 
 
 def csl(*args: str) -> subprocess.CompletedProcess:
@@ -34,6 +37,8 @@ def test_each_action_offers_its_own_options_and_no_other(action):
     offered = set(re.findall(r"--[a-z][a-z-]*", shown.stdout))
     others = set().union(*(opts for name, opts in OWN.items() if name != action))
     assert OWN[action] <= offered and not others & offered, sorted(offered)
+    assert {option for option, actions in SHARED.items() if action in actions} == set(SHARED) & offered
+
 
 
 @pytest.mark.parametrize(("args", "named"), [
@@ -42,6 +47,10 @@ def test_each_action_offers_its_own_options_and_no_other(action):
     (("restore",), "--key --run-key"),  # one of them is needed
     (("restore", "--key", "a", "--run-key", "b"), "not allowed with argument"),
     (("publish", "--max-share", "0"), "--max-share"),
+    (("replicate", "--mode", "everything"), "--mode"),
+    (("replicate", "--concurrency", "0"), "--concurrency"),
+    (("replicate", "--multipart-threshold-mb", "4"), "--multipart-threshold-mb"),
+    (("replicate", "--apply"), "--apply"),  # publish's and cleanup's, not replicate's: it has --dry-run
 ])
 def test_an_option_of_another_action_or_a_bad_value_is_one_line_and_exit_2(args, named):
     refused = csl(*args)

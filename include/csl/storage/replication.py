@@ -1,0 +1,890 @@
+"""Replication: every provider holds every object the database refers to, byte-identical.
+
+A run (``csl_ops.replication_runs``) starts from one input (``mode``):
+
+- ``queue``: the pending ``csl_ops.replication_queue`` rows (uploads that fell back);
+- ``findings``: the open ``missing``, ``fallback_only``, ``checksum_mismatch`` and
+  ``size_mismatch`` findings (and earlier ``replication_conflict`` ones, looked at again);
+- ``diff``: a fresh comparison of a key prefix — an integrity sweep of it
+  (``csl.storage.integrity``: the one diff engine), then its findings.
+
+**Which copy is right.** Every provider of the run is asked about each key (HEAD). A copy is
+right when its size agrees with the database row (when the database knows it) and its bytes
+hash to its own ``sha256`` metadata. Copies under suspicion (a checksum finding names them,
+or the copies disagree in their metadata, or in size when the database does not know it) are
+read and hashed before anything is decided; the rest are proven while they are copied. When
+two copies each verify but differ, when none verifies, or when the database size matches no
+copy, nothing is overwritten: a ``replication_conflict`` finding per provider names every
+copy's size and hashes, and waits for a person.
+
+**Plan, then copy.** The plan (``replication_copies``, status ``planned``) is per object and
+destination: source, size, reason. ``dry_run`` stops there; ``max_objects`` / ``max_bytes``
+refuse the run before anything is copied. Copies run ``concurrency`` at a time (one key per
+worker, its destinations in turn), streamed and verified (``csl.storage.transfer``): a row
+is ``copied`` when the bytes are written and ``verified`` when the destination is proven; in
+that same transaction its queue rows become ``done``. When every row of a key is verified,
+the key's findings are resolved by the run. A rerun of the run skips what is verified, checks
+in place what may have been written before a crash, and copies the rest. A provider that
+cannot answer stops the run naming it; what finished stays recorded.
+
+When a publishing provider (one with a published bucket) gets new bytes under a published
+folder, a row goes into ``csl_ops.cdn_purge_queue`` for the edge.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from psycopg import sql
+
+from csl.errors import BadInput, ProblemFound, ProviderUnavailable, StorageError
+from csl.storage.integrity import SweepOptions, cell_of, finish_sweep, plan_sweep
+from csl.storage.providers import PRIMARY, PUBLISHED_PREFIXES, StorageProvider, configured_buckets, reference_order
+from csl.storage.references import REFERENCE_COLUMNS, references_query
+from csl.storage.transfer import (
+    DestinationNotVerified,
+    MiB,
+    SourceNotVerified,
+    StoredObject,
+    copy_object,
+    head_object,
+    verify_stored,
+)
+
+__all__ = [
+    "CONFLICT",
+    "MODES",
+    "REPAIRABLE_KINDS",
+    "CopiesFailed",
+    "KeyDecision",
+    "PlanTooLarge",
+    "PlannedCopy",
+    "ReplicationError",
+    "ReplicationOptions",
+    "ReplicationPlan",
+    "ReplicationSummary",
+    "ShardResult",
+    "copy_shard",
+    "decide",
+    "finish_replication",
+    "inventory_connection",
+    "plan_replication",
+    "replicate",
+    "resolve_mode",
+]
+
+log = logging.getLogger("csl.storage")
+
+MODES = ("queue", "findings", "diff")
+REPAIRABLE_KINDS = ("missing", "fallback_only", "checksum_mismatch", "size_mismatch")  # the sweep's findings it repairs
+CONFLICT = "replication_conflict"
+DEPTH = 2  # the sweep's default cells: what copies are sharded by
+FINAL = ("verified", "skipped", "conflict")
+MAX_CONCURRENCY = 64
+
+
+class ReplicationError(BadInput):
+    """The run cannot start as asked (a bad parameter, an unknown provider)."""
+
+
+class PlanTooLarge(BadInput):
+    """The plan exceeds ``max_objects`` or ``max_bytes``: refused before anything is copied."""
+
+
+class CopiesFailed(ProblemFound):
+    """Some copies failed or were never verified: the run is marked failed (a rerun retries them)."""
+
+
+# -- parameters ---------------------------------------------------------------------------
+def _whole(name: str, value: Any, lo: int, hi: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+        raise ReplicationError(f"{name} must be a whole number from {lo:,} to {hi:,}, got {value!r}")
+    return value
+
+
+@dataclass(frozen=True, kw_only=True)
+class ReplicationOptions:
+    """A run's parameters (the DAG's Params, the CLI's flags), validated on construction."""
+
+    mode: str = "queue"
+    prefix: str = ""
+    source: str | None = None
+    destination: str | None = None
+    max_objects: int = 10_000
+    max_bytes: int = 100 * 1024 ** 3
+    concurrency: int = 8
+    multipart_threshold_mb: int = 8
+    dry_run: bool = False
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ReplicationError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        if not isinstance(self.prefix, str) or any(c in self.prefix for c in "\x00\r\n"):
+            raise ReplicationError(f"prefix must be text without control characters, got {self.prefix!r}")
+        for name in ("source", "destination"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, str) or not value):
+                raise ReplicationError(f"{name} must be a provider name, got {value!r}")
+        if self.source is not None and self.source == self.destination:
+            raise ReplicationError(f"source and destination are both {self.source!r}")
+        _whole("max_objects", self.max_objects, 1, 10_000_000)
+        _whole("max_bytes", self.max_bytes, 1, 1 << 50)
+        _whole("concurrency", self.concurrency, 1, MAX_CONCURRENCY)
+        _whole("multipart_threshold_mb", self.multipart_threshold_mb, 5, 5 * 1024)
+        if not isinstance(self.dry_run, bool):
+            raise ReplicationError(f"dry_run must be true or false, got {self.dry_run!r}")
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, Any]) -> ReplicationOptions:
+        """From native parameter values; None or "" means the default; unknown names are errors."""
+        known = {f for f in cls.__dataclass_fields__}
+        unknown = sorted(set(params) - known)
+        if unknown:
+            raise ReplicationError(f"unknown parameter(s) {', '.join(unknown)}; expected {', '.join(sorted(known))}")
+        given = {k: v for k, v in params.items() if v is not None and v != ""}
+        return cls(**given)
+
+    @property
+    def threshold(self) -> int:
+        return self.multipart_threshold_mb * MiB
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def check_providers(self, names: Sequence[str]) -> None:
+        for name in ("source", "destination"):
+            value = getattr(self, name)
+            if value is not None and value not in names:
+                raise ReplicationError(f"{name} {value!r} is not one of the run's providers ({', '.join(names)})")
+
+
+def resolve_mode(mode: str | None, *, run_type: str | None) -> str:
+    """The run's input: ``mode`` when given; else ``findings`` for a run the findings Asset
+    started (a sweep just found something), ``queue`` for the hourly schedule and manual runs."""
+    if mode is not None and mode != "":
+        return mode
+    return "findings" if run_type == "asset_triggered" else "queue"
+
+
+# -- deciding one key ----------------------------------------------------------------------
+@dataclass(frozen=True)
+class PlannedCopy:
+    key: str
+    destination: str
+    source: str | None
+    reason: str  # missing | fallback_only | queued | size_mismatch | checksum_mismatch | corrupt | verify
+    size: int | None
+    sha256: str | None
+    replaces: bool  # the destination holds other bytes now
+    in_place: bool = False  # the destination seems right already: prove it, copy only if that fails
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class KeyDecision:
+    """What to do with one key: copies (possibly none), or a conflict (nothing overwritten)."""
+
+    key: str
+    copies: tuple[PlannedCopy, ...] = ()
+    conflict: str | None = None  # why no copy can be trusted
+    copies_seen: Mapping[str, dict[str, Any]] = field(default_factory=dict)  # every provider's copy
+    database_size: int | None = None
+    unreferenced: bool = False
+
+    def conflict_detail(self) -> dict[str, Any]:
+        return {"reason": self.conflict, "database_size": self.database_size, "copies": dict(self.copies_seen)}
+
+
+def decide(key: str, heads: Mapping[str, StoredObject | None], *, names: Sequence[str], referenced: bool,
+           database_size: int | None, digests: Mapping[str, str] | None = None,
+           named: Mapping[str, str] | None = None, sources: Sequence[str] | None = None,
+           destinations: Sequence[str] | None = None) -> KeyDecision:
+    """The plan for one key from every provider's HEAD (``heads``, None = not there; ``names``
+    in reference order, the primary first: the preferred sources), the
+    database's knowledge and the content hashes already read (``digests``: provider → sha256
+    of its bytes). ``named`` are the providers an input names as needing the object (→ the
+    input's reason); ``sources``/``destinations`` restrict the copying (None: any).
+
+    Use ``needs_reading`` first: a decision over copies that should have been read is wrong."""
+    digests = digests or {}
+    named = named or {}
+    holders = {n: h for n, h in heads.items() if h is not None}
+    seen = {n: ({**h.as_dict(), **({"content_sha256": digests[n]} if n in digests else {})} if h else None)
+            for n, h in heads.items()}
+    base = {"key": key, "copies_seen": seen, "database_size": database_size}
+    if not referenced:
+        return KeyDecision(**base, unreferenced=True)
+    if not holders:
+        return KeyDecision(**base, conflict="no provider holds a copy")
+    sized = {n for n, h in holders.items() if database_size is None or h.size == database_size}
+    right = {n for n in sized if holders[n].sha256 and digests.get(n, holders[n].sha256) == holders[n].sha256}
+    truths = {holders[n].sha256 for n in right}
+    if len(truths) > 1:
+        return KeyDecision(**base, conflict="copies that each match their own sha256 differ: "
+                           + ", ".join(f"{n} {holders[n].sha256}" for n in sorted(right)))
+    if not truths:
+        if database_size is not None and not sized:
+            why = f"the database size {database_size} matches no copy"
+        else:
+            why = "no copy's bytes hash to its sha256 metadata"
+        return KeyDecision(**base, conflict=why)
+    truth = truths.pop()
+    good = [n for n in names if n in right]
+    read_first = sorted(good, key=lambda n: (n not in digests, names.index(n)))  # proven first, then as given
+    allowed_sources = [n for n in read_first if sources is None or n in sources]
+    copies = []
+    for dest in names:
+        if destinations is not None and dest not in destinations:
+            continue
+        head = holders.get(dest)
+        if dest in right:
+            if dest not in named:
+                continue  # right, and nobody asked
+            reason, in_place = "verify", True  # an input says it is wrong: prove it right, then settle
+        elif head is None:
+            reason, in_place = named.get(dest, "missing"), False
+        elif dest not in sized:
+            reason, in_place = "size_mismatch", False
+        elif head.sha256 != truth:
+            reason, in_place = "checksum_mismatch", False
+        else:
+            reason, in_place = "corrupt", False  # its bytes do not hash to its metadata
+        source = next((n for n in allowed_sources if n != dest), None)
+        size = holders[source].size if source else head.size if head else None
+        copies.append(PlannedCopy(key=key, destination=dest, source=source, reason=reason, size=size,
+                                  sha256=truth, replaces=head is not None and not in_place, in_place=in_place))
+    return KeyDecision(**base, copies=tuple(copies))
+
+
+def needs_reading(heads: Mapping[str, StoredObject | None], *, database_size: int | None,
+                  suspects: Iterable[str] = ()) -> set[str]:
+    """The copies to read and hash before ``decide``: those a checksum finding suspects, and
+    every candidate when the candidates' metadata disagree (or their sizes do and the database
+    cannot say which is right)."""
+    holders = {n: h for n, h in heads.items() if h is not None}
+    sized = {n: h for n, h in holders.items() if database_size is None or h.size == database_size}
+    read = {n for n in suspects if n in holders}
+    if len({h.sha256 for h in sized.values()}) > 1 or (
+            database_size is None and len({h.size for h in holders.values()}) > 1):
+        read |= set(sized)
+    return read
+
+
+# -- the plan ------------------------------------------------------------------------------
+@dataclass
+class _Inputs:
+    queue: list[tuple[int, str]] = field(default_factory=list)  # (queue id, target)
+    findings: list[tuple[int, str, str]] = field(default_factory=list)  # (finding id, kind, provider)
+    queued_size: int | None = None
+
+
+@dataclass(frozen=True)
+class ReplicationPlan:
+    """A planned run: its record, what it will copy, and the keys left for a person.
+    ``as_dict()`` is the XCom ``plan`` (copies listed up to ``SHOWN``); ``shards(n)`` the
+    mapped copy tasks' items."""
+
+    SHOWN = 200
+
+    run_id: int
+    mode: str
+    providers: list[str]
+    copies: list[PlannedCopy]
+    conflicts: list[KeyDecision]
+    unreferenced: list[str]
+    cells: list[str]
+    sweep_id: int | None
+    inventory_from: str
+    dry_run: bool
+
+    @property
+    def bytes(self) -> int:
+        return sum(c.size or 0 for c in self.copies if not c.in_place)
+
+    def totals(self) -> dict[str, Any]:
+        reasons: dict[str, int] = {}
+        for c in self.copies:
+            reasons[c.reason] = reasons.get(c.reason, 0) + 1
+        return {"objects": sum(1 for c in self.copies if not c.in_place), "bytes": self.bytes,
+                "in_place": sum(1 for c in self.copies if c.in_place), "by_reason": reasons,
+                "conflicts": len(self.conflicts), "unreferenced": len(self.unreferenced)}
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"run_id": self.run_id, "mode": self.mode, "providers": self.providers, "dry_run": self.dry_run,
+                "sweep_id": self.sweep_id, "inventory_from": self.inventory_from, "cells": self.cells,
+                **self.totals(), "copies": [c.as_dict() for c in self.copies[:self.SHOWN]],
+                "conflict_keys": [{"key": d.key, **d.conflict_detail()} for d in self.conflicts[:self.SHOWN]]}
+
+    def shards(self, count: int) -> list[dict[str, Any]]:
+        """Contiguous runs of the plan's cells (as the sweep deals them out), one per copy task."""
+        from csl.storage.integrity import plan_shards
+
+        return [{"run_id": self.run_id, "shard": i, "cells": cells}
+                for i, cells in enumerate(plan_shards(self.cells, max(1, count)))]
+
+
+def _start_run(conn: Any, *, run_key: str, options: ReplicationOptions, names: Sequence[str]) -> int:
+    row = conn.execute(
+        "INSERT INTO csl_ops.replication_runs (run_key, mode, params, providers) VALUES (%s, %s, %s, %s) "
+        "ON CONFLICT (run_key) DO UPDATE SET status = 'planning', mode = excluded.mode, params = excluded.params, "
+        "providers = excluded.providers, error = NULL, finished_at = NULL RETURNING id",
+        (run_key, options.mode, json.dumps(options.as_dict()), list(names))).fetchone()
+    return row[0]
+
+
+def _inputs(conn: Any, options: ReplicationOptions, names: Sequence[str], sweep_id: int | None) -> dict[str, _Inputs]:
+    found: dict[str, _Inputs] = {}
+    if options.mode == "queue":
+        rows = conn.execute(
+            "SELECT id, object_key, target_provider, size_bytes FROM csl_ops.replication_queue "
+            "WHERE status = 'pending' AND starts_with(object_key, %s) AND target_provider = ANY(%s) ORDER BY id",
+            (options.prefix, list(names))).fetchall()
+        for qid, key, target, size in rows:
+            entry = found.setdefault(key, _Inputs())
+            entry.queue.append((qid, target))
+            entry.queued_size = size
+    else:
+        kinds = list(REPAIRABLE_KINDS) + ([CONFLICT] if options.mode == "findings" else [])
+        query = ("SELECT id, kind, object_key, provider FROM csl_ops.storage_findings WHERE resolved_at IS NULL "
+                 "AND kind = ANY(%(kinds)s) AND starts_with(object_key, %(prefix)s) AND depends_on <@ %(names)s "
+                 + ("AND last_sweep_id = %(sweep)s " if sweep_id is not None else "") + "ORDER BY object_key, id")
+        for fid, kind, key, provider in conn.execute(query, {"kinds": kinds, "prefix": options.prefix,
+                                                              "names": list(names), "sweep": sweep_id}):
+            found.setdefault(key, _Inputs()).findings.append((fid, kind, provider))
+    return found
+
+
+def inventory_connection(db: Any, *, wait_s: float = 5.0) -> tuple[Any, str]:
+    """A connection for the database inventory and which server it is: the replica when it is
+    healthy, within the lag bound and has replayed everything the primary had written when we
+    asked (so the inventory is never older than the findings and queue rows just read from the
+    primary; waited for up to ``wait_s``), else the primary."""
+    import psycopg
+
+    route = db.read_route()
+    if route.target == "replica":
+        with db.connect_direct() as primary:
+            lsn = primary.execute("SELECT pg_current_wal_lsn()").fetchone()[0]
+        try:
+            conn = db.connect_direct("replica")
+        except psycopg.Error as exc:
+            log.warning("replica unusable for the inventory (%s): reading the primary", type(exc).__name__)
+        else:
+            deadline = time.monotonic() + wait_s
+            while True:
+                if conn.execute("SELECT pg_last_wal_replay_lsn() >= %s::pg_lsn", (lsn,)).fetchone()[0]:
+                    return conn, "replica"
+                if time.monotonic() > deadline:
+                    log.warning("replica has not replayed %s after %.0f s: reading the primary", lsn, wait_s)
+                    conn.close()
+                    break
+                time.sleep(0.05)
+    return db.connect_direct(), "primary"
+
+
+def _database_sizes(db: Any, keys: Sequence[str], buckets: Sequence[str]) -> tuple[dict[str, int | None], str]:
+    """For each referenced key of ``keys``, the size the database knows (or None); which server
+    answered (``inventory_connection``)."""
+    query = sql.SQL("SELECT r.key, max(r.size) FROM ({refs}) AS r JOIN unnest(%(keys)s::text[]) AS k (key) "
+                    "ON k.key = r.key GROUP BY r.key").format(refs=references_query(REFERENCE_COLUMNS))
+    sizes: dict[str, int | None] = {}
+    conn, served_by = inventory_connection(db)
+    with conn:
+        for start in range(0, len(keys), 50_000):
+            batch = list(keys[start:start + 50_000])
+            for key, size in conn.execute(query, {"keys": batch, "buckets": list(buckets)}):
+                sizes[key] = size
+    return sizes, served_by
+
+
+def _named(entry: _Inputs) -> tuple[dict[str, str], set[str]]:
+    """The providers the inputs say need the key (→ reason) and those a checksum finding suspects."""
+    named: dict[str, str] = {}
+    suspects: set[str] = set()
+    for _, target in entry.queue:
+        named[target] = "queued"
+    for _, kind, provider in entry.findings:
+        if kind == "fallback_only":
+            named[PRIMARY] = "fallback_only"
+        elif kind == "checksum_mismatch":
+            named[provider] = kind
+            suspects.add(provider)
+        else:
+            named[provider] = kind
+    return named, suspects
+
+
+def examine(providers: Sequence[StorageProvider], key: str, *, referenced: bool, database_size: int | None,
+            named: Mapping[str, str], suspects: Iterable[str], options: ReplicationOptions,
+            read_all: bool = False) -> KeyDecision:
+    """HEAD the key everywhere, read what must be read, decide."""
+    by_name = {p.name: p for p in providers}
+    names = [p.name for p in reference_order(providers)]
+    heads = {n: head_object(by_name[n], key) for n in names}
+    to_read = ({n for n, h in heads.items() if h is not None} if read_all
+               else needs_reading(heads, database_size=database_size, suspects=suspects))
+    digests = {}
+    for name in sorted(to_read):
+        got = by_name[name].digest(key)
+        if got is not None:
+            digests[name] = got[0]
+    return decide(key, heads, names=names, referenced=referenced, database_size=database_size, digests=digests,
+                  named=named, sources=[options.source] if options.source else None,
+                  destinations=[options.destination] if options.destination else None)
+
+
+def plan_replication(db: Any, providers: Sequence[StorageProvider], *, run_key: str, options: ReplicationOptions,
+                     buckets: Sequence[str] = ()) -> ReplicationPlan:
+    """Open (or reopen) the run, gather its input, decide every key and record the plan.
+    Refuses (``PlanTooLarge``, the run marked ``refused``) when the copies exceed the caps;
+    a ``dry_run`` ends here (``dry_run``). Conflicts are written as findings even in a dry run:
+    they are what was found, not something done."""
+    providers = reference_order(providers)
+    names = [p.name for p in providers]
+    if len(names) < 2:
+        raise ReplicationError(f"replication needs at least two providers, got {names}")
+    options.check_providers(names)
+    buckets = list(buckets) or sorted({p.bucket for p in providers})
+    sweep_id = None
+    with db.connection() as conn:
+        run_id = _start_run(conn, run_key=run_key, options=options, names=names)
+    if options.mode == "diff":
+        sweep_id = _diff(db, providers, run_key=run_key, options=options, buckets=buckets)
+    with db.connection() as conn:
+        inputs = _inputs(conn, options, names, sweep_id)
+    keys = sorted(inputs)
+    sizes, inventory_from = _database_sizes(db, keys, buckets)
+
+    def one(key: str) -> KeyDecision:
+        named, suspects = _named(inputs[key])
+        size = sizes.get(key, inputs[key].queued_size)
+        return examine(providers, key, referenced=key in sizes, database_size=size, named=named, suspects=suspects,
+                       options=options)
+
+    with ThreadPoolExecutor(max_workers=options.concurrency, thread_name_prefix="csl-plan") as pool:
+        decisions = list(pool.map(one, keys))
+    copies = [c for d in decisions for c in d.copies]
+    conflicts = [d for d in decisions if d.conflict]
+    unreferenced = [d.key for d in decisions if d.unreferenced]
+    cells = sorted({cell_of(c.key, DEPTH) for c in copies})
+    plan = ReplicationPlan(run_id=run_id, mode=options.mode, providers=names, copies=copies, conflicts=conflicts,
+                           unreferenced=unreferenced, cells=cells, sweep_id=sweep_id, inventory_from=inventory_from,
+                           dry_run=options.dry_run)
+    totals = plan.totals()
+    refusal = None
+    if totals["objects"] > options.max_objects:
+        refusal = f"the plan copies {totals['objects']:,} objects, more than max_objects {options.max_objects:,}"
+    elif totals["bytes"] > options.max_bytes:
+        refusal = f"the plan copies {totals['bytes']:,} bytes, more than max_bytes {options.max_bytes:,}"
+    status = "refused" if refusal else "dry_run" if options.dry_run else "planned"
+    with db.connection() as conn, conn.transaction():
+        _write_conflicts(conn, run_id, names, conflicts)
+        if not refusal and not options.dry_run:
+            _write_plan(conn, run_id, decisions, inputs)
+            _settle_unreferenced(conn, run_id, unreferenced, inputs)
+        conn.execute("UPDATE csl_ops.replication_runs SET status = %s, sweep_id = %s, inventory_from = %s, "
+                     "summary = %s, error = %s, finished_at = CASE WHEN %s THEN now() END WHERE id = %s",
+                     (status, sweep_id, inventory_from, json.dumps({"plan": totals}), refusal,
+                      status in ("refused", "dry_run"), run_id))
+    log.info("replication run %s (%s): %s", run_id, options.mode, totals)
+    if refusal:
+        raise PlanTooLarge(f"{refusal}: nothing copied (raise the cap, or narrow the prefix)")
+    return plan
+
+
+def _diff(db: Any, providers: Sequence[StorageProvider], *, run_key: str, options: ReplicationOptions,
+          buckets: Sequence[str]) -> int:
+    """A fresh sweep of the prefix over the run's providers: the sweep's own merge and findings."""
+    from csl.storage.integrity import sweep_and_record
+
+    sweep_options = SweepOptions(prefix=options.prefix, buckets=tuple(buckets))
+    with db.connection() as conn:
+        sweep = plan_sweep(conn, providers, run_key=f"{run_key}__diff", shards=1, options=sweep_options)
+    for item in sweep.shards():
+        sweep_and_record(db, providers, item, options=sweep_options)
+    with db.connection() as conn:
+        finish_sweep(conn, sweep_id=sweep.sweep_id, shards=len(sweep.shard_cells), all_cells=sweep.cells,
+                     options=sweep_options).check()
+    return sweep.sweep_id
+
+
+def _write_conflicts(conn: Any, run_id: int, names: Sequence[str], conflicts: Sequence[KeyDecision]) -> None:
+    for d in conflicts:
+        detail = json.dumps(d.conflict_detail())
+        for name in names:
+            conn.execute(
+                "INSERT INTO csl_ops.storage_findings AS f (kind, object_key, provider, cell, detail, depends_on, "
+                "last_replication_id) VALUES (%s, %s, %s, %s, %s, %s, %s) "
+                "ON CONFLICT (kind, object_key, provider) WHERE resolved_at IS NULL DO UPDATE SET "
+                "detail = excluded.detail, last_seen_at = now(), last_replication_id = excluded.last_replication_id",
+                (CONFLICT, d.key, name, cell_of(d.key, DEPTH), detail, sorted(names), run_id))
+
+
+def _write_plan(conn: Any, run_id: int, decisions: Sequence[KeyDecision], inputs: Mapping[str, _Inputs]) -> None:
+    """The plan's rows; a row already verified (or skipped) by an earlier attempt of this run stays."""
+    for d in decisions:
+        entry = inputs[d.key]
+        finding_ids = [f[0] for f in entry.findings]
+        for c in d.copies:
+            queue_ids = [q for q, target in entry.queue if target == c.destination]
+            conn.execute(
+                "INSERT INTO csl_ops.replication_copies (run_id, object_key, cell, source, destination, reason, bytes, "
+                "sha256, replaces, status, queue_ids, finding_ids) "
+                "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
+                "ON CONFLICT (run_id, object_key, destination) DO UPDATE SET source = excluded.source, "
+                "reason = excluded.reason, bytes = excluded.bytes, sha256 = excluded.sha256, "
+                "replaces = excluded.replaces OR replication_copies.replaces, queue_ids = excluded.queue_ids, "
+                "finding_ids = excluded.finding_ids, updated_at = now(), "
+                "status = CASE WHEN replication_copies.status IN ('verified', 'skipped') "
+                "THEN replication_copies.status ELSE excluded.status END",
+                (run_id, d.key, cell_of(d.key, DEPTH), c.source, c.destination, c.reason, c.size, c.sha256,
+                 c.replaces, "planned", queue_ids, finding_ids))
+
+
+def _settle_unreferenced(conn: Any, run_id: int, keys: Sequence[str], inputs: Mapping[str, _Inputs]) -> None:
+    """Queue rows for objects nothing refers to any more are not copied: failed, saying why."""
+    ids = [q for key in keys for q, _ in inputs[key].queue]
+    if ids:
+        conn.execute("UPDATE csl_ops.replication_queue SET status = 'failed', attempts = attempts + 1, "
+                     "last_error = 'no longer referenced by the database: not replicated', resolved_run_id = %s "
+                     "WHERE id = ANY(%s) AND status = 'pending'", (run_id, ids))
+
+
+# -- copying -------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class _Row:
+    id: int
+    key: str
+    source: str | None
+    destination: str
+    reason: str
+    size: int | None
+    sha256: str | None
+    replaces: bool
+    status: str
+    attempts: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class ShardResult:
+    """One copy task's work (``as_dict()``: the XCom ``copies``)."""
+
+    run_id: int
+    shard: int
+    keys: int
+    verified: int
+    skipped: int
+    failed: int
+    conflicts: int
+    bytes: int
+    duration_s: float
+    errors: list[str]
+    stopped_by: str | None = None  # the provider that could not answer
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class _Copier:
+    """Copies one run's planned rows, a key at a time per worker."""
+
+    def __init__(self, db: Any, providers: Sequence[StorageProvider], run_id: int, run_key: str,
+                 options: ReplicationOptions, edge_base_url: str | None) -> None:
+        self.db = db
+        self.by_name = {p.name: p for p in providers}
+        self.providers = reference_order(providers)
+        self.run_id = run_id
+        self.run_key = run_key
+        self.options = options
+        self.edge_base_url = edge_base_url
+        self.stop = threading.Event()
+        self.lock = threading.Lock()
+        self.counts = {"verified": 0, "skipped": 0, "failed": 0, "conflict": 0, "bytes": 0}
+        self.errors: list[str] = []
+        self.unavailable: ProviderUnavailable | None = None
+
+    def _count(self, status: str, size: int = 0, error: str | None = None) -> None:
+        with self.lock:
+            self.counts[status] += 1
+            self.counts["bytes"] += size
+            if error and len(self.errors) < 50:
+                self.errors.append(error)
+
+    def _update(self, row: _Row, **values: Any) -> None:
+        assignments = sql.SQL(", ").join(sql.SQL("{} = {}").format(sql.Identifier(k), sql.Placeholder(k))
+                                         for k in values)
+        with self.db.connection() as conn:
+            conn.execute(sql.SQL("UPDATE csl_ops.replication_copies SET {}, updated_at = now() WHERE id = %(id)s")
+                         .format(assignments), {**values, "id": row.id})
+
+    def key(self, rows: Sequence[_Row]) -> None:
+        for row in rows:
+            if self.stop.is_set():
+                return
+            try:
+                self.row(row)
+            except ProviderUnavailable as exc:
+                self._update(row, status="failed", error=str(exc)[:2000])
+                self._count("failed", error=f"{row.key} → {row.destination}: {exc}")
+                with self.lock:
+                    self.unavailable = self.unavailable or exc
+                self.stop.set()
+                return
+            except (StorageError, DestinationNotVerified) as exc:
+                self._update(row, status="failed", error=str(exc)[:2000])
+                self._count("failed", error=f"{row.key} → {row.destination}: {exc}")
+        with self.db.connection() as conn:
+            _settle_findings(conn, self.run_id, rows[0].key)
+
+    def row(self, row: _Row) -> None:
+        started = time.perf_counter()
+        self._update(row, attempts=row.attempts + 1)
+        dest = self.by_name[row.destination]
+        if row.reason == "verify" or row.attempts > 0 or row.status != "planned":
+            # an earlier attempt may have written it, or the plan says it is right: prove it in place
+            try:
+                how = verify_stored(dest, row.key, sha256=row.sha256, size=row.size, method="existing")
+            except DestinationNotVerified:
+                pass
+            else:
+                self._done(row, status="skipped", verified_by=how, method=None, size=0, started=started)
+                return
+        source = row.source
+        for _ in range(2):  # the planned source, then (if its bytes do not verify) a re-examined one
+            if source is None:
+                self._conflict(row, "no provider holds a copy that verifies")
+                return
+            def copied(method: str, size: int, source: str = source) -> None:
+                self._update(row, status="copied", method=method, bytes=size, source=source)
+
+            try:
+                outcome = copy_object(self.by_name[source], dest, row.key, sha256=row.sha256,
+                                      threshold=self.options.threshold, on_copied=copied)
+            except SourceNotVerified as exc:
+                log.warning("replication run %s: %s; looking at every copy again", self.run_id, exc)
+                decision = examine(self.providers, row.key, referenced=True, database_size=row.size, named={},
+                                   suspects=(), options=self.options, read_all=True)
+                if decision.conflict:
+                    self._conflict(row, decision.conflict, decision)
+                    return
+                source = next((c.source for c in decision.copies if c.destination == row.destination), None)
+                if source is None:  # the destination turned out right after all
+                    self._done(row, status="skipped", verified_by="reread", method=None, size=0, started=started)
+                    return
+                continue
+            self._done(row, status="verified", verified_by=outcome.verified_by, method=outcome.method,
+                       size=outcome.bytes, started=started, source=source)
+            return
+        self._conflict(row, "the copies changed while they were read")
+
+    def _done(self, row: _Row, *, status: str, verified_by: str, method: str | None, size: int, started: float,
+              source: str | None = None) -> None:
+        dest = self.by_name[row.destination]
+        with self.db.connection() as conn, conn.transaction():
+            conn.execute("UPDATE csl_ops.replication_copies SET status = %s, verified_by = %s, "
+                         "method = coalesce(%s, method), source = coalesce(%s, source), duration_s = %s, error = NULL, "
+                         "updated_at = now() WHERE id = %s",
+                         (status, verified_by, method, source, round(time.perf_counter() - started, 3), row.id))
+            conn.execute("UPDATE csl_ops.replication_queue q SET status = 'done', done_at = now(), "
+                         "resolved_run_id = %s, attempts = q.attempts + 1, last_error = NULL FROM csl_ops.replication_copies c "
+                         "WHERE c.id = %s AND q.id = ANY(c.queue_ids) AND q.status = 'pending'", (self.run_id, row.id))
+            if method is not None and dest.settings.published_bucket and row.key.startswith(PUBLISHED_PREFIXES):
+                _enqueue_purge(conn, dest, row.key, reason="replaced" if row.replaces else "restored",
+                               run_key=self.run_key, edge_base_url=self.edge_base_url)
+        self._count(status, size)
+
+    def _conflict(self, row: _Row, why: str, decision: KeyDecision | None = None) -> None:
+        names = [p.name for p in self.providers]
+        decision = decision or KeyDecision(key=row.key, conflict=why)
+        with self.db.connection() as conn, conn.transaction():
+            conn.execute("UPDATE csl_ops.replication_copies SET status = 'conflict', error = %s, updated_at = now() "
+                         "WHERE id = %s", (why[:2000], row.id))
+            _write_conflicts(conn, self.run_id, names, [decision])
+        self._count("conflict", error=f"{row.key}: {why}")
+
+
+def _enqueue_purge(conn: Any, provider: StorageProvider, key: str, *, reason: str, run_key: str,
+                   edge_base_url: str | None) -> None:
+    from urllib.parse import quote
+
+    bucket = provider.settings.published_bucket
+    url = f"{edge_base_url.rstrip('/')}/{bucket}/{quote(key, safe='/~')}" if edge_base_url else None
+    conn.execute(
+        "INSERT INTO csl_ops.cdn_purge_queue (provider, object_key, public_url, tags, reason, source_run) "
+        "VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (provider, object_key) WHERE purged_at IS NULL "
+        "DO UPDATE SET reason = excluded.reason, source_run = excluded.source_run, enqueued_at = now(), "
+        "public_url = excluded.public_url",
+        (provider.name, key, url, [f"obj:/{bucket}/{quote(key, safe='/~')}"], reason, run_key))
+
+
+def _settle_findings(conn: Any, run_id: int, key: str) -> int:
+    """When every row of ``key`` in the run is verified (or proven in place), the findings the
+    run started from, and those of the providers that got a verified copy, are resolved by it."""
+    return conn.execute(
+        "UPDATE csl_ops.storage_findings f SET resolved_at = now(), resolved_replication_id = %(run)s "
+        "WHERE f.resolved_at IS NULL AND f.object_key = %(key)s "
+        "AND NOT EXISTS (SELECT 1 FROM csl_ops.replication_copies c WHERE c.run_id = %(run)s "
+        "                AND c.object_key = %(key)s AND c.status NOT IN ('verified', 'skipped')) "
+        "AND (f.id IN (SELECT unnest(finding_ids) FROM csl_ops.replication_copies c "
+        "              WHERE c.run_id = %(run)s AND c.object_key = %(key)s) "
+        "     OR (f.kind = ANY(%(kinds)s) AND EXISTS (SELECT 1 FROM csl_ops.replication_copies c "
+        "         WHERE c.run_id = %(run)s AND c.object_key = %(key)s "
+        "         AND (c.destination = f.provider OR (f.kind = 'fallback_only' AND c.destination = %(primary)s)))))",
+        {"run": run_id, "key": key, "kinds": list(REPAIRABLE_KINDS), "primary": PRIMARY}).rowcount
+
+
+def copy_shard(db: Any, providers: Sequence[StorageProvider], item: Mapping[str, Any], *,
+               options: ReplicationOptions, edge_base_url: str | None = None) -> ShardResult:
+    """Copy and verify the planned rows of one shard item (``{"run_id", "shard", "cells"}``)
+    that are not final yet, ``options.concurrency`` keys at a time. A provider that cannot
+    answer stops the shard (``ProviderUnavailable``, raised after the work in flight is recorded)."""
+    run_id, cells = item["run_id"], list(item["cells"])
+    started = time.perf_counter()
+    with db.connection() as conn:
+        run = conn.execute("SELECT run_key, status FROM csl_ops.replication_runs WHERE id = %s", (run_id,)).fetchone()
+        if run is None or run[1] not in ("planned", "copying", "failed", "done"):
+            raise ReplicationError(f"replication run {run_id} has no plan to copy (status {run[1] if run else None})")
+        conn.execute("UPDATE csl_ops.replication_runs SET status = 'copying' WHERE id = %s", (run_id,))
+        rows = [_Row(*r) for r in conn.execute(
+            "SELECT id, object_key, source, destination, reason, bytes, sha256, replaces, status, attempts "
+            "FROM csl_ops.replication_copies WHERE run_id = %s AND cell = ANY(%s) AND status <> ALL(%s) "
+            "ORDER BY object_key, destination", (run_id, cells, list(FINAL)))]
+    missing = sorted(({r.source for r in rows if r.source} | {r.destination for r in rows})
+                     - {p.name for p in providers})
+    if missing:
+        raise ReplicationError(f"run {run_id} was planned with providers {missing} this task does not have")
+    by_key: dict[str, list[_Row]] = {}
+    for row in rows:
+        by_key.setdefault(row.key, []).append(row)
+    copier = _Copier(db, providers, run_id, run[0], options, edge_base_url)
+    with ThreadPoolExecutor(max_workers=options.concurrency, thread_name_prefix="csl-copy") as pool:
+        list(pool.map(copier.key, by_key.values()))
+    c = copier.counts
+    result = ShardResult(run_id=run_id, shard=item.get("shard", 0), keys=len(by_key), verified=c["verified"],
+                         skipped=c["skipped"], failed=c["failed"], conflicts=c["conflict"], bytes=c["bytes"],
+                         duration_s=round(time.perf_counter() - started, 3), errors=copier.errors,
+                         stopped_by=copier.unavailable.provider if copier.unavailable else None)
+    log.info("replication run %s shard %s: %s", run_id, result.shard, result.as_dict())
+    if copier.unavailable is not None:
+        raise copier.unavailable
+    return result
+
+
+# -- the end of a run ----------------------------------------------------------------------
+@dataclass(frozen=True, kw_only=True)
+class ReplicationSummary:
+    """A finished run (``as_dict()``: the XCom ``summary``, the run record, ``--json``)."""
+
+    run_id: int
+    mode: str
+    status: str
+    providers: list[str]
+    planned: int
+    verified: int
+    skipped: int
+    failed: int
+    not_done: int
+    conflicts: int
+    bytes: int
+    by_method: dict[str, int]
+    by_verification: dict[str, int]
+    failures: list[dict[str, Any]]
+    conflict_keys: list[str]
+    inventory_from: str | None
+    sweep_id: int | None
+    duration_s: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def format(self) -> str:
+        lines = [(f"replication run {self.run_id} ({self.mode}, providers {', '.join(self.providers)}): "
+                  f"{self.verified} copied and verified ({self.bytes:,} bytes; {self.by_method or 'none'}), "
+                  f"{self.skipped} already right (proven in place), {self.failed} failed, "
+                  f"{self.conflicts} conflicts left for a person; inventory from {self.inventory_from}")]
+        lines += [f"  FAILED {f['key']} → {f['destination']}: {f['error']}" for f in self.failures[:20]]
+        lines += [f"  CONFLICT {key}" for key in self.conflict_keys[:20]]
+        return "\n".join(lines)
+
+    def check(self) -> None:
+        """``CopiesFailed`` when a copy failed or was never finished."""
+        if self.failed or self.not_done:
+            raise CopiesFailed(f"replication run {self.run_id}: {self.failed} copies failed and {self.not_done} "
+                               "never finished (a rerun retries them): "
+                               + "; ".join(f"{f['key']} → {f['destination']}: {f['error']}"
+                                           for f in self.failures[:5]))
+
+
+def finish_replication(conn: Any, run_id: int) -> ReplicationSummary:
+    """Settle what the copies proved and sum the run up; the run is ``done`` when every
+    planned row is final (a conflict is final: it waits for a person), else ``failed``."""
+    for (key,) in conn.execute("SELECT DISTINCT object_key FROM csl_ops.replication_copies WHERE run_id = %s",
+                               (run_id,)).fetchall():
+        _settle_findings(conn, run_id, key)
+    run = conn.execute("SELECT mode, providers, inventory_from, sweep_id, status, "
+                       "extract(epoch FROM clock_timestamp() - started_at) FROM csl_ops.replication_runs "
+                       "WHERE id = %s", (run_id,)).fetchone()
+    if run is None:
+        raise ReplicationError(f"no replication run {run_id}")
+    counts = dict(conn.execute("SELECT status, count(*) FROM csl_ops.replication_copies WHERE run_id = %s "
+                               "GROUP BY status", (run_id,)).fetchall())
+    by_method = dict(conn.execute("SELECT method, count(*) FROM csl_ops.replication_copies WHERE run_id = %s "
+                                  "AND status = 'verified' GROUP BY method", (run_id,)).fetchall())
+    by_verification = dict(conn.execute("SELECT verified_by, count(*) FROM csl_ops.replication_copies "
+                                        "WHERE run_id = %s AND verified_by IS NOT NULL GROUP BY verified_by",
+                                        (run_id,)).fetchall())
+    copied = conn.execute("SELECT coalesce(sum(bytes), 0) FROM csl_ops.replication_copies WHERE run_id = %s "
+                          "AND status = 'verified'", (run_id,)).fetchone()[0]
+    failures = [{"key": k, "destination": d, "error": e} for k, d, e in conn.execute(
+        "SELECT object_key, destination, coalesce(error, 'never finished') FROM csl_ops.replication_copies "
+        "WHERE run_id = %s AND status IN ('failed', 'planned', 'copied') ORDER BY object_key LIMIT 50", (run_id,))]
+    conflict_keys = [k for (k,) in conn.execute(
+        "SELECT DISTINCT object_key FROM csl_ops.storage_findings WHERE kind = %s AND resolved_at IS NULL "
+        "AND last_replication_id = %s ORDER BY object_key LIMIT 200", (CONFLICT, run_id))]
+    not_done = counts.get("planned", 0) + counts.get("copied", 0)
+    failed = counts.get("failed", 0)
+    status = run[4] if run[4] in ("dry_run", "refused") else ("failed" if failed or not_done else "done")
+    summary = ReplicationSummary(
+        run_id=run_id, mode=run[0], status=status, providers=list(run[1]), planned=sum(counts.values()),
+        verified=counts.get("verified", 0), skipped=counts.get("skipped", 0), failed=failed, not_done=not_done,
+        conflicts=len(conflict_keys), bytes=int(copied), by_method=by_method, by_verification=by_verification,
+        failures=failures, conflict_keys=conflict_keys, inventory_from=run[2], sweep_id=run[3],
+        duration_s=round(float(run[5]), 3))
+    conn.execute("UPDATE csl_ops.replication_runs SET status = %s, summary = coalesce(summary, '{}') || %s, "
+                 "finished_at = now() WHERE id = %s", (status, json.dumps(summary.as_dict()), run_id))
+    log.info("%s", summary.format())
+    return summary
+
+
+def replicate(settings: Any, *, run_key: str, options: ReplicationOptions,
+              provider_names: Iterable[str] | None = None,
+              on_plan: Callable[[ReplicationPlan], None] | None = None) -> tuple[ReplicationPlan, ReplicationSummary | None]:
+    """A whole run without Airflow (the CLI, the benchmark): plan, copy, finish. Returns the
+    plan and, unless it was a dry run, the summary (``check()`` it)."""
+    from csl.db import Database
+    from csl.storage.providers import providers_for
+
+    providers = providers_for(settings, provider_names, max_pool_connections=max(32, options.concurrency * 2))
+    edge = settings.edge.base_url if settings.edge.enabled else None
+    with Database(settings.require_database(), max_pool_size=options.concurrency + 2) as db:
+        plan = plan_replication(db, providers, run_key=run_key, options=options, buckets=configured_buckets(settings))
+        if on_plan is not None:
+            on_plan(plan)
+        if options.dry_run:
+            return plan, None
+        try:
+            copy_shard(db, providers, {"run_id": plan.run_id, "shard": 0, "cells": plan.cells}, options=options,
+                       edge_base_url=edge)
+        finally:
+            with db.connection() as conn:
+                summary = finish_replication(conn, plan.run_id)
+    return plan, summary
