@@ -530,7 +530,16 @@ def _write_conflicts(conn: Any, run_id: int, names: Sequence[str], conflicts: Se
 
 
 def _write_plan(conn: Any, run_id: int, decisions: Sequence[KeyDecision], inputs: Mapping[str, _Inputs]) -> None:
-    """The plan's rows; a row already verified (or skipped) by an earlier attempt of this run stays."""
+    """The plan's rows. On a rerun of the run, a row an earlier attempt verified (or proved in
+    place) stays as it is, and one it left unfinished that the new plan no longer needs (its
+    key was settled since) is dropped: only what this plan copies can keep the run open."""
+    planned = [(d.key, c.destination) for d in decisions for c in d.copies]
+    dropped = conn.execute(
+        "DELETE FROM csl_ops.replication_copies WHERE run_id = %s AND status <> ALL(%s) "
+        "AND (object_key, destination) NOT IN (SELECT * FROM unnest(%s::text[], %s::text[]))",
+        (run_id, list(FINAL), [k for k, _ in planned], [d for _, d in planned])).rowcount
+    if dropped:
+        log.info("replication run %s: %s unfinished rows of an earlier attempt are no longer needed", run_id, dropped)
     for d in decisions:
         entry = inputs[d.key]
         finding_ids = [f[0] for f in entry.findings]
