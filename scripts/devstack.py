@@ -7,7 +7,8 @@
 
 Services: PostgreSQL primary (pg_stat_statements, hypopg) and a streaming hot standby made
 with ``pg_basebackup -R``; two SeaweedFS S3 endpoints (the ``primary`` and ``fallback``
-storage providers); Varnish with xkey in front of the public audio bucket; optionally
+storage providers: kinds minio and s3, both listing in path order, ``S3_LISTING_ORDER=path``,
+and checking SHA-256 upload checksums); Varnish with xkey in front of the public audio bucket; optionally
 Airflow (api-server, scheduler, dag-processor, triggerer) with its metadata in the same
 PostgreSQL. Ports are chosen free once and kept in ``DIR/stack.json`` with the generated
 secrets, so ``up`` again reuses everything that is already running. Each service logs to
@@ -623,6 +624,7 @@ class Stack:
             "MINIO_PUBLISHED_BUCKET": PUBLISHED_BUCKET,
             "S3_ENDPOINT": u["s3_fallback"],
             "S3_BUCKET": FALLBACK_BUCKET,
+            "S3_LISTING_ORDER": "path",  # served by SeaweedFS, which lists folder by folder (AWS: byte order)
             "AWS_ACCESS_KEY_ID": s["s3_fallback_key"],
             "AWS_SECRET_ACCESS_KEY": s["s3_fallback_secret"],
             "AWS_REGION": "us-east-1",
@@ -643,7 +645,7 @@ class Stack:
             "AIRFLOW_CONN_CSL_STORAGE_FALLBACK": json.dumps({
                 "conn_type": "aws", "login": s["s3_fallback_key"], "password": s["s3_fallback_secret"],
                 "extra": {"endpoint_url": u["s3_fallback"], "region_name": "us-east-1", "bucket": FALLBACK_BUCKET,
-                          "provider": "s3", "force_path_style": True}}),
+                          "provider": "s3", "force_path_style": True, "listing_order": "path"}}),
             "AIRFLOW_CONN_CSL_CDN_EDGE": json.dumps({
                 "conn_type": "http", "host": "127.0.0.1", "port": self.ports["edge"], "schema": "http",
                 "extra": {"provider": "varnish", "cache_ttl": 86400}}),
