@@ -6,10 +6,16 @@ to the *loose* cell of its folder (``samples/*``, ``*`` at the root). Cells come
 database and from delimiter listings of every provider, and are dealt out to shards.
 
 A shard sweeps its cells one at a time: the database inventory of the cell (a server-side
-cursor) and each provider's listing of the cell (1,000-key pages) are read **in the same key
-order and merged in one streaming pass**, so memory does not grow with the bucket. Each
-stream is checked to stay in order; a provider that lists in another order stops the shard
-with ``ListingOrderError`` rather than produce false findings.
+cursor) and each provider's listing of the cell (1,000-key pages) are read **in one key order
+and merged in one streaming pass**, so memory does not grow with the bucket. That merge order
+is ``SweepOptions.key_order`` ("path" by default); the database is queried in it. Each
+provider's listing is checked against the order the provider declares
+(``StorageProviderSettings.listing_order``, ``csl.storage.keyorder``): a listing that breaks
+its own order stops the shard with ``ListingOrderError`` naming the provider rather than
+produce false findings. A provider that lists in the other order (AWS S3 beside SeaweedFS) has
+each cell's listing brought into the merge order by a bounded external sort (in memory up to
+``keyorder.SORT_BUFFER`` entries, then sorted runs spilled to ``TMPDIR``); where the orders
+agree the listing streams straight into the merge.
 
 The database side is every reference column of ``csl.storage.references`` (samples, generation
 results, avatars), URL-form values normalised to keys. Findings
@@ -39,12 +45,14 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import psycopg
 from psycopg import sql
 
+from csl.config import LISTING_ORDERS
 from csl.errors import BadInput, ProblemFound, StorageError
 from csl.sqlfiles import load
 from csl.storage import (
@@ -56,6 +64,7 @@ from csl.storage import (
     providers_for,
     reference_order,
 )
+from csl.storage.keyorder import ExternalSort, ListingOrderError, in_order, order_key
 from csl.storage.references import REFERENCE_COLUMNS, references_query
 
 __all__ = [
@@ -87,7 +96,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 KINDS = ("missing", "orphan", "size_mismatch", "checksum_mismatch", "fallback_only")
-KEY_ORDERS = ("path", "byte")
+KEY_ORDERS = LISTING_ORDERS  # the merge orders: the same two a provider may list in
 # health probes, the cleanup's quarantine and temporary uploads are nobody's orphans
 DEFAULT_EXCLUDE = RESERVED_PREFIXES
 LOOKAHEAD = 2  # cells whose first listing page is fetched ahead of the merge
@@ -101,14 +110,10 @@ class ShardsFailed(ProblemFound):
     """Some shards of the sweep failed or never ran: the sweep is marked failed, its findings incomplete."""
 
 
-class ListingOrderError(ProblemFound):
-    """A stream came out of order: the merge would report false findings, so it stops."""
-
-
 @dataclass(frozen=True, kw_only=True)
 class SweepOptions:
     depth: int = 2
-    key_order: str = "path"
+    key_order: str = "path"  # the merge order; each provider's listing is brought into it
     deep_rate: float = 0.0
     prefix: str = ""
     exclude: tuple[str, ...] = DEFAULT_EXCLUDE
@@ -217,22 +222,25 @@ def plan_shards(cells: Sequence[str], shards: int) -> list[list[str]]:
 
 
 # -- the merge ----------------------------------------------------------------------------
-def _order_key(key_order: str) -> Callable[[str], Any]:
-    if key_order == "path":
-        return lambda key: key.split("/")
-    return lambda key: key
+def _order_hint(provider: StorageProvider) -> str:
+    """What to do about a provider whose listing broke the order it declares."""
+    return (f"; provider {provider.name!r} declares listing order {provider.settings.listing_order!r}: set "
+            f"{provider.settings.kind.upper()}_LISTING_ORDER (connection extra listing_order) to the order it "
+            "lists in ('path' for filer-backed stores such as SeaweedFS and MinIO, 'byte' for AWS S3)")
 
 
 class _Ordered:
-    """A key-sorted stream with one item of look-ahead that refuses to go backwards."""
+    """A key-sorted stream with one item of look-ahead that refuses to go backwards (``hint``:
+    what to do when it does)."""
 
     def __init__(self, name: str, items: Iterator[Any], key_of: Callable[[Any], str], order: Callable[[str], Any],
-                 *, allow_repeats: bool = False) -> None:
+                 *, allow_repeats: bool = False, hint: str = "") -> None:
         self.name = name
         self._items = items
         self._key_of = key_of
         self._order = order
         self._allow_repeats = allow_repeats
+        self._hint = hint
         self.head: Any = None
         self.head_order: Any = None
         self.advance()
@@ -247,9 +255,8 @@ class _Ordered:
         if previous is not None and (self.head_order < previous_order or
                                      (self.head_order == previous_order and not self._allow_repeats)):
             raise ListingOrderError(
-                f"{self.name} listed {self._key_of(self.head)!r} after {self._key_of(previous)!r}: not in the "
-                "sweep's key order; sweep with the other key_order ('path' for filer-backed stores such as "
-                "SeaweedFS/MinIO, 'byte' for AWS S3)")
+                f"{self.name} listed {self._key_of(self.head)!r} after {self._key_of(previous)!r}: "
+                f"not in order{self._hint}")
 
     def take(self, order_value: Any) -> list[Any]:
         taken = []
@@ -266,6 +273,12 @@ class _Tally:
     bytes: dict[str, int] = field(default_factory=dict)
     findings: dict[str, dict[str, int]] = field(default_factory=dict)
     deep_verified: int = 0
+    reordered: dict[str, dict[str, int]] = field(default_factory=dict)  # provider: entries, spilled_runs
+
+    def add_reordered(self, provider: str, sort: ExternalSort) -> None:
+        per = self.reordered.setdefault(provider, {"entries": 0, "spilled_runs": 0})
+        per["entries"] += sort.entries
+        per["spilled_runs"] += sort.spilled_runs
 
     def add_finding(self, kind: str, provider: str) -> None:
         per = self.findings.setdefault(kind, {})
@@ -430,16 +443,51 @@ def _cell_listing(provider: StorageProvider, cell: str, options: SweepOptions, t
         tally.bytes[name] = tally.bytes.get(name, 0) + size
 
 
+def _key_of_object(info: ObjectInfo) -> str:
+    return info.key
+
+
 def _merge_cell(cell: str, db_rows: Iterator[tuple], providers: Sequence[StorageProvider], options: SweepOptions,
                 classifier: _Classifier, tally: _Tally, *, firsts: dict[str, Any] | None = None,
                 executor: Any = None) -> None:
-    order = _order_key(options.key_order)
-    firsts = firsts or {}
-    streams = [_Ordered("database", db_rows, lambda r: r[1], order, allow_repeats=True)]
-    streams += [_Ordered(f"provider {p.name!r}",
-                         _cell_listing(p, cell, options, tally, first=firsts.get(p.name), executor=executor),
-                         lambda o: o.key, order)
-                for p in providers]  # reference_order, like the classifier's
+    with ExitStack() as sorts:
+        reordered = _merge_streams(cell, db_rows, providers, options, classifier, tally, firsts=firsts or {},
+                                   executor=executor, sorts=sorts)
+        for name, sort in reordered:
+            tally.add_reordered(name, sort)
+
+
+def _provider_stream(provider: StorageProvider, cell: str, options: SweepOptions, tally: _Tally, *, first: Any,
+                     executor: Any, sorts: ExitStack) -> tuple[Iterator[ObjectInfo], ExternalSort | None]:
+    """A provider's listing of ``cell`` in the merge order, checked against the provider's own
+    order; sorted (bounded, ``ExternalSort``) only when the two orders differ in this cell."""
+    listing = _cell_listing(provider, cell, options, tally, first=first, executor=executor)
+    declared = provider.settings.listing_order
+    # a loose cell is listed with a delimiter: its keys differ only after their last "/", where
+    # path order is byte order, so its listing is in both orders or in neither
+    if declared == options.key_order or cell.endswith("*"):
+        return listing, None
+    checked = in_order(listing, order=declared, key_of=_key_of_object, name=f"provider {provider.name!r}",
+                       hint=_order_hint(provider))
+    merge_key = order_key(options.key_order)
+    sort = sorts.enter_context(ExternalSort(key=lambda info: merge_key(info.key), name=f"provider {provider.name!r}",
+                                            make=ObjectInfo._make))
+    return sort(checked), sort
+
+
+def _merge_streams(cell: str, db_rows: Iterator[tuple], providers: Sequence[StorageProvider], options: SweepOptions,
+                   classifier: _Classifier, tally: _Tally, *, firsts: dict[str, Any], executor: Any,
+                   sorts: ExitStack) -> list[tuple[str, ExternalSort]]:
+    order = order_key(options.key_order)
+    streams = [_Ordered("the database inventory", db_rows, lambda r: r[1], order, allow_repeats=True,
+                        hint=f" (the sweep's key order, {options.key_order!r})")]
+    reordered = []
+    for p in providers:  # reference_order, like the classifier's
+        listing, sort = _provider_stream(p, cell, options, tally, first=firsts.get(p.name), executor=executor,
+                                         sorts=sorts)
+        if sort is not None:
+            reordered.append((p.name, sort))
+        streams.append(_Ordered(f"provider {p.name!r}", listing, _key_of_object, order, hint=_order_hint(p)))
     database, listings = streams[0], streams[1:]
     names = [p.name for p in providers]
     while True:
@@ -448,7 +496,7 @@ def _merge_cell(cell: str, db_rows: Iterator[tuple], providers: Sequence[Storage
             if stream.head is not None and (current is None or stream.head_order < current):
                 current = stream.head_order
         if current is None:
-            return
+            break
         refs = database.take(current) if database.head is not None and database.head_order == current else []
         tally.db_refs += len(refs)
         held = {}
@@ -460,6 +508,7 @@ def _merge_cell(cell: str, db_rows: Iterator[tuple], providers: Sequence[Storage
                 held[name] = info
                 key = info.key
         classifier.key(key, refs, held)
+    return reordered
 
 
 def _cell_rows(rows: Iterator[tuple]) -> Iterator[tuple[str, Iterator[tuple]]]:
@@ -579,8 +628,8 @@ def sweep_shard(connect: Callable[[], Any], providers: Sequence[StorageProvider]
 
             classifier = _Classifier(providers, emit, tally, deep_rate=options.deep_rate,
                                      salt=str(sweep_id), recheck=recheck)
-            inventory = _cell_rows(_db_stream(read_conn, providers, cells, options))
-            pending = next(inventory, None)
+            by_cell = _cell_rows(_db_stream(read_conn, providers, cells, options))
+            pending = next(by_cell, None)
             # the first page of the next cells' listings is fetched while this cell is merged:
             # the server's time overlaps ours, and at most LOOKAHEAD pages per provider wait
             first_pages: dict[tuple[int, str], Any] = {}
@@ -601,18 +650,18 @@ def sweep_shard(connect: Callable[[], Any], providers: Sequence[StorageProvider]
                         rows = pending[1]
                     _merge_cell(cell, rows, providers, options, classifier, tally, firsts=firsts, executor=pool)
                     if pending is not None and pending[0] == cell:
-                        pending = next(inventory, None)
+                        pending = next(by_cell, None)
                 for future in first_pages.values():
                     future.cancel()
         read_conn.rollback()
         new, refreshed = write_conn.execute(load("storage/apply_findings.sql"), {"sweep": sweep_id}).fetchone()
         closed = write_conn.execute(load("storage/close_findings.sql"),
                                     {"sweep": sweep_id, "cells": list(cells), "prefix": options.prefix,
-                                     "providers": names}).rowcount
+                                     "providers": names, "kinds": list(KINDS)}).rowcount
         summary = ShardSummary(shard=shard, providers=names, cells=len(cells), db_refs=tally.db_refs,
                                listed=tally.listed, bytes=tally.bytes, findings=tally.findings, new=new,
                                still_open=refreshed, closed=closed, deep_verified=tally.deep_verified,
-                               duration_s=round(time.perf_counter() - started, 3))
+                               duration_s=round(time.perf_counter() - started, 3), reordered=tally.reordered)
         write_conn.execute(
             "INSERT INTO csl_ops.storage_sweep_shards (sweep_id, shard, cells, providers, status, summary) "
             "VALUES (%s, %s, %s, %s, 'done', %s) ON CONFLICT (sweep_id, shard) DO UPDATE SET status = 'done', "
@@ -620,9 +669,9 @@ def sweep_shard(connect: Callable[[], Any], providers: Sequence[StorageProvider]
             "finished_at = now()",
             (sweep_id, shard, list(cells), names, json.dumps(summary.as_dict())))
         write_conn.commit()
-    log.info("sweep %s shard %s: %s cells, %s references, listed %s, findings %s (new %s, closed %s) in %.1fs",
-             sweep_id, shard, len(cells), tally.db_refs, tally.listed, tally.findings, new, closed,
-             summary.duration_s)
+    log.info("sweep %s shard %s: %s cells, %s references, listed %s%s, findings %s (new %s, closed %s) in %.1fs",
+             sweep_id, shard, len(cells), tally.db_refs, tally.listed, f" (brought into {options.key_order} order: {tally.reordered})" if tally.reordered else "",
+             tally.findings, new, closed, summary.duration_s)
     return summary
 
 
@@ -657,7 +706,8 @@ def finish_sweep(conn: psycopg.Connection, *, sweep_id: int, shards: int, all_ce
                  options: SweepOptions) -> SweepSummary:
     """Aggregate the shards. When every shard is done, findings in cells that no longer exist
     anywhere are closed too (those the swept providers can judge); otherwise the sweep is
-    marked failed and the failures named (``SweepSummary.check`` raises them)."""
+    marked failed and the failures named (``SweepSummary.check`` raises them). Only findings of
+    the sweep's ``KINDS`` are ever closed by it (replication closes its own conflicts)."""
     rows = conn.execute("SELECT shard, status, summary, error FROM csl_ops.storage_sweep_shards "
                         "WHERE sweep_id = %s ORDER BY shard", (sweep_id,)).fetchall()
     done = [r for r in rows if r[1] == "done"]
@@ -666,7 +716,7 @@ def finish_sweep(conn: psycopg.Connection, *, sweep_id: int, shards: int, all_ce
     summary: dict[str, Any] = {"sweep_id": sweep_id, "shards": shards, "shards_done": len(done),
                                "cells": len(all_cells), "db_refs": 0, "listed": {}, "bytes": {},
                                "findings": {}, "new": 0, "closed": 0, "deep_verified": 0, "failed": failed,
-                               "not_run": missing_shards}
+                               "not_run": missing_shards, "reordered": {}}
     for _, _, s, _ in done:
         for name in ("db_refs", "new", "closed", "deep_verified"):
             summary[name] += s[name]
@@ -677,13 +727,17 @@ def finish_sweep(conn: psycopg.Connection, *, sweep_id: int, shards: int, all_ce
             agg = summary["findings"].setdefault(kind, {})
             for provider, n in per.items():
                 agg[provider] = agg.get(provider, 0) + n
+        for provider, per in s.get("reordered", {}).items():
+            agg = summary["reordered"].setdefault(provider, {"entries": 0, "spilled_runs": 0})
+            for name, n in per.items():
+                agg[name] = agg.get(name, 0) + n
     ok = not failed and not missing_shards
     if ok:
         summary["closed"] += conn.execute(
             "UPDATE csl_ops.storage_findings f SET resolved_at = now(), resolved_sweep_id = s.id "
-            "FROM csl_ops.storage_sweeps s WHERE s.id = %s AND f.resolved_at IS NULL "
+            "FROM csl_ops.storage_sweeps s WHERE s.id = %s AND f.resolved_at IS NULL AND f.kind = ANY(%s) "
             "AND starts_with(f.object_key, %s) AND NOT (f.cell = ANY(%s)) AND f.depends_on <@ s.providers",
-            (sweep_id, options.prefix, list(all_cells))).rowcount
+            (sweep_id, list(KINDS), options.prefix, list(all_cells))).rowcount
     duration, summary["providers"] = conn.execute(
         "SELECT extract(epoch FROM clock_timestamp() - started_at), providers FROM csl_ops.storage_sweeps "
         "WHERE id = %s", (sweep_id,)).fetchone()
@@ -757,7 +811,8 @@ def run_sweep(settings: Any, *, run_key: str, shards: int = 4, workers: int = 2,
 @dataclass(frozen=True, kw_only=True)
 class ShardSummary:
     """One swept shard: what was listed and found in its cells (``as_dict()``: the XCom ``shard``
-    and the ``csl_ops.storage_sweep_shards`` summary)."""
+    and the ``csl_ops.storage_sweep_shards`` summary). ``reordered`` names the providers whose
+    listings were brought into the sweep's key order (entries sorted, runs spilled to disk)."""
 
     shard: int
     providers: list[str]
@@ -771,6 +826,7 @@ class ShardSummary:
     closed: int
     deep_verified: int
     duration_s: float
+    reordered: dict[str, dict[str, int]] = field(default_factory=dict)  # provider: entries, spilled_runs
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -779,7 +835,8 @@ class ShardSummary:
 @dataclass(frozen=True, kw_only=True)
 class SweepSummary:
     """A finished (or failed) sweep: totals per finding kind and provider, bytes, duration, and
-    the shards that failed (``failed``: recorded failures; ``not_run``: shards with no record).
+    the shards that failed (``failed``: recorded failures; ``not_run``: shards with no record)
+    and the listings brought into the sweep's key order (``reordered``).
     ``as_dict()`` is the XCom ``summary`` and the run record's outcome; ``errors`` (shards that
     failed in ``run_sweep``) appears in it only when there are some."""
 
@@ -799,6 +856,7 @@ class SweepSummary:
     providers: list[str]
     duration_s: float
     open_findings: dict[str, int]
+    reordered: dict[str, dict[str, int]] = field(default_factory=dict)  # provider: entries, spilled_runs
     errors: list[dict[str, Any]] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:

@@ -37,9 +37,9 @@ def _sweep(settings, **options) -> integrity.SweepSummary:
     return summary
 
 
-def test_every_seeded_defect_is_found_and_nothing_else(platform, settings):
+def _seeded_defects(platform) -> set[tuple[str, str, str]]:
     d = platform["defects"]
-    expected = (
+    return (
         {("missing", k, p) for k in d["missing"] for p in ("primary", "fallback")}
         | {("missing", k, "fallback") for k in d["unreplicated"]}
         | {("fallback_only", k, "fallback") for k in d["fallback_only"]}
@@ -47,6 +47,11 @@ def test_every_seeded_defect_is_found_and_nothing_else(platform, settings):
         | {("size_mismatch", k, "fallback") for k in d["truncated"]}
         | {("orphan", k, "primary") for k in d["orphan"]}
     )
+
+
+def test_every_seeded_defect_is_found_and_nothing_else(platform, settings):
+    d = platform["defects"]
+    expected = _seeded_defects(platform)
     summary = _sweep(settings)
     assert summary.shards_done == summary.shards == 4 and not summary.failed
     assert _open(settings) == expected
@@ -142,21 +147,32 @@ def test_a_provider_down_mid_sweep_fails_its_shards_by_name_and_writes_nothing(p
     assert summary.not_run == [1]
 
 
-def test_a_listing_out_of_the_sweeps_key_order_is_refused_not_misreported(platform, settings, providers):
+def test_a_listing_out_of_its_providers_declared_order_is_refused_not_misreported(platform, settings, providers):
+    import dataclasses
+
     primary, _ = providers
     base = f"ordertest/{uuid.uuid4().hex[:8]}/"
     keys = [base + "a/b.wav", base + "a-b.wav"]  # SeaweedFS lists a/b.wav first; byte order puts a-b.wav first
     for key in keys:
         primary.put(key, b"RIFF")
+    # the primary declared as listing in byte order, which SeaweedFS does not: refused under either merge order
+    wrong = [StorageProvider(dataclasses.replace(settings.provider("primary"), listing_order="byte")), providers[1]]
     try:
-        with (pytest.raises(integrity.ListingOrderError, match="'primary'.*key_order"),
-              Database(settings.require_database()) as db, db.connect_direct() as conn):
-            options = SweepOptions(key_order="byte", prefix=base)
-            cells = integrity.discover_cells(conn, providers, options)
-            integrity.sweep_shard(lambda: db.connect_direct(autocommit=False), providers,
-                                  sweep_id=_sweep_id(db, providers), shard=0, cells=cells, options=options)
-        summary = _sweep(settings, prefix=base, key_order="path")
-        assert summary.findings == {"orphan": {"primary": 2}}
+        for key_order in ("byte", "path"):
+            with (pytest.raises(integrity.ListingOrderError,
+                                match=r"^provider 'primary' listed .*: not in (byte )?order; provider 'primary' "
+                                      r"declares listing order 'byte': set MINIO_LISTING_ORDER \(connection extra "
+                                      r"listing_order\)"),
+                  Database(settings.require_database()) as db, db.connect_direct() as conn):
+                options = SweepOptions(key_order=key_order, prefix=base)
+                cells = integrity.discover_cells(conn, wrong, options)
+                integrity.sweep_shard(lambda: db.connect_direct(autocommit=False), wrong,
+                                      sweep_id=_sweep_id(db, wrong), shard=0, cells=cells, options=options)
+        # declared rightly (path), a byte-order merge brings its listing into byte order
+        for key_order in ("byte", "path"):
+            summary = _sweep(settings, prefix=base, key_order=key_order)
+            assert summary.findings == {"orphan": {"primary": 2}}
+            assert set(summary.reordered) == ({"primary", "fallback"} if key_order == "byte" else set())
     finally:
         for key in keys:
             primary.delete(key)
@@ -376,3 +392,4 @@ def test_a_planned_sweep_records_its_failed_shard_and_fails_naming_it(platform, 
     assert summary.failed[0]["provider"] == "fallback" and summary.error.startswith("shard 1: storage provider")
     with pytest.raises(integrity.ShardsFailed, match=r"^1 of 2 shards did not sweep \(provider 'fallback' failed\)"):
         summary.check()
+

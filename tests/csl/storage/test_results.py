@@ -94,7 +94,11 @@ def test_a_shard_summary_is_todays_dict():
                            bytes={"primary": 60}, findings={"orphan": {"primary": 1}}, new=1, still_open=0,
                            closed=0, deep_verified=0, duration_s=0.5)
     assert list(summary.as_dict()) == ["shard", "providers", "cells", "db_refs", "listed", "bytes", "findings",
-                                       "new", "still_open", "closed", "deep_verified", "duration_s"]
+                                       "new", "still_open", "closed", "deep_verified", "duration_s", "reordered"]
+    # issue 14: the listings brought into the merge order
+    assert summary.as_dict()["reordered"] == {}
+    sorted_ = ShardSummary(**{**summary.as_dict(), "reordered": {"aws": {"entries": 9, "spilled_runs": 0}}})
+    assert sorted_.as_dict()["reordered"]["aws"]["entries"] == 9
 
 
 def _summary(**changes) -> SweepSummary:
@@ -109,7 +113,7 @@ def test_a_sweep_summary_is_todays_dict_with_errors_only_when_there_are_some():
     summary = _summary()
     assert list(summary.as_dict()) == ["sweep_id", "shards", "shards_done", "cells", "db_refs", "listed", "bytes",
                                        "findings", "new", "closed", "deep_verified", "failed", "not_run",
-                                       "providers", "duration_s", "open_findings"]
+                                       "providers", "duration_s", "open_findings", "reordered"]
     errors = [{"shard": 0, "error": "down", "provider": "fallback"}]
     assert _summary(errors=errors).as_dict()["errors"] == errors
     assert summary.finding_counts == {"missing": 3}
