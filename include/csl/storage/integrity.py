@@ -17,6 +17,12 @@ each cell's listing brought into the merge order by a bounded external sort (in 
 ``keyorder.SORT_BUFFER`` entries, then sorted runs spilled to ``TMPDIR``); where the orders
 agree the listing streams straight into the merge.
 
+The inventory is read on the replica when ``csl.db`` routes reads there (healthy, within the
+lag bound) and the replica replays, within that bound, everything the primary had committed
+when the shard started (``inventory_connection``: its snapshot then holds it); else on the
+primary. Findings are always written on the primary. Each shard records which database served
+it (``inventory_from``), the sweep counts them.
+
 The database side is every reference column of ``csl.storage.references`` (samples, generation
 results, avatars), URL-form values normalised to keys. Findings
 (``csl_ops.storage_findings``): ``missing`` (a referenced object a provider lacks),
@@ -45,7 +51,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import ExitStack
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
@@ -53,7 +59,8 @@ import psycopg
 from psycopg import sql
 
 from csl.config import LISTING_ORDERS
-from csl.errors import BadInput, ProblemFound, StorageError
+from csl.db import ReadRoute
+from csl.errors import BadInput, ProblemFound, ReplicaUnavailable, StorageError
 from csl.sqlfiles import load
 from csl.storage import (
     PRIMARY,
@@ -82,6 +89,7 @@ __all__ = [
     "discover_cells",
     "finish_planned",
     "finish_sweep",
+    "inventory_connection",
     "open_findings",
     "plan_shards",
     "plan_sweep",
@@ -404,14 +412,27 @@ class _Classifier:
 
 
 def _db_stream(conn: psycopg.Connection, providers: Sequence[StorageProvider], cells: Sequence[str],
-               options: SweepOptions) -> Iterator[tuple]:
+               options: SweepOptions, *, served_by: str = "primary") -> Iterator[tuple]:
+    """The inventory of ``cells`` in the merge order. A read the replica gives up on (a conflict
+    with recovery cancels it, the replica goes away) is ``ReplicaUnavailable``: the shard can
+    be swept again with the inventory from the primary."""
     query = sql.SQL(load("storage/inventory.sql")).format(
         order=sql.Identifier("parts" if options.key_order == "path" else "key"),
         refs=references_query(options.references))
-    with conn.cursor(name="csl_inventory") as cur:
-        cur.itersize = 5000
-        cur.execute(query, {**options.query_params(providers), "cells": list(cells)})
-        yield from cur
+    try:
+        with conn.cursor(name="csl_inventory") as cur:
+            cur.itersize = 5000
+            cur.execute(query, {**options.query_params(providers), "cells": list(cells)})
+            yield from cur
+    except psycopg.OperationalError as exc:
+        if served_by != "replica":
+            raise
+        raise ReplicaUnavailable(f"replica: the inventory read failed: {_one_line(exc)}") from exc
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
 
 
 def _cell_list_args(cell: str, options: SweepOptions) -> tuple[str, str | None]:
@@ -594,20 +615,92 @@ CREATE TEMP TABLE shard_findings (
 """
 
 
+InventoryConnect = Callable[[], AbstractContextManager[tuple[psycopg.Connection, ReadRoute]]]
+
+
+# the snapshot a replica's inventory read sees holds every transaction the primary committed
+# before %s (its WAL position when the shard started) once the replica has replayed up to it
+_CAUGHT_UP_SQL = "SELECT pg_is_in_recovery(), pg_last_wal_replay_lsn() >= %s::pg_lsn"
+
+
+@contextmanager
+def inventory_connection(db: Any, *, replica: bool = True) -> Iterator[tuple[psycopg.Connection, ReadRoute]]:
+    """The connection a shard reads its inventory on, and where it goes (``ReadRoute.target``).
+
+    The replica when ``db.read_route()`` (a ``csl.db.Database``) sends reads there and the
+    replica replays, within ``max_replica_lag_s``, up to the primary's WAL position of now: its
+    snapshot (REPEATABLE READ, taken right then) then holds everything committed on the primary
+    before the shard started, and is at most that old (``ReadRoute.lag_s``: the seconds it took).
+    Else the primary; ``replica=False``: always. Findings are written on the primary in the
+    same shard: the bound is what keeps the two views close."""
+    route = db.read_route() if replica else ReadRoute("primary", "asked for the primary")
+    conn = None
+    if route.target == "replica":
+        conn, route = _replica_snapshot(db)
+    if conn is None:
+        conn = db.connect_direct(autocommit=False)
+    with conn:
+        yield conn, route
+
+
+def _replica_snapshot(db: Any) -> tuple[psycopg.Connection | None, ReadRoute]:
+    """A replica connection in a REPEATABLE READ transaction whose snapshot has caught up with
+    the primary's WAL position of now, or (None, why not)."""
+    bound = db.settings.max_replica_lag_s
+    conn = None
+    try:
+        with db.connect_direct() as primary:
+            (position,) = primary.execute("SELECT pg_current_wal_lsn()::text").fetchone()
+        started = time.monotonic()
+        conn = db.connect_direct("replica", autocommit=True)
+        while True:
+            in_recovery, caught_up = conn.execute(_CAUGHT_UP_SQL, (position,)).fetchone()
+            waited = time.monotonic() - started
+            if not in_recovery or caught_up or waited > bound:
+                break
+            time.sleep(0.02)
+        if in_recovery and caught_up:
+            conn.autocommit = False
+            conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+            in_recovery, caught_up = conn.execute(_CAUGHT_UP_SQL, (position,)).fetchone()  # takes the snapshot
+    except (psycopg.Error, OSError) as exc:
+        if conn is not None:
+            conn.close()
+        return None, ReadRoute("primary", f"replica unavailable: {_one_line(exc)}")
+    if not in_recovery or not caught_up:
+        conn.close()
+        why = ("not in recovery: not a standby" if not in_recovery
+               else f"it had not replayed the primary's WAL position {position} after {bound:g}s")
+        return None, ReadRoute("primary", f"replica unavailable for the inventory: {why}", round(waited, 3))
+    return conn, ReadRoute("replica", f"replica caught up with the primary in {waited:.3f}s", round(waited, 3))
+
+
+def _on_primary(connect: Callable[[], Any]) -> InventoryConnect:
+    @contextmanager
+    def inventory() -> Iterator[tuple[psycopg.Connection, ReadRoute]]:
+        with connect() as conn:
+            yield conn, ReadRoute("primary", "the writer's database")
+    return inventory
+
+
 def sweep_shard(connect: Callable[[], Any], providers: Sequence[StorageProvider], *, sweep_id: int, shard: int,
-                cells: Sequence[str], options: SweepOptions) -> ShardSummary:
+                cells: Sequence[str], options: SweepOptions,
+                inventory: InventoryConnect | None = None) -> ShardSummary:
     """Sweep ``cells`` and write their findings in one transaction; returns the shard summary.
 
-    ``connect()`` returns a context manager yielding a psycopg connection; two are used (the
-    inventory cursor and the staging writer)."""
+    ``connect()`` returns a context manager yielding a psycopg connection to the primary (the
+    staging writer). ``inventory()`` one yielding (connection, ``ReadRoute``) for the inventory
+    cursor (``inventory_connection``); without it the inventory is read on a second
+    ``connect()``. The summary's ``inventory_from`` says which database served it."""
     if not providers:
         raise SweepError("no storage providers configured")
     providers = reference_order(providers)
     names = [p.name for p in providers]
     started = time.perf_counter()
     tally = _Tally()
-    with connect() as read_conn, connect() as write_conn:
-        read_conn.autocommit = False
+    with (inventory or _on_primary(connect))() as (read_conn, route), connect() as write_conn:
+        if read_conn.autocommit:  # a replica's is in its snapshot's transaction already
+            read_conn.autocommit = False
         write_conn.autocommit = False
         row = write_conn.execute("SELECT providers FROM csl_ops.storage_sweeps WHERE id = %s", (sweep_id,)).fetchone()
         if row is None or sorted(row[0]) != sorted(names):
@@ -628,7 +721,7 @@ def sweep_shard(connect: Callable[[], Any], providers: Sequence[StorageProvider]
 
             classifier = _Classifier(providers, emit, tally, deep_rate=options.deep_rate,
                                      salt=str(sweep_id), recheck=recheck)
-            by_cell = _cell_rows(_db_stream(read_conn, providers, cells, options))
+            by_cell = _cell_rows(_db_stream(read_conn, providers, cells, options, served_by=route.target))
             pending = next(by_cell, None)
             # the first page of the next cells' listings is fetched while this cell is merged:
             # the server's time overlaps ours, and at most LOOKAHEAD pages per provider wait
@@ -661,7 +754,9 @@ def sweep_shard(connect: Callable[[], Any], providers: Sequence[StorageProvider]
         summary = ShardSummary(shard=shard, providers=names, cells=len(cells), db_refs=tally.db_refs,
                                listed=tally.listed, bytes=tally.bytes, findings=tally.findings, new=new,
                                still_open=refreshed, closed=closed, deep_verified=tally.deep_verified,
-                               duration_s=round(time.perf_counter() - started, 3), reordered=tally.reordered)
+                               duration_s=round(time.perf_counter() - started, 3), inventory_from=route.target,
+                               inventory_lag_s=route.lag_s if route.target == "replica" else None,
+                               reordered=tally.reordered)
         write_conn.execute(
             "INSERT INTO csl_ops.storage_sweep_shards (sweep_id, shard, cells, providers, status, summary) "
             "VALUES (%s, %s, %s, %s, 'done', %s) ON CONFLICT (sweep_id, shard) DO UPDATE SET status = 'done', "
@@ -669,8 +764,9 @@ def sweep_shard(connect: Callable[[], Any], providers: Sequence[StorageProvider]
             "finished_at = now()",
             (sweep_id, shard, list(cells), names, json.dumps(summary.as_dict())))
         write_conn.commit()
-    log.info("sweep %s shard %s: %s cells, %s references, listed %s%s, findings %s (new %s, closed %s) in %.1fs",
-             sweep_id, shard, len(cells), tally.db_refs, tally.listed, f" (brought into {options.key_order} order: {tally.reordered})" if tally.reordered else "",
+    log.info("sweep %s shard %s: %s cells, %s references (inventory from the %s: %s), listed %s%s, findings %s "
+             "(new %s, closed %s) in %.1fs", sweep_id, shard, len(cells), tally.db_refs, route.target, route.reason,
+             tally.listed, f" (brought into {options.key_order} order: {tally.reordered})" if tally.reordered else "",
              tally.findings, new, closed, summary.duration_s)
     return summary
 
@@ -678,13 +774,24 @@ def sweep_shard(connect: Callable[[], Any], providers: Sequence[StorageProvider]
 def sweep_and_record(db: Any, providers: Sequence[StorageProvider], shard: Mapping[str, Any], *,
                      options: SweepOptions) -> ShardSummary:
     """Sweep one shard item of a ``SweepPlan`` (``{"sweep_id", "shard", "cells"}``) on ``db``
-    (a ``csl.db.Database``). A shard that fails (a provider down or refusing, a listing out of
-    order, a sweep planned for other providers) is recorded as failed (``finish_sweep`` names
-    it) and its error raised again."""
+    (a ``csl.db.Database``): the inventory from the replica when it is healthy and within the
+    lag bound, else from the primary (``inventory_connection``; a replica that gives up midway
+    means the shard is swept again from the primary); findings written on the primary. A shard
+    that fails (a provider down or refusing, a listing out of order, a sweep planned for other
+    providers) is recorded as failed (``finish_sweep`` names it) and its error raised again."""
     sweep_id, number, cells = shard["sweep_id"], shard["shard"], shard["cells"]
-    try:
+
+    def sweep(replica: bool) -> ShardSummary:
         return sweep_shard(lambda: db.connect_direct(autocommit=False), providers, sweep_id=sweep_id, shard=number,
-                           cells=cells, options=options)
+                           cells=cells, options=options, inventory=lambda: inventory_connection(db, replica=replica))
+
+    try:
+        try:
+            return sweep(replica=True)
+        except ReplicaUnavailable as exc:  # nothing was written: the shard again, read on the primary
+            log.warning("sweep %s shard %s: %s; sweeping it again with the inventory from the primary",
+                        sweep_id, number, exc)
+            return sweep(replica=False)
     except (StorageError, ListingOrderError, SweepError) as exc:
         with db.connect_direct() as conn:
             record_shard_failure(conn, sweep_id=sweep_id, shard=number, cells=cells, error=exc)
@@ -716,7 +823,7 @@ def finish_sweep(conn: psycopg.Connection, *, sweep_id: int, shards: int, all_ce
     summary: dict[str, Any] = {"sweep_id": sweep_id, "shards": shards, "shards_done": len(done),
                                "cells": len(all_cells), "db_refs": 0, "listed": {}, "bytes": {},
                                "findings": {}, "new": 0, "closed": 0, "deep_verified": 0, "failed": failed,
-                               "not_run": missing_shards, "reordered": {}}
+                               "not_run": missing_shards, "inventory_from": {}, "reordered": {}}
     for _, _, s, _ in done:
         for name in ("db_refs", "new", "closed", "deep_verified"):
             summary[name] += s[name]
@@ -727,6 +834,9 @@ def finish_sweep(conn: psycopg.Connection, *, sweep_id: int, shards: int, all_ce
             agg = summary["findings"].setdefault(kind, {})
             for provider, n in per.items():
                 agg[provider] = agg.get(provider, 0) + n
+        served_by = s.get("inventory_from")  # shards recorded before issue 14 do not say
+        if served_by:
+            summary["inventory_from"][served_by] = summary["inventory_from"].get(served_by, 0) + 1
         for provider, per in s.get("reordered", {}).items():
             agg = summary["reordered"].setdefault(provider, {"entries": 0, "spilled_runs": 0})
             for name, n in per.items():
@@ -811,8 +921,9 @@ def run_sweep(settings: Any, *, run_key: str, shards: int = 4, workers: int = 2,
 @dataclass(frozen=True, kw_only=True)
 class ShardSummary:
     """One swept shard: what was listed and found in its cells (``as_dict()``: the XCom ``shard``
-    and the ``csl_ops.storage_sweep_shards`` summary). ``reordered`` names the providers whose
-    listings were brought into the sweep's key order (entries sorted, runs spilled to disk)."""
+    and the ``csl_ops.storage_sweep_shards`` summary). ``inventory_from`` names the database the
+    inventory was read on; ``reordered`` the providers whose listings were brought into the
+    sweep's key order (entries sorted, runs spilled to disk)."""
 
     shard: int
     providers: list[str]
@@ -826,6 +937,8 @@ class ShardSummary:
     closed: int
     deep_verified: int
     duration_s: float
+    inventory_from: str = "primary"  # the database that served the inventory: "replica" or "primary"
+    inventory_lag_s: float | None = None  # the replica's: seconds it took to replay the primary's position
     reordered: dict[str, dict[str, int]] = field(default_factory=dict)  # provider: entries, spilled_runs
 
     def as_dict(self) -> dict[str, Any]:
@@ -835,8 +948,9 @@ class ShardSummary:
 @dataclass(frozen=True, kw_only=True)
 class SweepSummary:
     """A finished (or failed) sweep: totals per finding kind and provider, bytes, duration, and
-    the shards that failed (``failed``: recorded failures; ``not_run``: shards with no record)
-    and the listings brought into the sweep's key order (``reordered``).
+    the shards that failed (``failed``: recorded failures; ``not_run``: shards with no record),
+    how many shards' inventories the replica and the primary served (``inventory_from``) and
+    the listings brought into the sweep's key order (``reordered``).
     ``as_dict()`` is the XCom ``summary`` and the run record's outcome; ``errors`` (shards that
     failed in ``run_sweep``) appears in it only when there are some."""
 
@@ -856,6 +970,7 @@ class SweepSummary:
     providers: list[str]
     duration_s: float
     open_findings: dict[str, int]
+    inventory_from: dict[str, int] = field(default_factory=dict)  # shards whose inventory each database served
     reordered: dict[str, dict[str, int]] = field(default_factory=dict)  # provider: entries, spilled_runs
     errors: list[dict[str, Any]] = field(default_factory=list)
 
