@@ -1,15 +1,19 @@
 #!/usr/bin/env python3
 """The local stack: real servers on loopback, started and stopped by pid.
 
-    python scripts/devstack.py up [--state DIR] [--env-file FILE] [--airflow]
+    python scripts/devstack.py up [--state DIR] [--env-file FILE] [--airflow] [--moto]
     python scripts/devstack.py down|status [--state DIR]
     python scripts/devstack.py stop NAME | start NAME      (one service, e.g. for failover tests)
 
 Services: PostgreSQL primary (pg_stat_statements, hypopg) and a streaming hot standby made
 with ``pg_basebackup -R``; two SeaweedFS S3 endpoints (the ``primary`` and ``fallback``
-storage providers); Varnish with xkey in front of the public audio bucket; optionally
+storage providers: kinds minio and s3, both listing in path order, ``S3_LISTING_ORDER=path``,
+and checking SHA-256 upload checksums); Varnish with xkey in front of the public audio bucket; optionally
 Airflow (api-server, scheduler, dag-processor, triggerer) with its metadata in the same
-PostgreSQL. Ports are chosen free once and kept in ``DIR/stack.json`` with the generated
+PostgreSQL; optionally (the test stack) moto's standalone S3 server, an S3 endpoint that lists
+in AWS's byte order for tests to build a third provider on (``Stack.urls()["moto"]``; not a
+platform provider: the env file keeps the two above; any key pair is accepted; objects live
+in its memory). Ports are chosen free once and kept in ``DIR/stack.json`` with the generated
 secrets, so ``up`` again reuses everything that is already running. Each service logs to
 ``DIR/logs/NAME.log``; its pid is in ``DIR/pids/NAME.pid`` (PostgreSQL's in its data dir).
 Only standard library here: it runs before the virtualenv has anything installed.
@@ -55,7 +59,8 @@ PUBLISHED_BUCKET = "cultural-audio-published"  # copies of the approved samples;
 FALLBACK_BUCKET = "cultural-audio-fallback"
 S3_SERVICES = ("s3-primary", "s3-fallback")
 AIRFLOW_SERVICES = ("airflow-api-server", "airflow-scheduler", "airflow-dag-processor", "airflow-triggerer")
-ALL_SERVICES = ("pg-primary", "pg-replica", *S3_SERVICES, "edge", *AIRFLOW_SERVICES)
+MOTO = "moto"  # moto's S3 server: byte-order listings, for tests (not a platform provider)
+ALL_SERVICES = ("pg-primary", "pg-replica", *S3_SERVICES, MOTO, "edge", *AIRFLOW_SERVICES)
 # In the env file for clients (the demo, the tests log in with it); never in Airflow's processes.
 CLIENT_ONLY_ENV = ("CSL_AIRFLOW_ADMIN_PASSWORD",)
 
@@ -254,7 +259,7 @@ class Stack:
                 values[name] = maker()
                 changed = True
 
-        for name in ("pg_primary", "pg_replica", "edge", "airflow_api"):
+        for name in ("pg_primary", "pg_replica", "edge", "airflow_api", MOTO):
             port(name)
         for service in S3_SERVICES:
             for listener in WEED_LISTENERS:
@@ -539,6 +544,19 @@ class Stack:
             wait_for("edge backend healthy again", self.edge_backend_healthy, timeout=30,
                      log_file=self.logs / "edge.log")
 
+    # -- moto: an S3 server that lists in byte order, like AWS ------------------------------
+    def moto_up(self) -> None:
+        root = self.state / MOTO
+        (root / "tmp").mkdir(mode=0o700, parents=True, exist_ok=True)
+        port = self.ports[MOTO]
+        if self.pid(MOTO) is None:
+            log(f"starting moto's S3 server on 127.0.0.1:{port}")
+            env = dict(os.environ, HOME=str(root), TMPDIR=str(root / "tmp"))
+            self.spawn(MOTO, [sys.executable, "-m", "moto.server", "-p", str(port), "-H", "127.0.0.1"],
+                       env=env, cwd=root)
+        wait_for("moto's S3 server", lambda: http_status(self.urls()[MOTO] + "/") == 200, timeout=60,
+                 log_file=self.logs / f"{MOTO}.log")
+
     def edge_backend_healthy(self) -> bool:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.ports['edge']}/__health", timeout=2) as response:
             return response.headers.get("X-Backend-Healthy") == "true"
@@ -604,6 +622,7 @@ class Stack:
             "s3_fallback": f"http://127.0.0.1:{p['s3-fallback.s3']}",
             "edge": f"http://127.0.0.1:{p['edge']}",
             "airflow": f"http://127.0.0.1:{p['airflow_api']}",
+            MOTO: f"http://127.0.0.1:{p[MOTO]}",
         }
 
     def env_values(self) -> dict:
@@ -623,6 +642,7 @@ class Stack:
             "MINIO_PUBLISHED_BUCKET": PUBLISHED_BUCKET,
             "S3_ENDPOINT": u["s3_fallback"],
             "S3_BUCKET": FALLBACK_BUCKET,
+            "S3_LISTING_ORDER": "path",  # served by SeaweedFS, which lists folder by folder (AWS: byte order)
             "AWS_ACCESS_KEY_ID": s["s3_fallback_key"],
             "AWS_SECRET_ACCESS_KEY": s["s3_fallback_secret"],
             "AWS_REGION": "us-east-1",
@@ -643,7 +663,7 @@ class Stack:
             "AIRFLOW_CONN_CSL_STORAGE_FALLBACK": json.dumps({
                 "conn_type": "aws", "login": s["s3_fallback_key"], "password": s["s3_fallback_secret"],
                 "extra": {"endpoint_url": u["s3_fallback"], "region_name": "us-east-1", "bucket": FALLBACK_BUCKET,
-                          "provider": "s3", "force_path_style": True}}),
+                          "provider": "s3", "force_path_style": True, "listing_order": "path"}}),
             "AIRFLOW_CONN_CSL_CDN_EDGE": json.dumps({
                 "conn_type": "http", "host": "127.0.0.1", "port": self.ports["edge"], "schema": "http",
                 "extra": {"provider": "varnish", "cache_ttl": 86400}}),
@@ -759,7 +779,7 @@ class Stack:
                  interval=1, log_file=self.logs / "airflow-api-server.log")
 
     # -- the whole stack -------------------------------------------------------------------
-    def up(self, *, airflow: bool) -> None:
+    def up(self, *, airflow: bool, moto: bool = False) -> None:
         self.ensure_config()
         self.pg_primary_up()
         self.pg_replica_up()
@@ -768,6 +788,8 @@ class Stack:
         self.write_env()
         self.buckets_up()
         self.edge_up()
+        if moto:
+            self.moto_up()
         if airflow:
             self.airflow_up()
 
@@ -775,7 +797,7 @@ class Stack:
         self.load_config()
         {"pg-primary": self.pg_primary_up, "pg-replica": self.pg_replica_up, "edge": self.edge_up,
          "s3-primary": lambda: self.s3_up("s3-primary"), "s3-fallback": lambda: self.s3_up("s3-fallback"),
-         }.get(name, self.airflow_up)()
+         MOTO: self.moto_up}.get(name, self.airflow_up)()
 
     def stop(self, name: str) -> bool:
         self.load_config()
@@ -861,11 +883,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--state", type=Path, default=REPO / ".local" / "stack")
     parser.add_argument("--env-file", type=Path, default=REPO / ".env")
     parser.add_argument("--airflow", action="store_true", help="with up: also start Airflow")
+    parser.add_argument("--moto", action="store_true",
+                        help="with up: also start moto's S3 server (byte-order listings; the tests' third provider)")
     args = parser.parse_args(argv)
     stack = Stack(args.state, args.env_file)
     try:
         if args.command == "up":
-            stack.up(airflow=args.airflow)
+            stack.up(airflow=args.airflow, moto=args.moto)
             log(f"stack up; settings in {stack.env_file}")
         elif args.command in ("down", "remove"):
             stack.down()

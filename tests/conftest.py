@@ -3,6 +3,7 @@
 Set ``CSL_TEST_STACK_STATE`` to the state folder of a stack started with
 ``scripts/devstack.py up --state DIR --env-file DIR/.env`` to reuse it (it is then left
 running); otherwise a fresh stack is made under ``.local/test-stack-<pid>`` and removed.
+The test stack also runs moto's S3 server (``--moto``): a provider that lists in byte order.
 """
 
 from __future__ import annotations
@@ -41,13 +42,13 @@ def stack() -> Iterator[Stack]:
     if reuse:
         state = Path(reuse)
         handle = Stack(state, state / ".env")
-        handle.up(airflow=False)
+        handle.up(airflow=False, moto=True)
         yield handle
         return
     state = REPO / ".local" / f"test-stack-{os.getpid()}"
     handle = Stack(state, state / ".env")
     try:
-        handle.up(airflow=False)
+        handle.up(airflow=False, moto=True)
         yield handle
     finally:
         handle.down()

@@ -45,6 +45,15 @@ STORAGE_KINDS = ("minio", "s3", "supabase")
 # checksum only where the S3 API requires one. The default per kind; each provider may override it.
 CHECKSUM_CALCULATIONS = ("when_supported", "when_required")
 DEFAULT_CHECKSUM_CALCULATION = {"minio": "when_supported", "s3": "when_supported", "supabase": "when_required"}
+# The order a provider lists keys in: "path" (filer-backed stores such as SeaweedFS and MinIO list
+# folder by folder: "a/b" before "a-c") or "byte" (AWS S3: UTF-8 byte order, "a-c" before "a/b").
+# The sweep checks each listing against its provider's declared order (csl.storage.keyorder).
+LISTING_ORDERS = ("path", "byte")
+DEFAULT_LISTING_ORDER = {"minio": "path", "s3": "byte", "supabase": "byte"}
+# Whether the provider checks an upload's x-amz-checksum-sha256 against the bytes (refusing a wrong
+# one with BadDigest) and returns it on HEAD with ChecksumMode=ENABLED: then that checksum is
+# evidence of the stored bytes; otherwise they are read back and hashed.
+DEFAULT_VERIFIES_CHECKSUMS = {"minio": True, "s3": True, "supabase": False}
 CDN_PROVIDERS = ("cloudflare", "cloudfront", "azure", "varnish")
 BUCKET_NAME = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 
@@ -327,11 +336,21 @@ class StorageProviderSettings:
     public_bucket: bool = False  # this provider serves the published samples (csl.storage.publication)
     published_bucket: str | None = None  # where: the public-read copies; default "<bucket>-published"
     request_checksum_calculation: str | None = None  # when boto3 adds upload checksums; None: the kind's default
+    listing_order: str | None = None  # "path" or "byte" (LISTING_ORDERS); None: the kind's default
+    verifies_checksums: bool | None = None  # its SHA-256 upload checksums are evidence; None: the kind's default
 
     def __post_init__(self) -> None:
         prefix = self.kind.upper()
         if self.kind not in STORAGE_KINDS:
             raise ConfigError("STORAGE_PROVIDER", f"expected one of {', '.join(STORAGE_KINDS)}, got {self.kind!r}")
+        if self.listing_order is None:
+            object.__setattr__(self, "listing_order", DEFAULT_LISTING_ORDER[self.kind])
+        if self.listing_order not in LISTING_ORDERS:
+            raise ConfigError(f"{prefix}_LISTING_ORDER", f"expected one of {', '.join(LISTING_ORDERS)}, "
+                              f"got {self.listing_order!r}")
+        if self.verifies_checksums is None:
+            object.__setattr__(self, "verifies_checksums", DEFAULT_VERIFIES_CHECKSUMS[self.kind])
+        _require_bool(f"{prefix}_VERIFIES_CHECKSUMS", self.verifies_checksums)
         if self.request_checksum_calculation is None:
             object.__setattr__(self, "request_checksum_calculation", DEFAULT_CHECKSUM_CALCULATION[self.kind])
         if self.request_checksum_calculation not in CHECKSUM_CALCULATIONS:
@@ -417,6 +436,11 @@ def _get(env: Mapping[str, str], name: str, default: str | None = None) -> str |
     return default if value is None or value == "" else value
 
 
+def _optional_bool(env: Mapping[str, str], name: str) -> bool | None:
+    value = _get(env, name)
+    return None if value is None else parse_bool(name, value)
+
+
 def _database_from_env(env: Mapping[str, str]) -> DatabaseSettings | None:
     url = _get(env, "DATABASE_URL")
     if url is None:
@@ -454,6 +478,8 @@ def provider_from_env(env: Mapping[str, str], *, name: str, kind: str) -> Storag
             public_bucket=parse_bool("MINIO_PUBLIC_BUCKET", _get(env, "MINIO_PUBLIC_BUCKET", "false")),
             published_bucket=_get(env, "MINIO_PUBLISHED_BUCKET"),
             request_checksum_calculation=_get(env, "MINIO_REQUEST_CHECKSUM_CALCULATION"),
+            listing_order=_get(env, "MINIO_LISTING_ORDER"),
+            verifies_checksums=_optional_bool(env, "MINIO_VERIFIES_CHECKSUMS"),
         )
     if kind == "s3":
         endpoint = _get(env, "S3_ENDPOINT")
@@ -470,6 +496,8 @@ def provider_from_env(env: Mapping[str, str], *, name: str, kind: str) -> Storag
             public_bucket=parse_bool("S3_PUBLIC_BUCKET", _get(env, "S3_PUBLIC_BUCKET", "false")),
             published_bucket=_get(env, "S3_PUBLISHED_BUCKET"),
             request_checksum_calculation=_get(env, "S3_REQUEST_CHECKSUM_CALCULATION"),
+            listing_order=_get(env, "S3_LISTING_ORDER"),
+            verifies_checksums=_optional_bool(env, "S3_VERIFIES_CHECKSUMS"),
         )
     if kind == "supabase":
         base = parse_http_url("SUPABASE_URL", _required(env, "SUPABASE_URL", why))
@@ -484,6 +512,8 @@ def provider_from_env(env: Mapping[str, str], *, name: str, kind: str) -> Storag
             region=_get(env, "SUPABASE_S3_REGION", region),
             force_path_style=True,
             request_checksum_calculation=_get(env, "SUPABASE_REQUEST_CHECKSUM_CALCULATION"),
+            listing_order=_get(env, "SUPABASE_LISTING_ORDER"),
+            verifies_checksums=_optional_bool(env, "SUPABASE_VERIFIES_CHECKSUMS"),
         )
     setting = "STORAGE_PROVIDER" if name == "primary" else "STORAGE_FALLBACK_PROVIDER"
     raise ConfigError(setting, f"expected one of {', '.join(STORAGE_KINDS)}, got {kind!r}")

@@ -10,7 +10,11 @@ backend in production):
   (minio|s3|supabase), ``force_path_style``, ``public_bucket`` (JSON booleans, or the strings
   true/false), ``published_bucket`` (the public copies' bucket; default ``<bucket>-published``),
   ``request_checksum_calculation`` (``when_supported`` | ``when_required``: whether boto3 adds a
-  checksum to every upload; default by provider, ``when_required`` for supabase)
+  checksum to every upload; default by provider, ``when_required`` for supabase),
+  ``listing_order`` (``path`` | ``byte``: the order the provider lists keys in; default by
+  provider, ``path`` for minio, ``byte`` for s3 and supabase), ``verifies_checksums`` (a bool:
+  the provider checks an upload's SHA-256 checksum and returns it on HEAD; default by provider,
+  true for minio and s3, false for supabase)
 - ``csl_cdn_edge``: type ``http``; host, port, schema (http/https); extra ``provider``,
   ``cache_ttl`` (whole seconds)
 
@@ -30,6 +34,7 @@ from airflow.sdk.exceptions import AirflowNotFoundException
 from csl.config import (
     CDN_PROVIDERS,
     CHECKSUM_CALCULATIONS,
+    LISTING_ORDERS,
     MAX_CACHE_TTL_S,
     MAX_REPLICA_LAG_S,
     STORAGE_KINDS,
@@ -55,7 +60,7 @@ DEFAULT_CONN_IDS = {
     "edge": "csl_cdn_edge",
 }
 STORAGE_EXTRA = ("endpoint_url", "region_name", "bucket", "provider", "force_path_style", "public_bucket",
-                 "published_bucket", "request_checksum_calculation")
+                 "published_bucket", "request_checksum_calculation", "listing_order", "verifies_checksums")
 EDGE_EXTRA = ("provider", "cache_ttl")
 _HOST_FORBIDDEN = set("@/?#[]:%\\")
 
@@ -149,7 +154,8 @@ def _storage(conn, name: str) -> StorageProviderSettings:
         raise ConfigError(_where(conn), "extra.bucket is required (a bucket name)")
     if not conn.login or not conn.password:
         raise ConfigError(_where(conn), "login and password (the access key pair) are required")
-    for key in ("provider", "region_name", "endpoint_url", "published_bucket", "request_checksum_calculation"):
+    for key in ("provider", "region_name", "endpoint_url", "published_bucket", "request_checksum_calculation",
+                "listing_order"):
         if key in extra and (not isinstance(extra[key], str) or not extra[key]):
             raise ConfigError(_where(conn, f"extra.{key}"), "expected a non-empty string")
     kind = extra.get("provider", "s3")
@@ -159,6 +165,11 @@ def _storage(conn, name: str) -> StorageProviderSettings:
     if checksums is not None and checksums not in CHECKSUM_CALCULATIONS:
         raise ConfigError(_where(conn, "extra.request_checksum_calculation"),
                           f"expected one of {', '.join(CHECKSUM_CALCULATIONS)}, got {checksums!r}")
+    order = extra.get("listing_order")
+    if order is not None and order not in LISTING_ORDERS:
+        raise ConfigError(_where(conn, "extra.listing_order"),
+                          f"expected one of {', '.join(LISTING_ORDERS)}, got {order!r}")
+    verifies = extra.get("verifies_checksums")
     endpoint = extra.get("endpoint_url")
     return StorageProviderSettings(
         name=name,
@@ -172,6 +183,9 @@ def _storage(conn, name: str) -> StorageProviderSettings:
         public_bucket=parse_bool(_where(conn, "extra.public_bucket"), extra.get("public_bucket", False)),
         published_bucket=extra.get("published_bucket"),
         request_checksum_calculation=extra.get("request_checksum_calculation"),
+        listing_order=order,
+        verifies_checksums=None if verifies is None else parse_bool(_where(conn, "extra.verifies_checksums"),
+                                                                    verifies),
     )
 
 

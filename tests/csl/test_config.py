@@ -177,6 +177,12 @@ def test_values_built_in_code_are_checked_too():
     # when boto3 adds upload checksums (issue 14): one of the two values botocore knows
     ({"MINIO_REQUEST_CHECKSUM_CALCULATION": "always"}, "MINIO_REQUEST_CHECKSUM_CALCULATION"),
     ({"MINIO_REQUEST_CHECKSUM_CALCULATION": "WHEN_REQUIRED "}, "MINIO_REQUEST_CHECKSUM_CALCULATION"),
+    # the order a provider lists in, and whether its SHA-256 upload checksums are evidence (issue 14)
+    ({"MINIO_LISTING_ORDER": "lexical"}, "MINIO_LISTING_ORDER"),
+    ({"SUPABASE_LISTING_ORDER": "Byte"}, "SUPABASE_LISTING_ORDER"),
+    ({"MINIO_VERIFIES_CHECKSUMS": "sometimes"}, "MINIO_VERIFIES_CHECKSUMS"),
+    ({"S3_LISTING_ORDER": "random", "STORAGE_FALLBACK_PROVIDER": "s3", "S3_BUCKET": "b",
+      "AWS_ACCESS_KEY_ID": "k", "AWS_SECRET_ACCESS_KEY": "s"}, "S3_LISTING_ORDER"),
 ])
 def test_ports_urls_and_bools_are_parsed_up_front(change, setting):
     with pytest.raises(ConfigError) as caught:
@@ -272,3 +278,31 @@ def test_upload_checksums_default_by_provider_and_can_be_set_per_provider():
                                 "SUPABASE_REQUEST_CHECKSUM_CALCULATION": "when_supported"})
     assert chosen.provider("primary").request_checksum_calculation == "when_required"
     assert chosen.provider("fallback").request_checksum_calculation == "when_supported"
+
+
+def test_listing_order_and_checksum_trust_default_by_provider_and_can_be_set_per_provider():
+    # SeaweedFS/MinIO list folder by folder ("path"), AWS S3 and Supabase in byte order; Supabase
+    # does not check an upload's SHA-256 checksum, so its copies are read back to be verified
+    s3 = {**BASE, "STORAGE_FALLBACK_PROVIDER": "s3", "S3_BUCKET": "b", "AWS_ACCESS_KEY_ID": "k",
+          "AWS_SECRET_ACCESS_KEY": "s"}
+    supabase = Settings.from_env(BASE)
+    assert (supabase.provider("primary").listing_order, supabase.provider("primary").verifies_checksums) == (
+        "path", True)
+    assert (supabase.provider("fallback").listing_order, supabase.provider("fallback").verifies_checksums) == (
+        "byte", False)
+    aws = Settings.from_env(s3).provider("fallback")
+    assert (aws.listing_order, aws.verifies_checksums) == ("byte", True)
+    chosen = Settings.from_env({**s3, "MINIO_LISTING_ORDER": "byte", "MINIO_VERIFIES_CHECKSUMS": "false",
+                                "S3_LISTING_ORDER": "path", "S3_VERIFIES_CHECKSUMS": "no"})
+    assert (chosen.provider("primary").listing_order, chosen.provider("primary").verifies_checksums) == (
+        "byte", False)
+    assert (chosen.provider("fallback").listing_order, chosen.provider("fallback").verifies_checksums) == (
+        "path", False)
+    chosen = Settings.from_env({**BASE, "SUPABASE_LISTING_ORDER": "path", "SUPABASE_VERIFIES_CHECKSUMS": "true"})
+    assert (chosen.provider("fallback").listing_order, chosen.provider("fallback").verifies_checksums) == (
+        "path", True)
+    # set in code: the value itself, checked like the environment's
+    with pytest.raises(ConfigError, match="MINIO_VERIFIES_CHECKSUMS"):
+        replace(supabase.provider("primary"), verifies_checksums="yes")
+    with pytest.raises(ConfigError, match="MINIO_LISTING_ORDER"):
+        replace(supabase.provider("primary"), listing_order="unicode")

@@ -52,7 +52,8 @@ for case in cases:
         s = settings_from_connections(max_replica_lag_s=case.get("lag", 30.0))
         p = s.provider("primary")
         out.append({"ok": {"force_path_style": p.force_path_style, "public_bucket": p.public_bucket,
-                           "checksums": p.request_checksum_calculation,
+                           "checksums": p.request_checksum_calculation, "order": p.listing_order,
+                           "verifies": p.verifies_checksums,
                            "cache_ttl_s": s.edge.cache_ttl_s, "edge": s.edge.base_url,
                            "lag": s.database.max_replica_lag_s, "url": repr(s.database)}})
     except ConfigError as exc:
@@ -64,9 +65,16 @@ print("RESULTS " + json.dumps(out))
 
 GOOD = [
     ("defaults", conns(), {"force_path_style": True, "public_bucket": False, "cache_ttl_s": 86400,
-                           "edge": "http://127.0.0.1:6081", "lag": 30.0, "checksums": "when_supported"}),
+                           "edge": "http://127.0.0.1:6081", "lag": 30.0, "checksums": "when_supported",
+                           "order": "path", "verifies": True}),
     ("supabase sends checksums only where required", conns(storage={"extra": {"provider": "supabase"}}),
-     {"checksums": "when_required"}),
+     {"checksums": "when_required", "order": "byte", "verifies": False}),
+    ("aws lists in byte order", conns(storage={"extra": {"provider": "s3"}}), {"order": "byte", "verifies": True}),
+    ("order and trust as set", conns(storage={"extra": {"provider": "s3", "listing_order": "path",
+                                                         "verifies_checksums": "false"}}),
+     {"order": "path", "verifies": False}),
+    ("trust as a JSON bool", conns(storage={"extra": {"provider": "supabase", "verifies_checksums": True}}),
+     {"order": "byte", "verifies": True}),
     ("checksums as set", conns(storage={"extra": {"request_checksum_calculation": "when_required"}}),
      {"checksums": "when_required"}),
     ("string false is false", conns(storage={"extra": {"force_path_style": "false", "public_bucket": "False"}}),
@@ -90,6 +98,10 @@ BAD = [
      "extra.request_checksum_calculation"),
     ("checksums not text", conns(storage={"extra": {"request_checksum_calculation": False}}),
      "extra.request_checksum_calculation"),
+    ("order unknown", conns(storage={"extra": {"listing_order": "lexical"}}), "extra.listing_order"),
+    ("order not text", conns(storage={"extra": {"listing_order": 1}}), "extra.listing_order"),
+    ("trust not a bool", conns(storage={"extra": {"verifies_checksums": "sometimes"}}), "extra.verifies_checksums"),
+    ("trust a number", conns(storage={"extra": {"verifies_checksums": 1}}), "extra.verifies_checksums"),
     ("endpoint with credentials", conns(storage={"extra": {"endpoint_url": "http://u:s3cret-ep@127.0.0.1:9000"}}),
      "extra.endpoint_url"),
     ("edge port out of range", conns(edge={"port": 70000}), "port"),

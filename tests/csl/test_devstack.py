@@ -324,3 +324,62 @@ def test_scram_verifier_is_what_postgresql_checks(stack):
             psycopg.connect(f"{base} password=wrong-{password}")
     finally:
         stack.psql("DROP ROLE IF EXISTS t_verifier")
+
+
+def _listening_addresses(port: int) -> set[str]:
+    """The local addresses that listen on TCP ``port`` (from /proc/net/tcp and tcp6)."""
+    import ipaddress
+
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            local, state = line.split()[1], line.split()[3]
+            address, _, hex_port = local.partition(":")
+            if state == "0A" and int(hex_port, 16) == port:  # LISTEN
+                raw = bytes.fromhex(address)
+                # the kernel prints each 32-bit word in host (little-endian) order
+                words = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))
+                found.add(str(ipaddress.ip_address(words)))
+    return found
+
+
+def test_the_test_stack_runs_motos_s3_server_on_loopback_by_pid(stack):
+    """moto's standalone S3 server (issue 14: a provider that lists in byte order) runs in its own
+    process group, listens on loopback only, is stopped by its pid and started again, and is
+    no platform provider: the env file does not name it."""
+    pid = stack.pid("moto")
+    assert pid is not None and os.getpgid(pid) == pid
+    port = stack.ports["moto"]
+    url = stack.urls()["moto"]
+    assert url == f"http://127.0.0.1:{port}" and devstack.http_status(url + "/") == 200
+    assert _listening_addresses(port) == {"127.0.0.1"}
+    assert stack.status()["moto"] == {"pid": pid, "running": True}
+    assert not [key for key, value in stack.env_values().items() if f":{port}" in value]
+    stack.stop("moto")
+    try:
+        assert stack.pid("moto") is None and not devstack.port_open(port)
+        with pytest.raises(ProcessLookupError):
+            os.killpg(pid, 0)  # nothing of its group is left
+    finally:
+        stack.start("moto")
+    assert devstack.http_status(url + "/") == 200 and stack.pid("moto") not in (None, pid)
+
+
+def test_moto_starts_only_when_asked(tmp_path, monkeypatch):
+    """`up` (the demo's) leaves moto out; `up --moto` (the test stack's) starts it after the rest."""
+    calls: list[str] = []
+    handle = Stack(tmp_path / "stack", tmp_path / "stack" / ".env")
+    for step in ("ensure_config", "pg_primary_up", "pg_replica_up", "write_env", "buckets_up", "edge_up",
+                 "moto_up", "airflow_up"):
+        monkeypatch.setattr(handle, step, lambda step=step: calls.append(step))
+    monkeypatch.setattr(handle, "s3_up", lambda service: calls.append(service))
+    handle.up(airflow=False)
+    assert "moto_up" not in calls
+    calls.clear()
+    handle.up(airflow=False, moto=True)
+    assert calls[-1] == "moto_up"
+    parsed = []
+    monkeypatch.setattr(devstack.Stack, "up", lambda self, **kw: parsed.append(kw))
+    assert devstack.main(["up", "--state", str(tmp_path / "s"), "--moto"]) == 0
+    assert devstack.main(["up", "--state", str(tmp_path / "s")]) == 0
+    assert parsed == [{"airflow": False, "moto": True}, {"airflow": False, "moto": False}]

@@ -6,10 +6,22 @@ to the *loose* cell of its folder (``samples/*``, ``*`` at the root). Cells come
 database and from delimiter listings of every provider, and are dealt out to shards.
 
 A shard sweeps its cells one at a time: the database inventory of the cell (a server-side
-cursor) and each provider's listing of the cell (1,000-key pages) are read **in the same key
-order and merged in one streaming pass**, so memory does not grow with the bucket. Each
-stream is checked to stay in order; a provider that lists in another order stops the shard
-with ``ListingOrderError`` rather than produce false findings.
+cursor) and each provider's listing of the cell (1,000-key pages) are read **in one key order
+and merged in one streaming pass**, so memory does not grow with the bucket. That merge order
+is ``SweepOptions.key_order`` ("path" by default); the database is queried in it. Each
+provider's listing is checked against the order the provider declares
+(``StorageProviderSettings.listing_order``, ``csl.storage.keyorder``): a listing that breaks
+its own order stops the shard with ``ListingOrderError`` naming the provider rather than
+produce false findings. A provider that lists in the other order (AWS S3 beside SeaweedFS) has
+each cell's listing brought into the merge order by a bounded external sort (in memory up to
+``keyorder.SORT_BUFFER`` entries, then sorted runs spilled to ``TMPDIR``); where the orders
+agree the listing streams straight into the merge.
+
+The inventory is read on the replica when ``csl.db`` routes reads there (healthy, within the
+lag bound) and the replica replays, within that bound, everything the primary had committed
+when the shard started (``inventory_connection``: its snapshot then holds it); else on the
+primary. Findings are always written on the primary. Each shard records which database served
+it (``inventory_from``), the sweep counts them.
 
 The database side is every reference column of ``csl.storage.references`` (samples, generation
 results, avatars), URL-form values normalised to keys. Findings
@@ -39,13 +51,16 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import psycopg
 from psycopg import sql
 
-from csl.errors import BadInput, ProblemFound, StorageError
+from csl.config import LISTING_ORDERS
+from csl.db import ReadRoute
+from csl.errors import BadInput, ProblemFound, ReplicaUnavailable, StorageError
 from csl.sqlfiles import load
 from csl.storage import (
     PRIMARY,
@@ -56,6 +71,7 @@ from csl.storage import (
     providers_for,
     reference_order,
 )
+from csl.storage.keyorder import ExternalSort, ListingOrderError, in_order, order_key
 from csl.storage.references import REFERENCE_COLUMNS, references_query
 
 __all__ = [
@@ -73,6 +89,7 @@ __all__ = [
     "discover_cells",
     "finish_planned",
     "finish_sweep",
+    "inventory_connection",
     "open_findings",
     "plan_shards",
     "plan_sweep",
@@ -87,7 +104,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 KINDS = ("missing", "orphan", "size_mismatch", "checksum_mismatch", "fallback_only")
-KEY_ORDERS = ("path", "byte")
+KEY_ORDERS = LISTING_ORDERS  # the merge orders: the same two a provider may list in
 # health probes, the cleanup's quarantine and temporary uploads are nobody's orphans
 DEFAULT_EXCLUDE = RESERVED_PREFIXES
 LOOKAHEAD = 2  # cells whose first listing page is fetched ahead of the merge
@@ -101,14 +118,10 @@ class ShardsFailed(ProblemFound):
     """Some shards of the sweep failed or never ran: the sweep is marked failed, its findings incomplete."""
 
 
-class ListingOrderError(ProblemFound):
-    """A stream came out of order: the merge would report false findings, so it stops."""
-
-
 @dataclass(frozen=True, kw_only=True)
 class SweepOptions:
     depth: int = 2
-    key_order: str = "path"
+    key_order: str = "path"  # the merge order; each provider's listing is brought into it
     deep_rate: float = 0.0
     prefix: str = ""
     exclude: tuple[str, ...] = DEFAULT_EXCLUDE
@@ -217,22 +230,25 @@ def plan_shards(cells: Sequence[str], shards: int) -> list[list[str]]:
 
 
 # -- the merge ----------------------------------------------------------------------------
-def _order_key(key_order: str) -> Callable[[str], Any]:
-    if key_order == "path":
-        return lambda key: key.split("/")
-    return lambda key: key
+def _order_hint(provider: StorageProvider) -> str:
+    """What to do about a provider whose listing broke the order it declares."""
+    return (f"; provider {provider.name!r} declares listing order {provider.settings.listing_order!r}: set "
+            f"{provider.settings.kind.upper()}_LISTING_ORDER (connection extra listing_order) to the order it "
+            "lists in ('path' for filer-backed stores such as SeaweedFS and MinIO, 'byte' for AWS S3)")
 
 
 class _Ordered:
-    """A key-sorted stream with one item of look-ahead that refuses to go backwards."""
+    """A key-sorted stream with one item of look-ahead that refuses to go backwards (``hint``:
+    what to do when it does)."""
 
     def __init__(self, name: str, items: Iterator[Any], key_of: Callable[[Any], str], order: Callable[[str], Any],
-                 *, allow_repeats: bool = False) -> None:
+                 *, allow_repeats: bool = False, hint: str = "") -> None:
         self.name = name
         self._items = items
         self._key_of = key_of
         self._order = order
         self._allow_repeats = allow_repeats
+        self._hint = hint
         self.head: Any = None
         self.head_order: Any = None
         self.advance()
@@ -247,9 +263,8 @@ class _Ordered:
         if previous is not None and (self.head_order < previous_order or
                                      (self.head_order == previous_order and not self._allow_repeats)):
             raise ListingOrderError(
-                f"{self.name} listed {self._key_of(self.head)!r} after {self._key_of(previous)!r}: not in the "
-                "sweep's key order; sweep with the other key_order ('path' for filer-backed stores such as "
-                "SeaweedFS/MinIO, 'byte' for AWS S3)")
+                f"{self.name} listed {self._key_of(self.head)!r} after {self._key_of(previous)!r}: "
+                f"not in order{self._hint}")
 
     def take(self, order_value: Any) -> list[Any]:
         taken = []
@@ -266,6 +281,12 @@ class _Tally:
     bytes: dict[str, int] = field(default_factory=dict)
     findings: dict[str, dict[str, int]] = field(default_factory=dict)
     deep_verified: int = 0
+    reordered: dict[str, dict[str, int]] = field(default_factory=dict)  # provider: entries, spilled_runs
+
+    def add_reordered(self, provider: str, sort: ExternalSort) -> None:
+        per = self.reordered.setdefault(provider, {"entries": 0, "spilled_runs": 0})
+        per["entries"] += sort.entries
+        per["spilled_runs"] += sort.spilled_runs
 
     def add_finding(self, kind: str, provider: str) -> None:
         per = self.findings.setdefault(kind, {})
@@ -391,14 +412,27 @@ class _Classifier:
 
 
 def _db_stream(conn: psycopg.Connection, providers: Sequence[StorageProvider], cells: Sequence[str],
-               options: SweepOptions) -> Iterator[tuple]:
+               options: SweepOptions, *, served_by: str = "primary") -> Iterator[tuple]:
+    """The inventory of ``cells`` in the merge order. A read the replica gives up on (a conflict
+    with recovery cancels it, the replica goes away) is ``ReplicaUnavailable``: the shard can
+    be swept again with the inventory from the primary."""
     query = sql.SQL(load("storage/inventory.sql")).format(
         order=sql.Identifier("parts" if options.key_order == "path" else "key"),
         refs=references_query(options.references))
-    with conn.cursor(name="csl_inventory") as cur:
-        cur.itersize = 5000
-        cur.execute(query, {**options.query_params(providers), "cells": list(cells)})
-        yield from cur
+    try:
+        with conn.cursor(name="csl_inventory") as cur:
+            cur.itersize = 5000
+            cur.execute(query, {**options.query_params(providers), "cells": list(cells)})
+            yield from cur
+    except psycopg.OperationalError as exc:
+        if served_by != "replica":
+            raise
+        raise ReplicaUnavailable(f"replica: the inventory read failed: {_one_line(exc)}") from exc
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
 
 
 def _cell_list_args(cell: str, options: SweepOptions) -> tuple[str, str | None]:
@@ -430,16 +464,51 @@ def _cell_listing(provider: StorageProvider, cell: str, options: SweepOptions, t
         tally.bytes[name] = tally.bytes.get(name, 0) + size
 
 
+def _key_of_object(info: ObjectInfo) -> str:
+    return info.key
+
+
 def _merge_cell(cell: str, db_rows: Iterator[tuple], providers: Sequence[StorageProvider], options: SweepOptions,
                 classifier: _Classifier, tally: _Tally, *, firsts: dict[str, Any] | None = None,
                 executor: Any = None) -> None:
-    order = _order_key(options.key_order)
-    firsts = firsts or {}
-    streams = [_Ordered("database", db_rows, lambda r: r[1], order, allow_repeats=True)]
-    streams += [_Ordered(f"provider {p.name!r}",
-                         _cell_listing(p, cell, options, tally, first=firsts.get(p.name), executor=executor),
-                         lambda o: o.key, order)
-                for p in providers]  # reference_order, like the classifier's
+    with ExitStack() as sorts:
+        reordered = _merge_streams(cell, db_rows, providers, options, classifier, tally, firsts=firsts or {},
+                                   executor=executor, sorts=sorts)
+        for name, sort in reordered:
+            tally.add_reordered(name, sort)
+
+
+def _provider_stream(provider: StorageProvider, cell: str, options: SweepOptions, tally: _Tally, *, first: Any,
+                     executor: Any, sorts: ExitStack) -> tuple[Iterator[ObjectInfo], ExternalSort | None]:
+    """A provider's listing of ``cell`` in the merge order, checked against the provider's own
+    order; sorted (bounded, ``ExternalSort``) only when the two orders differ in this cell."""
+    listing = _cell_listing(provider, cell, options, tally, first=first, executor=executor)
+    declared = provider.settings.listing_order
+    # a loose cell is listed with a delimiter: its keys differ only after their last "/", where
+    # path order is byte order, so its listing is in both orders or in neither
+    if declared == options.key_order or cell.endswith("*"):
+        return listing, None
+    checked = in_order(listing, order=declared, key_of=_key_of_object, name=f"provider {provider.name!r}",
+                       hint=_order_hint(provider))
+    merge_key = order_key(options.key_order)
+    sort = sorts.enter_context(ExternalSort(key=lambda info: merge_key(info.key), name=f"provider {provider.name!r}",
+                                            make=ObjectInfo._make))
+    return sort(checked), sort
+
+
+def _merge_streams(cell: str, db_rows: Iterator[tuple], providers: Sequence[StorageProvider], options: SweepOptions,
+                   classifier: _Classifier, tally: _Tally, *, firsts: dict[str, Any], executor: Any,
+                   sorts: ExitStack) -> list[tuple[str, ExternalSort]]:
+    order = order_key(options.key_order)
+    streams = [_Ordered("the database inventory", db_rows, lambda r: r[1], order, allow_repeats=True,
+                        hint=f" (the sweep's key order, {options.key_order!r})")]
+    reordered = []
+    for p in providers:  # reference_order, like the classifier's
+        listing, sort = _provider_stream(p, cell, options, tally, first=firsts.get(p.name), executor=executor,
+                                         sorts=sorts)
+        if sort is not None:
+            reordered.append((p.name, sort))
+        streams.append(_Ordered(f"provider {p.name!r}", listing, _key_of_object, order, hint=_order_hint(p)))
     database, listings = streams[0], streams[1:]
     names = [p.name for p in providers]
     while True:
@@ -448,7 +517,7 @@ def _merge_cell(cell: str, db_rows: Iterator[tuple], providers: Sequence[Storage
             if stream.head is not None and (current is None or stream.head_order < current):
                 current = stream.head_order
         if current is None:
-            return
+            break
         refs = database.take(current) if database.head is not None and database.head_order == current else []
         tally.db_refs += len(refs)
         held = {}
@@ -460,6 +529,7 @@ def _merge_cell(cell: str, db_rows: Iterator[tuple], providers: Sequence[Storage
                 held[name] = info
                 key = info.key
         classifier.key(key, refs, held)
+    return reordered
 
 
 def _cell_rows(rows: Iterator[tuple]) -> Iterator[tuple[str, Iterator[tuple]]]:
@@ -545,20 +615,92 @@ CREATE TEMP TABLE shard_findings (
 """
 
 
+InventoryConnect = Callable[[], AbstractContextManager[tuple[psycopg.Connection, ReadRoute]]]
+
+
+# the snapshot a replica's inventory read sees holds every transaction the primary committed
+# before %s (its WAL position when the shard started) once the replica has replayed up to it
+_CAUGHT_UP_SQL = "SELECT pg_is_in_recovery(), pg_last_wal_replay_lsn() >= %s::pg_lsn"
+
+
+@contextmanager
+def inventory_connection(db: Any, *, replica: bool = True) -> Iterator[tuple[psycopg.Connection, ReadRoute]]:
+    """The connection a shard reads its inventory on, and where it goes (``ReadRoute.target``).
+
+    The replica when ``db.read_route()`` (a ``csl.db.Database``) sends reads there and the
+    replica replays, within ``max_replica_lag_s``, up to the primary's WAL position of now: its
+    snapshot (REPEATABLE READ, taken right then) then holds everything committed on the primary
+    before the shard started, and is at most that old (``ReadRoute.lag_s``: the seconds it took).
+    Else the primary; ``replica=False``: always. Findings are written on the primary in the
+    same shard: the bound is what keeps the two views close."""
+    route = db.read_route() if replica else ReadRoute("primary", "asked for the primary")
+    conn = None
+    if route.target == "replica":
+        conn, route = _replica_snapshot(db)
+    if conn is None:
+        conn = db.connect_direct(autocommit=False)
+    with conn:
+        yield conn, route
+
+
+def _replica_snapshot(db: Any) -> tuple[psycopg.Connection | None, ReadRoute]:
+    """A replica connection in a REPEATABLE READ transaction whose snapshot has caught up with
+    the primary's WAL position of now, or (None, why not)."""
+    bound = db.settings.max_replica_lag_s
+    conn = None
+    try:
+        with db.connect_direct() as primary:
+            (position,) = primary.execute("SELECT pg_current_wal_lsn()::text").fetchone()
+        started = time.monotonic()
+        conn = db.connect_direct("replica", autocommit=True)
+        while True:
+            in_recovery, caught_up = conn.execute(_CAUGHT_UP_SQL, (position,)).fetchone()
+            waited = time.monotonic() - started
+            if not in_recovery or caught_up or waited > bound:
+                break
+            time.sleep(0.02)
+        if in_recovery and caught_up:
+            conn.autocommit = False
+            conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+            in_recovery, caught_up = conn.execute(_CAUGHT_UP_SQL, (position,)).fetchone()  # takes the snapshot
+    except (psycopg.Error, OSError) as exc:
+        if conn is not None:
+            conn.close()
+        return None, ReadRoute("primary", f"replica unavailable: {_one_line(exc)}")
+    if not in_recovery or not caught_up:
+        conn.close()
+        why = ("not in recovery: not a standby" if not in_recovery
+               else f"it had not replayed the primary's WAL position {position} after {bound:g}s")
+        return None, ReadRoute("primary", f"replica unavailable for the inventory: {why}", round(waited, 3))
+    return conn, ReadRoute("replica", f"replica caught up with the primary in {waited:.3f}s", round(waited, 3))
+
+
+def _on_primary(connect: Callable[[], Any]) -> InventoryConnect:
+    @contextmanager
+    def inventory() -> Iterator[tuple[psycopg.Connection, ReadRoute]]:
+        with connect() as conn:
+            yield conn, ReadRoute("primary", "the writer's database")
+    return inventory
+
+
 def sweep_shard(connect: Callable[[], Any], providers: Sequence[StorageProvider], *, sweep_id: int, shard: int,
-                cells: Sequence[str], options: SweepOptions) -> ShardSummary:
+                cells: Sequence[str], options: SweepOptions,
+                inventory: InventoryConnect | None = None) -> ShardSummary:
     """Sweep ``cells`` and write their findings in one transaction; returns the shard summary.
 
-    ``connect()`` returns a context manager yielding a psycopg connection; two are used (the
-    inventory cursor and the staging writer)."""
+    ``connect()`` returns a context manager yielding a psycopg connection to the primary (the
+    staging writer). ``inventory()`` one yielding (connection, ``ReadRoute``) for the inventory
+    cursor (``inventory_connection``); without it the inventory is read on a second
+    ``connect()``. The summary's ``inventory_from`` says which database served it."""
     if not providers:
         raise SweepError("no storage providers configured")
     providers = reference_order(providers)
     names = [p.name for p in providers]
     started = time.perf_counter()
     tally = _Tally()
-    with connect() as read_conn, connect() as write_conn:
-        read_conn.autocommit = False
+    with (inventory or _on_primary(connect))() as (read_conn, route), connect() as write_conn:
+        if read_conn.autocommit:  # a replica's is in its snapshot's transaction already
+            read_conn.autocommit = False
         write_conn.autocommit = False
         row = write_conn.execute("SELECT providers FROM csl_ops.storage_sweeps WHERE id = %s", (sweep_id,)).fetchone()
         if row is None or sorted(row[0]) != sorted(names):
@@ -579,8 +721,8 @@ def sweep_shard(connect: Callable[[], Any], providers: Sequence[StorageProvider]
 
             classifier = _Classifier(providers, emit, tally, deep_rate=options.deep_rate,
                                      salt=str(sweep_id), recheck=recheck)
-            inventory = _cell_rows(_db_stream(read_conn, providers, cells, options))
-            pending = next(inventory, None)
+            by_cell = _cell_rows(_db_stream(read_conn, providers, cells, options, served_by=route.target))
+            pending = next(by_cell, None)
             # the first page of the next cells' listings is fetched while this cell is merged:
             # the server's time overlaps ours, and at most LOOKAHEAD pages per provider wait
             first_pages: dict[tuple[int, str], Any] = {}
@@ -601,18 +743,20 @@ def sweep_shard(connect: Callable[[], Any], providers: Sequence[StorageProvider]
                         rows = pending[1]
                     _merge_cell(cell, rows, providers, options, classifier, tally, firsts=firsts, executor=pool)
                     if pending is not None and pending[0] == cell:
-                        pending = next(inventory, None)
+                        pending = next(by_cell, None)
                 for future in first_pages.values():
                     future.cancel()
         read_conn.rollback()
         new, refreshed = write_conn.execute(load("storage/apply_findings.sql"), {"sweep": sweep_id}).fetchone()
         closed = write_conn.execute(load("storage/close_findings.sql"),
                                     {"sweep": sweep_id, "cells": list(cells), "prefix": options.prefix,
-                                     "providers": names}).rowcount
+                                     "providers": names, "kinds": list(KINDS)}).rowcount
         summary = ShardSummary(shard=shard, providers=names, cells=len(cells), db_refs=tally.db_refs,
                                listed=tally.listed, bytes=tally.bytes, findings=tally.findings, new=new,
                                still_open=refreshed, closed=closed, deep_verified=tally.deep_verified,
-                               duration_s=round(time.perf_counter() - started, 3))
+                               duration_s=round(time.perf_counter() - started, 3), inventory_from=route.target,
+                               inventory_lag_s=route.lag_s if route.target == "replica" else None,
+                               reordered=tally.reordered)
         write_conn.execute(
             "INSERT INTO csl_ops.storage_sweep_shards (sweep_id, shard, cells, providers, status, summary) "
             "VALUES (%s, %s, %s, %s, 'done', %s) ON CONFLICT (sweep_id, shard) DO UPDATE SET status = 'done', "
@@ -620,22 +764,34 @@ def sweep_shard(connect: Callable[[], Any], providers: Sequence[StorageProvider]
             "finished_at = now()",
             (sweep_id, shard, list(cells), names, json.dumps(summary.as_dict())))
         write_conn.commit()
-    log.info("sweep %s shard %s: %s cells, %s references, listed %s, findings %s (new %s, closed %s) in %.1fs",
-             sweep_id, shard, len(cells), tally.db_refs, tally.listed, tally.findings, new, closed,
-             summary.duration_s)
+    log.info("sweep %s shard %s: %s cells, %s references (inventory from the %s: %s), listed %s%s, findings %s "
+             "(new %s, closed %s) in %.1fs", sweep_id, shard, len(cells), tally.db_refs, route.target, route.reason,
+             tally.listed, f" (brought into {options.key_order} order: {tally.reordered})" if tally.reordered else "",
+             tally.findings, new, closed, summary.duration_s)
     return summary
 
 
 def sweep_and_record(db: Any, providers: Sequence[StorageProvider], shard: Mapping[str, Any], *,
                      options: SweepOptions) -> ShardSummary:
     """Sweep one shard item of a ``SweepPlan`` (``{"sweep_id", "shard", "cells"}``) on ``db``
-    (a ``csl.db.Database``). A shard that fails (a provider down or refusing, a listing out of
-    order, a sweep planned for other providers) is recorded as failed (``finish_sweep`` names
-    it) and its error raised again."""
+    (a ``csl.db.Database``): the inventory from the replica when it is healthy and within the
+    lag bound, else from the primary (``inventory_connection``; a replica that gives up midway
+    means the shard is swept again from the primary); findings written on the primary. A shard
+    that fails (a provider down or refusing, a listing out of order, a sweep planned for other
+    providers) is recorded as failed (``finish_sweep`` names it) and its error raised again."""
     sweep_id, number, cells = shard["sweep_id"], shard["shard"], shard["cells"]
-    try:
+
+    def sweep(replica: bool) -> ShardSummary:
         return sweep_shard(lambda: db.connect_direct(autocommit=False), providers, sweep_id=sweep_id, shard=number,
-                           cells=cells, options=options)
+                           cells=cells, options=options, inventory=lambda: inventory_connection(db, replica=replica))
+
+    try:
+        try:
+            return sweep(replica=True)
+        except ReplicaUnavailable as exc:  # nothing was written: the shard again, read on the primary
+            log.warning("sweep %s shard %s: %s; sweeping it again with the inventory from the primary",
+                        sweep_id, number, exc)
+            return sweep(replica=False)
     except (StorageError, ListingOrderError, SweepError) as exc:
         with db.connect_direct() as conn:
             record_shard_failure(conn, sweep_id=sweep_id, shard=number, cells=cells, error=exc)
@@ -657,7 +813,8 @@ def finish_sweep(conn: psycopg.Connection, *, sweep_id: int, shards: int, all_ce
                  options: SweepOptions) -> SweepSummary:
     """Aggregate the shards. When every shard is done, findings in cells that no longer exist
     anywhere are closed too (those the swept providers can judge); otherwise the sweep is
-    marked failed and the failures named (``SweepSummary.check`` raises them)."""
+    marked failed and the failures named (``SweepSummary.check`` raises them). Only findings of
+    the sweep's ``KINDS`` are ever closed by it (replication closes its own conflicts)."""
     rows = conn.execute("SELECT shard, status, summary, error FROM csl_ops.storage_sweep_shards "
                         "WHERE sweep_id = %s ORDER BY shard", (sweep_id,)).fetchall()
     done = [r for r in rows if r[1] == "done"]
@@ -666,7 +823,7 @@ def finish_sweep(conn: psycopg.Connection, *, sweep_id: int, shards: int, all_ce
     summary: dict[str, Any] = {"sweep_id": sweep_id, "shards": shards, "shards_done": len(done),
                                "cells": len(all_cells), "db_refs": 0, "listed": {}, "bytes": {},
                                "findings": {}, "new": 0, "closed": 0, "deep_verified": 0, "failed": failed,
-                               "not_run": missing_shards}
+                               "not_run": missing_shards, "inventory_from": {}, "reordered": {}}
     for _, _, s, _ in done:
         for name in ("db_refs", "new", "closed", "deep_verified"):
             summary[name] += s[name]
@@ -677,13 +834,20 @@ def finish_sweep(conn: psycopg.Connection, *, sweep_id: int, shards: int, all_ce
             agg = summary["findings"].setdefault(kind, {})
             for provider, n in per.items():
                 agg[provider] = agg.get(provider, 0) + n
+        served_by = s.get("inventory_from")  # shards recorded before issue 14 do not say
+        if served_by:
+            summary["inventory_from"][served_by] = summary["inventory_from"].get(served_by, 0) + 1
+        for provider, per in s.get("reordered", {}).items():
+            agg = summary["reordered"].setdefault(provider, {"entries": 0, "spilled_runs": 0})
+            for name, n in per.items():
+                agg[name] = agg.get(name, 0) + n
     ok = not failed and not missing_shards
     if ok:
         summary["closed"] += conn.execute(
             "UPDATE csl_ops.storage_findings f SET resolved_at = now(), resolved_sweep_id = s.id "
-            "FROM csl_ops.storage_sweeps s WHERE s.id = %s AND f.resolved_at IS NULL "
+            "FROM csl_ops.storage_sweeps s WHERE s.id = %s AND f.resolved_at IS NULL AND f.kind = ANY(%s) "
             "AND starts_with(f.object_key, %s) AND NOT (f.cell = ANY(%s)) AND f.depends_on <@ s.providers",
-            (sweep_id, options.prefix, list(all_cells))).rowcount
+            (sweep_id, list(KINDS), options.prefix, list(all_cells))).rowcount
     duration, summary["providers"] = conn.execute(
         "SELECT extract(epoch FROM clock_timestamp() - started_at), providers FROM csl_ops.storage_sweeps "
         "WHERE id = %s", (sweep_id,)).fetchone()
@@ -757,7 +921,9 @@ def run_sweep(settings: Any, *, run_key: str, shards: int = 4, workers: int = 2,
 @dataclass(frozen=True, kw_only=True)
 class ShardSummary:
     """One swept shard: what was listed and found in its cells (``as_dict()``: the XCom ``shard``
-    and the ``csl_ops.storage_sweep_shards`` summary)."""
+    and the ``csl_ops.storage_sweep_shards`` summary). ``inventory_from`` names the database the
+    inventory was read on; ``reordered`` the providers whose listings were brought into the
+    sweep's key order (entries sorted, runs spilled to disk)."""
 
     shard: int
     providers: list[str]
@@ -771,6 +937,9 @@ class ShardSummary:
     closed: int
     deep_verified: int
     duration_s: float
+    inventory_from: str = "primary"  # the database that served the inventory: "replica" or "primary"
+    inventory_lag_s: float | None = None  # the replica's: seconds it took to replay the primary's position
+    reordered: dict[str, dict[str, int]] = field(default_factory=dict)  # provider: entries, spilled_runs
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -779,7 +948,9 @@ class ShardSummary:
 @dataclass(frozen=True, kw_only=True)
 class SweepSummary:
     """A finished (or failed) sweep: totals per finding kind and provider, bytes, duration, and
-    the shards that failed (``failed``: recorded failures; ``not_run``: shards with no record).
+    the shards that failed (``failed``: recorded failures; ``not_run``: shards with no record),
+    how many shards' inventories the replica and the primary served (``inventory_from``) and
+    the listings brought into the sweep's key order (``reordered``).
     ``as_dict()`` is the XCom ``summary`` and the run record's outcome; ``errors`` (shards that
     failed in ``run_sweep``) appears in it only when there are some."""
 
@@ -799,6 +970,8 @@ class SweepSummary:
     providers: list[str]
     duration_s: float
     open_findings: dict[str, int]
+    inventory_from: dict[str, int] = field(default_factory=dict)  # shards whose inventory each database served
+    reordered: dict[str, dict[str, int]] = field(default_factory=dict)  # provider: entries, spilled_runs
     errors: list[dict[str, Any]] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:

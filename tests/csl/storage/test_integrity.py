@@ -37,9 +37,9 @@ def _sweep(settings, **options) -> integrity.SweepSummary:
     return summary
 
 
-def test_every_seeded_defect_is_found_and_nothing_else(platform, settings):
+def _seeded_defects(platform) -> set[tuple[str, str, str]]:
     d = platform["defects"]
-    expected = (
+    return (
         {("missing", k, p) for k in d["missing"] for p in ("primary", "fallback")}
         | {("missing", k, "fallback") for k in d["unreplicated"]}
         | {("fallback_only", k, "fallback") for k in d["fallback_only"]}
@@ -47,6 +47,11 @@ def test_every_seeded_defect_is_found_and_nothing_else(platform, settings):
         | {("size_mismatch", k, "fallback") for k in d["truncated"]}
         | {("orphan", k, "primary") for k in d["orphan"]}
     )
+
+
+def test_every_seeded_defect_is_found_and_nothing_else(platform, settings):
+    d = platform["defects"]
+    expected = _seeded_defects(platform)
     summary = _sweep(settings)
     assert summary.shards_done == summary.shards == 4 and not summary.failed
     assert _open(settings) == expected
@@ -142,21 +147,32 @@ def test_a_provider_down_mid_sweep_fails_its_shards_by_name_and_writes_nothing(p
     assert summary.not_run == [1]
 
 
-def test_a_listing_out_of_the_sweeps_key_order_is_refused_not_misreported(platform, settings, providers):
+def test_a_listing_out_of_its_providers_declared_order_is_refused_not_misreported(platform, settings, providers):
+    import dataclasses
+
     primary, _ = providers
     base = f"ordertest/{uuid.uuid4().hex[:8]}/"
     keys = [base + "a/b.wav", base + "a-b.wav"]  # SeaweedFS lists a/b.wav first; byte order puts a-b.wav first
     for key in keys:
         primary.put(key, b"RIFF")
+    # the primary declared as listing in byte order, which SeaweedFS does not: refused under either merge order
+    wrong = [StorageProvider(dataclasses.replace(settings.provider("primary"), listing_order="byte")), providers[1]]
     try:
-        with (pytest.raises(integrity.ListingOrderError, match="'primary'.*key_order"),
-              Database(settings.require_database()) as db, db.connect_direct() as conn):
-            options = SweepOptions(key_order="byte", prefix=base)
-            cells = integrity.discover_cells(conn, providers, options)
-            integrity.sweep_shard(lambda: db.connect_direct(autocommit=False), providers,
-                                  sweep_id=_sweep_id(db, providers), shard=0, cells=cells, options=options)
-        summary = _sweep(settings, prefix=base, key_order="path")
-        assert summary.findings == {"orphan": {"primary": 2}}
+        for key_order in ("byte", "path"):
+            with (pytest.raises(integrity.ListingOrderError,
+                                match=r"^provider 'primary' listed .*: not in (byte )?order; provider 'primary' "
+                                      r"declares listing order 'byte': set MINIO_LISTING_ORDER \(connection extra "
+                                      r"listing_order\)"),
+                  Database(settings.require_database()) as db, db.connect_direct() as conn):
+                options = SweepOptions(key_order=key_order, prefix=base)
+                cells = integrity.discover_cells(conn, wrong, options)
+                integrity.sweep_shard(lambda: db.connect_direct(autocommit=False), wrong,
+                                      sweep_id=_sweep_id(db, wrong), shard=0, cells=cells, options=options)
+        # declared rightly (path), a byte-order merge brings its listing into byte order
+        for key_order in ("byte", "path"):
+            summary = _sweep(settings, prefix=base, key_order=key_order)
+            assert summary.findings == {"orphan": {"primary": 2}}
+            assert set(summary.reordered) == ({"primary", "fallback"} if key_order == "byte" else set())
     finally:
         for key in keys:
             primary.delete(key)
@@ -376,3 +392,98 @@ def test_a_planned_sweep_records_its_failed_shard_and_fails_naming_it(platform, 
     assert summary.failed[0]["provider"] == "fallback" and summary.error.startswith("shard 1: storage provider")
     with pytest.raises(integrity.ShardsFailed, match=r"^1 of 2 shards did not sweep \(provider 'fallback' failed\)"):
         summary.check()
+
+
+# -- issue 14: the inventory read goes to the replica ------------------------------------------
+def _shard_records(settings, sweep_id: int) -> list[tuple[str, float | None]]:
+    with psycopg.connect(settings.database.primary_url) as conn:
+        return conn.execute("SELECT summary ->> 'inventory_from', (summary ->> 'inventory_lag_s')::float8 "
+                            "FROM csl_ops.storage_sweep_shards WHERE sweep_id = %s ORDER BY shard",
+                            (sweep_id,)).fetchall()
+
+
+def test_the_inventory_is_read_on_the_replica_and_with_it_stopped_on_the_primary(platform, settings,
+                                                                                service_down):
+    on_replica = _sweep(settings)
+    assert on_replica.inventory_from == {"replica": 4}
+    assert _open(settings) == _seeded_defects(platform)  # the replica's inventory gives the right findings
+    records = _shard_records(settings, on_replica.sweep_id)
+    assert [r[0] for r in records] == ["replica"] * 4 and all(0 <= r[1] < 30 for r in records)
+
+    service_down("pg-replica")
+    on_primary = _sweep(settings)
+    assert on_primary.inventory_from == {"primary": 4}
+    assert on_primary.findings == on_replica.findings and on_primary.new == on_primary.closed == 0
+    assert _open(settings) == _seeded_defects(platform)
+    assert _shard_records(settings, on_primary.sweep_id) == [("primary", None)] * 4
+    with psycopg.connect(settings.database.primary_url) as conn:
+        recorded = conn.execute("SELECT summary -> 'inventory_from' FROM csl_ops.storage_sweeps WHERE id = %s",
+                                (on_primary.sweep_id,)).fetchone()[0]
+    assert recorded == {"primary": 4}  # the sweep's own record says so too
+
+
+class _ReplicaRouted(Database):
+    """Reads routed to the replica whatever its state: what inventory_connection checks itself."""
+
+    def read_route(self, *, refresh: bool = False):
+        from csl.db import ReadRoute
+
+        return ReadRoute("replica", "routed there by the test", 0.0)
+
+
+def test_the_replica_serves_the_inventory_only_once_it_has_replayed_what_the_primary_committed(
+        platform, settings, stack):
+    import dataclasses
+
+    bounded = dataclasses.replace(settings.require_database(), max_replica_lag_s=1.0)
+    uid = str(uuid.uuid4())
+    stack.psql("SELECT pg_wal_replay_pause()", port_name="pg_replica")
+    try:
+        with psycopg.connect(settings.database.primary_url, autocommit=True) as conn:
+            conn.execute("INSERT INTO users (id, email) VALUES (%s, %s)", (uid, f"{uid}@example.org"))
+        with _ReplicaRouted(bounded) as db, integrity.inventory_connection(db) as (conn, route):
+            assert route.target == "primary" and "had not replayed the primary's WAL position" in route.reason
+            assert conn.execute("SELECT pg_is_in_recovery()").fetchone() == (False,)
+            assert route.lag_s >= 1.0  # it waited out the bound, no longer
+    finally:
+        stack.psql("SELECT pg_wal_replay_resume()", port_name="pg_replica")
+    try:
+        with _ReplicaRouted(bounded) as db, integrity.inventory_connection(db) as (conn, route):
+            assert route.target == "replica" and route.lag_s < 1.0
+            assert conn.execute("SELECT pg_is_in_recovery()").fetchone() == (True,)
+            # its snapshot holds what the primary committed before the read began
+            assert conn.execute("SELECT count(*) FROM users WHERE id = %s", (uid,)).fetchone() == (1,)
+    finally:
+        with psycopg.connect(settings.database.primary_url, autocommit=True) as conn:
+            conn.execute("DELETE FROM users WHERE id = %s", (uid,))
+
+
+def test_a_replica_that_gives_up_midway_means_the_shard_is_swept_again_from_the_primary(
+        platform, settings, providers, stack, monkeypatch):
+    from contextlib import contextmanager
+
+    real = integrity.inventory_connection
+    killed: list[int] = []
+
+    @contextmanager
+    def replica_that_dies(db, *, replica=True):
+        with real(db, replica=replica) as (conn, route):
+            if route.target == "replica":  # a conflict with recovery, a restart: the backend goes away
+                killed.append(conn.info.backend_pid)
+                stack.psql(f"SELECT pg_terminate_backend({int(killed[-1])})", port_name="pg_replica")
+            yield conn, route
+
+    options = SweepOptions.for_settings(settings, prefix="samples/0")
+    with Database(settings.require_database()) as db:
+        with db.connect_direct() as conn:
+            plan = integrity.plan_sweep(conn, list(providers), run_key=f"test-{uuid.uuid4()}", shards=1,
+                                        options=options)
+        straight = integrity.sweep_and_record(db, list(providers), plan.shards()[0], options=options)
+        assert straight.inventory_from == "replica"
+        monkeypatch.setattr(integrity, "inventory_connection", replica_that_dies)
+        again = integrity.sweep_and_record(db, list(providers), plan.shards()[0], options=options)
+        with db.connect_direct() as conn:
+            summary = integrity.finish_planned(conn, plan.as_dict(), options=options)
+    assert killed and again.inventory_from == "primary" and again.inventory_lag_s is None
+    assert again.findings == straight.findings and again.db_refs == straight.db_refs > 0
+    assert summary.inventory_from == {"primary": 1} and not summary.failed

@@ -94,7 +94,13 @@ def test_a_shard_summary_is_todays_dict():
                            bytes={"primary": 60}, findings={"orphan": {"primary": 1}}, new=1, still_open=0,
                            closed=0, deep_verified=0, duration_s=0.5)
     assert list(summary.as_dict()) == ["shard", "providers", "cells", "db_refs", "listed", "bytes", "findings",
-                                       "new", "still_open", "closed", "deep_verified", "duration_s"]
+                                       "new", "still_open", "closed", "deep_verified", "duration_s",
+                                       "inventory_from", "inventory_lag_s", "reordered"]
+    # issue 14: which database served the inventory, and the listings brought into the merge order
+    assert summary.as_dict()["inventory_from"] == "primary" and summary.as_dict()["reordered"] == {}
+    served = ShardSummary(**{**summary.as_dict(), "inventory_from": "replica", "inventory_lag_s": 0.0,
+                             "reordered": {"aws": {"entries": 9, "spilled_runs": 0}}})
+    assert served.as_dict()["inventory_from"] == "replica" and served.as_dict()["reordered"]["aws"]["entries"] == 9
 
 
 def _summary(**changes) -> SweepSummary:
@@ -109,7 +115,9 @@ def test_a_sweep_summary_is_todays_dict_with_errors_only_when_there_are_some():
     summary = _summary()
     assert list(summary.as_dict()) == ["sweep_id", "shards", "shards_done", "cells", "db_refs", "listed", "bytes",
                                        "findings", "new", "closed", "deep_verified", "failed", "not_run",
-                                       "providers", "duration_s", "open_findings"]
+                                       "providers", "duration_s", "open_findings", "inventory_from", "reordered"]
+    assert _summary(inventory_from={"replica": 2, "primary": 1}).as_dict()["inventory_from"] == {"replica": 2,
+                                                                                                 "primary": 1}
     errors = [{"shard": 0, "error": "down", "provider": "fallback"}]
     assert _summary(errors=errors).as_dict()["errors"] == errors
     assert summary.finding_counts == {"missing": 3}
