@@ -7,8 +7,9 @@ longer sees it.
 
 1. **plan** — key-prefix *cells* (`samples/0a/`, …) from the database and from each provider's
    delimiter listing, dealt out to `shards`.
-2. **sweep** — one mapped task per shard: the database inventory and every provider's listing
-   of each cell, read in the same key order and **merged in one streaming pass**. Findings:
+2. **sweep** — one mapped task per shard: the database inventory (on the read replica when it
+   is healthy and caught up) and every provider's listing of each cell, brought into one key
+   order and **merged in one streaming pass**. Findings:
    `missing`, `orphan`, `size_mismatch`, `checksum_mismatch`, `fallback_only`. Objects whose
    ETags disagree between providers, a `deep_sample` share of the rest and every open checksum
    finding are downloaded and hashed. A provider that is down fails its shards, naming it —
@@ -48,8 +49,9 @@ FINDINGS = Asset(name="csl_storage_findings")
         "prefix": Param(None, type=["null", "string"], pattern="^[^*]*$", maxLength=512,
                         description="Only keys under this prefix (empty = everything)."),
         "key_order": Param("path", type="string", enum=["path", "byte"],
-                           description="The providers' listing order: path (SeaweedFS, MinIO) or byte (AWS S3). "
-                                       "A provider listing in another order stops its shard, never misreports."),
+                           description="The merge order (path: SeaweedFS/MinIO, byte: AWS S3). Each provider's "
+                                       "listing is checked against its own declared listing order and brought into "
+                                       "this one; a listing that breaks its declared order stops its shard."),
         "depth": Param(2, type="integer", minimum=1, maximum=8, description="Key segments per cell."),
         "providers": Param([], type=["null", "array"], uniqueItems=True,
                            items={"type": "string", "pattern": "^[a-z0-9_-]+$"},

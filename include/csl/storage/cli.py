@@ -168,7 +168,7 @@ def add_cli(sub: Any) -> None:
     p.add_argument("--workers", type=number(int, 1, 32), default=2, help="shards at once (processes)")
     p.add_argument("--depth", type=number(int, 1, 8), default=2, help="key segments per cell")
     p.add_argument("--key-order", choices=("path", "byte"), default="path",
-                   help="the providers' listing order (path: SeaweedFS/MinIO, byte: AWS S3)")
+                   help="the merge order (each provider's listing is brought into it from its declared order)")
     p.add_argument("--run-key", help="the sweep's key (default: cli__<time>__<random>)")
     p.set_defaults(func=_cmd_sweep)
 

@@ -45,7 +45,7 @@ from typing import Any
 from psycopg import sql
 
 from csl.errors import BadInput, ProblemFound, ProviderUnavailable, StorageError
-from csl.storage.integrity import SweepOptions, cell_of, finish_sweep, plan_sweep
+from csl.storage.integrity import SweepOptions, cell_of, finish_sweep, inventory_connection, plan_sweep
 from csl.storage.providers import PRIMARY, PUBLISHED_PREFIXES, StorageProvider, configured_buckets, reference_order
 from csl.storage.references import REFERENCE_COLUMNS, references_query
 from csl.storage.transfer import (
@@ -74,7 +74,6 @@ __all__ = [
     "copy_shard",
     "decide",
     "finish_replication",
-    "inventory_connection",
     "plan_replication",
     "replicate",
     "resolve_mode",
@@ -363,47 +362,20 @@ def _inputs(conn: Any, options: ReplicationOptions, names: Sequence[str], sweep_
     return found
 
 
-def inventory_connection(db: Any, *, wait_s: float = 5.0) -> tuple[Any, str]:
-    """A connection for the database inventory and which server it is: the replica when it is
-    healthy, within the lag bound and has replayed everything the primary had written when we
-    asked (so the inventory is never older than the findings and queue rows just read from the
-    primary; waited for up to ``wait_s``), else the primary."""
-    import psycopg
-
-    route = db.read_route()
-    if route.target == "replica":
-        with db.connect_direct() as primary:
-            lsn = primary.execute("SELECT pg_current_wal_lsn()").fetchone()[0]
-        try:
-            conn = db.connect_direct("replica")
-        except psycopg.Error as exc:
-            log.warning("replica unusable for the inventory (%s): reading the primary", type(exc).__name__)
-        else:
-            deadline = time.monotonic() + wait_s
-            while True:
-                if conn.execute("SELECT pg_last_wal_replay_lsn() >= %s::pg_lsn", (lsn,)).fetchone()[0]:
-                    return conn, "replica"
-                if time.monotonic() > deadline:
-                    log.warning("replica has not replayed %s after %.0f s: reading the primary", lsn, wait_s)
-                    conn.close()
-                    break
-                time.sleep(0.05)
-    return db.connect_direct(), "primary"
-
-
 def _database_sizes(db: Any, keys: Sequence[str], buckets: Sequence[str]) -> tuple[dict[str, int | None], str]:
     """For each referenced key of ``keys``, the size the database knows (or None); which server
-    answered (``inventory_connection``)."""
+    answered: the sweep's ``inventory_connection`` (the replica once it has replayed what the
+    primary had written when asked, within the lag bound; else the primary)."""
     query = sql.SQL("SELECT r.key, max(r.size) FROM ({refs}) AS r JOIN unnest(%(keys)s::text[]) AS k (key) "
                     "ON k.key = r.key GROUP BY r.key").format(refs=references_query(REFERENCE_COLUMNS))
     sizes: dict[str, int | None] = {}
-    conn, served_by = inventory_connection(db)
-    with conn:
+    with inventory_connection(db) as (conn, route):
         for start in range(0, len(keys), 50_000):
             batch = list(keys[start:start + 50_000])
             for key, size in conn.execute(query, {"keys": batch, "buckets": list(buckets)}):
                 sizes[key] = size
-    return sizes, served_by
+        conn.rollback()
+    return sizes, route.target
 
 
 def _named(entry: _Inputs) -> tuple[dict[str, str], set[str]]:

@@ -158,10 +158,6 @@ def _read_full(body: Any, n: int) -> bytes:
     return b"".join(chunks)
 
 
-def _trusts_checksums(provider: StorageProvider) -> bool:
-    return bool(getattr(provider.settings, "verifies_checksums", False))
-
-
 def copy_object(source: StorageProvider, destination: StorageProvider, key: str, *, sha256: str,
                 threshold: int = 8 * MiB, on_copied: Callable[[str, int], None] | None = None) -> CopyOutcome:
     """Copy ``key`` from ``source`` to ``destination`` and prove it: the bytes read must hash
@@ -301,7 +297,7 @@ def verify_stored(provider: StorageProvider, key: str, *, sha256: str, size: int
         raise DestinationNotVerified(provider.name, key, f"{info.size} bytes, expected {size}")
     if info.sha256 != sha256:
         raise DestinationNotVerified(provider.name, key, f"its sha256 metadata is {info.sha256}, expected {sha256}")
-    if _trusts_checksums(provider) and info.checksum_sha256:
+    if provider.settings.verifies_checksums and info.checksum_sha256:
         stored = info.checksum_sha256
         if method == "put" and "-" not in stored and info.checksum_type != "COMPOSITE":
             if stored != _b64(bytes.fromhex(sha256)):

@@ -375,6 +375,8 @@ def test_multipart_copies_keep_headers_metadata_and_tags_and_one_endpoint_copies
     _, summary = world.run(multipart_threshold_mb=5)
     summary.check()
     assert summary.by_method == {"multipart": 1, "put": 1}
+    # SeaweedFS verifies upload checksums: its stored SHA-256 (single PUT) and composite (parts) are evidence
+    assert summary.by_verification == {"composite": 1, "checksum": 1}
     fallback = world.provider("fallback")
     head = fallback.client.head_object(Bucket=fallback.bucket, Key=key)
     assert (head["ContentType"], head["CacheControl"], head["ContentLength"]) == (
@@ -411,3 +413,88 @@ def test_the_inventory_is_read_on_the_replica_and_on_the_primary_when_it_is_down
     assert summary.verified == 1
     recorded = world.conn.execute("SELECT inventory_from FROM csl_ops.replication_runs ORDER BY id").fetchall()
     assert recorded == [("replica",), ("primary",)]
+
+
+def test_a_mixed_order_pair_is_diffed_and_replicated_with_no_false_finding(world, moto_settings):
+    """SeaweedFS (path order) and moto (byte order, like AWS S3) as the run's providers: keys
+    that sort differently in the two orders, a few copies missing on each side."""
+    mixed = dataclasses.replace(world.settings, storage=(world.settings.provider("primary"), moto_settings))
+    aws = StorageProvider(moto_settings)
+    names = ["a/b", "a-c", "a.d", "a0", "ab", "a~", "aé", "a/b/c", "x/y/z", "x-y", "A"]
+    bodies = {}
+    for i, name in enumerate(names):
+        body = os.urandom(2_000 + i)
+        key = world.key(name).removesuffix(".wav")
+        on = ("primary",) if i % 4 == 1 else ("aws",) if i % 4 == 2 else ("primary", "aws")
+        for where in on:
+            p = world.provider("primary") if where == "primary" else aws
+            p.client.put_object(Bucket=p.bucket, Key=key, Body=body, ContentType="audio/wav",
+                                Metadata={"sha256": _sha(body)})
+        world.conn.execute("UPDATE audio_samples SET file_url = %s, file_size = %s WHERE id = %s",
+                           (key, len(body), world.rows[i]))
+        bodies[key] = (body, on)
+    # the diff merges in path order: moto's byte-order listing is brought into it
+    plan, summary = replicate(mixed, run_key=f"t-mixed-dry-{world.tag}",
+                              options=ReplicationOptions(mode="diff", prefix=world.prefix, dry_run=True))
+    expected = {(k, "aws" if on == ("primary",) else "primary") for k, (_, on) in bodies.items() if len(on) == 1}
+    assert {(c.key, c.destination) for c in plan.copies} == expected and not plan.conflicts
+    _, summary = replicate(mixed, run_key=f"t-mixed-{world.tag}",
+                           options=ReplicationOptions(mode="diff", prefix=world.prefix))
+    summary.check()
+    assert summary.verified == len(expected) and summary.conflicts == 0
+    # moto does not verify upload checksums: its copies are read back; SeaweedFS's checksum is evidence
+    assert summary.by_verification == {"reread": sum(1 for _, d in expected if d == "aws"),
+                                       "checksum": sum(1 for _, d in expected if d == "primary")}
+    for key, (body, _) in bodies.items():
+        assert world.provider("primary").get(key) == body and aws.get(key) == body
+    for key_order in ("path", "byte"):  # the next sweep agrees, whichever order it merges in
+        after = integrity.run_sweep(mixed, run_key=f"sweep-mixed-{key_order}-{world.tag}", shards=1, workers=1,
+                                    options=integrity.SweepOptions(prefix=world.prefix, key_order=key_order,
+                                                                   deep_rate=1.0))
+        assert not after.failures and after.finding_counts == {}
+
+
+def test_a_source_whose_bytes_betray_its_metadata_is_never_copied(world):
+    """Nothing suspected it (no checksum finding, one copy): the copy itself finds the bytes do
+    not hash to the metadata, writes nothing, and leaves a conflict for a person."""
+    good = os.urandom(50_000)
+    bad = bytes([good[0] ^ 0xFF]) + good[1:]
+    key = world.sample(0, "rotten", good, on=("fallback",), meta={"fallback": bad, "fallback:claims": True})
+    big = world.sample(1, "rotten-big", b"", on=())  # row only; object below
+    body = os.urandom(11 << 20)
+    world.put("fallback", big, body[:-1] + bytes([body[-1] ^ 1]), sha256=_sha(body))
+    world.conn.execute("UPDATE audio_samples SET file_size = %s WHERE id = %s", (len(body), world.rows[1]))
+    for k, size in ((key, len(good)), (big, len(body))):
+        world.conn.execute(
+            "INSERT INTO csl_ops.replication_queue (object_key, source_provider, target_provider, reason, sha256, "
+            "size_bytes) VALUES (%s, 'fallback', 'primary', 'primary_unavailable', %s, %s)", (k, "0" * 64, size))
+    plan, summary = world.run(mode="queue", multipart_threshold_mb=5)
+    assert {c.key for c in plan.copies} == {key, big}  # the HEADs looked fine
+    assert summary.conflicts == 2 and summary.verified == 0
+    assert world.body("primary", key) is None and world.body("primary", big) is None  # no PUT, the upload aborted
+    primary = world.provider("primary")
+    assert primary.client.list_multipart_uploads(Bucket=primary.bucket).get("Uploads", []) == []
+    assert world.conn.execute("SELECT count(*) FROM csl_ops.replication_queue WHERE status = 'pending'").fetchone() == (2,)
+
+
+def test_the_destination_is_proven_not_assumed(world):
+    from csl.storage.transfer import DestinationNotVerified, verify_stored
+
+    body = os.urandom(10_000)
+    fallback = world.provider("fallback")
+    key = world.key("proof")
+    fallback.client.put_object(Bucket=fallback.bucket, Key=key, Body=body, ChecksumAlgorithm="SHA256",
+                               Metadata={"sha256": _sha(body)})
+    assert verify_stored(fallback, key, sha256=_sha(body), size=len(body), method="put") == "checksum"
+    assert verify_stored(fallback, key, sha256=_sha(body), size=len(body), method="existing") == "reread"
+    with pytest.raises(DestinationNotVerified, match="metadata"):
+        verify_stored(fallback, key, sha256="0" * 64, size=len(body), method="put")
+    with pytest.raises(DestinationNotVerified, match="bytes"):
+        verify_stored(fallback, key, sha256=_sha(body), size=len(body) + 1, method="put")
+    # bytes that differ from what the metadata claims, with no stored SHA-256 to go by: read back, refused
+    rotten = bytes([body[0] ^ 1]) + body[1:]
+    fallback.client.put_object(Bucket=fallback.bucket, Key=key, Body=rotten, Metadata={"sha256": _sha(body)})
+    with pytest.raises(DestinationNotVerified, match="hash"):
+        verify_stored(fallback, key, sha256=_sha(body), size=len(body), method="put")
+    with pytest.raises(DestinationNotVerified, match="not there"):
+        verify_stored(fallback, world.key("absent"), sha256=_sha(body), size=1, method="put")
