@@ -140,6 +140,7 @@ def _cmd_replicate(args: argparse.Namespace, settings: Any) -> int:
         if len(plan.copies) > 50:
             lines.append(f"… and {len(plan.copies) - 50} more (--json lists the first {plan.SHOWN})")
         lines += [f"CONFLICT {d.key}: {d.conflict}" for d in plan.conflicts[:50]]
+        lines += [f"not copied to {dest}: {key}: {why}" for key, dest, why in plan.blocked[:50]]
         totals = plan.totals()
         lines.append(f"dry run: {totals['objects']} objects ({totals['bytes']:,} bytes) to copy, "
                      f"{totals['in_place']} to prove in place, {totals['conflicts']} conflicts; nothing copied")

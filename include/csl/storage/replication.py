@@ -22,8 +22,8 @@ destination: source, size, reason. ``dry_run`` stops there; ``max_objects`` / ``
 refuse the run before anything is copied. Copies run ``concurrency`` at a time (one key per
 worker, its destinations in turn), streamed and verified (``csl.storage.transfer``): a row
 is ``copied`` when the bytes are written and ``verified`` when the destination is proven; in
-that same transaction its queue rows become ``done``. When every row of a key is verified,
-the key's findings are resolved by the run. A rerun of the run skips what is verified, checks
+that same transaction its queue rows become ``done`` and the findings about that copy are
+resolved by the run. A rerun of the run skips what is verified, checks
 in place what may have been written before a crash, and copies the rest. A provider that
 cannot answer stops the run naming it; what finished stays recorded.
 
@@ -198,6 +198,7 @@ class KeyDecision:
     copies_seen: Mapping[str, dict[str, Any]] = field(default_factory=dict)  # every provider's copy
     database_size: int | None = None
     unreferenced: bool = False
+    blocked: tuple[tuple[str, str], ...] = ()  # (destination, why) a copy the run's source cannot give
 
     def conflict_detail(self) -> dict[str, Any]:
         return {"reason": self.conflict, "database_size": self.database_size, "copies": dict(self.copies_seen)}
@@ -240,7 +241,8 @@ def decide(key: str, heads: Mapping[str, StoredObject | None], *, names: Sequenc
     good = [n for n in names if n in right]
     read_first = sorted(good, key=lambda n: (n not in digests, names.index(n)))  # proven first, then as given
     allowed_sources = [n for n in read_first if sources is None or n in sources]
-    copies = []
+    copies: list[PlannedCopy] = []
+    blocked: list[tuple[str, str]] = []
     for dest in names:
         if destinations is not None and dest not in destinations:
             continue
@@ -258,10 +260,15 @@ def decide(key: str, heads: Mapping[str, StoredObject | None], *, names: Sequenc
         else:
             reason, in_place = "corrupt", False  # its bytes do not hash to its metadata
         source = next((n for n in allowed_sources if n != dest), None)
+        if source is None and not in_place:
+            elsewhere = ", ".join(n for n in good if n != dest)
+            blocked.append((dest, (f"the right copy is on {elsewhere}, not on the allowed source "
+                                  f"{', '.join(sources or ())}")))
+            continue
         size = holders[source].size if source else head.size if head else None
         copies.append(PlannedCopy(key=key, destination=dest, source=source, reason=reason, size=size,
                                   sha256=truth, replaces=head is not None and not in_place, in_place=in_place))
-    return KeyDecision(**base, copies=tuple(copies))
+    return KeyDecision(**base, copies=tuple(copies), blocked=tuple(blocked))
 
 
 def needs_reading(heads: Mapping[str, StoredObject | None], *, database_size: int | None,
@@ -300,6 +307,7 @@ class ReplicationPlan:
     copies: list[PlannedCopy]
     conflicts: list[KeyDecision]
     unreferenced: list[str]
+    blocked: list[tuple[str, str, str]]  # (key, destination, why): outside the run's source
     cells: list[str]
     sweep_id: int | None
     inventory_from: str
@@ -315,13 +323,15 @@ class ReplicationPlan:
             reasons[c.reason] = reasons.get(c.reason, 0) + 1
         return {"objects": sum(1 for c in self.copies if not c.in_place), "bytes": self.bytes,
                 "in_place": sum(1 for c in self.copies if c.in_place), "by_reason": reasons,
-                "conflicts": len(self.conflicts), "unreferenced": len(self.unreferenced)}
+                "conflicts": len(self.conflicts), "unreferenced": len(self.unreferenced),
+                "blocked": len(self.blocked)}
 
     def as_dict(self) -> dict[str, Any]:
         return {"run_id": self.run_id, "mode": self.mode, "providers": self.providers, "dry_run": self.dry_run,
                 "sweep_id": self.sweep_id, "inventory_from": self.inventory_from, "cells": self.cells,
                 **self.totals(), "copies": [c.as_dict() for c in self.copies[:self.SHOWN]],
-                "conflict_keys": [{"key": d.key, **d.conflict_detail()} for d in self.conflicts[:self.SHOWN]]}
+                "conflict_keys": [{"key": d.key, **d.conflict_detail()} for d in self.conflicts[:self.SHOWN]],
+                "blocked_copies": [{"key": k, "destination": d, "why": why} for k, d, why in self.blocked[:self.SHOWN]]}
 
     def shards(self, count: int) -> list[dict[str, Any]]:
         """Contiguous runs of the plan's cells (as the sweep deals them out), one per copy task."""
@@ -447,10 +457,11 @@ def plan_replication(db: Any, providers: Sequence[StorageProvider], *, run_key: 
     copies = [c for d in decisions for c in d.copies]
     conflicts = [d for d in decisions if d.conflict]
     unreferenced = [d.key for d in decisions if d.unreferenced]
+    blocked = [(d.key, dest, why) for d in decisions for dest, why in d.blocked]
     cells = sorted({cell_of(c.key, DEPTH) for c in copies})
     plan = ReplicationPlan(run_id=run_id, mode=options.mode, providers=names, copies=copies, conflicts=conflicts,
-                           unreferenced=unreferenced, cells=cells, sweep_id=sweep_id, inventory_from=inventory_from,
-                           dry_run=options.dry_run)
+                           unreferenced=unreferenced, blocked=blocked, cells=cells, sweep_id=sweep_id,
+                           inventory_from=inventory_from, dry_run=options.dry_run)
     totals = plan.totals()
     refusal = None
     if totals["objects"] > options.max_objects:
@@ -514,9 +525,10 @@ def _write_plan(conn: Any, run_id: int, decisions: Sequence[KeyDecision], inputs
         log.info("replication run %s: %s unfinished rows of an earlier attempt are no longer needed", run_id, dropped)
     for d in decisions:
         entry = inputs[d.key]
-        finding_ids = [f[0] for f in entry.findings]
         for c in d.copies:
             queue_ids = [q for q, target in entry.queue if target == c.destination]
+            finding_ids = [f for f, kind, provider in entry.findings
+                           if provider == c.destination or (kind == "fallback_only" and c.destination == PRIMARY)]
             conn.execute(
                 "INSERT INTO csl_ops.replication_copies (run_id, object_key, cell, source, destination, reason, bytes, "
                 "sha256, replaces, status, queue_ids, finding_ids) "
@@ -623,8 +635,6 @@ class _Copier:
             except (StorageError, DestinationNotVerified) as exc:
                 self._update(row, status="failed", error=str(exc)[:2000])
                 self._count("failed", error=f"{row.key} → {row.destination}: {exc}")
-        with self.db.connection() as conn:
-            _settle_findings(conn, self.run_id, rows[0].key)
 
     def row(self, row: _Row) -> None:
         started = time.perf_counter()
@@ -678,6 +688,7 @@ class _Copier:
             conn.execute("UPDATE csl_ops.replication_queue q SET status = 'done', done_at = now(), "
                          "resolved_run_id = %s, attempts = q.attempts + 1, last_error = NULL FROM csl_ops.replication_copies c "
                          "WHERE c.id = %s AND q.id = ANY(c.queue_ids) AND q.status = 'pending'", (self.run_id, row.id))
+            _settle_findings(conn, self.run_id, row.id)
             if method is not None and dest.settings.published_bucket and row.key.startswith(PUBLISHED_PREFIXES):
                 _enqueue_purge(conn, dest, row.key, reason="replaced" if row.replaces else "restored",
                                run_key=self.run_key, edge_base_url=self.edge_base_url)
@@ -707,20 +718,17 @@ def _enqueue_purge(conn: Any, provider: StorageProvider, key: str, *, reason: st
         (provider.name, key, url, [f"obj:/{bucket}/{quote(key, safe='/~')}"], reason, run_key))
 
 
-def _settle_findings(conn: Any, run_id: int, key: str) -> int:
-    """When every row of ``key`` in the run is verified (or proven in place), the findings the
-    run started from, and those of the providers that got a verified copy, are resolved by it."""
+def _settle_findings(conn: Any, run_id: int, row_id: int) -> int:
+    """The findings a verified copy settles, resolved by the run: those its plan row started from,
+    and any other open one about its destination's copy of the key (missing, size or checksum
+    mismatch, an earlier conflict; ``fallback_only`` when the destination is the primary).
+    Findings about the key's other providers stay until their own copies are proven."""
     return conn.execute(
         "UPDATE csl_ops.storage_findings f SET resolved_at = now(), resolved_replication_id = %(run)s "
-        "WHERE f.resolved_at IS NULL AND f.object_key = %(key)s "
-        "AND NOT EXISTS (SELECT 1 FROM csl_ops.replication_copies c WHERE c.run_id = %(run)s "
-        "                AND c.object_key = %(key)s AND c.status NOT IN ('verified', 'skipped')) "
-        "AND (f.id IN (SELECT unnest(finding_ids) FROM csl_ops.replication_copies c "
-        "              WHERE c.run_id = %(run)s AND c.object_key = %(key)s) "
-        "     OR (f.kind = ANY(%(kinds)s) AND EXISTS (SELECT 1 FROM csl_ops.replication_copies c "
-        "         WHERE c.run_id = %(run)s AND c.object_key = %(key)s "
-        "         AND (c.destination = f.provider OR (f.kind = 'fallback_only' AND c.destination = %(primary)s)))))",
-        {"run": run_id, "key": key, "kinds": list(REPAIRABLE_KINDS), "primary": PRIMARY}).rowcount
+        "FROM csl_ops.replication_copies c WHERE c.id = %(row)s AND f.resolved_at IS NULL "
+        "AND f.object_key = c.object_key AND (f.id = ANY(c.finding_ids) OR (f.kind = ANY(%(kinds)s) AND "
+        "(f.provider = c.destination OR (f.kind = 'fallback_only' AND c.destination = %(primary)s))))",
+        {"run": run_id, "row": row_id, "kinds": [*REPAIRABLE_KINDS, CONFLICT], "primary": PRIMARY}).rowcount
 
 
 def copy_shard(db: Any, providers: Sequence[StorageProvider], item: Mapping[str, Any], *,
@@ -806,11 +814,8 @@ class ReplicationSummary:
 
 
 def finish_replication(conn: Any, run_id: int) -> ReplicationSummary:
-    """Settle what the copies proved and sum the run up; the run is ``done`` when every
-    planned row is final (a conflict is final: it waits for a person), else ``failed``."""
-    for (key,) in conn.execute("SELECT DISTINCT object_key FROM csl_ops.replication_copies WHERE run_id = %s",
-                               (run_id,)).fetchall():
-        _settle_findings(conn, run_id, key)
+    """Sum the run up: it is ``done`` when every planned row is final (a conflict is final: it
+    waits for a person), else ``failed``."""
     run = conn.execute("SELECT mode, providers, inventory_from, sweep_id, status, "
                        "extract(epoch FROM clock_timestamp() - started_at) FROM csl_ops.replication_runs "
                        "WHERE id = %s", (run_id,)).fetchone()

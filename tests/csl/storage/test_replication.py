@@ -498,3 +498,20 @@ def test_the_destination_is_proven_not_assumed(world):
         verify_stored(fallback, key, sha256=_sha(body), size=len(body), method="put")
     with pytest.raises(DestinationNotVerified, match="not there"):
         verify_stored(fallback, world.key("absent"), sha256=_sha(body), size=1, method="put")
+
+
+def test_a_run_limited_to_one_destination_resolves_only_the_findings_it_proved(world):
+    to_primary = world.sample(0, "to-primary", os.urandom(3_000), on=("fallback",))
+    to_fallback = world.sample(1, "to-fallback", os.urandom(3_000), on=("primary",))
+    world.sweep()
+    _, summary = world.run(destination="primary")
+    summary.check()
+    assert summary.verified == 1 and world.body("primary", to_primary) is not None
+    assert world.body("fallback", to_fallback) is None
+    assert world.open_findings() == {("missing", to_fallback, "fallback")}
+    # the only right copy is on the primary: a run that may copy only from the fallback cannot give it
+    plan, summary = world.run(source="fallback")
+    assert plan.blocked == [(to_fallback, "fallback", ("the right copy is on primary, not on the allowed source "
+                                                      "fallback"))]
+    assert summary.verified == summary.failed == summary.conflicts == 0
+    assert world.open_findings() == {("missing", to_fallback, "fallback")}

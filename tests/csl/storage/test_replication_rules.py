@@ -82,7 +82,8 @@ def test_source_and_destination_restrict_the_plan():
     d = plan(heads, destinations=["aws"])
     assert [c.destination for c in d.copies] == ["aws"]
     d = plan(heads, sources=["fallback"])  # the fallback holds nothing: no source to copy from
-    assert all(c.source is None for c in d.copies)
+    assert not d.copies and [dest for dest, _ in d.blocked] == ["fallback", "aws"]
+    assert "the right copy is on primary" in d.blocked[0][1]
 
 
 def test_without_a_database_size_disagreeing_copies_are_read_before_deciding():
