@@ -165,13 +165,16 @@ def test_a_sweep_never_closes_a_replication_conflict(mixed, settings):
     first = _sweep(mixed["settings"], prefix=base)
     gone_cell = base + "gone/"  # a cell no provider and no row has any more: finish_sweep's closing
     with psycopg.connect(settings.database.primary_url, autocommit=True) as conn:
+        # conflicts are a replication run's findings (the schema requires the run that found them)
+        run = conn.execute("INSERT INTO csl_ops.replication_runs (run_key, mode, providers) "
+                           "VALUES (%s, 'findings', '{primary}') RETURNING id", (f"test-{uuid.uuid4()}",)).fetchone()[0]
         conn.execute(
             "INSERT INTO csl_ops.storage_findings (kind, object_key, provider, cell, detail, depends_on, "
-            "first_sweep_id, last_sweep_id) VALUES "
-            "('replication_conflict', %(k1)s, 'primary', %(c1)s, '{}', '{primary}', %(s)s, %(s)s), "
-            "('replication_conflict', %(k2)s, 'primary', %(c2)s, '{}', '{primary}', %(s)s, %(s)s)",
+            "first_sweep_id, last_sweep_id, last_replication_id) VALUES "
+            "('replication_conflict', %(k1)s, 'primary', %(c1)s, '{}', '{primary}', %(s)s, %(s)s, %(r)s), "
+            "('replication_conflict', %(k2)s, 'primary', %(c2)s, '{}', '{primary}', %(s)s, %(s)s, %(r)s)",
             {"k1": base + "p/ab", "c1": base + "p/", "k2": gone_cell + "x.wav", "c2": gone_cell,
-             "s": first.sweep_id})
+             "s": first.sweep_id, "r": run})
     try:
         later = _sweep(mixed["settings"], prefix=base)
         assert later.closed == 0
