@@ -14,9 +14,12 @@ Ours is ``replicate(mode="diff", prefix=…)``: a sweep of the prefix over both 
 lists both sides too), the plan (HEADs), streamed copies verified by SHA-256, every copy logged.
 Each of our runs is a subprocess (``bench_replication.py --child``), so its peak RSS comes from
 ``wait4`` as rclone's does. Rounds interleave the contenders (the first alternates); the median
-is kept. After the rounds, one instrumented run of ours per case splits its time into plan
-HEADs, the copy, verification and database updates (thread-seconds), and a what-if run shows
-the copy with the destination's stored SHA-256 trusted instead of re-read.
+is kept; wall time, peak RSS and CPU time (user + system) are recorded for both. After the
+rounds, one instrumented run of ours per case (and its no-op rerun) splits its time into the
+diff sweep, the plan's HEADs, the copy, verification and database updates (thread-seconds and
+the threads' own CPU), a what-if run shows the copy with the destination's stored SHA-256
+trusted instead of re-read, and for ``many`` one run each at half and double our concurrency
+shows whether 8 was a fair choice.
 
 ``CSL_BENCH_SCALE=small`` (200 × 256 KiB, 2 × 32 MiB) is for development; ``CSL_BENCH_ROUNDS``
 overrides the rounds. Buckets and the database are removed at the end.
@@ -39,7 +42,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import psycopg
-from bench_storage import _run_measured, rclone_env  # bench/ is on the path (bench/run.py; the child's own folder)
+from bench_storage import rclone_env, run_measured  # bench/ is on the path (bench/run.py; the child's own folder)
 
 from csl.config import Settings, load_env_file
 from csl.migrations import migrate
@@ -68,7 +71,8 @@ def object_key(case: str, i: int) -> str:
 
 
 def object_body(case: str, i: int, size: int) -> bytes:
-    return random.Random(f"{case}-{i}").randbytes(size)
+    rng = random.Random(f"{case}-{i}")  # randbytes takes at most 256 MiB - 1 at a time
+    return b"".join(rng.randbytes(min(MiB, size - at)) for at in range(0, size, MiB))
 
 
 def _listing(provider: StorageProvider, prefix: str) -> dict[str, int]:
@@ -126,26 +130,29 @@ def prepare_database(stack, settings: Settings, scale: dict) -> str:
 
 
 # -- the contenders --------------------------------------------------------------------------
+def _figures(m) -> dict:
+    return {"wall_s": round(m.wall_s, 2), "peak_rss_mb": round(m.maxrss_kib / 1024, 1), "cpu_s": round(m.cpu_s, 1)}
+
+
 def ours(env: dict[str, str], *, prefix: str, run_key: str, instrument: bool = False,
-         trust_checksums: bool = False) -> dict:
-    spec = {"run_key": run_key, "prefix": prefix, "instrument": instrument, "trust_checksums": trust_checksums}
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", json.dumps(spec)]
-    wall, rss_kib, out, err, code = _run_measured(cmd, env)
-    if code != 0:
-        raise RuntimeError(f"replicate failed ({code}): {err[-3000:]}")
-    child = json.loads(out)
-    return {"wall_s": round(wall, 2), "peak_rss_mb": round(rss_kib / 1024, 1), **child}
+         trust_checksums: bool = False, concurrency: int = CONCURRENCY) -> dict:
+    spec = {"run_key": run_key, "prefix": prefix, "instrument": instrument, "trust_checksums": trust_checksums,
+            "concurrency": concurrency}
+    m = run_measured([sys.executable, str(Path(__file__).resolve()), "--child", json.dumps(spec)], env)
+    if m.code != 0:
+        raise RuntimeError(f"replicate failed ({m.code}): {m.stderr[-3000:]}")
+    return {**_figures(m), **json.loads(m.stdout)}
 
 
 def rclone(primary: StorageProvider, fallback: StorageProvider, prefix: str) -> dict:
     path = prefix.rstrip("/")
     cmd = ["rclone", "copy", f"P:{primary.bucket}/{path}", f"F:{fallback.bucket}/{path}", *RCLONE_FLAGS,
            "--log-level", "INFO", "--stats", "0"]
-    wall, rss_kib, _out, err, code = _run_measured(cmd, rclone_env(primary, fallback))
-    if code != 0:
-        raise RuntimeError(f"rclone copy failed ({code}): {err[-3000:]}")
-    return {"wall_s": round(wall, 2), "peak_rss_mb": round(rss_kib / 1024, 1),
-            "copied": err.count(": Copied (new)") + err.count(": Copied (replaced existing)"),
+    m = run_measured(cmd, rclone_env(primary, fallback))
+    err = m.stderr
+    if m.code != 0:
+        raise RuntimeError(f"rclone copy failed ({m.code}): {err[-3000:]}")
+    return {**_figures(m), "copied": err.count(": Copied (new)") + err.count(": Copied (replaced existing)"),
             "src_hash_empty": err.count("Src hash empty"), "errors": err.count("ERROR")}
 
 
@@ -157,7 +164,7 @@ def rclone_version() -> str:
 def _median(runs: list[dict]) -> dict:
     ordered = sorted(runs, key=lambda r: r["wall_s"])
     return {**ordered[len(ordered) // 2], "all_wall_s": [r["wall_s"] for r in runs],
-            "max_peak_rss_mb": max(r["peak_rss_mb"] for r in runs)}
+            "max_peak_rss_mb": max(r["peak_rss_mb"] for r in runs), "all_cpu_s": [r["cpu_s"] for r in runs]}
 
 
 def _complete(fallback: StorageProvider, source: dict[str, int], prefix: str, who: str) -> None:
@@ -205,6 +212,13 @@ def run_case(case: str, n: int, size: int, rounds: int, env: dict[str, str], pri
     result["ours_what_if_checksum_verification"] = ours(
         env, prefix=prefix, run_key=f"bench-{case}-whatif-{uuid.uuid4().hex[:8]}", instrument=True,
         trust_checksums=True)
+    if case == "many":  # was our concurrency a fair choice? one run each at half and double
+        for concurrency in (CONCURRENCY // 2, CONCURRENCY * 2):
+            _clear(fallback, prefix)
+            got = ours(env, prefix=prefix, run_key=f"bench-{case}-c{concurrency}-{uuid.uuid4().hex[:8]}",
+                       concurrency=concurrency)
+            result[f"ours_concurrency_{concurrency}"] = {k: got[k] for k in ("wall_s", "peak_rss_mb", "cpu_s",
+                                                                            "phases_s")}
     _clear(fallback, prefix)
     return result
 
@@ -259,6 +273,8 @@ def run(stack, **_: object) -> dict:
         "big_noop_time_ratio": _ratio(big["ours_noop"]["wall_s"], big["rclone_noop"]["wall_s"]),
         "peak_rss_mb": {f"{case}_{who}": result["cases"][case][who]["max_peak_rss_mb"]
                         for case in ("many", "big") for who in ("ours", "rclone", "ours_noop", "rclone_noop")},
+        "cpu_s": {f"{case}_{who}": result["cases"][case][who]["cpu_s"]
+                  for case in ("many", "big") for who in ("ours", "rclone", "ours_noop", "rclone_noop")},
         "ours_by_verification": {case: result["cases"][case]["ours"]["by_verification"] for case in ("many", "big")},
     }
     return result
@@ -279,30 +295,33 @@ def cleanup(stack, primary: StorageProvider, fallback: StorageProvider, scale: d
 
 # -- the child: one run of ours -----------------------------------------------------------------
 class _Timers:
-    """Thread-seconds and calls per label, summed over the run's worker threads."""
+    """Thread-seconds (wall, and the thread's own CPU) and calls per label, summed over the
+    run's threads. Labels nest (a copy's time includes its verification's)."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.seconds: dict[str, float] = {}
+        self.cpu: dict[str, float] = {}  # the thread's own CPU time (not waiting for the GIL or the network)
         self.calls: dict[str, int] = {}
 
     def wrap(self, owner: object, name: str, label: str) -> None:
         inner = getattr(owner, name)
 
         def timed(*args, **kwargs):
-            started = time.perf_counter()
+            started, cpu = time.perf_counter(), time.thread_time()
             try:
                 return inner(*args, **kwargs)
             finally:
-                spent = time.perf_counter() - started
+                spent, spent_cpu = time.perf_counter() - started, time.thread_time() - cpu
                 with self.lock:
                     self.seconds[label] = self.seconds.get(label, 0.0) + spent
+                    self.cpu[label] = self.cpu.get(label, 0.0) + spent_cpu
                     self.calls[label] = self.calls.get(label, 0) + 1
 
         setattr(owner, name, timed)
 
     def as_dict(self) -> dict:
-        return {label: {"thread_s": round(s, 3), "calls": self.calls[label]}
+        return {label: {"thread_s": round(s, 3), "thread_cpu_s": round(self.cpu[label], 3), "calls": self.calls[label]}
                 for label, s in sorted(self.seconds.items(), key=lambda kv: -kv[1])}
 
 
@@ -348,7 +367,7 @@ def child(spec: dict) -> int:
         transfer._trusts_checksums = lambda provider: True
     settings = Settings.from_env(os.environ)
     options = ReplicationOptions(mode="diff", prefix=spec["prefix"], source="primary", destination="fallback",
-                                 concurrency=CONCURRENCY, multipart_threshold_mb=THRESHOLD_MB,
+                                 concurrency=spec["concurrency"], multipart_threshold_mb=THRESHOLD_MB,
                                  max_objects=1_000_000, max_bytes=1 << 40)
     planned_at: list[float] = []
     plan, summary = replicate(settings, run_key=spec["run_key"], options=options,

@@ -25,6 +25,7 @@ import uuid
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
+from typing import NamedTuple
 
 import psycopg
 
@@ -113,15 +114,24 @@ if pid == 0:
     os.execvp(sys.argv[2], sys.argv[2:])
 _, status, usage = os.wait4(pid, 0)
 with open(sys.argv[1], "w") as out:
-    out.write(str(usage.ru_maxrss))
+    out.write(f"{usage.ru_maxrss} {usage.ru_utime + usage.ru_stime}")
 sys.exit(os.waitstatus_to_exitcode(status))
 """
 
 
-def _run_measured(cmd: list[str], env: dict[str, str]) -> tuple[float, int, str, str, int]:
-    """(wall s, peak RSS KiB, stdout, stderr, exit code) of ``cmd``."""
-    with tempfile.NamedTemporaryFile("r", prefix="bench-rss-", suffix=".txt") as rss:
-        launcher = [sys.executable, "-S", "-c", _LAUNCHER, rss.name, *cmd]
+class Measured(NamedTuple):
+    wall_s: float
+    maxrss_kib: int
+    cpu_s: float  # user + system, the command and the children it waited for
+    stdout: str
+    stderr: str
+    code: int
+
+
+def run_measured(cmd: list[str], env: dict[str, str]) -> Measured:
+    """Run ``cmd`` to the end: its wall time, peak RSS, CPU time, output and exit code."""
+    with tempfile.NamedTemporaryFile("r", prefix="bench-rss-", suffix=".txt") as usage:
+        launcher = [sys.executable, "-S", "-c", _LAUNCHER, usage.name, *cmd]
         started = time.perf_counter()
         proc = subprocess.Popen(launcher, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         with ThreadPoolExecutor(max_workers=2) as pool:  # read both pipes so the child never blocks on one
@@ -130,15 +140,15 @@ def _run_measured(cmd: list[str], env: dict[str, str]) -> tuple[float, int, str,
             code = proc.wait()
             wall = time.perf_counter() - started
             stdout, stderr = out.result().decode(), err.result().decode()
-        maxrss = int(rss.read() or 0)
-    return wall, maxrss, stdout, stderr, code
+        maxrss, cpu = (usage.read().split() or ["0", "0"])
+    return Measured(wall, int(maxrss), float(cpu), stdout, stderr, code)
 
 
 def sweep(url: str, primary: StorageProvider, fallback: StorageProvider, stack_env: dict[str, str]) -> dict:
     env = {**os.environ, **stack_env, "DATABASE_URL": url, "MINIO_BUCKET": primary.bucket,
            "S3_BUCKET": fallback.bucket, "CSL_ENV_FILE": os.devnull}
     cmd = [sys.executable, "-m", "csl", "storage", "sweep", "--shards", "8", "--workers", "2", "--json"]
-    wall, rss_kib, out, err, code = _run_measured(cmd, env)
+    wall, rss_kib, _cpu, out, err, code = run_measured(cmd, env)
     if code not in (0,):
         raise RuntimeError(f"sweep failed ({code}): {err[-2000:]}")
     summary = json.loads(out)["summary"]
@@ -162,7 +172,7 @@ def rclone_env(primary: StorageProvider, fallback: StorageProvider) -> dict[str,
 def rclone_check(primary: StorageProvider, fallback: StorageProvider) -> dict:
     cmd = ["rclone", "check", f"P:{primary.bucket}", f"F:{fallback.bucket}", "--checkers", "8", "--log-level",
            "ERROR"]
-    wall, rss_kib, _out, err, code = _run_measured(cmd, rclone_env(primary, fallback))
+    wall, rss_kib, _cpu, _out, err, code = run_measured(cmd, rclone_env(primary, fallback))
     if code not in (0, 1):  # 1: differences found (there are planted ones)
         raise RuntimeError(f"rclone check failed ({code}): {err[-2000:]}")
     return {"wall_s": round(wall, 2), "peak_rss_mb": round(rss_kib / 1024, 1), "exit": code,
