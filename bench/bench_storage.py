@@ -19,11 +19,13 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
+from typing import NamedTuple
 
 import psycopg
 
@@ -101,27 +103,52 @@ def prepare(stack, settings: Settings, name: str, n: int) -> tuple[str, StorageP
     return url, primary, fallback
 
 
-def _run_measured(cmd: list[str], env: dict[str, str]) -> tuple[float, int, str, str, int]:
-    started = time.perf_counter()
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    # read pipes in threads so the child never blocks on a full pipe, then reap it with wait4
-    out: list[bytes] = []
-    err: list[bytes] = []
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        fo = pool.submit(proc.stdout.read)
-        fe = pool.submit(proc.stderr.read)
-        _, status, usage = os.wait4(proc.pid, 0)
-        out.append(fo.result())
-        err.append(fe.result())
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    return (time.perf_counter() - started, usage.ru_maxrss, out[0].decode(), err[0].decode(), proc.returncode)
+# The measured command runs under this small launcher, which forks it and reports its wait4
+# rusage. Spawned straight from the benchmark, the command's ru_maxrss would start at the
+# benchmark process's own high-water mark: Linux charges the image a child is forked (or
+# vforked) from to the child's maxrss when it execs, so every figure below the parent's peak
+# read as the parent's peak.
+_LAUNCHER = """import os, sys
+pid = os.fork()
+if pid == 0:
+    os.execvp(sys.argv[2], sys.argv[2:])
+_, status, usage = os.wait4(pid, 0)
+with open(sys.argv[1], "w") as out:
+    out.write(f"{usage.ru_maxrss} {usage.ru_utime + usage.ru_stime}")
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
+
+
+class Measured(NamedTuple):
+    wall_s: float
+    maxrss_kib: int
+    cpu_s: float  # user + system, the command and the children it waited for
+    stdout: str
+    stderr: str
+    code: int
+
+
+def run_measured(cmd: list[str], env: dict[str, str]) -> Measured:
+    """Run ``cmd`` to the end: its wall time, peak RSS, CPU time, output and exit code."""
+    with tempfile.NamedTemporaryFile("r", prefix="bench-rss-", suffix=".txt") as usage:
+        launcher = [sys.executable, "-S", "-c", _LAUNCHER, usage.name, *cmd]
+        started = time.perf_counter()
+        proc = subprocess.Popen(launcher, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        with ThreadPoolExecutor(max_workers=2) as pool:  # read both pipes so the child never blocks on one
+            out = pool.submit(proc.stdout.read)
+            err = pool.submit(proc.stderr.read)
+            code = proc.wait()
+            wall = time.perf_counter() - started
+            stdout, stderr = out.result().decode(), err.result().decode()
+        maxrss, cpu = (usage.read().split() or ["0", "0"])
+    return Measured(wall, int(maxrss), float(cpu), stdout, stderr, code)
 
 
 def sweep(url: str, primary: StorageProvider, fallback: StorageProvider, stack_env: dict[str, str]) -> dict:
     env = {**os.environ, **stack_env, "DATABASE_URL": url, "MINIO_BUCKET": primary.bucket,
            "S3_BUCKET": fallback.bucket, "CSL_ENV_FILE": os.devnull}
     cmd = [sys.executable, "-m", "csl", "storage", "sweep", "--shards", "8", "--workers", "2", "--json"]
-    wall, rss_kib, out, err, code = _run_measured(cmd, env)
+    wall, rss_kib, _cpu, out, err, code = run_measured(cmd, env)
     if code not in (0,):
         raise RuntimeError(f"sweep failed ({code}): {err[-2000:]}")
     summary = json.loads(out)["summary"]
@@ -129,7 +156,8 @@ def sweep(url: str, primary: StorageProvider, fallback: StorageProvider, stack_e
             "findings": {k: sum(v.values()) for k, v in summary["findings"].items()}, "db_refs": summary["db_refs"]}
 
 
-def rclone_check(primary: StorageProvider, fallback: StorageProvider) -> dict:
+def rclone_env(primary: StorageProvider, fallback: StorageProvider) -> dict[str, str]:
+    """rclone's environment: remotes ``P`` (primary) and ``F`` (fallback), ``AWS_CA_BUNDLE`` unset."""
     env = {k: v for k, v in os.environ.items() if k != "AWS_CA_BUNDLE"}
     for remote, p in (("P", primary), ("F", fallback)):
         env.update({f"RCLONE_CONFIG_{remote}_TYPE": "s3", f"RCLONE_CONFIG_{remote}_PROVIDER": "Other",
@@ -138,9 +166,13 @@ def rclone_check(primary: StorageProvider, fallback: StorageProvider) -> dict:
                     f"RCLONE_CONFIG_{remote}_SECRET_ACCESS_KEY": p.settings.secret_key.reveal(),
                     f"RCLONE_CONFIG_{remote}_FORCE_PATH_STYLE": "true",
                     f"RCLONE_CONFIG_{remote}_REGION": p.settings.region})
+    return env
+
+
+def rclone_check(primary: StorageProvider, fallback: StorageProvider) -> dict:
     cmd = ["rclone", "check", f"P:{primary.bucket}", f"F:{fallback.bucket}", "--checkers", "8", "--log-level",
            "ERROR"]
-    wall, rss_kib, _out, err, code = _run_measured(cmd, env)
+    wall, rss_kib, _cpu, _out, err, code = run_measured(cmd, rclone_env(primary, fallback))
     if code not in (0, 1):  # 1: differences found (there are planted ones)
         raise RuntimeError(f"rclone check failed ({code}): {err[-2000:]}")
     return {"wall_s": round(wall, 2), "peak_rss_mb": round(rss_kib / 1024, 1), "exit": code,

@@ -22,7 +22,7 @@ for folder in ("include", "scripts", "bench"):
 
 from devstack import Stack
 
-BENCHMARKS = ("seed", "indexes", "maintenance", "settlement", "storage", "reports")
+BENCHMARKS = ("seed", "indexes", "maintenance", "settlement", "storage", "replication", "reports")
 
 
 def machine() -> dict:
