@@ -45,9 +45,9 @@ PROVIDER = {"type": ["null", "string"], "pattern": "^[a-z0-9_-]+$"}
     doc_md=__doc__,
     retry_delay=pendulum.duration(minutes=1),
     params={
-        "mode": Param(None, type=["null", "string"], enum=[None, "queue", "findings", "diff"],
+        "mode": Param("auto", type="string", enum=["auto", "queue", "findings", "diff"],
                       description="queue: uploads that fell back; findings: the sweep's open findings; diff: a "
-                                  "fresh comparison of the prefix. Empty: findings when a sweep's Asset started "
+                                  "fresh comparison of the prefix; auto: findings when a sweep's Asset started "
                                   "the run, else queue."),
         "prefix": Param(None, type=["null", "string"], pattern="^[^*\\r\\n]*$", maxLength=512,
                         description="Only keys under this prefix (empty = everything)."),

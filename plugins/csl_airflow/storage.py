@@ -223,7 +223,7 @@ class _ReplicationOperator(_StorageOperator):
 
     template_fields: Sequence[str] = ("providers", *_REPLICATION_FIELDS)
 
-    def __init__(self, *, mode: Any = None, prefix: Any = None, source: Any = None, destination: Any = None,
+    def __init__(self, *, mode: Any = "auto", prefix: Any = None, source: Any = None, destination: Any = None,
                  max_objects: Any = None, max_bytes: Any = None, concurrency: Any = None,
                  multipart_threshold_mb: Any = None, dry_run: Any = False, **kwargs: Any) -> None:
         super().__init__(**kwargs)

@@ -183,7 +183,9 @@ def test_deadlocks_are_retried(db: Database):
 
     attempts, errors = _two_at_once(db, cross_update)
     assert errors == []
-    assert len(attempts) == 3
+    # the deadlock's victim ran again (on a loaded machine its retry may also meet the winner's
+    # commit as a serialization failure, retried too: a CI run once saw a, b, a, a); the winner once
+    assert min(attempts.count(me) for me in "ab") == 1 and 3 <= len(attempts) <= 1 + 3 + 1
     with db.connection() as conn:
         assert conn.execute("SELECT sum(n) FROM public.t_dead").fetchone()[0] == 4
 

@@ -67,7 +67,7 @@ BAD_PARAMS = {
         "quarantine_retention_days": [0],
     },
     "csl_storage_replication": {
-        "mode": ["all", "Queue", 1],
+        "mode": ["all", "Queue", 1, None],
         "prefix": ["samples/*", "a\nb"],
         "source": ["Primary!", ""],
         "destination": ["../x"],
@@ -118,7 +118,7 @@ GOOD_PARAMS = {
                             "max_objects": [0, 500], "orphan_grace_h": [0, 72], "max_share": [0.1, 1],
                             "providers": [None, [], ["primary"]]},
     "csl_storage_publication": {"dry_run": [True, False], "max_withdrawals": [0, 1000], "max_share": [0.1, 1]},
-    "csl_storage_replication": {"mode": [None, "queue", "findings", "diff"], "prefix": [None, "", "samples/0a/"],
+    "csl_storage_replication": {"mode": ["auto", "queue", "findings", "diff"], "prefix": [None, "", "samples/0a/"],
                                 "source": [None, "primary"], "destination": [None, "fallback"],
                                 "max_objects": [1, 10_000_000], "max_bytes": [1, 1 << 50], "concurrency": [1, 64],
                                 "multipart_threshold_mb": [5, 5120], "shards": [1, 64], "dry_run": [True, False],

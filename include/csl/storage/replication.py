@@ -165,9 +165,10 @@ class ReplicationOptions:
 
 
 def resolve_mode(mode: str | None, *, run_type: str | None) -> str:
-    """The run's input: ``mode`` when given; else ``findings`` for a run the findings Asset
-    started (a sweep just found something), ``queue`` for the hourly schedule and manual runs."""
-    if mode is not None and mode != "":
+    """The run's input: ``mode`` when given; ``auto`` (or nothing) is ``findings`` for a run the
+    findings Asset started (a sweep just found something), ``queue`` for the hourly schedule and
+    manual runs."""
+    if mode not in (None, "", "auto"):
         return mode
     return "findings" if run_type == "asset_triggered" else "queue"
 

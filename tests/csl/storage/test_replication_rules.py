@@ -116,6 +116,8 @@ def test_the_mode_follows_how_the_run_started():
     assert resolve_mode(None, run_type="asset_triggered") == "findings"
     assert resolve_mode(None, run_type="scheduled") == "queue"
     assert resolve_mode(None, run_type="manual") == "queue"
+    assert resolve_mode("auto", run_type="asset_triggered") == "findings"
+    assert resolve_mode("auto", run_type="scheduled") == "queue"
     assert resolve_mode("diff", run_type="asset_triggered") == "diff"
 
 
