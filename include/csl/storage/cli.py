@@ -120,19 +120,16 @@ def _cmd_publish(args: argparse.Namespace, settings: Any) -> int:
 
 
 def _cmd_replicate(args: argparse.Namespace, settings: Any) -> int:
-    from csl.errors import ProviderUnavailable
     from csl.storage.replication import ReplicationOptions, replicate
 
     options = ReplicationOptions(mode=args.mode, prefix=args.prefix or "", source=args.source,
                                  destination=args.destination, max_objects=args.max_objects,
                                  max_bytes=args.max_bytes, concurrency=args.concurrency,
                                  multipart_threshold_mb=args.multipart_threshold_mb, dry_run=args.dry_run)
-    try:
-        plan, summary = replicate(settings, run_key=args.run_key or cli_run_key(), options=options,
-                                  provider_names=args.providers)
-    except ProviderUnavailable as exc:  # what finished is recorded; a rerun with the same --run-key resumes
-        print(f"replication stopped: {exc}")
-        return 1
+    # a provider that stops answering is csl.cli's one mapping (exit 1); what finished is recorded
+    # and a rerun with the same --run-key resumes
+    plan, summary = replicate(settings, run_key=args.run_key or cli_run_key(), options=options,
+                              provider_names=args.providers)
     if summary is None:
         lines = [f"would copy {c.key} {c.source} → {c.destination} ({c.size:,} bytes, {c.reason})"
                  if not c.in_place else f"would prove {c.key} on {c.destination} in place"

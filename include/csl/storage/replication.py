@@ -45,7 +45,14 @@ from typing import Any
 from psycopg import sql
 
 from csl.errors import BadInput, ProblemFound, ProviderUnavailable, StorageError
-from csl.storage.integrity import SweepOptions, cell_of, finish_sweep, inventory_connection, plan_sweep
+from csl.storage.integrity import (
+    SweepOptions,
+    cell_of,
+    finish_sweep,
+    inventory_connection,
+    plan_shards,
+    plan_sweep,
+)
 from csl.storage.providers import PRIMARY, PUBLISHED_PREFIXES, StorageProvider, configured_buckets, reference_order
 from csl.storage.references import REFERENCE_COLUMNS, references_query
 from csl.storage.transfer import (
@@ -336,8 +343,6 @@ class ReplicationPlan:
 
     def shards(self, count: int) -> list[dict[str, Any]]:
         """Contiguous runs of the plan's cells (as the sweep deals them out), one per copy task."""
-        from csl.storage.integrity import plan_shards
-
         return [{"run_id": self.run_id, "shard": i, "cells": cells}
                 for i, cells in enumerate(plan_shards(self.cells, max(1, count)))]
 
