@@ -13,6 +13,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from csl.cdn.cli import add_cli as add_cdn_cli
 from csl.cliargs import number
 from csl.cliargs import print_result as _print
 from csl.cliargs import run_key as cli_run_key
@@ -198,6 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_settlement_cli(sub)  # run, statement, send-payouts, review-payout
     add_storage_cli(sub)  # sweep, cleanup, restore, publish
     add_report_cli(sub)  # snapshot, report
+    add_cdn_cli(sub)  # purge
     return parser
 
 

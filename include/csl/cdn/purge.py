@@ -53,7 +53,9 @@ __all__ = [
     "PurgeSummary",
     "TokenBucket",
     "manual_requests",
+    "pending_batches",
     "plan_purges",
+    "poll_pending",
     "send_purges",
     "settle_completion",
     "summarise",
@@ -455,6 +457,35 @@ def settle_completion(conn: Any, states: Mapping[str, str], *, errors: Mapping[s
             _finish(conn, row[0], row[1], status=state, error=(errors or {}).get(batch_id) if state == "failed" else None)
         counts[state] += 1
     return dict(counts)
+
+
+async def poll_pending(pending: Sequence[Mapping[str, Any]], zones: Mapping[str, Zone],
+                       provider_for: Callable[[Zone], CdnProvider], *, poll_s: float = 30.0, timeout_s: float = 3600.0,
+                       sleep: Callable[[float], Any] | None = None,
+                       clock: Callable[[], float] = time.monotonic) -> dict[str, str]:
+    """Poll pending batches (``pending_batches``'s rows) without blocking the event loop until each is
+    ``done`` or ``failed``, or ``timeout_s`` passes (those still running stay ``pending``).
+    Returns ``batch_id → state``; a batch whose zone is gone is ``failed``. What the trigger runs."""
+    import asyncio
+
+    sleep = sleep or asyncio.sleep
+    deadline = clock() + timeout_s
+    states = {p["batch_id"]: "pending" for p in pending}
+    while True:
+        for p in pending:
+            if states[p["batch_id"]] != "pending":
+                continue
+            zone = zones.get(p["zone"])
+            if zone is None or zone.provider != p["provider"]:
+                states[p["batch_id"]] = "failed"
+                continue
+            try:
+                states[p["batch_id"]] = await provider_for(zone).completion_async(zone, p["request_id"])
+            except (Throttled, CdnUnavailable) as exc:  # asked again at the next poll
+                log.warning("%s: %s; asking again in %.0f s", p["provider"], exc, poll_s)
+        if "pending" not in states.values() or clock() >= deadline:
+            return states
+        await sleep(poll_s)
 
 
 def wait_for_completion(conn: Any, zones: Mapping[str, Zone], provider_for: Callable[[Zone], CdnProvider], *,

@@ -306,3 +306,28 @@ def test_a_dry_run_plans_and_writes_nothing(conn):
                                               "scripted/images": {"batches": 1, "items": 1}}
     assert conn.execute("SELECT count(*) FROM csl_ops.cdn_purges").fetchone()[0] == 0
     assert conn.execute("SELECT count(*) FROM csl_ops.cdn_purge_queue WHERE attempts > 0").fetchone()[0] == 0
+
+
+def test_polling_without_blocking_returns_each_batch_state_or_pending_after_the_timeout():
+    import asyncio
+
+    providers, provider_for = _providers()
+    p = providers["async"]
+    p.states.update({"inv-1": "pending", "inv-2": "pending"})
+    pending = [{"batch_id": "b1", "provider": "async", "zone": "static", "request_id": "inv-1"},
+               {"batch_id": "b2", "provider": "async", "zone": "static", "request_id": "inv-2"},
+               {"batch_id": "b3", "provider": "gone", "zone": "static", "request_id": "x"}]
+    clock, polls = Clock(), []
+
+    async def sleep(seconds: float) -> None:
+        polls.append(seconds)
+        clock.now += seconds
+        if len(polls) == 2:
+            p.states.update({"inv-1": "done", "inv-2": "failed"})
+
+    states = asyncio.run(purge.poll_pending(pending, ZONES, provider_for, poll_s=5, sleep=sleep, clock=clock))
+    assert states == {"b1": "done", "b2": "failed", "b3": "failed"} and polls == [5, 5]
+    p.states["inv-1"] = "pending"
+    late = asyncio.run(purge.poll_pending(pending[:1], ZONES, provider_for, poll_s=5, timeout_s=12, sleep=sleep,
+                                          clock=clock))
+    assert late == {"b1": "pending"} and clock.now == pytest.approx(25)
