@@ -152,6 +152,7 @@ class StorageCleanupOperator(_StorageOperator):
         self.purge_quarantine, self.quarantine_retention_days = purge_quarantine, quarantine_retention_days
 
     def execute(self, context: Any) -> dict[str, Any]:
+        from csl.cdn.queue import published_base_url
         from csl.storage import cleanup, configured_buckets
 
         run_type = getattr(context["dag_run"], "run_type", None)
@@ -167,7 +168,7 @@ class StorageCleanupOperator(_StorageOperator):
                         temp_ttl_h=self.temp_ttl_h, orphan_grace_h=self.orphan_grace_h, max_objects=self.max_objects,
                         max_share=self.max_share, dry_run=dry_run, purge_quarantine=self.purge_quarantine,
                         quarantine_retention_days=self.quarantine_retention_days,
-                        buckets=configured_buckets(self.settings))
+                        buckets=configured_buckets(self.settings), edge_base_url=published_base_url(self.settings))
             except cleanup.CleanupError as exc:  # a cap, a bad prefix or share: nothing was touched
                 self.record(db, context, status="failed", error=str(exc))
                 raise
@@ -281,7 +282,9 @@ class ReplicationCopyOperator(_ReplicationOperator):
 
         context["shard_name"] = integrity.shard_label(self.shard)
         options, providers = self.replication_options(context), self.storage_providers()
-        edge = self.settings.edge.base_url if self.settings.edge.enabled else None
+        from csl.cdn.queue import published_base_url
+
+        edge = published_base_url(self.settings)
         with self.database() as db:
             result = copy_shard(db, providers, self.shard, options=options, edge_base_url=edge).as_dict()
         context["ti"].xcom_push(key="copies", value=result)

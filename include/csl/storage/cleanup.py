@@ -185,7 +185,13 @@ def _move(provider: StorageProvider, source: str, target: str, *, size: int, eta
 
 
 def quarantine(conn: psycopg.Connection, providers: Sequence[StorageProvider], candidates: Sequence[Candidate],
-               *, run_key: str, today: str) -> list[dict[str, Any]]:
+               *, run_key: str, today: str, edge_base_url: str | None = None) -> list[dict[str, Any]]:
+    """Move each candidate under the quarantine folder (recorded first, so an interrupted move is
+    finished by the next run). An object's published (public-read) copy, a copy publication made,
+    goes away with it and the edge is owed a purge; a restore brings back the original, and the
+    next publication the copy if the sample is approved again."""
+    from csl.cdn.queue import edge_tags, enqueue_purge, public_url
+
     by_name = {p.name: p for p in providers}
     moved = []
     for c in candidates:
@@ -202,6 +208,10 @@ def quarantine(conn: psycopg.Connection, providers: Sequence[StorageProvider], c
             else:
                 target = row[0]  # an earlier, interrupted move: finish it
         _move(by_name[c.provider], c.key, target, size=c.size, etag=c.etag)
+        public = by_name[c.provider].withdraw_published(c.key)
+        if public is not None:
+            enqueue_purge(conn, provider=c.provider, key=c.key, url=public_url(edge_base_url, c.key),
+                          tags=edge_tags(public, c.key), reason="quarantined", source_run=run_key)
         moved.append({**asdict(c), "quarantine_key": target})
         log.info("quarantined %s on %s (%s) as %s", c.key, c.provider, c.reason, target)
     return moved
@@ -333,13 +343,14 @@ def run_cleanup(conn: psycopg.Connection, providers: Sequence[StorageProvider], 
                 temp_prefix: str = "tmp/", temp_ttl_h: float = 24, orphan_grace_h: float = 72,
                 max_objects: int = 1000, max_share: float = DEFAULT_MAX_SHARE, dry_run: bool = True,
                 purge_quarantine: bool = False, quarantine_retention_days: int = 30, now: datetime | None = None,
-                buckets: Sequence[str] | None = None,
+                buckets: Sequence[str] | None = None, edge_base_url: str | None = None,
                 references: Sequence[tuple[str, str]] = REFERENCE_COLUMNS) -> CleanupResult:
     """Find, cap, then (unless ``dry_run``) quarantine; optionally purge old quarantine. Every
     candidate is logged (``csl.storage.cleanup``), and every object kept because a row refers to it.
 
     Over a cap a real run raises ``CapExceeded`` and a dry run reports it (``refused``);
-    either way nothing moves."""
+    either way nothing moves. An object with a published copy that moves is owed an edge purge
+    (``csl_ops.cdn_purge_queue``, its URL under ``edge_base_url``)."""
     check_temp_prefix(temp_prefix)
     for name, value in (("max_objects", max_objects), ("quarantine_retention_days", quarantine_retention_days)):
         if isinstance(value, bool) or not isinstance(value, int):
@@ -362,7 +373,8 @@ def run_cleanup(conn: psycopg.Connection, providers: Sequence[StorageProvider], 
         by_provider[c.provider] = by_provider.get(c.provider, 0) + 1
     moved: list[dict[str, Any]] = []
     if not dry_run:
-        moved = quarantine(conn, providers, candidates, run_key=run_key, today=now.strftime("%Y%m%d"))
+        moved = quarantine(conn, providers, candidates, run_key=run_key, today=now.strftime("%Y%m%d"),
+                           edge_base_url=edge_base_url)
     purged: dict[str, Any] = {"purged": [], "skipped": []}
     if purge_quarantine:
         purged = purge(conn, providers, retention_days=quarantine_retention_days, max_objects=max_objects,

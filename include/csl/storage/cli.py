@@ -58,6 +58,7 @@ def _cmd_restore(args: argparse.Namespace, settings: Any) -> int:
 
 
 def _cmd_cleanup(args: argparse.Namespace, settings: Any) -> int:
+    from csl.cdn.queue import published_base_url
     from csl.db import Database
     from csl.storage import cleanup, configured_buckets, providers_for
 
@@ -68,7 +69,8 @@ def _cmd_cleanup(args: argparse.Namespace, settings: Any) -> int:
             conn, providers, run_key=args.run_key or cli_run_key(), temp_prefix=args.temp_prefix,
             temp_ttl_h=args.temp_ttl_h, orphan_grace_h=args.orphan_grace_h, max_objects=args.max_objects,
             max_share=args.max_share, dry_run=not args.apply, purge_quarantine=args.purge_quarantine,
-            quarantine_retention_days=args.quarantine_retention_days, buckets=configured_buckets(settings))
+            quarantine_retention_days=args.quarantine_retention_days, buckets=configured_buckets(settings),
+            edge_base_url=published_base_url(settings))
     verb = "would move" if result.dry_run else "moved"
     lines = [f"{verb} {c['key']} on {c['provider']} ({c['reason']})" for c in result.candidates]
     lines += [f"kept {c['key']} on {c['provider']} ({c['reason']}): a row refers to it"

@@ -284,6 +284,17 @@ class StorageProvider:
                                        published_bucket=None)
         return StorageProvider(settings, client=self.client)
 
+    def withdraw_published(self, key: str) -> str | None:
+        """Delete the key's published (public-read) copy when there is one; returns the published
+        bucket's name when a copy was deleted (the edge must then be purged of it), else None."""
+        if not self.settings.published_bucket:
+            return None
+        published = self.published()
+        if not published.exists(key):
+            return None
+        published.delete(key)
+        return published.bucket
+
     def iter_objects(self, prefix: str = "", *, start_after: str | None = None) -> Iterator[ObjectInfo]:
         """Every object under ``prefix`` in the provider's listing order, one page in memory at a time.
 

@@ -712,16 +712,11 @@ class _Copier:
 
 def _enqueue_purge(conn: Any, provider: StorageProvider, key: str, *, reason: str, run_key: str,
                    edge_base_url: str | None) -> None:
-    from urllib.parse import quote
+    from csl.cdn.queue import edge_tags, enqueue_purge, public_url
 
     bucket = provider.settings.published_bucket
-    url = f"{edge_base_url.rstrip('/')}/{bucket}/{quote(key, safe='/~')}" if edge_base_url else None
-    conn.execute(
-        "INSERT INTO csl_ops.cdn_purge_queue (provider, object_key, public_url, tags, reason, source_run) "
-        "VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (provider, object_key) WHERE purged_at IS NULL "
-        "DO UPDATE SET reason = excluded.reason, source_run = excluded.source_run, enqueued_at = now(), "
-        "public_url = excluded.public_url",
-        (provider.name, key, url, [f"obj:/{bucket}/{quote(key, safe='/~')}"], reason, run_key))
+    enqueue_purge(conn, provider=provider.name, key=key, url=public_url(edge_base_url, key),
+                  tags=edge_tags(bucket, key), reason=reason, source_run=run_key)
 
 
 def _settle_findings(conn: Any, run_id: int, row_id: int) -> int:
@@ -862,11 +857,12 @@ def replicate(settings: Any, *, run_key: str, options: ReplicationOptions,
               on_plan: Callable[[ReplicationPlan], None] | None = None) -> tuple[ReplicationPlan, ReplicationSummary | None]:
     """A whole run without Airflow (the CLI, the benchmark): plan, copy, finish. Returns the
     plan and, unless it was a dry run, the summary (``check()`` it)."""
+    from csl.cdn.queue import published_base_url
     from csl.db import Database
     from csl.storage.providers import providers_for
 
     providers = providers_for(settings, provider_names, max_pool_connections=max(32, options.concurrency * 2))
-    edge = settings.edge.base_url if settings.edge.enabled else None
+    edge = published_base_url(settings)
     with Database(settings.require_database(), max_pool_size=options.concurrency + 2) as db:
         plan = plan_replication(db, providers, run_key=run_key, options=options, buckets=configured_buckets(settings))
         if on_plan is not None:

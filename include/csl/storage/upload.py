@@ -40,13 +40,14 @@ class StorageService:
 
     def __init__(self, primary: StorageProvider, fallback: StorageProvider | None = None, *,
                  record: Any = None, max_url_expiry_s: int = 3600, limits: dict[str, int] | None = None,
-                 multipart_threshold: int = 8 * 1024 * 1024) -> None:
+                 multipart_threshold: int = 8 * 1024 * 1024, purges: Any = None) -> None:
         self.primary = primary
         self.fallback = fallback
         self._record = record  # callable(conn-less) that stores a replication row; see csl.storage.queue_replication
         self.max_url_expiry_s = max_url_expiry_s
         self.limits = limits
         self.multipart_threshold = multipart_threshold
+        self._purges = purges  # callable(provider=, key=, bucket=, reason=): see csl.cdn.queue.queue_purges
 
     @property
     def providers(self) -> list[StorageProvider]:
@@ -106,14 +107,20 @@ class StorageService:
             raise provider._fail("multipart put", key, exc) from exc
 
     def delete(self, key: str) -> dict[str, str]:
-        """Delete from every provider; the report says, per provider, what happened."""
+        """Delete from every provider, with its published (public-read) copy where it has one; the
+        report says, per provider, what happened. A published copy was served: the edge is owed a
+        purge (``purges``)."""
         report = {}
         for provider in self.providers:
             try:
+                public = provider.withdraw_published(key)
                 provider.delete(key)
                 report[provider.name] = "deleted"
             except StorageError as exc:
                 report[provider.name] = f"error: {exc}"
+                continue
+            if public is not None and self._purges is not None:
+                self._purges(provider=provider.name, key=key, bucket=public, reason="deleted")
         return report
 
     def signed_url(self, key: str, *, expires_s: int = 900, provider: StorageProvider | None = None) -> str:

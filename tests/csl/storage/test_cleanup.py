@@ -310,3 +310,27 @@ def test_a_cleanup_run_logs_every_candidate_itself(platform, providers, conn, te
     cleanup.run_cleanup(conn, providers, run_key="t-log", temp_prefix=temp, now=LATER)
     assert any(r.getMessage().startswith(f"would move {temp}logged.wav on primary (expired_upload, 4 bytes")
                for r in caplog.records), [r.getMessage() for r in caplog.records]
+
+
+def test_quarantining_an_object_takes_its_published_copy_and_owes_the_edge_a_purge(platform, settings, providers,
+                                                                                   conn):
+    primary = providers[0]
+    published = primary.published()
+    temp = f"tmp/{uuid.uuid4().hex[:8]}/"
+    for name in ("served.wav", "private.wav"):
+        primary.put(f"{temp}{name}", b"RIFF " + name.encode())
+    published.put(f"{temp}served.wav", b"RIFF served.wav")
+    later = datetime.now(UTC) + timedelta(hours=25)
+    run_key = f"t-{uuid.uuid4().hex[:6]}"
+    done = cleanup.run_cleanup(conn, providers, run_key=run_key, dry_run=False, temp_prefix=temp, temp_ttl_h=24,
+                               orphan_grace_h=10_000, now=later, edge_base_url="https://cdn.example.com/audio")
+    assert {m["key"] for m in done.moved} == {f"{temp}served.wav", f"{temp}private.wav"}
+    assert not published.exists(f"{temp}served.wav")
+    owed = conn.execute("SELECT provider, object_key, public_url, tags, reason FROM csl_ops.cdn_purge_queue "
+                        "WHERE source_run = %s AND purged_at IS NULL", (run_key,)).fetchall()
+    assert owed == [("primary", f"{temp}served.wav", f"https://cdn.example.com/audio/{temp}served.wav",
+                     [f"obj:/{published.bucket}/{temp}served.wav"], "quarantined")]
+    restored = cleanup.restore(conn, providers, run_key=run_key)
+    assert len(restored["restored"]) == 2
+    for name in ("served.wav", "private.wav"):
+        primary.delete(f"{temp}{name}")

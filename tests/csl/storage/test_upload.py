@@ -98,6 +98,26 @@ def test_delete_removes_from_every_provider_and_reports_each(service, prefix, se
     assert report["primary"] == "deleted" and report["fallback"].startswith("error: storage provider 'fallback'")
 
 
+def test_delete_takes_the_published_copy_too_and_owes_the_edge_a_purge(settings, service, prefix):
+    from csl.cdn.queue import queue_purges
+
+    url = settings.database.primary_url
+    run = f"t-delete-{uuid.uuid4().hex[:6]}"
+    service = StorageService(service.primary, service.fallback, purges=queue_purges(
+        lambda: psycopg.connect(url, autocommit=True), base_url="https://cdn.example.com/audio", source_run=run))
+    served = service.upload(WAV, filename="served.wav", content_type="audio/wav", prefix=prefix)
+    published = service.primary.published()
+    published.put(served.key, WAV, content_type="audio/wav")
+    private = service.upload(WAV, filename="private.wav", content_type="audio/wav", prefix=prefix)
+    assert service.delete(served.key) == service.delete(private.key) == {"primary": "deleted", "fallback": "deleted"}
+    assert not published.exists(served.key) and not service.primary.exists(served.key)
+    with psycopg.connect(url) as conn:
+        owed = conn.execute("SELECT provider, object_key, public_url, tags, reason FROM csl_ops.cdn_purge_queue "
+                            "WHERE source_run = %s AND purged_at IS NULL", (run,)).fetchall()
+    assert owed == [("primary", served.key, f"https://cdn.example.com/audio/{served.key}",
+                     [f"obj:/{published.bucket}/{served.key}"], "deleted")]  # the never-public one owes nothing
+
+
 def test_signed_urls_expire_on_the_real_server(service, prefix):
     result = service.upload(WAV, filename="private.wav", content_type="audio/wav", prefix=prefix)
     url = service.signed_url(result.key, expires_s=3)  # 1 s flaked on a loaded machine
