@@ -43,6 +43,7 @@ from csl.cdn.http import (
     check,
     json_body,
     one_line,
+    prefix_path,
     probe,
     require_batch,
     require_zone_id,
@@ -194,7 +195,7 @@ class AzureFrontDoorProvider:
         if batch.kind == "url":
             paths = [urlsplit(url).path or "/" for url in batch.items]
         elif batch.kind == "prefix":
-            paths = [_directory(_path_of(prefix)) for prefix in batch.items]
+            paths = [_directory(prefix_path(prefix)) for prefix in batch.items]
         else:  # everything of this zone: its base path on its domains
             paths = [_directory(urlsplit(zone.base_url).path)]
         domains = list(zone.options.get("domains") or [zone.host])
@@ -287,15 +288,6 @@ class AzureFrontDoorProvider:
             return answer
 
         return probe(self.name, zone, call)
-
-
-def _path_of(prefix: str) -> str:
-    """A prefix item's path: from a URL, from Cloudflare's host/path form, or a path as given."""
-    if "://" in prefix:
-        return urlsplit(prefix).path or "/"
-    if prefix.startswith("/"):
-        return prefix
-    return "/" + prefix.partition("/")[2]
 
 
 def _directory(path: str) -> str:

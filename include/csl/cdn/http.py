@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable, Iterable
 from email.utils import parsedate_to_datetime
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -37,8 +38,8 @@ from csl.cdn.base import (
 )
 from csl.config import Secret
 
-__all__ = ["ErrorOf", "check", "json_body", "one_line", "probe", "require_batch", "require_zone_id", "retry_after_s",
-           "send", "send_async"]
+__all__ = ["ErrorOf", "check", "json_body", "one_line", "prefix_path", "probe", "require_batch", "require_zone_id",
+           "retry_after_s", "send", "send_async"]
 
 # (code, message) from an error body; either may be None when the body does not say
 ErrorOf = Callable[[Any], "tuple[str | int | None, str | None]"]
@@ -66,6 +67,16 @@ def require_batch(provider: str, limits: ProviderLimits, zone: Zone, batch: Purg
     if len(batch.items) > limits.max_items[batch.kind]:
         raise BatchTooLarge(provider, f"{len(batch.items)} {batch.kind} items in batch {batch.batch_id}; "
                                       f"at most {limits.max_items[batch.kind]} per call")
+
+
+def prefix_path(prefix: str) -> str:
+    """A prefix item's path, for providers keyed on paths: from a URL, from Cloudflare's
+    ``host/path`` form, or a path as given (``/audio/album-7/``)."""
+    if "://" in prefix:
+        return urlsplit(prefix).path or "/"
+    if prefix.startswith("/"):
+        return prefix
+    return "/" + prefix.partition("/")[2]
 
 
 def retry_after_s(response: httpx.Response) -> float | None:
