@@ -109,7 +109,8 @@ class CloudflareProvider:
 
     def purge_body(self, zone: Zone, batch: PurgeBatch) -> dict[str, Any]:
         """The JSON Cloudflare takes for this batch (URLs as ``files``, with the zone's
-        ``cache_key_headers`` when its cache key includes headers; prefixes as host/path)."""
+        ``cache_key_headers`` when its cache key includes headers; prefixes as host/path;
+        everything as this zone's prefix or host)."""
         items = list(batch.items)
         if batch.kind == "url":
             headers = zone.options.get("cache_key_headers")
@@ -117,7 +118,9 @@ class CloudflareProvider:
         if batch.kind == "tag":
             return {"tags": items}
         if batch.kind == "prefix":
-            return {"prefixes": [_SCHEME.sub("", prefix, count=1) for prefix in items]}
+            # Cloudflare's form is host/path: a scheme is dropped, a bare path gets the zone's host
+            return {"prefixes": [zone.host + prefix if prefix.startswith("/") else _SCHEME.sub("", prefix, count=1)
+                                 for prefix in items]}
         # everything of *this* zone: a Cloudflare zone usually serves several of ours (audio, images,
         # static), so purge its base URL's prefix, or its host; the whole Cloudflare zone only when
         # the zone says it is alone there (options: purge_everything)

@@ -18,11 +18,12 @@ client holds is masked out of it, so no message or log line can carry a token.
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Callable, Iterable
 from email.utils import parsedate_to_datetime
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, quote_plus, urlsplit
 
 import httpx
 
@@ -38,12 +39,13 @@ from csl.cdn.base import (
 )
 from csl.config import Secret
 
-__all__ = ["ErrorOf", "check", "json_body", "one_line", "prefix_path", "probe", "require_batch", "require_zone_id",
+__all__ = ["MAX_RETRY_AFTER_S", "ErrorOf", "check", "json_body", "one_line", "prefix_path", "probe", "require_batch", "require_zone_id",
            "retry_after_s", "send", "send_async"]
 
 # (code, message) from an error body; either may be None when the body does not say
 ErrorOf = Callable[[Any], "tuple[str | int | None, str | None]"]
 _MASK = "***"
+MAX_RETRY_AFTER_S = 3600.0
 
 
 def require_zone_id(provider: str, zone: Zone) -> str:
@@ -80,18 +82,20 @@ def prefix_path(prefix: str) -> str:
 
 
 def retry_after_s(response: httpx.Response) -> float | None:
-    """``Retry-After`` in seconds (delta-seconds or an HTTP date), None when absent or unreadable."""
+    """``Retry-After`` in seconds (delta-seconds or an HTTP date, at most ``MAX_RETRY_AFTER_S``),
+    None when absent or unreadable."""
     value = response.headers.get("retry-after")
     if not value:
         return None
     try:
-        return max(0.0, float(value))
+        seconds = float(value)
     except ValueError:
-        pass
-    try:
-        return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
-    except (TypeError, ValueError, IndexError, OverflowError):
-        return None
+        try:
+            seconds = parsedate_to_datetime(value).timestamp() - time.time()
+        except (TypeError, ValueError, IndexError, OverflowError):
+            return None
+    # a provider's header is not trusted to park the sender for ever
+    return min(max(seconds, 0.0), MAX_RETRY_AFTER_S) if math.isfinite(seconds) else None
 
 
 def json_body(response: httpx.Response) -> Any:
@@ -106,7 +110,9 @@ def one_line(text: str, secrets: Iterable[Secret] = (), *, limit: int = 200) -> 
     """Provider text fit for a message: credentials masked, on one line, bounded."""
     for secret in secrets:
         if secret:
-            text = text.replace(secret.reveal(), _MASK)
+            value = secret.reveal()  # as sent in a header or JSON, or form- and URL-encoded
+            for form in sorted({value, quote(value, safe=""), quote_plus(value)}, key=len, reverse=True):
+                text = text.replace(form, _MASK)
     text = " ".join(text.split())
     return text if len(text) <= limit else text[: limit - 3] + "..."
 

@@ -59,10 +59,11 @@ def test_tags_and_prefixes_go_in_their_own_fields_prefixes_without_a_scheme():
     cf = provider(script)
     cf.purge(ZONE, batch("cloudflare", "audio", "tag", "track:1", "album:7"))
     cf.purge(ZONE, batch("cloudflare", "audio", "prefix", "https://cdn.example.com/audio/album-7/",
-                         "cdn.example.com/audio/album-8/"))
+                         "cdn.example.com/audio/album-8/", "/audio/album-9/"))
     assert body_of(script.requests[0]) == {"tags": ["track:1", "album:7"]}
     assert body_of(script.requests[1]) == {"prefixes": ["cdn.example.com/audio/album-7/",
-                                                        "cdn.example.com/audio/album-8/"]}
+                                                        "cdn.example.com/audio/album-8/",
+                                                        "cdn.example.com/audio/album-9/"]}
 
 
 def test_everything_purges_only_this_zone_unless_it_is_alone_in_the_cloudflare_zone():
@@ -159,7 +160,7 @@ def test_health_reads_the_zone_and_never_raises():
     )
     cf = provider(script)
     up, pending, denied, down = (cf.health(ZONE) for _ in range(4))
-    assert str(script.requests[0].url) == "https://api.cloudflare.com/client/v4/zones/023e105f4ecef8ad9ca31a8372d0c353"
+    assert str(script.requests[0].url) == f"https://api.cloudflare.com/client/v4/zones/{ZONE.zone_id}"
     assert script.requests[0].method == "GET"
     assert up["ok"] is True and up["zone_status"] == "active" and up["latency_ms"] >= 0
     assert pending["ok"] is False and "pending" in pending["error"]

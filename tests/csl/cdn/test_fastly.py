@@ -14,7 +14,8 @@ from csl.config import Secret
 from .fake_http import Script, batch, body_of
 
 TOKEN = "fastly-token-Q1w2E3r4T5y6"
-ZONE = Zone(name="images", provider="fastly", base_url="https://img.example.com/images", zone_id="SU1Z0isxPaozGVKXdv0eY")
+ZONE = Zone(name="images", provider="fastly", base_url="https://img.example.com/images",
+            zone_id="SU1Z0isxPaozGVKXdv0eY")
 
 
 def provider(script: Script, **kwargs) -> FastlyProvider:
