@@ -179,6 +179,27 @@ class AzureFrontDoorProvider:
                                                       secrets=self._secrets))
         return {"Authorization": f"Bearer {token.reveal()}"}
 
+    def _arm(self, what: str, method: str, url: str, **kwargs: Any) -> httpx.Response:
+        """A Resource Manager call with the bearer token; a 401 (the cached token revoked or expired
+        early) gets one fresh token and one more try."""
+        response = send(self._client, self.name, what, method, url, headers=self._auth(), secrets=self._secrets,
+                        **kwargs)
+        if response.status_code == 401:
+            self._token_until = 0.0
+            response = send(self._client, self.name, what, method, url, headers=self._auth(),
+                            secrets=self._secrets, **kwargs)
+        return response
+
+    async def _arm_async(self, client: httpx.AsyncClient, what: str, method: str, url: str) -> httpx.Response:
+        """``_arm`` on an ``httpx.AsyncClient``."""
+        response = await send_async(client, self.name, what, method, url, headers=await self._auth_async(client),
+                                    secrets=self._secrets)
+        if response.status_code == 401:
+            self._token_until = 0.0
+            response = await send_async(client, self.name, what, method, url,
+                                        headers=await self._auth_async(client), secrets=self._secrets)
+        return response
+
     # -- purging -------------------------------------------------------------------------------
 
     def _endpoint_url(self, zone: Zone) -> str:
@@ -205,9 +226,8 @@ class AzureFrontDoorProvider:
         url = self._endpoint_url(zone)
         require_batch(self.name, self.limits, zone, batch)
         what = f"purge of batch {batch.batch_id} in zone {zone.name!r}"
-        response = send(self._client, self.name, what, "POST", f"{url}/purge",
-                        params={"api-version": self.api_version}, json=self.purge_body(zone, batch),
-                        headers=self._auth(), secrets=self._secrets)
+        response = self._arm(what, "POST", f"{url}/purge", params={"api-version": self.api_version},
+                             json=self.purge_body(zone, batch))
         check(self.name, what, response, error_of=_error_of, too_large=_too_large, secrets=self._secrets)
         if response.status_code == 200:  # finished within the call
             return PurgeResult(batch_id=batch.batch_id, status="done")
@@ -252,16 +272,13 @@ class AzureFrontDoorProvider:
     def poll(self, zone: Zone, request_id: str) -> AzureOperation:
         """Where the purge behind ``request_id`` stands, with Azure's ``Retry-After`` and error."""
         url = self._operation_url(zone, request_id)
-        return self._operation(zone, send(self._client, self.name, f"poll of a purge in zone {zone.name!r}", "GET",
-                                          url, headers=self._auth(), secrets=self._secrets))
+        return self._operation(zone, self._arm(f"poll of a purge in zone {zone.name!r}", "GET", url))
 
     async def poll_async(self, zone: Zone, request_id: str) -> AzureOperation:
         """``poll`` on an ``httpx.AsyncClient``: nothing in it blocks the event loop."""
         url = self._operation_url(zone, request_id)
         async with httpx.AsyncClient(transport=self._async_transport, timeout=self._timeout_s) as client:
-            headers = await self._auth_async(client)
-            response = await send_async(client, self.name, f"poll of a purge in zone {zone.name!r}", "GET", url,
-                                        headers=headers, secrets=self._secrets)
+            response = await self._arm_async(client, f"poll of a purge in zone {zone.name!r}", "GET", url)
         return self._operation(zone, response)
 
     def completion(self, zone: Zone, request_id: str) -> CompletionState:
@@ -276,8 +293,7 @@ class AzureFrontDoorProvider:
         def call() -> dict[str, Any]:
             url = self._endpoint_url(zone)
             what = f"health of zone {zone.name!r}"
-            response = send(self._client, self.name, what, "GET", url, params={"api-version": self.api_version},
-                            headers=self._auth(), secrets=self._secrets)
+            response = self._arm(what, "GET", url, params={"api-version": self.api_version})
             body = json_body(check(self.name, what, response, error_of=_error_of, secrets=self._secrets)) or {}
             properties = body.get("properties") or {}
             provisioned, enabled = properties.get("provisioningState"), properties.get("enabledState")

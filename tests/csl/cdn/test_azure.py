@@ -102,6 +102,18 @@ def test_one_token_serves_several_calls_until_shortly_before_it_expires():
     assert [r.url.host for r in short.requests].count("login.microsoftonline.com") == 2
 
 
+def test_a_revoked_token_is_replaced_once_then_a_401_is_a_refusal():
+    expired = httpx.Response(401, json={"error": {"code": "ExpiredAuthenticationToken",
+                                                  "message": "The access token expiry UTC time is earlier"}})
+    script = Script(token(), expired, token(), accepted(), expired, token(), expired)
+    afd = provider(script)
+    assert afd.purge(ZONE, batch("azure", "audio", "everything")).status == "pending"
+    with pytest.raises(CdnRefused, match="ExpiredAuthenticationToken") as refused:
+        afd.purge(ZONE, batch("azure", "audio", "everything"))
+    assert refused.value.status == 401
+    assert [r.url.host for r in script.requests].count("login.microsoftonline.com") == 3
+
+
 @pytest.mark.parametrize(("answer", "state"), [
     (httpx.Response(200, json={"status": "InProgress"}, headers={"Retry-After": "10"}), "pending"),
     (httpx.Response(200, json={"status": "Succeeded"}), "done"),
