@@ -47,13 +47,13 @@ URL = {"type": "string", "pattern": full_match("https?://[^\\s]+"), "maxLength":
     retry_delay=pendulum.duration(seconds=30),
     dagrun_timeout=pendulum.duration(hours=2),
     params={
-        "urls": Param([], type="array", items=URL, maxItems=10_000, uniqueItems=True,
+        "urls": Param([], type=["null", "array"], items=URL, maxItems=10_000, uniqueItems=True,
                       description="Absolute URLs to purge (each inside a configured zone's base URL)."),
-        "tags": Param([], type="array", maxItems=10_000, uniqueItems=True,
+        "tags": Param([], type=["null", "array"], maxItems=10_000, uniqueItems=True,
                       items={"type": "string", "pattern": full_match("[\\x21-\\x7e]{1,1024}")},
                       description="Cache tags / surrogate keys / xkeys (every zone whose provider purges by tag, "
                                   "or the zone below)."),
-        "prefixes": Param([], type="array", items=URL, maxItems=10_000, uniqueItems=True,
+        "prefixes": Param([], type=["null", "array"], items=URL, maxItems=10_000, uniqueItems=True,
                           description="URL prefixes: everything served under them."),
         "zone": Param(None, type=["null", "string"], pattern=full_match("|".join(ZONES)),
                       description="Only this zone: audio, images or static (empty = the zone each URL lies in; tags: "

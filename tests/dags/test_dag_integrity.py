@@ -84,6 +84,15 @@ BAD_PARAMS = {
         "max_withdrawals": [-1, 10**7, "all"],
         "max_share": [0, 1.5, "10%"],
     },
+    "csl_cdn_purge": {
+        "urls": ["https://cdn.example.com/a.mp3", ["cdn.example.com/a.mp3"], ["https://cdn.example.com/a b.mp3"],
+                 ["ftp://cdn.example.com/a"], ["https://x/a", "https://x/a"], ["https://x/a\n"], [1]],
+        "tags": ["sample:1", ["two words"], [""], ["t" * 1025], ["caf\u00e9"], ["a", "a"]],
+        "prefixes": [["/audio/"], "https://cdn.example.com/"],
+        "zone": ["video", "Audio", "audio\n", 1],
+        "provider": ["akamai", "", "varnish\n"],
+        "dry_run": ["maybe", None],
+    },
     "csl_performance_report": {
         "make_report": ["sometimes", ""],
         "report_hour_utc": [-1, 24, "5am"],
@@ -123,6 +132,11 @@ GOOD_PARAMS = {
                                 "max_objects": [1, 10_000_000], "max_bytes": [1, 1 << 50], "concurrency": [1, 64],
                                 "multipart_threshold_mb": [5, 5120], "shards": [1, 64], "dry_run": [True, False],
                                 "providers": [None, [], ["primary", "fallback"]]},
+    "csl_cdn_purge": {"urls": [[], ["https://cdn.example.com/audio/samples/a.mp3?v=2"]],
+                      "tags": [[], ["obj:/cultural-audio-published/samples/a.mp3", "sample:42"]],
+                      "prefixes": [[], ["https://cdn.example.com/images/covers/"]],
+                      "zone": [None, "audio", "images", "static"], "provider": [None, "cloudflare", "varnish"],
+                      "dry_run": [True, False]},
     "csl_performance_report": {"make_report": ["auto", "always", "never"], "report_hour_utc": [0, 23],
                                "window_hours": [0.5, 24, 168], "regression_pct": [25, 200], "advise_queries": [0, 10],
                                "retention_days": [1, 30], "exact_bloat_tables": [[], None, ["public.licenses"]],
@@ -295,6 +309,12 @@ def test_maintenance_dag_shape(inspected):
 def test_index_dag_shape(inspected):
     dag = inspected["dags"]["csl_index_install"]
     assert dag["tasks"] == ["build", "plan", "report"]
+    assert dag["max_active_runs"] == 1
+
+
+def test_cdn_purge_dag_shape(inspected):
+    dag = inspected["dags"]["csl_cdn_purge"]
+    assert dag["tasks"] == ["await_completion", "plan", "report", "send"]
     assert dag["max_active_runs"] == 1
 
 

@@ -143,6 +143,7 @@ def test_iso_dates_and_datetimes_with_offsets_are_accepted(airflow):
 
 # One edit per DAG, made the way a person would: kind of field, Param, what they enter, the conf value.
 EDITS = {
+    "csl_cdn_purge": ("switch", "dry_run", True, True),
     "csl_db_maintenance": ("text", "tables", "licenses", ["licenses"]),
     "csl_index_install": ("switch", "dry_run", True, True),
     "csl_performance_report": ("text", "window_hours", "2", 2),
