@@ -55,4 +55,7 @@ class CdnCompletionTrigger(BaseTrigger):
                                         poll_s=self.poll_s, timeout_s=self.timeout_s)
         finally:
             await asyncio.to_thread(cdn.close)
-        yield TriggerEvent({"states": states})
+        by_id = {p["batch_id"]: p for p in self.pending}
+        errors = {b: f"{by_id[b]['provider']} reports the purge failed (request {by_id[b]['request_id']})"
+                  for b, state in states.items() if state == "failed"}
+        yield TriggerEvent({"states": states, "errors": errors})
