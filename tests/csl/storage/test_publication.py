@@ -148,7 +148,7 @@ def test_a_copy_that_does_not_match_its_original_is_never_left_public(world):
 
 def test_a_copy_garbled_on_the_way_is_deleted_and_reported_as_a_failed_copy(world, monkeypatch):
     key = world.sample(0, b"RIFF sound original")
-    monkeypatch.setattr(StorageProvider, "copy_from", lambda self, source, k: self.put(k, b"RIFF garbled"))
+    monkeypatch.setattr(StorageProvider, "copy_from", lambda self, source, k, **_: self.put(k, b"RIFF garbled"))
     result = world.run()
     assert [(r["key"], r["problem"]) for r in result.copy_refused] == [(key, "copy_failed")]
     assert world.copies() == {} and result.summary()["copy_failed"] == 1
