@@ -26,6 +26,7 @@ from csl.errors import ConfigError
 __all__ = [
     "CDN_PROVIDERS",
     "CDN_ZONES",
+    "CLOUDFLARE_PLANS",
     "DEFAULT_ZONE_TTLS",
     "CdnCredentials",
     "CdnSettings",

@@ -44,6 +44,7 @@ from csl.config import (
     CDN_PROVIDERS,
     CDN_ZONES,
     CHECKSUM_CALCULATIONS,
+    CLOUDFLARE_PLANS,
     LISTING_ORDERS,
     MAX_CACHE_TTL_S,
     MAX_REPLICA_LAG_S,
@@ -265,6 +266,12 @@ def _zone(conn, name: str, credentials: dict, sources: dict) -> CdnZoneSettings:
     given = {login_field: conn.login, password_field: conn.password, tenant_field: _text(conn, extra, "tenant_id")}
     if provider == "cloudflare" and extra.get("plan") is not None:
         given["cloudflare_plan"] = _text(conn, extra, "plan")
+        if given["cloudflare_plan"] not in CLOUDFLARE_PLANS:
+            raise ConfigError(_where(conn, "extra.plan"), f"expected one of {', '.join(CLOUDFLARE_PLANS)}, "
+                              f"got {given['cloudflare_plan']!r}")
+    if provider == "cloudfront" and bool(conn.login) != bool(conn.password):
+        raise ConfigError(_where(conn, "password" if conn.login else "login"),
+                          "not set; CloudFront's key pair is login + password, or neither (boto3's chain)")
     for field_name, value in given.items():
         if field_name is None or not value:
             continue
@@ -303,19 +310,26 @@ def cdn_from_connections(edge_conn, zone_conns: dict) -> CdnSettings:
             zones.append(CdnZoneSettings(name=name, provider=provider, base_url=f"{base_url}/{name}"))
     plan = credentials.pop("cloudflare_plan", "free")
     secrets = {key: Secret(value) for key, value in credentials.items()}
-    where = ", ".join(sorted(set(sources.values()))) or "the CDN connections"
     try:
-        return CdnSettings(enabled=True, provider=provider, base_url=base_url, cache_ttl_s=ttl, zones=tuple(zones),
-                           credentials=CdnCredentials(cloudflare_plan=plan, **secrets), varnish_work_dir=work_dir)
-    except ConfigError as exc:  # a missing credential: name the connections and the field
-        missing = exc.setting.removeprefix("CDN_").lower()
-        field_name = {"cloudflare_api_token": "password", "fastly_api_token": "password",
-                      "azure_client_secret": "password", "cloudfront_secret_access_key": "password",
-                      "azure_client_id": "login", "cloudfront_access_key_id": "login",
-                      "azure_tenant_id": "extra.tenant_id", "cloudflare_plan": "extra.plan"}.get(missing)
-        if field_name is None:
-            raise
-        raise ConfigError(f"Airflow connection(s) {where}", f"{field_name} ({missing}) {exc.problem}") from None
+        creds = CdnCredentials(cloudflare_plan=plan, **secrets)
+    except ConfigError as exc:
+        where = ", ".join(sorted(set(sources.values()))) or "csl_cdn_*"
+        raise ConfigError(f"Airflow connection(s) {where} {_CREDENTIAL_FIELDS.get(exc.setting, exc.setting)}",
+                          exc.problem) from None
+    for name in CDN_ZONES:
+        conn = zone_conns.get(name)
+        missing = creds.missing_for(conn and _provider(conn, _extra(conn, CDN_ZONE_EXTRA)) or "varnish")
+        if missing:
+            raise ConfigError(_where(conn, _CREDENTIAL_FIELDS[missing[0]]),
+                              f"not set; zone {name!r}'s provider needs it ({missing[0]})")
+    return CdnSettings(enabled=True, provider=provider, base_url=base_url, cache_ttl_s=ttl, zones=tuple(zones),
+                       credentials=creds, varnish_work_dir=work_dir)
+
+
+_CREDENTIAL_FIELDS = {"CDN_CLOUDFLARE_API_TOKEN": "password", "CDN_FASTLY_API_TOKEN": "password",
+                      "CDN_AZURE_CLIENT_SECRET": "password", "CDN_CLOUDFRONT_SECRET_ACCESS_KEY": "password",
+                      "CDN_AZURE_CLIENT_ID": "login", "CDN_CLOUDFRONT_ACCESS_KEY_ID": "login",
+                      "CDN_AZURE_TENANT_ID": "extra.tenant_id", "CDN_CLOUDFLARE_PLAN": "extra.plan"}
 
 
 def settings_from_connections(conn_ids: dict[str, str] | None = None, *,

@@ -62,7 +62,8 @@ sub vcl_recv {
             if (req.http.x-ban-prefix !~ "^([A-Za-z0-9/_~%-]|\[\.\])+$") {
                 return (synth(400, "Bad ban prefix"));
             }
-            if (std.ban({"obj.http.x-url ~ "^/{{BUCKET}}/"} + req.http.x-ban-prefix + {"""})) {
+            # no quotes: ban() would keep them as part of the regex; the prefix has no spaces
+            if (std.ban("obj.http.x-url ~ ^/{{BUCKET}}/" + req.http.x-ban-prefix)) {
                 return (synth(200, "Banned"));
             }
             return (synth(400, "Ban refused: " + std.ban_error()));

@@ -70,12 +70,11 @@ def build_provider(zone: Zone, settings: Settings | CdnSettings, **seams: Any) -
     """The provider client for ``zone``, with its credentials; ``seams`` (``transport=``,
     ``client=``) go to the constructor (tests)."""
     cdn = _cdn_settings(settings)
-    setting = f"CDN_{zone.name.upper()}_PROVIDER"
-    cls = _provider_class(zone.provider, setting)
     creds = cdn.credentials
     missing = creds.missing_for(zone.provider)
     if missing:
         raise ConfigError(missing[0], f"not set; required because zone {zone.name!r} uses provider {zone.provider!r}")
+    cls = _provider_class(zone.provider, f"CDN_{zone.name.upper()}_PROVIDER")
     if zone.provider == "varnish":
         parts = urlsplit(zone.base_url)
         return cls(cdn, base_url=f"{parts.scheme}://{parts.netloc}",
