@@ -157,3 +157,41 @@ def test_health_reports_a_zone_whose_provider_cannot_be_built_as_down():
     except ModuleNotFoundError:
         assert images["ok"] is False and "csl.cdn.cloudflare" in images["error"]
     assert "s3cret" not in repr(report)
+
+
+class _Recorder:
+    def __init__(self, **kwargs):
+        self.kwargs = kwargs
+        self.closed = False
+
+    def close(self):
+        self.closed = True
+
+
+@pytest.mark.parametrize(("provider", "module", "cls", "env", "expected"), [
+    ("cloudflare", "csl.cdn.cloudflare", "CloudflareProvider",
+     {"CDN_CLOUDFLARE_API_TOKEN": "cf-token", "CDN_CLOUDFLARE_PLAN": "business"},
+     {"api_token": Secret("cf-token"), "plan": "business"}),
+    ("cloudfront", "csl.cdn.cloudfront", "CloudFrontProvider",
+     {"CDN_CLOUDFRONT_ACCESS_KEY_ID": "AKIA1", "CDN_CLOUDFRONT_SECRET_ACCESS_KEY": "cf-secret"},
+     {"access_key_id": "AKIA1", "secret_access_key": Secret("cf-secret")}),
+    ("cloudfront", "csl.cdn.cloudfront", "CloudFrontProvider", {}, {"access_key_id": None, "secret_access_key": None}),
+    ("azure", "csl.cdn.azure", "AzureFrontDoorProvider",
+     {"CDN_AZURE_TENANT_ID": "t1", "CDN_AZURE_CLIENT_ID": "c1", "CDN_AZURE_CLIENT_SECRET": "az-secret"},
+     {"tenant_id": "t1", "client_id": "c1", "client_secret": Secret("az-secret")}),
+    ("fastly", "csl.cdn.fastly", "FastlyProvider", {"CDN_FASTLY_API_TOKEN": "f-token"},
+     {"api_token": Secret("f-token")}),
+])
+def test_build_provider_hands_each_remote_provider_its_credentials(monkeypatch, provider, module, cls, env, expected):
+    import sys
+    import types
+
+    fake = types.ModuleType(module)
+    setattr(fake, cls, _Recorder)
+    monkeypatch.setitem(sys.modules, module, fake)
+    settings = cdn({"CDN_AUDIO_PROVIDER": provider, "CDN_AUDIO_ZONE_ID": "zone-1", **env})
+    with Cdn.from_settings(settings, seams={provider: {"transport": "seam"}}) as client:
+        built = client.provider("audio")
+        assert isinstance(built, _Recorder) and built.kwargs == {**expected, "transport": "seam"}
+        assert client.zones["audio"].zone_id == "zone-1"
+    assert built.closed
