@@ -274,6 +274,8 @@ def test_the_edge_serves_approved_samples_only_and_forgets_one_when_it_is_unappr
             first, second = edge.get(f"/audio/{shown[1]}"), edge.get(f"/audio/{shown[1]}")
             assert (first.status_code, second.headers["x-cache"]) == (200, "HIT")
             assert first.content == primary.get(shown[1])
+            # published with the audio zone's headers (the TTL table), and served as the copy says
+            assert first.headers["cache-control"] == "public, max-age=86400, s-maxage=604800"
             assert edge.get(f"/audio/{hidden[1]}").status_code != 200  # an unapproved sample is nobody's to hear
             assert anonymous_status(primary, shown[1]) == 403  # the bucket of record is private
             try:
