@@ -42,6 +42,7 @@ from airflow.sdk.exceptions import AirflowNotFoundException
 
 from csl.config import (
     CDN_PROVIDERS,
+    CDN_ZONE_ID_REQUIRED,
     CDN_ZONES,
     CHECKSUM_CALCULATIONS,
     CLOUDFLARE_PLANS,
@@ -307,6 +308,9 @@ def cdn_from_connections(edge_conn, zone_conns: dict) -> CdnSettings:
         if conn is not None:
             zones.append(_zone(conn, name, credentials, sources))
         elif base_url is not None:
+            if provider in CDN_ZONE_ID_REQUIRED:
+                raise ConfigError(_where(edge_conn, "extra.provider"), f"{provider!r} needs a zone id and credentials "
+                                  f"per zone: define csl_cdn_{name} (or keep provider varnish here)")
             zones.append(CdnZoneSettings(name=name, provider=provider, base_url=f"{base_url}/{name}"))
     plan = credentials.pop("cloudflare_plan", "free")
     secrets = {key: Secret(value) for key, value in credentials.items()}

@@ -141,6 +141,8 @@ BAD = [
     ("edge host moves the URL", conns(edge={"host": "cdn.example@evil.example"}), "host"),
     ("edge schema", conns(edge={"schema": "ftp"}), "schema"),
     ("edge unknown key", conns(edge={"extra": {"ttl": 5}}), "extra"),
+    ("edge default cloudflare without zone connections", conns(edge={"extra": {"provider": "cloudflare"}}),
+     "extra.provider"),
     ("cloudflare without a token", conns(csl_cdn_images={**CF, "password": None}), "password"),
     ("cloudflare without a zone id", conns(csl_cdn_images={**CF, "extra": {"provider": "cloudflare"}}), "extra.zone_id"),
     ("fastly without a token", conns(csl_cdn_audio={**CF, "password": None, "extra": {"provider": "fastly",

@@ -19,7 +19,8 @@ Purges (``purge(zone, batch)``), all accepted only from the VCL's ``purgers`` AC
 
 The hit ratio is ``MAIN.cache_hit / (cache_hit + cache_miss)`` from ``varnishstat -j`` on the
 edge's ``-n`` work folder (``CDN_VARNISH_WORK_DIR`` or the zone option ``work_dir``); without
-``varnishstat`` or the folder there is no ratio, which is not an error.
+``varnishstat`` or the folder there is no ratio, which is not an error. It is the whole edge's
+ratio: Varnish keeps no counters per zone.
 """
 
 from __future__ import annotations
