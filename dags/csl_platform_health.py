@@ -9,12 +9,15 @@ grid shows at a glance which one is red:
   (to the replica when healthy, else to the primary). Fails only when the primary or reads
   are down; a replica problem is reported, reads keep working.
 - **check_storage** (one mapped task per provider) — put → get → delete of a probe object.
-- **check_edge** — the caching edge answers `/__health` and says its backend is healthy.
+- **check_edge** — every configured CDN zone (audio, images, static): reachable, its latency and,
+  where the provider exposes it, the hit ratio (the local edge answers `/__health`, says its
+  backend is healthy, and `varnishstat` gives the ratio). A zone that is down is named
+  `edge.<zone>`; `tolerate` takes `edge` (every zone) or one zone.
 - **summary** — collects every report into XCom (`summary`) and `csl_ops.task_runs`, and
   fails naming each component that is down (unless listed in `tolerate`).
 
 Connections: `csl_db`, `csl_db_replica`, `csl_storage_primary`, `csl_storage_fallback`,
-`csl_cdn_edge`. Without Airflow: `python -m csl health`.
+`csl_cdn_edge` and the zones' `csl_cdn_audio`, `csl_cdn_images`, `csl_cdn_static`. Without Airflow: `python -m csl health`.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from csl_airflow.params import param
 
 # csl.health.COMPONENTS, written out: this file must not import csl (cheap to parse); a test checks they agree.
 COMPONENTS = ["database.primary", "database.replica", "database.reads", "storage.primary",
-              "storage.fallback", "edge"]
+              "storage.fallback", "edge", "edge.audio", "edge.images", "edge.static"]
 STORAGE_PROVIDERS = ["primary", "fallback"]
 
 

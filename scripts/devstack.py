@@ -220,6 +220,15 @@ class Stack:
         link.symlink_to(target, target_is_directory=True)
         return target
 
+    def edge_work_dir(self) -> Path:
+        """Varnish's ``-n`` folder (``varnishstat -n`` reads the hit ratio there), without making it."""
+        link = self.state / "edge"
+        if link.is_symlink():
+            return link.resolve() / "work"
+        if link.exists() or reachable_by_others(self.state):
+            return link / "work"
+        return outside_root(self.state) / "edge" / "work"
+
     def pg_log(self, name: str) -> Path:
         """A PostgreSQL log: written by the server's OS user, so beside its data when outside."""
         folder = self.logs if self.part("pg").parent == self.state else self.part("pg")
@@ -605,7 +614,7 @@ class Stack:
         if self.pid("edge") is None:
             port = self.ports["edge"]
             log(f"starting Varnish edge on 127.0.0.1:{port}")
-            work = root / "work"
+            work = self.edge_work_dir()
             self.spawn("edge", [VARNISHD, "-F", "-n", str(work), "-a", f"127.0.0.1:{port}",
                                 "-T", "127.0.0.1:0", "-f", str(vcl), "-s", "malloc,64m"])
         wait_for("Varnish edge (and its backend)", self.edge_backend_healthy, timeout=60,
@@ -650,6 +659,7 @@ class Stack:
             "CDN_PROVIDER": "varnish",
             "CDN_BASE_URL": u["edge"],
             "CDN_CACHE_TTL": "86400",
+            "CDN_VARNISH_WORK_DIR": str(self.edge_work_dir()),
             # for clients only (scripts/demo.py, the tests): kept out of airflow_process_env()
             "CSL_AIRFLOW_ADMIN_PASSWORD": s["airflow_admin"],
             # Airflow connections (the DAGs read only these)
@@ -666,7 +676,7 @@ class Stack:
                           "provider": "s3", "force_path_style": True, "listing_order": "path"}}),
             "AIRFLOW_CONN_CSL_CDN_EDGE": json.dumps({
                 "conn_type": "http", "host": "127.0.0.1", "port": self.ports["edge"], "schema": "http",
-                "extra": {"provider": "varnish", "cache_ttl": 86400}}),
+                "extra": {"provider": "varnish", "cache_ttl": 86400, "work_dir": str(self.edge_work_dir())}}),
         }
         values.update(self.airflow_env())
         return values

@@ -24,6 +24,13 @@ from urllib.parse import unquote, urlsplit
 from csl.errors import ConfigError
 
 __all__ = [
+    "CDN_PROVIDERS",
+    "CDN_ZONES",
+    "CLOUDFLARE_PLANS",
+    "DEFAULT_ZONE_TTLS",
+    "CdnCredentials",
+    "CdnSettings",
+    "CdnZoneSettings",
     "DatabaseSettings",
     "EdgeSettings",
     "Secret",
@@ -54,7 +61,16 @@ DEFAULT_LISTING_ORDER = {"minio": "path", "s3": "byte", "supabase": "byte"}
 # one with BadDigest) and returns it on HEAD with ChecksumMode=ENABLED: then that checksum is
 # evidence of the stored bytes; otherwise they are read back and hashed.
 DEFAULT_VERIFIES_CHECKSUMS = {"minio": True, "s3": True, "supabase": False}
-CDN_PROVIDERS = ("cloudflare", "cloudfront", "azure", "varnish")
+CDN_PROVIDERS = ("cloudflare", "cloudfront", "azure", "fastly", "varnish")
+CDN_ZONES = ("audio", "images", "static")
+# Providers whose API addresses a zone by its own id (Cloudflare's zone, CloudFront's distribution,
+# Azure Front Door's endpoint path, Fastly's service); the local Varnish edge has none.
+CDN_ZONE_ID_REQUIRED = ("cloudflare", "cloudfront", "azure", "fastly")
+# The platform's TTL table, (browser, edge) in seconds per zone: audio 24 h / 7 d, images and
+# static 1 d / 30 d. (The seed guide's example header, max-age=3600, s-maxage=86400, contradicts
+# its own table; the table wins, and CDN_<ZONE>_BROWSER_TTL / CDN_<ZONE>_EDGE_TTL override it.)
+DEFAULT_ZONE_TTLS = {"audio": (86400, 7 * 86400), "images": (86400, 30 * 86400), "static": (86400, 30 * 86400)}
+CLOUDFLARE_PLANS = ("free", "pro", "business", "enterprise")
 BUCKET_NAME = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 
 
@@ -375,14 +391,120 @@ class StorageProviderSettings:
                                   f"({self.bucket!r}): that bucket holds every object and stays private")
 
 
+_OPTION_KEY = re.compile(r"[a-z][a-z0-9_]{0,63}")
+
+
+def _zone_options(setting: str, options: object) -> dict[str, object]:
+    """A zone's provider options: a mapping of snake_case names to strings, whole numbers or bools."""
+    if not isinstance(options, Mapping):
+        raise ConfigError(setting, f"expected a JSON object, got {_show(options)}")
+    for key, value in options.items():
+        if not isinstance(key, str) or not _OPTION_KEY.fullmatch(key):
+            raise ConfigError(setting, f"option names are snake_case words, got {_show(key)}")
+        if not isinstance(value, (str, int, bool)) or isinstance(value, float):
+            raise ConfigError(f"{setting}.{key}", f"expected a string, whole number or bool, got {_show(value)}")
+        if isinstance(value, str) and not value.isprintable():
+            raise ConfigError(f"{setting}.{key}", "must not contain control characters")
+    return dict(options)
+
+
 @dataclass(frozen=True, kw_only=True)
-class EdgeSettings:
-    """The CDN in front of the public audio bucket (the local Varnish edge in dev/test)."""
+class CdnZoneSettings:
+    """One zone (audio, images or static): its provider, base URL, the provider's zone id and
+    options, and the TTLs its objects are served with (browser, edge; the TTL table by default)."""
+
+    name: str
+    provider: str
+    base_url: str
+    zone_id: str | None = None
+    options: Mapping[str, object] = field(default_factory=dict)
+    browser_ttl_s: int | None = None
+    edge_ttl_s: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.name not in CDN_ZONES:
+            raise ConfigError("CDN zone", f"expected one of {', '.join(CDN_ZONES)}, got {_show(self.name)}")
+        env = f"CDN_{self.name.upper()}"
+        if self.provider not in CDN_PROVIDERS:
+            raise ConfigError(f"{env}_PROVIDER", f"expected one of {', '.join(CDN_PROVIDERS)}, got {_show(self.provider)}")
+        object.__setattr__(self, "base_url", parse_http_url(f"{env}_BASE_URL", self.base_url))
+        if self.zone_id is not None:
+            if not isinstance(self.zone_id, str) or not self.zone_id:
+                raise ConfigError(f"{env}_ZONE_ID", "expected the provider's zone id as text")
+            _plain(f"{env}_ZONE_ID", self.zone_id)
+        if self.provider in CDN_ZONE_ID_REQUIRED and not self.zone_id:
+            raise ConfigError(f"{env}_ZONE_ID", f"not set; zone {self.name!r} uses provider {self.provider!r}, "
+                              "which needs the provider's zone id")
+        object.__setattr__(self, "options", _zone_options(f"{env}_OPTIONS", self.options))
+        browser, edge = DEFAULT_ZONE_TTLS[self.name]
+        for attribute, default, setting in (("browser_ttl_s", browser, f"{env}_BROWSER_TTL"),
+                                            ("edge_ttl_s", edge, f"{env}_EDGE_TTL")):
+            if getattr(self, attribute) is None:
+                object.__setattr__(self, attribute, default)
+            _require_number(setting, getattr(self, attribute), whole=True, minimum=0, maximum=MAX_CACHE_TTL_S)
+
+    @property
+    def ttls(self) -> tuple[int, int]:
+        return self.browser_ttl_s, self.edge_ttl_s  # type: ignore[return-value]
+
+
+@dataclass(frozen=True, kw_only=True)
+class CdnCredentials:
+    """The remote providers' credentials, one set per provider (all ``Secret``; never printed).
+    CloudFront without a key pair uses boto3's own chain (``AWS_*``, instance roles)."""
+
+    cloudflare_api_token: Secret | None = field(default=None, repr=False)
+    cloudflare_plan: str = "free"
+    cloudfront_access_key_id: Secret | None = field(default=None, repr=False)
+    cloudfront_secret_access_key: Secret | None = field(default=None, repr=False)
+    azure_tenant_id: Secret | None = field(default=None, repr=False)
+    azure_client_id: Secret | None = field(default=None, repr=False)
+    azure_client_secret: Secret | None = field(default=None, repr=False)
+    fastly_api_token: Secret | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        for name in ("cloudflare_api_token", "cloudfront_access_key_id", "cloudfront_secret_access_key",
+                     "azure_tenant_id", "azure_client_id", "azure_client_secret", "fastly_api_token"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, Secret):
+                raise ConfigError(f"CDN_{name.upper()}", "expected a csl.config.Secret")
+        if self.cloudflare_plan not in CLOUDFLARE_PLANS:
+            raise ConfigError("CDN_CLOUDFLARE_PLAN", f"expected one of {', '.join(CLOUDFLARE_PLANS)}, "
+                              f"got {_show(self.cloudflare_plan)}")
+        if bool(self.cloudfront_access_key_id) != bool(self.cloudfront_secret_access_key):
+            missing = "CDN_CLOUDFRONT_SECRET_ACCESS_KEY" if self.cloudfront_access_key_id else "CDN_CLOUDFRONT_ACCESS_KEY_ID"
+            raise ConfigError(missing, "not set; the CloudFront key pair is both keys or neither (boto3's chain)")
+
+    def missing_for(self, provider: str) -> list[str]:
+        """The env names of the credentials ``provider`` needs and does not have."""
+        needed = {"cloudflare": ("cloudflare_api_token",), "fastly": ("fastly_api_token",),
+                  "azure": ("azure_tenant_id", "azure_client_id", "azure_client_secret")}.get(provider, ())
+        return [f"CDN_{name.upper()}" for name in needed if not getattr(self, name)]
+
+    def __repr__(self) -> str:
+        given = [name for name in ("cloudflare_api_token", "cloudfront_access_key_id", "azure_client_secret",
+                                   "fastly_api_token") if getattr(self, name)]
+        return f"CdnCredentials(set={given}, cloudflare_plan={self.cloudflare_plan!r})"
+
+
+@dataclass(frozen=True, kw_only=True)
+class CdnSettings:
+    """The CDN in front of the published bucket: zones audio / images / static, each served by a
+    provider (the local Varnish edge in dev/test) under its base URL.
+
+    ``provider`` and ``base_url`` are every zone's defaults (``CDN_PROVIDER``, ``CDN_BASE_URL``;
+    a zone's base URL is ``<CDN_BASE_URL>/<zone>`` unless set); ``zones`` left ``None`` are those
+    defaults. ``cache_ttl_s`` (``CDN_CACHE_TTL``) is the edge TTL of an object that carries no
+    cache headers of its own; the zones' TTLs come from the TTL table (``DEFAULT_ZONE_TTLS``).
+    ``varnish_work_dir`` is the local edge's ``-n`` folder, for ``varnishstat``'s hit ratio."""
 
     enabled: bool = False
     provider: str = "varnish"
     base_url: str | None = None
     cache_ttl_s: int = 86400
+    zones: tuple[CdnZoneSettings, ...] | None = None
+    credentials: CdnCredentials = field(default_factory=CdnCredentials)
+    varnish_work_dir: str | None = None
 
     def __post_init__(self) -> None:
         _require_bool("CDN_ENABLED", self.enabled)
@@ -390,9 +512,39 @@ class EdgeSettings:
         if self.provider not in CDN_PROVIDERS:
             raise ConfigError("CDN_PROVIDER", f"expected one of {', '.join(CDN_PROVIDERS)}, got {self.provider!r}")
         if self.base_url is not None:
-            parse_http_url("CDN_BASE_URL", self.base_url)
-        if self.enabled and not self.base_url:
-            raise ConfigError("CDN_BASE_URL", "required when CDN_ENABLED is true")
+            object.__setattr__(self, "base_url", parse_http_url("CDN_BASE_URL", self.base_url))
+        if self.varnish_work_dir is not None and (not isinstance(self.varnish_work_dir, str)
+                                                  or not self.varnish_work_dir.startswith("/")):
+            raise ConfigError("CDN_VARNISH_WORK_DIR", "expected an absolute folder path (varnishd's -n)")
+        if not isinstance(self.credentials, CdnCredentials):
+            raise ConfigError("CDN credentials", "expected csl.config.CdnCredentials")
+        if self.zones is None:
+            zones = tuple(CdnZoneSettings(name=name, provider=self.provider, base_url=f"{self.base_url}/{name}")
+                          for name in CDN_ZONES) if self.base_url else ()
+            object.__setattr__(self, "zones", zones)
+        else:
+            object.__setattr__(self, "zones", tuple(self.zones))
+        names = [zone.name for zone in self.zones]
+        if len(set(names)) != len(names):
+            raise ConfigError("CDN zones", f"each zone once, got {', '.join(names)}")
+        if self.enabled and not self.zones:
+            raise ConfigError("CDN_BASE_URL", "required when CDN_ENABLED is true (or CDN_<ZONE>_BASE_URL for "
+                              "every zone)")
+        for zone in self.zones:
+            missing = self.credentials.missing_for(zone.provider)
+            if missing:
+                raise ConfigError(missing[0], f"not set; required because zone {zone.name!r} uses provider "
+                                  f"{zone.provider!r}")
+
+    def zone(self, name: str) -> CdnZoneSettings:
+        for zone in self.zones or ():
+            if zone.name == name:
+                return zone
+        known = ", ".join(z.name for z in self.zones or ()) or "none"
+        raise ConfigError("CDN zone", f"no zone named {name!r} (configured: {known})")
+
+
+EdgeSettings = CdnSettings  # the name the edge's callers used before the zones (kept importable)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -401,7 +553,12 @@ class Settings:
 
     database: DatabaseSettings | None = None
     storage: tuple[StorageProviderSettings, ...] = ()
-    edge: EdgeSettings = field(default_factory=EdgeSettings)
+    edge: CdnSettings = field(default_factory=CdnSettings)
+
+    @property
+    def cdn(self) -> CdnSettings:
+        """The CDN settings (zones, credentials); ``edge`` is their older name."""
+        return self.edge
 
     def require_database(self) -> DatabaseSettings:
         if self.database is None:
@@ -532,13 +689,81 @@ def _storage_from_env(env: Mapping[str, str]) -> list[StorageProviderSettings]:
     return providers
 
 
-def _edge_from_env(env: Mapping[str, str]) -> EdgeSettings:
+_CDN_CREDENTIAL_ENV = {
+    "CDN_CLOUDFLARE_API_TOKEN": "cloudflare_api_token",
+    "CDN_CLOUDFRONT_ACCESS_KEY_ID": "cloudfront_access_key_id",
+    "CDN_CLOUDFRONT_SECRET_ACCESS_KEY": "cloudfront_secret_access_key",
+    "CDN_AZURE_TENANT_ID": "azure_tenant_id",
+    "CDN_AZURE_CLIENT_ID": "azure_client_id",
+    "CDN_AZURE_CLIENT_SECRET": "azure_client_secret",
+    "CDN_FASTLY_API_TOKEN": "fastly_api_token",
+}
+_CDN_ZONE_ENV = ("PROVIDER", "BASE_URL", "ZONE_ID", "OPTIONS", "BROWSER_TTL", "EDGE_TTL")
+CDN_ENV_NAMES = frozenset({"CDN_ENABLED", "CDN_PROVIDER", "CDN_BASE_URL", "CDN_CACHE_TTL", "CDN_CLOUDFLARE_PLAN",
+                           "CDN_VARNISH_WORK_DIR", *_CDN_CREDENTIAL_ENV,
+                           *(f"CDN_{zone.upper()}_{part}" for zone in CDN_ZONES for part in _CDN_ZONE_ENV)})
+
+
+def _json_object(setting: str, text: str) -> dict[str, object]:
+    import json
+
+    try:
+        value = json.loads(text)
+    except ValueError:
+        raise ConfigError(setting, "is not valid JSON (expected an object such as {\"work_dir\": \"/…\"})") from None
+    if not isinstance(value, dict):
+        raise ConfigError(setting, "expected a JSON object")
+    return value
+
+
+def cdn_zone_from_env(env: Mapping[str, str], name: str, *, provider: str, base_url: str | None) -> CdnZoneSettings:
+    """One zone from ``CDN_<ZONE>_*``, defaulting to ``provider`` and ``<base_url>/<zone>``."""
+    prefix = f"CDN_{name.upper()}_"
+    zone_url = _get(env, prefix + "BASE_URL")
+    if zone_url is None:
+        if base_url is None:
+            raise ConfigError(prefix + "BASE_URL", "not set, and no CDN_BASE_URL to derive it from")
+        zone_url = f"{base_url}/{name}"
+    options = _get(env, prefix + "OPTIONS")
+    ttls = {}
+    for part in ("BROWSER_TTL", "EDGE_TTL"):
+        value = _get(env, prefix + part)
+        if value is not None:
+            ttls[part.lower() + "_s"] = parse_integer(prefix + part, value, minimum=0, maximum=MAX_CACHE_TTL_S)
+    return CdnZoneSettings(name=name, provider=_get(env, prefix + "PROVIDER", provider), base_url=zone_url,
+                           zone_id=_get(env, prefix + "ZONE_ID"),
+                           options=_json_object(prefix + "OPTIONS", options) if options else {}, **ttls)
+
+
+def _edge_from_env(env: Mapping[str, str]) -> CdnSettings:
+    unknown = sorted(name for name in env if name.startswith("CDN_") and name not in CDN_ENV_NAMES)
+    if unknown:
+        raise ConfigError(unknown[0], "unknown CDN setting (known: CDN_ENABLED, CDN_PROVIDER, CDN_BASE_URL, "
+                          "CDN_CACHE_TTL, CDN_<AUDIO|IMAGES|STATIC>_<PROVIDER|BASE_URL|ZONE_ID|OPTIONS|BROWSER_TTL|"
+                          "EDGE_TTL>, CDN_VARNISH_WORK_DIR and the providers' credentials)")
     ttl = _get(env, "CDN_CACHE_TTL", "86400")
-    return EdgeSettings(
-        enabled=parse_bool("CDN_ENABLED", _get(env, "CDN_ENABLED", "false")),
-        provider=_get(env, "CDN_PROVIDER", "varnish"),
-        base_url=_get(env, "CDN_BASE_URL"),
+    enabled = parse_bool("CDN_ENABLED", _get(env, "CDN_ENABLED", "false"))
+    provider = _get(env, "CDN_PROVIDER", "varnish")
+    if provider not in CDN_PROVIDERS:
+        raise ConfigError("CDN_PROVIDER", f"expected one of {', '.join(CDN_PROVIDERS)}, got {provider!r}")
+    base_url = _get(env, "CDN_BASE_URL")
+    if base_url is not None:
+        base_url = parse_http_url("CDN_BASE_URL", base_url)
+    zones = None
+    zone_set = any(_get(env, f"CDN_{zone.upper()}_{part}") is not None for zone in CDN_ZONES for part in _CDN_ZONE_ENV)
+    if base_url is not None or zone_set:
+        zones = tuple(cdn_zone_from_env(env, name, provider=provider, base_url=base_url) for name in CDN_ZONES)
+    credentials = CdnCredentials(cloudflare_plan=_get(env, "CDN_CLOUDFLARE_PLAN", "free"),
+                                 **{attr: Secret(env[name]) for name, attr in _CDN_CREDENTIAL_ENV.items()
+                                    if _get(env, name) is not None})
+    return CdnSettings(
+        enabled=enabled,
+        provider=provider,
+        base_url=base_url,
         cache_ttl_s=parse_integer("CDN_CACHE_TTL", ttl, minimum=0, maximum=MAX_CACHE_TTL_S),
+        zones=zones,
+        credentials=credentials,
+        varnish_work_dir=_get(env, "CDN_VARNISH_WORK_DIR"),
     )
 
 

@@ -1,4 +1,8 @@
-"""The platform health check: database primary/replica/lag, each storage provider, the edge.
+"""The platform health check: database primary/replica/lag, each storage provider, the CDN zones.
+
+The edge component (``edge``) is the CDN, checked per configured zone (audio, images, static:
+reachability, latency, hit ratio where the provider has it); a zone that is down is named
+``edge.<zone>``, and tolerating ``edge`` tolerates every zone.
 
 One entry point per use: :func:`platform_health` checks everything at once (``python -m csl
 health``); :func:`check_component` checks one component (one Airflow task each) and
@@ -12,10 +16,10 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from csl.cdn import VarnishEdge
-from csl.config import Settings
+from csl.cdn import Cdn
+from csl.config import CDN_ZONES, Settings
 from csl.db import Database
-from csl.errors import BadInput, CslError, ProblemFound
+from csl.errors import BadInput, ConfigError, CslError, ProblemFound
 from csl.storage import providers_for
 
 __all__ = [
@@ -37,7 +41,8 @@ __all__ = [
 _READ_PROBE = "SELECT count(*) FROM pg_catalog.pg_class"
 
 # What a run may tolerate: the parts a health report names when they are down.
-COMPONENTS = ("database.primary", "database.replica", "database.reads", "storage.primary", "storage.fallback", "edge")
+COMPONENTS = ("database.primary", "database.replica", "database.reads", "storage.primary", "storage.fallback", "edge",
+              *(f"edge.{zone}" for zone in CDN_ZONES))
 
 
 class HealthParamsError(BadInput, ValueError):
@@ -68,8 +73,36 @@ def check_storage(settings: Settings, provider_name: str) -> dict[str, Any]:
 
 
 def check_edge(settings: Settings) -> dict[str, Any]:
-    with VarnishEdge(settings.edge) as edge:
-        return edge.health()
+    """Every configured CDN zone (``csl.cdn.Cdn.health``): ``zones`` per zone, ``ok`` when all are,
+    ``error`` naming each zone that is down."""
+    cdn = settings.edge
+    if not cdn.zones:
+        raise ConfigError("CDN_BASE_URL", "not set; expected the edge's http(s):// base URL")
+    with Cdn.from_settings(cdn) as client:
+        zones = client.health()
+    down = [name for name, info in zones.items() if not info.get("ok")]
+    latencies = [info["latency_ms"] for info in zones.values() if info.get("latency_ms") is not None]
+    report: dict[str, Any] = {
+        "ok": not down, "provider": cdn.provider, "base_url": cdn.base_url, "zones": zones,
+        "backend_healthy": all(info.get("backend_healthy", info.get("ok")) for info in zones.values()),
+        "latency_ms": max(latencies) if latencies else None,
+    }
+    if down:
+        report["error"] = "; ".join(f"zone {name} ({zones[name].get('base_url')}): {zones[name].get('error', 'unhealthy')}"
+                                    for name in down)
+    return report
+
+
+def _edge_down(edge: Mapping[str, Any]) -> list[str]:
+    """``edge.<zone>`` for each zone down; ``edge`` for a report without zones that is down."""
+    zones = edge.get("zones")
+    if zones:
+        return [f"edge.{name}" for name, info in zones.items() if not info.get("ok")]
+    return [] if edge.get("ok") else ["edge"]
+
+
+def _tolerated(name: str, tolerate: frozenset[str]) -> bool:
+    return any(name == part or name.startswith(part + ".") for part in tolerate)
 
 
 def _down_in(database: Mapping[str, Any] | None, storage: Mapping[str, Any], edge: Mapping[str, Any] | None) -> list[str]:
@@ -84,8 +117,8 @@ def _down_in(database: Mapping[str, Any] | None, storage: Mapping[str, Any], edg
     for name, info in storage.items():
         if not info.get("ok"):
             down.append(f"storage.{name}")
-    if edge is not None and not edge.get("ok"):
-        down.append("edge")
+    if edge is not None:
+        down.extend(_edge_down(edge))
     return down
 
 
@@ -107,6 +140,8 @@ class ComponentReport:
         primary or reads are down: a replica down or lagging is reported, reads go to the primary."""
         if self.component == "database":
             return [f"database.{part}" for part in ("primary", "reads") if not self.report[part].get("ok")]
+        if self.component == "edge":
+            return _edge_down(self.report)
         return [] if self.report.get("ok") else [self.component]
 
     @property
@@ -127,7 +162,11 @@ class ComponentReport:
             raise ComponentDown(f"{', '.join(failing)} down: {details}")
 
     def _info(self, part: str) -> dict[str, Any]:
-        return self.report.get(part.split(".", 1)[1], {}) if part.startswith("database.") else self.report
+        if part.startswith("database."):
+            return self.report.get(part.split(".", 1)[1], {})
+        if part.startswith("edge."):
+            return self.report.get("zones", {}).get(part.split(".", 1)[1], {})
+        return self.report
 
     def as_dict(self) -> dict[str, Any]:
         return {"component": self.component, "report": self.report}
@@ -164,7 +203,7 @@ class HealthReport:
 
     @property
     def failing(self) -> list[str]:
-        return [c for c in self.down if c.split(" ")[0] not in self.tolerate]
+        return [c for c in self.down if not _tolerated(c.split(" ")[0], self.tolerate)]
 
     @property
     def ok(self) -> bool:
@@ -214,7 +253,7 @@ def platform_health(settings: Settings, *, storage: bool = True, edge: bool = Tr
     """Every component, checked one after the other (``python -m csl health``)."""
     return HealthReport(database=check_database(settings),
                         storage={p.name: check_storage(settings, p.name) for p in settings.storage} if storage else {},
-                        edge=check_edge(settings) if edge and settings.edge.base_url else None)
+                        edge=check_edge(settings) if edge and settings.edge.zones else None)
 
 
 def format_health(report: Mapping[str, Any]) -> str:
@@ -238,8 +277,11 @@ def format_health(report: Mapping[str, Any]) -> str:
                      + (f"put/get/delete {info['latency_ms']} ms" if info["ok"] else info.get("error", "")))
     edge = report.get("edge")
     if edge is not None:
-        lines.append(f"[{mark(edge['ok'])}] edge ({edge['provider']})     {edge['base_url']}  "
-                     + (f"backend healthy, {edge['latency_ms']} ms" if edge["ok"] else edge.get("error", "")))
+        for name, info in (edge.get("zones") or {"": edge}).items():
+            ratio = info.get("hit_ratio")
+            lines.append(f"[{mark(info['ok'])}] cdn {name or 'edge':<14} {info.get('provider')} {info.get('base_url')}  "
+                         + (f"{info.get('latency_ms')} ms" + (f", hit ratio {ratio:.1%}" if ratio is not None else "")
+                            if info["ok"] else info.get("error", "")))
     tolerated = [c for c in report["down"] if c not in report.get("failing", report["down"])]
     lines.append(("healthy" if report["ok"] else "UNHEALTHY: " + ", ".join(report.get("failing", report["down"])))
                  + (f" (tolerated: {', '.join(tolerated)})" if tolerated else ""))

@@ -15,8 +15,17 @@ backend in production):
   provider, ``path`` for minio, ``byte`` for s3 and supabase), ``verifies_checksums`` (a bool:
   the provider checks an upload's SHA-256 checksum and returns it on HEAD; default by provider,
   true for minio and s3, false for supabase)
-- ``csl_cdn_edge``: type ``http``; host, port, schema (http/https); extra ``provider``,
-  ``cache_ttl`` (whole seconds)
+- ``csl_cdn_edge``: type ``http``; host, port, schema (http/https): the CDN's base URL, every
+  zone's default (``<base>/<zone>``); extra ``provider``, ``cache_ttl`` (whole seconds: the edge
+  TTL of an object without cache headers of its own), ``work_dir`` (the local Varnish edge's
+  ``-n`` folder, for ``varnishstat``'s hit ratio)
+- ``csl_cdn_audio`` / ``csl_cdn_images`` / ``csl_cdn_static`` (optional, one per zone): type
+  ``http``; host = the zone's base URL (``https://cdn.example.com/audio``), or a host name with
+  schema and port; login = CloudFront's access key id or Azure's client id; password = the
+  provider's token or secret; extra ``provider`` (cloudflare|cloudfront|azure|fastly|varnish),
+  ``zone_id``, ``plan`` (Cloudflare's), ``tenant_id`` (Azure's), ``options`` (a JSON object),
+  ``browser_ttl`` / ``edge_ttl`` (whole seconds; the TTL table by default), ``work_dir``.
+  One set of credentials per provider: two zones of one provider with different ones are refused.
 
 Every value is parsed as ``csl.config`` parses the environment: a malformed port, number or
 bool, or an unknown extra key, is one ``ConfigError`` naming the connection and the field.
@@ -33,13 +42,18 @@ from airflow.sdk.exceptions import AirflowNotFoundException
 
 from csl.config import (
     CDN_PROVIDERS,
+    CDN_ZONE_ID_REQUIRED,
+    CDN_ZONES,
     CHECKSUM_CALCULATIONS,
+    CLOUDFLARE_PLANS,
     LISTING_ORDERS,
     MAX_CACHE_TTL_S,
     MAX_REPLICA_LAG_S,
     STORAGE_KINDS,
+    CdnCredentials,
+    CdnSettings,
+    CdnZoneSettings,
     DatabaseSettings,
-    EdgeSettings,
     Secret,
     Settings,
     StorageProviderSettings,
@@ -50,7 +64,7 @@ from csl.config import (
 )
 from csl.errors import ConfigError
 
-__all__ = ["DEFAULT_CONN_IDS", "database_url", "settings_from_connections"]
+__all__ = ["DEFAULT_CONN_IDS", "cdn_from_connections", "database_url", "settings_from_connections"]
 
 DEFAULT_CONN_IDS = {
     "db": "csl_db",
@@ -58,10 +72,12 @@ DEFAULT_CONN_IDS = {
     "storage_primary": "csl_storage_primary",
     "storage_fallback": "csl_storage_fallback",
     "edge": "csl_cdn_edge",
+    **{f"cdn_{zone}": f"csl_cdn_{zone}" for zone in CDN_ZONES},
 }
 STORAGE_EXTRA = ("endpoint_url", "region_name", "bucket", "provider", "force_path_style", "public_bucket",
                  "published_bucket", "request_checksum_calculation", "listing_order", "verifies_checksums")
-EDGE_EXTRA = ("provider", "cache_ttl")
+EDGE_EXTRA = ("provider", "cache_ttl", "work_dir")
+CDN_ZONE_EXTRA = ("provider", "zone_id", "plan", "tenant_id", "options", "browser_ttl", "edge_ttl", "work_dir")
 _HOST_FORBIDDEN = set("@/?#[]:%\\")
 
 
@@ -189,19 +205,135 @@ def _storage(conn, name: str) -> StorageProviderSettings:
     )
 
 
-def _edge(conn) -> EdgeSettings:
-    extra = _extra(conn, EDGE_EXTRA)
+def _base_url(conn) -> str:
+    """``host`` as a whole base URL (``https://cdn.example.com/audio``), or scheme://host:port."""
+    host = conn.host
+    if isinstance(host, str) and "://" in host:
+        if conn.port not in (None, ""):
+            raise ConfigError(_where(conn, "port"), "give the port inside the host URL, not both")
+        return parse_http_url(_where(conn, "host"), host)
     scheme = conn.schema or "http"
     if scheme not in ("http", "https"):
         raise ConfigError(_where(conn, "schema"), f"expected http or https, got {scheme!r}")
+    return parse_http_url(_where(conn), f"{scheme}://{_host(conn)}{_port(conn)}")
+
+
+def _text(conn, extra: dict, key: str) -> str | None:
+    value = extra.get(key)
+    if value is not None and (not isinstance(value, str) or not value or not value.isprintable()):
+        raise ConfigError(_where(conn, f"extra.{key}"), "expected a non-empty string")
+    return value
+
+
+def _provider(conn, extra: dict) -> str:
     provider = extra.get("provider", "varnish")
     if provider not in CDN_PROVIDERS:
         raise ConfigError(_where(conn, "extra.provider"),
                           f"expected one of {', '.join(CDN_PROVIDERS)}, got {provider!r}")
+    return provider
+
+
+def _edge(conn) -> tuple[str, str, int, str | None]:
+    """(base URL, provider, cache TTL, Varnish work folder) from ``csl_cdn_edge``."""
+    extra = _extra(conn, EDGE_EXTRA)
+    provider = _provider(conn, extra)
     ttl = parse_integer(_where(conn, "extra.cache_ttl"), extra.get("cache_ttl", 86400), minimum=0,
                         maximum=MAX_CACHE_TTL_S)
-    return EdgeSettings(enabled=True, provider=provider, cache_ttl_s=ttl,
-                        base_url=parse_http_url(_where(conn), f"{scheme}://{_host(conn)}{_port(conn)}"))
+    return _base_url(conn), provider, ttl, _text(conn, extra, "work_dir")
+
+
+# provider → (credential fields taken from login, password, extra.tenant_id)
+_ZONE_CREDENTIALS = {
+    "cloudflare": (None, "cloudflare_api_token", None),
+    "fastly": (None, "fastly_api_token", None),
+    "cloudfront": ("cloudfront_access_key_id", "cloudfront_secret_access_key", None),
+    "azure": ("azure_client_id", "azure_client_secret", "azure_tenant_id"),
+    "varnish": (None, None, None),
+}
+
+
+def _zone(conn, name: str, credentials: dict, sources: dict) -> CdnZoneSettings:
+    """One zone from ``csl_cdn_<zone>``; its credentials are added to ``credentials`` (a field
+    given by two connections must agree: ``sources`` remembers who gave it)."""
+    extra = _extra(conn, CDN_ZONE_EXTRA)
+    provider = _provider(conn, extra)
+    options = extra.get("options", {})
+    if not isinstance(options, dict):
+        raise ConfigError(_where(conn, "extra.options"), "expected a JSON object")
+    work_dir = _text(conn, extra, "work_dir")
+    if work_dir:
+        options = {**options, "work_dir": work_dir}
+    login_field, password_field, tenant_field = _ZONE_CREDENTIALS[provider]
+    given = {login_field: conn.login, password_field: conn.password, tenant_field: _text(conn, extra, "tenant_id")}
+    if provider == "cloudflare" and extra.get("plan") is not None:
+        given["cloudflare_plan"] = _text(conn, extra, "plan")
+        if given["cloudflare_plan"] not in CLOUDFLARE_PLANS:
+            raise ConfigError(_where(conn, "extra.plan"), f"expected one of {', '.join(CLOUDFLARE_PLANS)}, "
+                              f"got {given['cloudflare_plan']!r}")
+    if provider == "cloudfront" and bool(conn.login) != bool(conn.password):
+        raise ConfigError(_where(conn, "password" if conn.login else "login"),
+                          "not set; CloudFront's key pair is login + password, or neither (boto3's chain)")
+    for field_name, value in given.items():
+        if field_name is None or not value:
+            continue
+        if field_name in credentials and credentials[field_name] != value:
+            raise ConfigError(_where(conn), f"{field_name} differs from connection {sources[field_name]!r}'s: "
+                              f"one set of credentials per provider")
+        credentials[field_name], sources[field_name] = value, conn.conn_id
+    ttls = {}
+    for key in ("browser_ttl", "edge_ttl"):
+        if key in extra:
+            ttls[f"{key}_s"] = parse_integer(_where(conn, f"extra.{key}"), extra[key], minimum=0,
+                                             maximum=MAX_CACHE_TTL_S)
+    try:
+        return CdnZoneSettings(name=name, provider=provider, base_url=_base_url(conn),
+                               zone_id=_text(conn, extra, "zone_id"), options=options, **ttls)
+    except ConfigError as exc:  # named after the connection's field, not the env var
+        part = exc.setting.removeprefix(f"CDN_{name.upper()}_")
+        field_name = {"ZONE_ID": "extra.zone_id", "BASE_URL": "host", "PROVIDER": "extra.provider"}.get(
+            part, "extra.options" if part.startswith("OPTIONS") else exc.setting)
+        raise ConfigError(_where(conn, field_name), exc.problem) from None
+
+
+def cdn_from_connections(edge_conn, zone_conns: dict) -> CdnSettings:
+    """``CdnSettings`` from ``csl_cdn_edge`` (the defaults) and the zones' connections."""
+    if edge_conn is None and not zone_conns:
+        return CdnSettings()
+    base_url, provider, ttl, work_dir = _edge(edge_conn) if edge_conn is not None else (None, "varnish", 86400, None)
+    credentials: dict = {}
+    sources: dict = {}
+    zones = []
+    for name in CDN_ZONES:
+        conn = zone_conns.get(name)
+        if conn is not None:
+            zones.append(_zone(conn, name, credentials, sources))
+        elif base_url is not None:
+            if provider in CDN_ZONE_ID_REQUIRED:
+                raise ConfigError(_where(edge_conn, "extra.provider"), f"{provider!r} needs a zone id and credentials "
+                                  f"per zone: define csl_cdn_{name} (or keep provider varnish here)")
+            zones.append(CdnZoneSettings(name=name, provider=provider, base_url=f"{base_url}/{name}"))
+    plan = credentials.pop("cloudflare_plan", "free")
+    secrets = {key: Secret(value) for key, value in credentials.items()}
+    try:
+        creds = CdnCredentials(cloudflare_plan=plan, **secrets)
+    except ConfigError as exc:
+        where = ", ".join(sorted(set(sources.values()))) or "csl_cdn_*"
+        raise ConfigError(f"Airflow connection(s) {where} {_CREDENTIAL_FIELDS.get(exc.setting, exc.setting)}",
+                          exc.problem) from None
+    for name in CDN_ZONES:
+        conn = zone_conns.get(name)
+        missing = creds.missing_for(conn and _provider(conn, _extra(conn, CDN_ZONE_EXTRA)) or "varnish")
+        if missing:
+            raise ConfigError(_where(conn, _CREDENTIAL_FIELDS[missing[0]]),
+                              f"not set; zone {name!r}'s provider needs it ({missing[0]})")
+    return CdnSettings(enabled=True, provider=provider, base_url=base_url, cache_ttl_s=ttl, zones=tuple(zones),
+                       credentials=creds, varnish_work_dir=work_dir)
+
+
+_CREDENTIAL_FIELDS = {"CDN_CLOUDFLARE_API_TOKEN": "password", "CDN_FASTLY_API_TOKEN": "password",
+                      "CDN_AZURE_CLIENT_SECRET": "password", "CDN_CLOUDFRONT_SECRET_ACCESS_KEY": "password",
+                      "CDN_AZURE_CLIENT_ID": "login", "CDN_CLOUDFRONT_ACCESS_KEY_ID": "login",
+                      "CDN_AZURE_TENANT_ID": "extra.tenant_id", "CDN_CLOUDFLARE_PLAN": "extra.plan"}
 
 
 def settings_from_connections(conn_ids: dict[str, str] | None = None, *,
@@ -218,6 +350,6 @@ def settings_from_connections(conn_ids: dict[str, str] | None = None, *,
         conn = _get(ids[f"storage_{name}"], required=name == "primary")
         if conn is not None:
             storage.append(_storage(conn, name))
-    edge_conn = _get(ids["edge"], required=False)
-    edge = _edge(edge_conn) if edge_conn else EdgeSettings()
+    zone_conns = {zone: conn for zone in CDN_ZONES if (conn := _get(ids[f"cdn_{zone}"], required=False))}
+    edge = cdn_from_connections(_get(ids["edge"], required=False), zone_conns)
     return Settings(database=database, storage=tuple(storage), edge=edge)

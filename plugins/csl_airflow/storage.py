@@ -193,7 +193,7 @@ class StoragePublicationOperator(_StorageOperator):
     def execute(self, context: Any) -> dict[str, Any]:
         from contextlib import ExitStack
 
-        from csl.cdn import VarnishEdge
+        from csl.cdn import CachePolicy, VarnishEdge
         from csl.storage import configured_buckets, providers_for, publication
 
         providers = providers_for(self.settings, self.providers, published_only=True)
@@ -203,7 +203,8 @@ class StoragePublicationOperator(_StorageOperator):
             try:
                 run = publication.publish_all(conn, providers, run_key=context["ti"].run_id, dry_run=self.dry_run,
                                               max_withdrawals=self.max_withdrawals, max_share=self.max_share,
-                                              edge=edge, buckets=configured_buckets(self.settings))
+                                              edge=edge, buckets=configured_buckets(self.settings),
+                                              cache_policy=CachePolicy.from_settings(self.settings.edge))
             except publication.PublicationError as exc:  # a cap or a bad Param: recorded, nothing changed
                 self.record(db, context, status="failed", error=str(exc))
                 raise

@@ -1,8 +1,14 @@
 vcl 4.1;
 # The local caching edge: Varnish + xkey in front of the primary provider's published bucket
 # (public-read copies of the approved samples, csl.publication; the bucket of record is private).
-# devstack.py renders the {{…}} placeholders. Purges (by URL or by surrogate key)
-# are accepted from loopback only; hotlinks from referers outside the allowed hosts get 403.
+# devstack.py renders the {{…}} placeholders. Purges (by URL, by surrogate key, by key prefix, a
+# whole zone) are accepted from the purgers ACL only; hotlinks from referers outside the allowed
+# hosts get 403. Zones: /audio/, /images/ and /static/ all map onto the published bucket; an
+# object's zone (x-zone) follows its Content-Type like csl.cdn.headers.zone_for_content_type.
+# Caching follows the object: its own Cache-Control (csl.cdn.headers, stored by the upload and the
+# publication copy) is served, and the edge keeps it for Surrogate-Control's max-age
+# (x-amz-meta-surrogate-control), else Cache-Control's s-maxage; an object without headers of
+# its own gets the edge default ({{EDGE_TTL}} s, CDN_CACHE_TTL).
 # Only published keys are served (csl.storage.PUBLISHED_PREFIXES, checked by a test): the
 # quarantine, temporary uploads, health probes and users' generation results get 403 here,
 # before the backend is asked (its bucket policy refuses them too).
@@ -50,6 +56,28 @@ sub vcl_recv {
             }
             return (synth(200, "Purged " + req.http.n-gone));
         }
+        if (req.http.x-ban-prefix) {
+            # "x-ban-prefix: samples/zz/": a key prefix in the published bucket, regex-free but for
+            # "[.]" (csl.cdn.varnish escapes "." so); banned on obj.http.x-url, which the lurker can test
+            if (req.http.x-ban-prefix !~ "^([A-Za-z0-9/_~%-]|\[\.\])+$") {
+                return (synth(400, "Bad ban prefix"));
+            }
+            # no quotes: ban() would keep them as part of the regex; the prefix has no spaces
+            if (std.ban("obj.http.x-url ~ ^/{{BUCKET}}/" + req.http.x-ban-prefix)) {
+                return (synth(200, "Banned"));
+            }
+            return (synth(400, "Ban refused: " + std.ban_error()));
+        }
+        if (req.http.x-ban-zone) {
+            # "x-ban-zone: audio": everything the zone's objects hold
+            if (req.http.x-ban-zone !~ "^(audio|images|static)$") {
+                return (synth(400, "Bad ban zone"));
+            }
+            if (std.ban("obj.http.x-zone == " + req.http.x-ban-zone)) {
+                return (synth(200, "Banned"));
+            }
+            return (synth(400, "Ban refused: " + std.ban_error()));
+        }
         call map_url;
         return (hash);
     }
@@ -77,11 +105,12 @@ sub vcl_recv {
     return (hash);
 }
 
-# /audio/<key> (or /<key>) -> /{{BUCKET}}/<key>; the query string is dropped
+# /<zone>/<key> (zones audio, images, static; or /<key>) -> /{{BUCKET}}/<key>; the query string
+# (csl.cdn.urls' transforms) is dropped
 sub map_url {
     set req.url = regsub(req.url, "\?.*$", "");
-    if (req.url ~ "^/audio/.") {
-        set req.url = regsub(req.url, "^/audio/", "/{{BUCKET}}/");
+    if (req.url ~ "^/(audio|images|static)/.") {
+        set req.url = regsub(req.url, "^/(audio|images|static)/", "/{{BUCKET}}/");
     } elsif (req.url ~ "^/{{BUCKET}}/") {
         set req.http.X-Edge-Bad = "1";
     } elsif (req.url ~ "^/.") {
@@ -116,18 +145,41 @@ sub vcl_backend_fetch {
 }
 
 sub vcl_backend_response {
+    # what bans test (the lurker sees obj.*, never req.*): the object's bucket path and its zone
+    set beresp.http.x-url = bereq.url;
+    if (beresp.http.Content-Type ~ "(?i)^audio/") {
+        set beresp.http.x-zone = "audio";
+    } elsif (beresp.http.Content-Type ~ "(?i)^image/") {
+        set beresp.http.x-zone = "images";
+    } else {
+        set beresp.http.x-zone = "static";
+    }
     if (beresp.status == 200 || beresp.status == 206) {
-        # surrogate keys: the object, its folder, and any tags stored as x-amz-meta-xkey;
-        # csl.publication purges "obj:/<bucket>/<key>" when it withdraws or replaces a copy
+        # surrogate keys: the object, its folder, and the object's own tags (x-amz-meta-xkey, e.g.
+        # "zone:audio"); csl.publication purges "obj:/<bucket>/<key>" when it withdraws or replaces a copy
         set beresp.http.xkey = "obj:" + bereq.url + " dir:" + regsub(bereq.url, "/[^/]*$", "");
         if (beresp.http.x-amz-meta-xkey) {
             set beresp.http.xkey = beresp.http.xkey + " " + beresp.http.x-amz-meta-xkey;
         }
         unset beresp.http.Vary;
         unset beresp.http.Set-Cookie;
-        set beresp.ttl = {{EDGE_TTL}}s;
         set beresp.grace = 1h;
-        set beresp.http.Cache-Control = "public, max-age=3600, s-maxage={{EDGE_TTL}}";
+        if (!beresp.http.Cache-Control) {
+            # stored before cache headers were set: the edge default
+            set beresp.http.Cache-Control = "public, max-age=86400, s-maxage={{EDGE_TTL}}";
+            set beresp.ttl = {{EDGE_TTL}}s;
+        } elsif (beresp.http.Cache-Control ~ "(?i)(private|no-store)") {
+            set beresp.uncacheable = true;
+            set beresp.ttl = 120s;
+            return (deliver);
+        }
+        if (beresp.http.x-amz-meta-surrogate-control ~ "(?i)(^|[ ,])max-age=[0-9]+") {
+            set beresp.ttl = std.duration(regsub(beresp.http.x-amz-meta-surrogate-control,
+                "(?i)^(.*[ ,])?max-age=([0-9]+).*$", "\2") + "s", {{EDGE_TTL}}s);
+        } elsif (beresp.http.Cache-Control ~ "(?i)s-maxage=[0-9]+") {
+            set beresp.ttl = std.duration(regsub(beresp.http.Cache-Control,
+                "(?i)^.*s-maxage=([0-9]+).*$", "\1") + "s", {{EDGE_TTL}}s);
+        }
         return (deliver);
     }
     if (beresp.status == 404) {
@@ -153,6 +205,11 @@ sub vcl_deliver {
         set resp.http.X-Xkey = resp.http.xkey;
     }
     unset resp.http.xkey;
+    unset resp.http.x-url;
+    unset resp.http.x-zone;
+    unset resp.http.x-amz-meta-xkey;
+    unset resp.http.x-amz-meta-surrogate-control;
+    unset resp.http.x-amz-meta-cdn-cache-control;
     unset resp.http.Seaweed-X-Amz-ETag;
     unset resp.http.Seaweed-X-Amz-Owner;
     unset resp.http.X-Amz-Request-Id;

@@ -21,6 +21,11 @@ STORAGE = {"conn_type": "aws", "login": "AKIAEXAMPLE", "password": "s3cret-key",
            "extra": {"endpoint_url": "http://127.0.0.1:9000", "bucket": "cultural-audio", "provider": "minio"}}
 EDGE = {"conn_type": "http", "host": "127.0.0.1", "port": 6081, "schema": "http",
         "extra": {"provider": "varnish", "cache_ttl": 86400}}
+CF = {"conn_type": "http", "host": "https://cdn.example.com/images", "password": "s3cret-cf",
+      "extra": {"provider": "cloudflare", "zone_id": "z123"}}
+AZ = {"conn_type": "http", "host": "https://csl.azurefd.net/audio", "login": "client-1", "password": "s3cret-az",
+      "extra": {"provider": "azure", "tenant_id": "tenant-1",
+                "zone_id": "subscriptions/s/resourceGroups/r/providers/Microsoft.Cdn/profiles/p/afdEndpoints/e"}}
 
 
 def conns(*, db=DB, storage=None, edge=None, **more) -> dict[str, str]:
@@ -55,7 +60,13 @@ for case in cases:
                            "checksums": p.request_checksum_calculation, "order": p.listing_order,
                            "verifies": p.verifies_checksums,
                            "cache_ttl_s": s.edge.cache_ttl_s, "edge": s.edge.base_url,
-                           "lag": s.database.max_replica_lag_s, "url": repr(s.database)}})
+                           "lag": s.database.max_replica_lag_s, "url": repr(s.database),
+                           "zones": {z.name: [z.provider, z.base_url, z.zone_id, z.browser_ttl_s, z.edge_ttl_s,
+                                              dict(z.options)] for z in s.edge.zones},
+                           "creds": sorted(k for k, v in vars(s.edge.credentials).items()
+                                           if k != "cloudflare_plan" and v is not None),
+                           "plan": s.edge.credentials.cloudflare_plan, "work_dir": s.edge.varnish_work_dir,
+                           "cdn": repr(s)}})
     except ConfigError as exc:
         out.append({"error": str(exc), "setting": exc.setting})
     except Exception as exc:
@@ -82,6 +93,27 @@ GOOD = [
     ("string true is true", conns(storage={"extra": {"public_bucket": "true"}}), {"public_bucket": True}),
     ("ttl as text", conns(edge={"extra": {"cache_ttl": "3600"}}), {"cache_ttl_s": 3600}),
     ("ipv6 edge", conns(edge={"host": "::1"}), {"edge": "http://[::1]:6081"}),
+    # issue 15: the zones, from csl_cdn_edge's defaults and csl_cdn_<zone> connections
+    ("zones default to the edge", conns(edge={"extra": {"work_dir": "/var/tmp/edge/work"}}),
+     {"zones": {z: ["varnish", f"http://127.0.0.1:6081/{z}", None, 86400, ttl, {}]
+                for z, ttl in (("audio", 604800), ("images", 2592000), ("static", 2592000))},
+      "creds": [], "work_dir": "/var/tmp/edge/work"}),
+    ("a cloudflare zone", conns(csl_cdn_images={**CF, "extra": {**CF["extra"], "plan": "pro", "edge_ttl": 3600}}),
+     {"zones": {"audio": ["varnish", "http://127.0.0.1:6081/audio", None, 86400, 604800, {}],
+                "images": ["cloudflare", "https://cdn.example.com/images", "z123", 86400, 3600, {}],
+                "static": ["varnish", "http://127.0.0.1:6081/static", None, 86400, 2592000, {}]},
+      "creds": ["cloudflare_api_token"], "plan": "pro"}),
+    ("one token for two zones", conns(csl_cdn_images=CF, csl_cdn_static={**CF, "host": "https://cdn.example.com/s"}),
+     {"creds": ["cloudflare_api_token"]}),
+    ("an azure zone", conns(csl_cdn_audio=AZ), {"creds": ["azure_client_id", "azure_client_secret", "azure_tenant_id"]}),
+    ("cloudfront on boto3's chain", conns(csl_cdn_static={"conn_type": "http", "host": "https://d1.example.net/static",
+                                                          "extra": {"provider": "cloudfront", "zone_id": "E2ABC"}}),
+     {"creds": []}),
+    ("a varnish zone on its own host", conns(csl_cdn_audio={"conn_type": "http", "host": "edge.internal", "port": 8080,
+                                                            "extra": {"work_dir": "/srv/edge", "options": {"x": 1}}}),
+     {"zones": {"audio": ["varnish", "http://edge.internal:8080", None, 86400, 604800, {"x": 1, "work_dir": "/srv/edge"}],
+                "images": ["varnish", "http://127.0.0.1:6081/images", None, 86400, 2592000, {}],
+                "static": ["varnish", "http://127.0.0.1:6081/static", None, 86400, 2592000, {}]}}),
 ]
 BAD = [
     ("ttl nan", conns(edge={"extra": {"cache_ttl": "nan"}}), "extra.cache_ttl"),
@@ -109,6 +141,34 @@ BAD = [
     ("edge host moves the URL", conns(edge={"host": "cdn.example@evil.example"}), "host"),
     ("edge schema", conns(edge={"schema": "ftp"}), "schema"),
     ("edge unknown key", conns(edge={"extra": {"ttl": 5}}), "extra"),
+    ("edge default cloudflare without zone connections", conns(edge={"extra": {"provider": "cloudflare"}}),
+     "extra.provider"),
+    ("cloudflare without a token", conns(csl_cdn_images={**CF, "password": None}), "password"),
+    ("cloudflare without a zone id", conns(csl_cdn_images={**CF, "extra": {"provider": "cloudflare"}}), "extra.zone_id"),
+    ("fastly without a token", conns(csl_cdn_audio={**CF, "password": None, "extra": {"provider": "fastly",
+                                                                                        "zone_id": "svc"}}), "password"),
+    ("azure without a tenant", conns(csl_cdn_audio={**AZ, "extra": {**AZ["extra"], "tenant_id": None}}),
+     "extra.tenant_id"),
+    ("azure without a client id", conns(csl_cdn_audio={**AZ, "login": None}), "login"),
+    ("cloudfront half a key pair", conns(csl_cdn_static={"conn_type": "http", "host": "https://d1.example.net/s",
+                                                         "login": "AKIA1", "extra": {"provider": "cloudfront",
+                                                                                     "zone_id": "E2"}}), "password"),
+    ("two tokens for one provider", conns(csl_cdn_images=CF, csl_cdn_static={**CF, "password": "s3cret-other"}),
+     "csl_cdn_static"),
+    ("zone unknown key", conns(csl_cdn_images={**CF, "extra": {**CF["extra"], "zoneid": "z"}}), "extra"),
+    ("zone unknown provider", conns(csl_cdn_images={**CF, "extra": {"provider": "akamai"}}), "extra.provider"),
+    ("zone host with credentials", conns(csl_cdn_images={**CF, "host": "https://u:s3cret-h@cdn.example.com/i"}),
+     "host"),
+    ("zone host with a query", conns(csl_cdn_images={**CF, "host": "https://cdn.example.com/i?token=s3cret-q"}),
+     "host"),
+    ("zone ttl nan", conns(csl_cdn_images={**CF, "extra": {**CF["extra"], "edge_ttl": "nan"}}), "extra.edge_ttl"),
+    ("zone ttl over a year", conns(csl_cdn_images={**CF, "extra": {**CF["extra"], "browser_ttl": 10**9}}),
+     "extra.browser_ttl"),
+    ("zone options not an object", conns(csl_cdn_images={**CF, "extra": {**CF["extra"], "options": [1]}}),
+     "extra.options"),
+    ("zone option a float", conns(csl_cdn_images={**CF, "extra": {**CF["extra"], "options": {"a": 1.5}}}),
+     "extra.options"),
+    ("cloudflare plan unknown", conns(csl_cdn_images={**CF, "extra": {**CF["extra"], "plan": "gold"}}), "extra.plan"),
     ("db port out of range", conns(db={"conn_type": "postgres", "host": "127.0.0.1", "port": 99999,
                                        "login": "csl", "password": "s3cret-db", "schema": "db"}), "port"),
     ("db extra not libpq", conns(db={"conn_type": "postgres", "host": "127.0.0.1", "login": "csl",
@@ -149,7 +209,7 @@ def test_good_connections_become_real_values(results, name, expected):
     outcome = results[name]
     assert "ok" in outcome, outcome
     assert {k: outcome["ok"][k] for k in expected} == expected
-    assert "s3cret" not in outcome["ok"]["url"]
+    assert "s3cret" not in outcome["ok"]["url"] and "s3cret" not in outcome["ok"]["cdn"]
 
 
 @pytest.mark.parametrize(("name", "field"), [(name, field) for name, _, field in BAD])

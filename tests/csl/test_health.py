@@ -33,12 +33,25 @@ def test_everything_healthy(settings):
     assert report.database["replica"]["lag_s"] is not None
     assert set(report.storage) == {"primary", "fallback"}
     assert report.edge["backend_healthy"] is True
+    assert set(report.edge["zones"]) == {"audio", "images", "static"}
+    for name, zone in report.edge["zones"].items():
+        assert zone["ok"] is True and zone["base_url"] == f"{settings.edge.base_url}/{name}"
+        assert zone["latency_ms"] >= 0 and "hit_ratio" in zone
 
 
-def test_edge_down_is_named(settings, service_down):
+def test_edge_down_is_named_zone_by_zone(settings, service_down):
     service_down("edge")
     report = platform_health(settings)
-    assert report.down == ["edge"] and "unreachable" in report.edge["error"]
+    assert report.down == ["edge.audio", "edge.images", "edge.static"]
+    assert "unreachable" in report.edge["error"] and "zone audio" in report.edge["error"]
+    assert report.edge["zones"]["images"]["ok"] is False
+    assert "cdn audio" in report.format() and "UNHEALTHY: edge.audio, edge.images, edge.static" in report.format()
+    from csl.health import HealthReport
+
+    # tolerating "edge" tolerates every zone
+    tolerant = HealthReport(database=report.database, storage=report.storage, edge=report.edge,
+                            tolerate=frozenset({"edge"}))
+    assert tolerant.down == report.down and tolerant.failing == [] and tolerant.ok
 
 
 def test_primary_storage_down_makes_the_edge_backend_unhealthy_too(settings, service_down):

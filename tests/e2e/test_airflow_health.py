@@ -45,6 +45,9 @@ def test_health_dag_succeeds_and_records_its_run(airflow, settings):
     summary = airflow.xcom(DAG, run_id, "summary", key="summary")
     assert summary["ok"] is True and summary["down"] == []
     assert summary["database"]["reads"]["target"] == "replica"
+    assert {name: zone["ok"] for name, zone in summary["edge"]["zones"].items()} == {
+        "audio": True, "images": True, "static": True}  # every configured CDN zone, checked from Airflow
+    assert summary["edge"]["zones"]["audio"]["base_url"].endswith("/audio")
     status, error, outcome = task_run_row(settings, run_id)
     assert (status, error) == ("success", None) and outcome["storage"]["fallback"]["ok"] is True
 

@@ -84,7 +84,7 @@ def _cmd_cleanup(args: argparse.Namespace, settings: Any) -> int:
 
 
 def _cmd_publish(args: argparse.Namespace, settings: Any) -> int:
-    from csl.cdn import VarnishEdge
+    from csl.cdn import CachePolicy, VarnishEdge
     from csl.db import Database
     from csl.storage import configured_buckets, providers_for, publication
 
@@ -94,7 +94,8 @@ def _cmd_publish(args: argparse.Namespace, settings: Any) -> int:
         try:
             run = publication.publish_all(conn, public, run_key=args.run_key or cli_run_key(),
                                           dry_run=not args.apply, max_withdrawals=args.max_withdrawals,
-                                          max_share=args.max_share, edge=edge, buckets=configured_buckets(settings))
+                                          max_share=args.max_share, edge=edge, buckets=configured_buckets(settings),
+                                          cache_policy=CachePolicy.from_settings(settings.edge))
         finally:
             if edge is not None:
                 edge.close()

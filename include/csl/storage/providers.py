@@ -191,13 +191,15 @@ class StorageProvider:
 
     # -- objects ---------------------------------------------------------------------------
     def put(self, key: str, body: bytes, *, content_type: str = "application/octet-stream",
-            metadata: dict[str, str] | None = None) -> dict[str, Any]:
-        """Store ``body`` under ``key`` with its SHA-256 in the object metadata."""
+            metadata: dict[str, str] | None = None, cache_control: str | None = None) -> dict[str, Any]:
+        """Store ``body`` under ``key`` with its SHA-256 in the object metadata (and its
+        ``Cache-Control``, served by the edge: ``csl.cdn.headers``)."""
         digest = sha256_hex(body)
         meta = {SHA256_META: digest, **(metadata or {})}
+        extra = {"CacheControl": cache_control} if cache_control else {}
         try:
             response = self.client.put_object(Bucket=self.bucket, Key=key, Body=body,
-                                               ContentType=content_type, Metadata=meta)
+                                               ContentType=content_type, Metadata=meta, **extra)
         except Exception as exc:  # translated: the caller hears which provider failed
             raise self._fail("put", key, exc) from exc
         return {"key": key, "size": len(body), "sha256": digest, "etag": response.get("ETag", "").strip('"')}
@@ -264,12 +266,15 @@ class StorageProvider:
         except Exception as exc:
             raise self._fail("copy to " + repr(target_key), source_key, exc) from exc
 
-    def copy_from(self, source: StorageProvider, key: str) -> None:
+    def copy_from(self, source: StorageProvider, key: str, *, replace: dict[str, Any] | None = None) -> None:
         """Server-side copy of ``key`` from ``source``'s bucket into this one (same endpoint and
-        credentials: a provider's own published bucket), metadata and content type included."""
+        credentials: a provider's own published bucket), metadata and content type included; with
+        ``replace`` (``ContentType``, ``CacheControl``, ``Metadata``: the whole new set) the copy
+        gets those instead (S3's ``MetadataDirective=REPLACE``)."""
+        directive = {"MetadataDirective": "REPLACE", **replace} if replace else {"MetadataDirective": "COPY"}
         try:
-            self.client.copy_object(Bucket=self.bucket, Key=key, MetadataDirective="COPY",
-                                    CopySource={"Bucket": source.bucket, "Key": key})
+            self.client.copy_object(Bucket=self.bucket, Key=key, CopySource={"Bucket": source.bucket, "Key": key},
+                                    **directive)
         except Exception as exc:
             raise self._fail(f"copy from bucket {source.bucket!r} of", key, exc) from exc
 

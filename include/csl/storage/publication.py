@@ -11,7 +11,9 @@ A run lists the original folders and the published bucket, reads the record of w
 published (``csl_ops.published_objects``), and then:
 
 - **publishes** an approved key with no copy yet, or whose original changed since it was
-  copied (size or ETag differs from the record): a server-side copy, then the copy streamed and
+  copied (size or ETag differs from the record): a server-side copy carrying the cache headers of
+  its content type's CDN zone (``csl.cdn.headers.CachePolicy``: ``Cache-Control``, the tag
+  metadata such as ``xkey: zone:audio``; the original's metadata kept), then the copy streamed and
   its SHA-256 compared with the original's (its ``sha256`` metadata, else the original streamed
   too). A copy that does not match is deleted at once, never left public: ``corrupt`` when the
   original's own bytes do not match the SHA-256 it was stored with (a finding: the integrity
@@ -147,14 +149,17 @@ def _event(conn: psycopg.Connection, provider: str, key: str, action: str, run_k
 
 
 def _publish(conn: psycopg.Connection, provider: StorageProvider, published: StorageProvider, key: str,
-             reason: str, run_key: str) -> dict[str, Any] | None:
+             reason: str, run_key: str, cache_policy: Any) -> dict[str, Any] | None:
     """Copy, verify, record. Returns None when published, else what was refused: ``corrupt``
     (the original's bytes do not match the SHA-256 it was stored with: never published) or
     ``copy_failed`` (the copy differs from a sound original); the copy is deleted either way."""
     head = provider.head(key)
     if head is None:
         return None  # gone since the listing: the next run sees it missing
-    published.copy_from(provider, key)
+    headers = cache_policy.for_content_type(head["content_type"])
+    published.copy_from(provider, key, replace={
+        "ContentType": head["content_type"] or "application/octet-stream", "CacheControl": headers.cache_control,
+        "Metadata": {**head["metadata"], **headers.metadata}})
     copied = published.digest(key)
     claimed = head["metadata"].get("sha256", "")
     original = None if _SHA256.fullmatch(claimed) else provider.digest(key)
@@ -219,9 +224,10 @@ def _purge_owed(conn: psycopg.Connection, provider: StorageProvider, published: 
 
 def run_publication(conn: psycopg.Connection, provider: StorageProvider, *, run_key: str, dry_run: bool,
                     max_withdrawals: int = 1000, max_share: float = 0.10, edge: Any = None,
-                    buckets: Sequence[str] | None = None) -> PublicationResult:
+                    buckets: Sequence[str] | None = None, cache_policy: Any = None) -> PublicationResult:
     """One publication run for ``provider`` (its published bucket). ``edge`` (a ``csl.cdn.VarnishEdge``
-    or None) is purged of what was withdrawn or replaced. Raises ``WithdrawalCapExceeded`` (nothing
+    or None) is purged of what was withdrawn or replaced; ``cache_policy`` (``csl.cdn.headers.CachePolicy``,
+    default the TTL table on the local edge) gives each copy its cache headers. Raises ``WithdrawalCapExceeded`` (nothing
     changed) unless ``dry_run``, which reports the refusal instead. What it did (or would do) is
     logged key by key (``csl.storage.publication``)."""
     if isinstance(max_share, bool) or not isinstance(max_share, (int, float)) or not 0 < max_share <= 1:
@@ -236,7 +242,7 @@ def run_publication(conn: psycopg.Connection, provider: StorageProvider, *, run_
         _lock(conn, provider.name)
     try:
         result = _run(conn, provider, published, run_key=run_key, dry_run=dry_run, buckets=buckets, edge=edge,
-                      max_withdrawals=max_withdrawals, max_share=max_share)
+                      max_withdrawals=max_withdrawals, max_share=max_share, cache_policy=cache_policy)
     finally:
         if not dry_run:
             conn.execute("SELECT pg_advisory_unlock(%s, hashtext(%s))", (_LOCK_CLASS, provider.name))
@@ -250,8 +256,11 @@ def _lock(conn: psycopg.Connection, provider: str) -> None:
 
 
 def _run(conn: psycopg.Connection, provider: StorageProvider, published: StorageProvider, *, run_key: str,
-         dry_run: bool, buckets: Sequence[str], edge: Any, max_withdrawals: int, max_share: float
-         ) -> PublicationResult:
+         dry_run: bool, buckets: Sequence[str], edge: Any, max_withdrawals: int, max_share: float,
+         cache_policy: Any = None) -> PublicationResult:
+    from csl.cdn.headers import CachePolicy
+
+    cache_policy = cache_policy or CachePolicy()
     plan = make_plan(conn, provider, buckets=buckets, max_withdrawals=max_withdrawals, max_share=max_share)
     if plan.refused and not dry_run:
         raise WithdrawalCapExceeded(plan.refused)
@@ -259,7 +268,7 @@ def _run(conn: psycopg.Connection, provider: StorageProvider, published: Storage
         return PublicationResult(provider=provider.name, bucket=published.bucket, dry_run=dry_run, **asdict(plan))
     copy_refused = []
     for key, reason in plan.publish:
-        refused = _publish(conn, provider, published, key, reason, run_key)
+        refused = _publish(conn, provider, published, key, reason, run_key, cache_policy)
         if refused:
             copy_refused.append(refused)
     for key in plan.withdraw:
@@ -361,8 +370,9 @@ class PublicationRun:
 
 def publish_all(conn: psycopg.Connection, providers: Sequence[StorageProvider], *, run_key: str, dry_run: bool,
                 max_withdrawals: int = 1000, max_share: float = 0.10, edge: Any = None,
-                buckets: Sequence[str] | None = None) -> PublicationRun:
+                buckets: Sequence[str] | None = None, cache_policy: Any = None) -> PublicationRun:
     """``run_publication`` for each of ``providers`` in turn (a refusal stops at that provider)."""
     return PublicationRun(tuple(run_publication(conn, provider, run_key=run_key, dry_run=dry_run,
                                                 max_withdrawals=max_withdrawals, max_share=max_share, edge=edge,
-                                                buckets=buckets) for provider in providers), dry_run)
+                                                buckets=buckets, cache_policy=cache_policy)
+                                for provider in providers), dry_run)

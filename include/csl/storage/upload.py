@@ -1,6 +1,10 @@
 """The storage service: validated uploads to the primary, failover to the fallback with a
 replicate-back record, deletes everywhere, signed URLs.
 
+Every object is stored with the cache headers of its content type's CDN zone
+(``csl.cdn.headers.CachePolicy``: ``Cache-Control`` and the tag metadata, e.g. ``xkey:
+zone:audio``), which the edge serves as the object says.
+
 Everything an upload carries (bytes, file name, content type, contributor, folder) is checked
 before any provider is called (``UploadRejected``, nothing written anywhere); only an
 unavailable primary (connection error, timeout, 5xx) fails over, a refusal (4xx) is raised.
@@ -40,8 +44,11 @@ class StorageService:
 
     def __init__(self, primary: StorageProvider, fallback: StorageProvider | None = None, *,
                  record: Any = None, max_url_expiry_s: int = 3600, limits: dict[str, int] | None = None,
-                 multipart_threshold: int = 8 * 1024 * 1024, purges: Any = None) -> None:
+                 multipart_threshold: int = 8 * 1024 * 1024, cache_policy: Any = None, purges: Any = None) -> None:
+        from csl.cdn.headers import CachePolicy
+
         self.primary = primary
+        self.cache_policy = cache_policy or CachePolicy()  # the TTL table on the local edge by default
         self.fallback = fallback
         self._record = record  # callable(conn-less) that stores a replication row; see csl.storage.queue_replication
         self.max_url_expiry_s = max_url_expiry_s
@@ -76,24 +83,26 @@ class StorageService:
         metadata = {SHA256_META: digest, "original-name": quote(filename, safe=" ._-()"), "kind": kind.name}
         if contributor:
             metadata["contributor"] = contributor
+        headers = self.cache_policy.for_content_type(content_type)
+        metadata.update(headers.metadata)
         try:
-            self._put(self.primary, key, data, content_type, metadata)
+            self._put(self.primary, key, data, content_type, metadata, headers.cache_control)
             return UploadResult(key, self.primary.name, kind.name, len(data), digest, False)
         except ProviderUnavailable as exc:
             if self.fallback is None:
                 raise
             log.warning("primary provider unavailable (%s); storing %s on %s and queueing the copy back",
                         exc, key, self.fallback.name)
-            self._put(self.fallback, key, data, content_type, metadata)
+            self._put(self.fallback, key, data, content_type, metadata, headers.cache_control)
             if self._record is not None:
                 self._record(key=key, source=self.fallback.name, target=self.primary.name,
                              reason=f"upload fell back: {exc}", sha256=digest, size=len(data))
             return UploadResult(key, self.fallback.name, kind.name, len(data), digest, True)
 
     def _put(self, provider: StorageProvider, key: str, data: bytes, content_type: str,
-             metadata: dict[str, str]) -> None:
+             metadata: dict[str, str], cache_control: str) -> None:
         if len(data) <= self.multipart_threshold:
-            provider.put(key, data, content_type=content_type, metadata=metadata)
+            provider.put(key, data, content_type=content_type, metadata=metadata, cache_control=cache_control)
             return
         import io
 
@@ -101,7 +110,8 @@ class StorageService:
 
         try:  # multipart: the whole-object SHA-256 travels in the metadata, computed beforehand
             provider.client.upload_fileobj(io.BytesIO(data), provider.bucket, key,
-                                           ExtraArgs={"ContentType": content_type, "Metadata": metadata},
+                                           ExtraArgs={"ContentType": content_type, "Metadata": metadata,
+                                                      "CacheControl": cache_control},
                                            Config=TransferConfig(multipart_threshold=self.multipart_threshold))
         except Exception as exc:
             raise provider._fail("multipart put", key, exc) from exc

@@ -146,9 +146,26 @@ def test_a_copy_that_does_not_match_its_original_is_never_left_public(world):
     assert world.run().publish == [(key, "new")] and world.copies() == {key: b"RIFF fresh"}
 
 
+def test_copies_carry_the_cache_headers_of_their_zone_and_keep_the_originals_metadata(world):
+    # issue 15: originals stored before cache headers existed still publish with them
+    key = world.sample(0, b"RIFF sound")
+    image = world.sample(1, b"\x89PNG cover", key=f"samples/{world.tag}/cover.png")
+    world.provider.client.copy_object(Bucket=world.provider.bucket, Key=image, MetadataDirective="REPLACE",
+                                      CopySource={"Bucket": world.provider.bucket, "Key": image},
+                                      ContentType="image/png", Metadata={"sha256": world.provider.head(image)[
+                                          "metadata"]["sha256"]})
+    world.run()
+    copy = world.published.client.head_object(Bucket=world.published.bucket, Key=key)
+    assert copy["CacheControl"] == "public, max-age=86400, s-maxage=604800" and copy["ContentType"] == "audio/wav"
+    assert copy["Metadata"]["xkey"] == "zone:audio" and len(copy["Metadata"]["sha256"]) == 64
+    cover = world.published.client.head_object(Bucket=world.published.bucket, Key=image)
+    assert cover["CacheControl"] == "public, max-age=86400, s-maxage=2592000"
+    assert cover["Metadata"]["xkey"] == "zone:images" and cover["ContentType"] == "image/png"
+
+
 def test_a_copy_garbled_on_the_way_is_deleted_and_reported_as_a_failed_copy(world, monkeypatch):
     key = world.sample(0, b"RIFF sound original")
-    monkeypatch.setattr(StorageProvider, "copy_from", lambda self, source, k: self.put(k, b"RIFF garbled"))
+    monkeypatch.setattr(StorageProvider, "copy_from", lambda self, source, k, **_: self.put(k, b"RIFF garbled"))
     result = world.run()
     assert [(r["key"], r["problem"]) for r in result.copy_refused] == [(key, "copy_failed")]
     assert world.copies() == {} and result.summary()["copy_failed"] == 1
@@ -257,6 +274,8 @@ def test_the_edge_serves_approved_samples_only_and_forgets_one_when_it_is_unappr
             first, second = edge.get(f"/audio/{shown[1]}"), edge.get(f"/audio/{shown[1]}")
             assert (first.status_code, second.headers["x-cache"]) == (200, "HIT")
             assert first.content == primary.get(shown[1])
+            # published with the audio zone's headers (the TTL table), and served as the copy says
+            assert first.headers["cache-control"] == "public, max-age=86400, s-maxage=604800"
             assert edge.get(f"/audio/{hidden[1]}").status_code != 200  # an unapproved sample is nobody's to hear
             assert anonymous_status(primary, shown[1]) == 403  # the bucket of record is private
             try:

@@ -189,3 +189,18 @@ def test_a_refusal_by_the_primary_is_raised_not_failed_over(service, settings, p
         _service(settings, refusing).upload(WAV, filename="take.wav", content_type="audio/wav", prefix=prefix)
     assert not isinstance(refused.value, ProviderUnavailable)
     assert _everything(service) == before and _queued(settings) == queued  # the fallback took nothing
+
+
+def test_uploads_carry_the_cache_headers_of_their_zone(service, prefix, settings):
+    # issue 15: the edge serves what the object says (csl.cdn.headers' TTL table, xkey tags)
+    from csl.cdn import CachePolicy
+
+    result = service.upload(WAV, filename="take.wav", content_type="audio/wav", prefix=prefix)
+    head = service.primary.client.head_object(Bucket=service.primary.bucket, Key=result.key)
+    assert head["CacheControl"] == "public, max-age=86400, s-maxage=604800"
+    assert head["Metadata"]["xkey"] == "zone:audio" and head["Metadata"]["surrogate-control"] == "max-age=604800"
+    configured = replace(settings.edge.zones[0], browser_ttl_s=60, edge_ttl_s=120)
+    service.cache_policy = CachePolicy.from_settings(replace(settings.edge, zones=(configured,)))
+    again = service.upload(WAV, filename="take.wav", content_type="audio/wav", prefix=prefix)
+    head = service.primary.client.head_object(Bucket=service.primary.bucket, Key=again.key)
+    assert head["CacheControl"] == "public, max-age=60, s-maxage=120"
