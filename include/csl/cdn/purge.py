@@ -26,7 +26,6 @@ from collections import defaultdict, deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit
 
 from psycopg.types.json import Jsonb
 
@@ -42,6 +41,7 @@ from csl.cdn.base import (
     Zone,
     batch_id_for,
 )
+from csl.cdn.zones import zone_for_url
 from csl.errors import ProblemFound, Transient
 
 __all__ = [
@@ -60,7 +60,6 @@ __all__ = [
     "settle_completion",
     "summarise",
     "wait_for_completion",
-    "zone_for_url",
 ]
 
 log = logging.getLogger("csl.cdn.purge")
@@ -91,23 +90,6 @@ class PurgeRequest:
     kind: str
     item: str
     queue_ids: tuple[int, ...] = ()
-
-
-def zone_for_url(zones: Mapping[str, Zone], url: str) -> Zone:
-    """The zone whose base URL the URL lies under (the longest such base URL); ``CdnInputError``
-    naming the URL when none does."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.netloc or _CONTROL.search(url):
-        raise CdnInputError(f"not an absolute http(s) URL: {url!r}")
-    best: Zone | None = None
-    for zone in zones.values():
-        base = zone.base_url.rstrip("/")
-        if (url == base or url.startswith(base + "/")) and (best is None or len(base) > len(best.base_url.rstrip("/"))):
-            best = zone
-    if best is None:
-        served = ", ".join(f"{z.name}: {z.base_url}" for z in zones.values()) or "no zone is configured"
-        raise CdnInputError(f"URL {url!r} is outside every CDN zone ({served})")
-    return best
 
 
 def manual_requests(zones: Mapping[str, Zone], *, urls: Iterable[str] = (), tags: Iterable[str] = (),

@@ -39,9 +39,11 @@ def enqueue_purge(conn: Any, *, provider: str, key: str, url: str | None, tags: 
 
 
 def published_base_url(settings: Any) -> str | None:
-    """The base URL the edge serves published samples under (the audio zone's); None without an edge."""
-    edge = settings.edge
-    return f"{edge.base_url.rstrip('/')}/audio" if edge.enabled and edge.base_url else None
+    """The base URL the edge serves published samples under (the audio zone's); None without a CDN."""
+    cdn = settings.edge
+    if not cdn.enabled:
+        return None
+    return next((zone.base_url for zone in cdn.zones or () if zone.name == "audio"), None)
 
 
 def queue_purges(connect: Any, *, base_url: str | None, source_run: str) -> Any:

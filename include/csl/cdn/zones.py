@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import re
 from collections.abc import Mapping
 from typing import Any, Self
 from urllib.parse import urlsplit
@@ -24,7 +25,7 @@ from csl.cdn.base import CdnInputError, CdnProvider, Zone
 from csl.config import CdnSettings, Settings
 from csl.errors import ConfigError
 
-__all__ = ["PROVIDER_CLASSES", "Cdn", "build_provider", "zone_from_settings"]
+__all__ = ["PROVIDER_CLASSES", "Cdn", "build_provider", "zone_for_url", "zone_from_settings"]
 
 log = logging.getLogger("csl.cdn")
 
@@ -36,6 +37,28 @@ PROVIDER_CLASSES = {
     "azure": ("csl.cdn.azure", "AzureFrontDoorProvider"),
     "fastly": ("csl.cdn.fastly", "FastlyProvider"),
 }
+
+
+_CONTROL = re.compile(r"[\x00-\x20\x7f]")
+
+
+def zone_for_url(zones: Mapping[str, Zone], url: str) -> Zone:
+    """The zone whose base URL the URL lies under (the longest such base URL); ``CdnInputError``
+    naming the URL when none does."""
+    if not isinstance(url, str):
+        raise CdnInputError(f"a URL must be text, got {url!r}")
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc or _CONTROL.search(url) or "#" in url:
+        raise CdnInputError(f"not an absolute http(s) URL: {url!r}")
+    best: Zone | None = None
+    for zone in zones.values():
+        base = zone.base_url.rstrip("/")
+        if url.startswith(base + "/") and (best is None or len(base) > len(best.base_url.rstrip("/"))):
+            best = zone
+    if best is None:
+        served = ", ".join(f"{z.name}: {z.base_url}" for z in zones.values()) or "no zone is configured"
+        raise CdnInputError(f"URL {url!r} is outside every CDN zone ({served})")
+    return best
 
 
 def _cdn_settings(settings: Settings | CdnSettings) -> CdnSettings:
@@ -123,13 +146,7 @@ class Cdn:
 
     def zone_for_url(self, url: str) -> Zone:
         """The zone whose base URL ``url`` is under (the longest base URL wins)."""
-        if isinstance(url, str):
-            matches = [zone for zone in self.zones.values()
-                       if url.startswith(zone.base_url.rstrip("/") + "/")]
-            if matches:
-                return max(matches, key=lambda zone: len(zone.base_url))
-        raise CdnInputError(f"URL {url!r} is outside every CDN zone "
-                            f"({', '.join(z.base_url for z in self.zones.values()) or 'none configured'})")
+        return zone_for_url(self.zones, url)
 
     def url(self, zone_name: str, key: str, *, signer: Any = None, **transforms: Any) -> str:
         """The public URL of ``key`` in the zone, with transforms (``csl.cdn.urls.object_url``)."""

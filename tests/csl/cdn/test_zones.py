@@ -106,10 +106,13 @@ def test_zone_for_url_picks_the_longest_base_url_and_refuses_outsiders():
         assert client.zone_for_url("https://cdn.culturalsoundlab.com/media/a.mp3").name == "audio"
         assert client.zone_for_url("https://cdn.culturalsoundlab.com/static/app.js").name == "static"
         for outsider in ("https://evil.example/media/a.mp3", "https://cdn.culturalsoundlab.com/mediaX/a.mp3",
-                         "https://cdn.culturalsoundlab.com/media", "/media/a.mp3"):
+                         "https://cdn.culturalsoundlab.com/media"):
             with pytest.raises(CdnInputError, match="outside every CDN zone") as caught:
                 client.zone_for_url(outsider)
             assert repr(outsider) in str(caught.value)
+        for relative in ("/media/a.mp3", "cdn.culturalsoundlab.com/media/a.mp3", "https://cdn.culturalsoundlab.com/media/a b"):
+            with pytest.raises(CdnInputError, match="not an absolute http"):
+                client.zone_for_url(relative)
         with pytest.raises(CdnInputError, match="unknown CDN zone 'video'"):
             client.provider("video")
 
