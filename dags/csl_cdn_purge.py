@@ -69,7 +69,7 @@ def csl_cdn_purge():
                                                    ("urls", "tags", "prefixes", "zone", "provider", "dry_run")})
     send = CdnPurgeSendOperator(task_id="send", batches=plan.output)
     done = CdnPurgeCompletionOperator(task_id="await_completion", batches=plan.output)
-    report = CdnPurgeReportOperator(task_id="report")
+    report = CdnPurgeReportOperator(task_id="report", batches=plan.output)
     plan >> send >> done >> report
 
 

@@ -24,7 +24,7 @@ from csl.health import format_health
 DEMO_DAGS = [("csl_platform_health", None), ("csl_index_install", None), ("csl_db_maintenance", None),
              ("csl_revenue_settlement", None), ("csl_storage_integrity", None),
              ("csl_storage_replication", {"mode": "findings"}), ("csl_storage_integrity", None),
-             ("csl_storage_publication", None), ("csl_performance_report", None)]
+             ("csl_storage_publication", None), ("csl_cdn_purge", None), ("csl_performance_report", None)]
 
 
 def format_index_report(report: dict | None) -> str:
@@ -124,6 +124,78 @@ def format_publication(outcome: dict | None, edge_url: str) -> str:
     return "\n".join(lines)
 
 
+def format_purge(summary: dict | None, plan: dict | None) -> str:
+    if not summary:
+        if plan is not None:
+            return (f"  nothing owed: {plan['queue_rows']} queue rows, {len(plan['batches'])} batches"
+                    + (" (dry run)" if plan.get("dry_run") else "") + "; send, completion and report skipped")
+        return "  (no summary: see the task logs)"
+    lines = []
+    for target, c in sorted(summary["by_target"].items()):
+        lines.append(f"  {target}: {c.get('items', 0)} item(s) in {c.get('batches', 0)} batch(es): "
+                     f"{c.get('done', 0)} done, {c.get('pending', 0)} pending, {c.get('failed', 0)} failed, "
+                     f"{c.get('purged', 0)} cached object(s) dropped")
+    lines += [f"  FAILED {f}" for f in summary["failures"][:5]]
+    lines.append("  every batch: csl_ops.cdn_purges; what is owed: csl_ops.cdn_purge_queue")
+    return "\n".join(lines)
+
+
+class EdgeDemo:
+    """Around the purge DAG's run: an object served by the edge (MISS, then HIT), its bytes replaced
+    (the edge still serves the old ones), a purge owed as replication owes one; after the run the
+    next fetch is a MISS with the new bytes. The object is deleted afterwards (a purge owed again,
+    drained by the DAG's next scheduled run)."""
+
+    def __init__(self) -> None:
+        import uuid
+
+        from csl.cdn import CachePolicy, Cdn
+        from csl.config import Settings
+        from csl.storage import StorageProvider
+
+        self.settings = Settings.from_env()
+        self.published = StorageProvider(self.settings.provider("primary")).published()
+        self.key = f"samples/demo-edge/{uuid.uuid4().hex[:8]}.wav"
+        with Cdn.from_settings(self.settings) as cdn:
+            self.url = cdn.url("audio", self.key)
+        self.headers = CachePolicy().for_content_type("audio/wav")
+
+    def _put(self, body: bytes) -> None:
+        self.published.put(self.key, body, content_type="audio/wav", metadata=self.headers.metadata,
+                           cache_control=self.headers.cache_control)
+
+    def _fetch(self) -> str:
+        import httpx
+
+        answer = httpx.get(self.url, timeout=10)
+        return f"{answer.headers.get('x-cache', '?')} {answer.content[:24]!r} (Cache-Control: " \
+               f"{answer.headers.get('cache-control')})"
+
+    def _owe(self, reason: str) -> None:
+        import psycopg
+
+        from csl.cdn.queue import edge_tags, enqueue_purge
+
+        with psycopg.connect(self.settings.database.primary_url, autocommit=True) as conn:
+            enqueue_purge(conn, provider="primary", key=self.key, url=self.url,
+                          tags=edge_tags(self.published.bucket, self.key), reason=reason, source_run="demo")
+
+    def before(self) -> None:
+        self._put(b"RIFF demo: the old bytes")
+        print(f"edge demo: {self.url}")
+        print(f"  fetch 1: {self._fetch()}")
+        print(f"  fetch 2: {self._fetch()}")
+        self._put(b"RIFF demo: the NEW bytes")
+        print(f"  bytes replaced in the published bucket; fetch 3: {self._fetch()}")
+        self._owe("replaced")
+        print("  a purge owed in csl_ops.cdn_purge_queue (as replication owes one); the purge DAG drains it")
+
+    def after(self) -> None:
+        print(f"edge demo after the purge: fetch 4: {self._fetch()}")
+        self.published.delete(self.key)
+        self._owe("deleted")
+
+
 def format_report(outcome: dict | None, base_url: str, run_id: str) -> str:
     if not outcome:
         return "  (no report this run: a scheduled run reports only at its report hour; see the snapshot)"
@@ -172,6 +244,8 @@ def show(client: AirflowClient, dag_id: str, run: dict) -> int:
         print(format_replication(xcom("report", "summary"), xcom("plan", "plan")))
     elif dag_id == "csl_storage_publication":
         print(format_publication(xcom("publish", "publication"), os.environ.get("CDN_BASE_URL", "")))
+    elif dag_id == "csl_cdn_purge":
+        print(format_purge(xcom("report", "summary"), xcom("plan", "plan")))
     elif dag_id == "csl_performance_report":
         print(format_report(xcom("report"), client.base_url, run_id))
     return int(run["state"] != "success")
@@ -191,6 +265,9 @@ def main() -> int:
     shown: set[tuple[str, str]] = set()
     for dag_id, conf in DEMO_DAGS:
         client.wait_for_dag(dag_id)
+        edge_demo = EdgeDemo() if dag_id == "csl_cdn_purge" else None
+        if edge_demo is not None:
+            edge_demo.before()
         response = client.trigger(dag_id, conf)
         if response.status_code >= 400:
             print(f"trigger {dag_id}: HTTP {response.status_code} {response.text}")
@@ -211,6 +288,8 @@ def main() -> int:
                 run = client.wait_for_run(dag_id, run["dag_run_id"])
             shown.add((dag_id, run["dag_run_id"]))
             failures += show(client, dag_id, run)
+        if edge_demo is not None:
+            edge_demo.after()
         print()
     print()
     print(f"Airflow UI:  {base_url}   (login: admin / {password})")

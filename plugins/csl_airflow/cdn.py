@@ -134,9 +134,9 @@ class CdnPurgeCompletionOperator(_AfterPlan):
         return counts
 
 
-class CdnPurgeReportOperator(CslBaseOperator):
+class CdnPurgeReportOperator(_AfterPlan):
     """The run per provider and zone (XCom ``summary``, ``csl_ops.task_runs``); fails naming the
-    batches that failed or are still pending."""
+    batches that failed or are still pending. Runs when sending failed too; skips with nothing sent."""
 
     def __init__(self, **kwargs: Any) -> None:
         kwargs.setdefault("trigger_rule", "all_done")
@@ -145,6 +145,7 @@ class CdnPurgeReportOperator(CslBaseOperator):
     def execute(self, context: Any) -> dict[str, Any]:
         from csl.cdn.purge import summarise
 
+        self.skip_when_nothing_planned()
         with self.database() as db:
             with db.connect_direct() as conn:
                 summary = summarise(conn, context["ti"].run_id)

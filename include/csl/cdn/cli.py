@@ -53,10 +53,28 @@ def _cmd_purge(args: argparse.Namespace, settings: Any) -> int:
     return 0
 
 
+def _cmd_url(args: argparse.Namespace, settings: Any) -> int:
+    from csl.cdn import Cdn
+
+    transforms = {name: getattr(args, name) for name in ("bitrate", "format", "quality", "width", "height")}
+    with Cdn.from_settings(settings) as cdn:
+        url = cdn.url(args.zone, args.key, **{k: v for k, v in transforms.items() if v is not None})
+    _print(args, {"zone": args.zone, "key": args.key, "url": url}, url)
+    return 0
+
+
+def _cmd_headers(args: argparse.Namespace, settings: Any) -> int:
+    from csl.cdn import CachePolicy
+
+    headers = CachePolicy.from_settings(settings.edge).headers(args.zone, tags=args.tag)
+    _print(args, headers, "\n".join(f"{name}: {value}" for name, value in headers.items()))
+    return 0
+
+
 def add_cli(sub: Any) -> None:
-    """Register ``cdn purge`` on the ``csl`` command's subparsers."""
-    cdn = sub.add_parser("cdn", help="CDN purges (batched to each provider's limits)")
-    actions = cdn.add_subparsers(dest="action", required=True, metavar="{purge}")
+    """Register ``cdn purge|url|headers`` on the ``csl`` command's subparsers."""
+    cdn = sub.add_parser("cdn", help="CDN purges (batched to each provider's limits), public URLs, cache headers")
+    actions = cdn.add_subparsers(dest="action", required=True, metavar="{purge,url,headers}")
     p = actions.add_parser("purge", help="purge URLs, tags or prefixes (and with --queue what the queue owes)")
     p.add_argument("--url", action="append", default=[], metavar="URL", help="an absolute URL in a configured zone")
     p.add_argument("--tag", action="append", default=[], metavar="TAG", help="a cache tag / surrogate key / xkey")
@@ -72,3 +90,20 @@ def add_cli(sub: Any) -> None:
     p.add_argument("--run-key", help="the run's key; the same key again sends only what was not confirmed")
     p.add_argument("--json", action="store_true", help="print the whole result as JSON")
     p.set_defaults(func=_cmd_purge)
+
+    p = actions.add_parser("url", help="the public URL of a key in a zone, with transforms")
+    p.add_argument("zone", choices=("audio", "images", "static"))
+    p.add_argument("key", help="the object's key, e.g. samples/ab/x.mp3")
+    p.add_argument("--bitrate", type=int, help="audio: 64, 96, 128, 192, 256 or 320")
+    p.add_argument("--format", help="audio: mp3, ogg, aac, flac, wav; images: auto, webp, avif, jpeg, png")
+    p.add_argument("--quality", help="audio: low, medium, high; images: 1..100")
+    p.add_argument("--width", type=int, help="images: 1..8192")
+    p.add_argument("--height", type=int, help="images: 1..8192")
+    p.add_argument("--json", action="store_true", help="print the whole result as JSON")
+    p.set_defaults(func=_cmd_url)
+
+    p = actions.add_parser("headers", help="the cache headers objects of a zone get (the TTL table)")
+    p.add_argument("zone", choices=("audio", "images", "static"))
+    p.add_argument("--tag", action="append", default=[], metavar="TAG", help="a cache tag to add")
+    p.add_argument("--json", action="store_true", help="print the whole result as JSON")
+    p.set_defaults(func=_cmd_headers)
