@@ -66,8 +66,12 @@ class _AfterPlan(_CdnOperator):
         self.batches = batches  # the plan task's result: batches to send (0 for a dry run or nothing owed)
 
     def skip_when_nothing_planned(self) -> None:
-        from airflow.sdk.exceptions import AirflowSkipException
+        """Skip when the plan has nothing to send; fail when there is no plan at all (the plan task
+        failed: a step that runs whatever its upstream did must not turn that into a success)."""
+        from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
+        if self.batches is None:
+            raise AirflowFailException("no result from task 'plan': it failed or did not run (see its log)")
         if not self.batches:
             raise AirflowSkipException("nothing to purge (an empty queue, or a dry run)")
 
@@ -82,7 +86,8 @@ class CdnPurgeSendOperator(_AfterPlan):
 
         self.skip_when_nothing_planned()
         with self.cdn() as cdn, self.database() as db, db.connect_direct() as conn:
-            result = send_purges(conn, cdn.zones, self.provider_for(cdn), run_key=context["ti"].run_id)
+            result = send_purges(conn, cdn.zones, self.provider_for(cdn), run_key=context["ti"].run_id,
+                                 connect=db.connect_direct)
         context["ti"].xcom_push(key="sent", value=result.as_dict())
         result.check()
         return result.as_dict()

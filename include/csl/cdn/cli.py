@@ -40,7 +40,7 @@ def _cmd_purge(args: argparse.Namespace, settings: Any) -> int:
                 lines += [f"unroutable queue row {i}: {why}" for i, why in plan.unroutable]
                 _print(args, plan.as_dict(), "\n".join(lines) or "nothing to purge")
                 return 0
-            sent = purges.send_purges(conn, cdn.zones, provider_for, run_key=run_key)
+            sent = purges.send_purges(conn, cdn.zones, provider_for, run_key=run_key, connect=db.connect_direct)
             if not args.no_wait:
                 try:
                     purges.wait_for_completion(conn, cdn.zones, provider_for, run_key=run_key,

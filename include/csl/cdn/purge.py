@@ -139,9 +139,10 @@ def manual_requests(zones: Mapping[str, Zone], *, urls: Iterable[str] = (), tags
     return requests
 
 
-def _queue_requests(conn: Any, zones: Mapping[str, Zone], limit: int) -> tuple[list[PurgeRequest], list[tuple[int, str]]]:
-    """Owed queue rows as URL purges (tags when the row has no URL); rows that fit no zone are
-    returned apart with why, and stay owed."""
+def _queue_requests(conn: Any, zones: Mapping[str, Zone], limit: int, supports: Callable[[Zone, str], bool]
+                    ) -> tuple[list[PurgeRequest], list[tuple[int, str]]]:
+    """Owed queue rows as URL purges (without a URL: their tags, in every zone whose provider purges
+    by tag); rows that fit no zone are returned apart with why, and stay owed."""
     rows = conn.execute(
         "SELECT id, public_url, tags FROM csl_ops.cdn_purge_queue WHERE purged_at IS NULL "
         "ORDER BY enqueued_at, id LIMIT %s", (limit,)).fetchall()
@@ -150,10 +151,11 @@ def _queue_requests(conn: Any, zones: Mapping[str, Zone], limit: int) -> tuple[l
         try:
             if url:
                 requests.append(PurgeRequest(zone_for_url(zones, url).name, "url", url, (id_,)))
-            elif tags and zones:
-                requests.extend(PurgeRequest(z.name, "tag", t, (id_,)) for z in zones.values() for t in tags)
+            elif tags and any(supports(z, "tag") for z in zones.values()):
+                requests.extend(PurgeRequest(z.name, "tag", t, (id_,)) for z in zones.values() if supports(z, "tag")
+                                for t in tags)
             else:
-                unroutable.append((id_, "no public URL and no tags: nothing to purge"))
+                unroutable.append((id_, "no public URL, and no tags a zone's provider could purge"))
         except CdnInputError as exc:
             unroutable.append((id_, str(exc)))
     return requests, unroutable
@@ -195,7 +197,8 @@ def plan_purges(conn: Any, zones: Mapping[str, Zone], limits_for: Callable[[Zone
     """Deduplicate the requests (and the queue's owed rows), group them by zone and kind, cut them
     at the provider's limit and record each batch as ``planned`` (not for a dry run). The same run
     planned again finds its batches already there (their ids derive from the run and the items)."""
-    queued, unroutable = _queue_requests(conn, zones, queue_limit) if include_queue else ([], [])
+    supports = lambda zone, kind: limits_for(zone).supports(kind)
+    queued, unroutable = _queue_requests(conn, zones, queue_limit, supports) if include_queue else ([], [])
     wanted: dict[tuple[str, str], dict[str, set[int]]] = defaultdict(dict)
     for r in [*requests, *queued]:
         if r.kind not in PURGE_KINDS:
@@ -340,13 +343,50 @@ class SendResult:
 
 
 def send_purges(conn: Any, zones: Mapping[str, Zone], provider_for: Callable[[Zone], CdnProvider], *,
-                run_key: str, max_attempts: int = 5, max_wait_s: float = 120.0,
-                sleep: Callable[[float], None] = time.sleep, clock: Callable[[], float] = time.monotonic) -> SendResult:
+                run_key: str, connect: Callable[[], Any] | None = None, max_attempts: int = 5,
+                max_wait_s: float = 120.0, sleep: Callable[[float], None] = time.sleep,
+                clock: Callable[[], float] = time.monotonic) -> SendResult:
     """Send the run's batches not yet confirmed (planned, interrupted, failed earlier), each
-    provider under its token bucket; a batch refused for its size goes again as two halves."""
+    provider under its token bucket; a batch refused for its size goes again as two halves.
+
+    With ``connect`` (a factory of autocommit connections) each provider is sent to from a thread
+    of its own with a connection of its own: providers are independent, so one that is rate-limited
+    (Azure's one call a second) does not hold back the others."""
+    by_provider: dict[str, list[_Row]] = {}
+    for row in _open_rows(conn, run_key):
+        by_provider.setdefault(row.batch.provider, []).append(row)
+    options = {"run_key": run_key, "max_attempts": max_attempts, "max_wait_s": max_wait_s, "sleep": sleep,
+               "clock": clock}
+    if connect is None or len(by_provider) < 2:
+        result = SendResult(run_key)
+        for rows in by_provider.values():
+            _send_rows(conn, rows, zones, provider_for, result, **options)
+        return result
+
+    def one(rows: list[_Row]) -> SendResult:
+        part = SendResult(run_key)
+        with connect() as own:
+            _send_rows(own, rows, zones, provider_for, part, **options)
+        return part
+
+    from concurrent.futures import ThreadPoolExecutor
+
     result = SendResult(run_key)
+    with ThreadPoolExecutor(max_workers=len(by_provider), thread_name_prefix="csl-purge") as pool:
+        for part in pool.map(one, by_provider.values()):
+            result.by_target.update(part.by_target)
+            result.errors += part.errors
+            result.transient += part.transient
+            result.waited_s += part.waited_s
+    return result
+
+
+def _send_rows(conn: Any, rows: Sequence[_Row], zones: Mapping[str, Zone],
+               provider_for: Callable[[Zone], CdnProvider], result: SendResult, *, run_key: str, max_attempts: int,
+               max_wait_s: float, sleep: Callable[[float], None], clock: Callable[[], float]) -> None:
+    """One provider's batches, in order, under its buckets; what happened goes into ``result``."""
     buckets: dict[str, tuple[TokenBucket, TokenBucket | None]] = {}
-    todo = deque(_open_rows(conn, run_key))
+    todo = deque(rows)
     while todo:
         row = todo.popleft()
         batch, zone = row.batch, zones.get(row.batch.zone)
@@ -416,7 +456,6 @@ def send_purges(conn: Any, zones: Mapping[str, Zone], provider_for: Callable[[Zo
             (result.transient if status == "unsent" else result.errors).append(
                 f"{batch.provider}/{batch.zone} batch {batch.batch_id} ({len(batch.items)} {batch.kind}s): {error}")
     result.waited_s += sum(b.waited_s + (i.waited_s if i else 0.0) for b, i in buckets.values())
-    return result
 
 
 def pending_batches(conn: Any, run_key: str) -> list[dict[str, Any]]:

@@ -331,3 +331,60 @@ def test_polling_without_blocking_returns_each_batch_state_or_pending_after_the_
     late = asyncio.run(purge.poll_pending(pending[:1], ZONES, provider_for, poll_s=5, timeout_s=12, sleep=sleep,
                                           clock=clock))
     assert late == {"b1": "pending"} and clock.now == pytest.approx(25)
+
+
+@pytest.mark.parametrize(("urls", "limit"), [(1, 30), (30, 30), (31, 30), (299, 100), (1000, 256)])
+def test_n_urls_take_exactly_ceil_n_over_the_limit_calls(conn, urls, limit):
+    providers, provider_for = _providers(scripted=Scripted("scripted", max_items=limit))
+    for i in range(urls):
+        _enqueue(conn, f"n{i}", f"https://cdn.example.com/audio/n{i}.mp3")
+    _run(conn, providers, provider_for, f"run-n{urls}")
+    calls = providers["scripted"].calls
+    assert len(calls) == -(-urls // limit)
+    assert sorted(i for b in calls for i in b.items) == sorted(f"https://cdn.example.com/audio/n{i}.mp3"
+                                                               for i in range(urls))
+
+
+def test_a_queue_row_with_tags_only_goes_to_the_zones_whose_provider_purges_by_tag(conn):
+    no_tags = Scripted("async", asynchronous=True, kinds=("url", "prefix"))
+    providers, provider_for = _providers(**{"async": no_tags})
+    tagged = _enqueue(conn, "t.mp3", None, ["obj:/bucket/t.mp3"])
+    _run(conn, providers, provider_for, "run-tags")
+    assert sorted(b.zone for b in providers["scripted"].calls) == ["audio", "images"] and not no_tags.calls
+    assert conn.execute("SELECT purged_at IS NOT NULL FROM csl_ops.cdn_purge_queue WHERE id = %s",
+                        (tagged,)).fetchone()[0]
+    # with no zone able to purge a tag, the row stays owed and says why
+    lone = {"static": ZONES["static"]}
+    nothing = _enqueue(conn, "u.mp3", None, ["obj:/bucket/u.mp3"])
+    plan = purge.plan_purges(conn, lone, lambda z: providers[z.provider].limits, run_key="run-tags-2")
+    assert plan.batches == () and [i for i, _ in plan.unroutable] == [nothing]
+    assert "no tags a zone's provider could purge" in conn.execute(
+        "SELECT last_error FROM csl_ops.cdn_purge_queue WHERE id = %s", (nothing,)).fetchone()[0]
+
+
+def test_with_a_connection_factory_providers_are_sent_to_at_once(conn, fresh_database):
+    import threading
+
+    met = threading.Event()
+
+    class Waits(Scripted):
+        def purge(self, zone, batch):  # answers only once the other provider has been called
+            if not met.wait(timeout=20):
+                raise CdnRefused(self.name, "the other provider was never called while this one waited")
+            return super().purge(zone, batch)
+
+    class Meets(Scripted):
+        def purge(self, zone, batch):
+            met.set()
+            return super().purge(zone, batch)
+
+    providers, provider_for = _providers(scripted=Waits("scripted"), **{"async": Meets("async", asynchronous=True)})
+    _enqueue(conn, "a", "https://cdn.example.com/audio/a.mp3")
+    _enqueue(conn, "s", "https://static.example.com/s/s.js")
+    purge.plan_purges(conn, ZONES, lambda z: providers[z.provider].limits, run_key="run-par")
+    sent = purge.send_purges(conn, ZONES, provider_for, run_key="run-par",
+                             connect=lambda: psycopg.connect(fresh_database, autocommit=True))
+    sent.check()
+    assert sent.by_target["scripted/audio"]["done"] == 1 and sent.by_target["async/static"]["pending"] == 1
+    assert dict(conn.execute("SELECT zone, status FROM csl_ops.cdn_purges WHERE run_key = 'run-par'").fetchall()) == {
+        "audio": "done", "static": "pending"}
