@@ -24,7 +24,7 @@ import re
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Self
+from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
@@ -33,6 +33,7 @@ from csl.cdn.base import (
     CdnInputError,
     CdnRefused,
     CdnUnavailable,
+    ClientOwner,
     CompletionState,
     ProviderLimits,
     PurgeBatch,
@@ -95,7 +96,7 @@ def _too_large(status: int, code: str | int | None, message: str) -> bool:
     return status == 400 and _PATHS.search(message) is not None and _LIMIT.search(message) is not None
 
 
-class AzureFrontDoorProvider:
+class AzureFrontDoorProvider(ClientOwner):
     name = "azure"
 
     def __init__(self, *, tenant_id: str, client_id: str, client_secret: Secret, api_version: str = "2024-02-01",
@@ -125,15 +126,6 @@ class AzureFrontDoorProvider:
     def __repr__(self) -> str:
         return (f"AzureFrontDoorProvider(tenant_id={self.tenant_id!r}, client_id={self.client_id!r}, "
                 f"api_base={self.api_base!r})")
-
-    def close(self) -> None:
-        self._client.close()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     # -- the token -------------------------------------------------------------------------------
 

@@ -21,7 +21,7 @@ import hashlib
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, Self, runtime_checkable
 
 from csl.errors import BadInput, EdgeError, ProblemFound
 
@@ -33,6 +33,7 @@ __all__ = [
     "CdnProvider",
     "CdnRefused",
     "CdnUnavailable",
+    "ClientOwner",
     "CompletionState",
     "ProviderLimits",
     "PurgeBatch",
@@ -196,6 +197,22 @@ class CdnProvider(Protocol):
 
     def close(self) -> None:
         ...
+
+
+class ClientOwner:
+    """``close()`` and the context-manager protocol for a provider that owns one httpx client
+    (``self._client``)."""
+
+    _client: Any
+
+    def close(self) -> None:
+        self._client.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 async def completion_in_thread(provider: CdnProvider, zone: Zone, request_id: str) -> CompletionState:

@@ -25,12 +25,12 @@ message says "more than N items/files/tags/…" — or any 413 — is ``BatchToo
 from __future__ import annotations
 
 import re
-from typing import Any, Self
+from typing import Any
 from urllib.parse import quote, urlsplit
 
 import httpx
 
-from csl.cdn.base import CompletionState, ProviderLimits, PurgeBatch, PurgeResult, Zone
+from csl.cdn.base import ClientOwner, CompletionState, ProviderLimits, PurgeBatch, PurgeResult, Zone
 from csl.cdn.http import check, json_body, probe, require_batch, require_zone_id, send
 from csl.config import ConfigError, Secret
 
@@ -67,7 +67,7 @@ def _too_large(status: int, code: str | int | None, message: str) -> bool:
     return status in (200, 400) and _TOO_MANY.search(message) is not None
 
 
-class CloudflareProvider:
+class CloudflareProvider(ClientOwner):
     name = "cloudflare"
 
     def __init__(self, *, api_token: Secret, plan: str = "free", max_urls_per_call: int = 30,
@@ -91,15 +91,6 @@ class CloudflareProvider:
 
     def __repr__(self) -> str:
         return f"CloudflareProvider(plan={self.plan!r}, api_base={self.api_base!r})"
-
-    def close(self) -> None:
-        self._client.close()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def _call(self, what: str, method: str, path: str, **kwargs: Any) -> Any:
         response = send(self._client, self.name, what, method, path, secrets=self._secrets, **kwargs)

@@ -22,12 +22,12 @@ rate limit". With no published purge ceiling, the bucket here is 20 calls/s with
 
 from __future__ import annotations
 
-from typing import Any, Self
+from typing import Any
 from urllib.parse import quote, unquote, urlsplit
 
 import httpx
 
-from csl.cdn.base import CdnInputError, CompletionState, ProviderLimits, PurgeBatch, PurgeResult, Zone
+from csl.cdn.base import CdnInputError, ClientOwner, CompletionState, ProviderLimits, PurgeBatch, PurgeResult, Zone
 from csl.cdn.http import check, json_body, probe, require_batch, require_zone_id, send
 from csl.config import ConfigError, Secret
 
@@ -44,7 +44,7 @@ def _error_of(body: Any) -> tuple[str | int | None, str | None]:
     return None, ": ".join(parts)
 
 
-class FastlyProvider:
+class FastlyProvider(ClientOwner):
     name = "fastly"
 
     def __init__(self, *, api_token: Secret, soft_purge: bool = False, api_base: str = "https://api.fastly.com",
@@ -61,15 +61,6 @@ class FastlyProvider:
 
     def __repr__(self) -> str:
         return f"FastlyProvider(soft_purge={self.soft_purge!r}, api_base={self.api_base!r})"
-
-    def close(self) -> None:
-        self._client.close()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def _call(self, what: str, method: str, path: str, **kwargs: Any) -> Any:
         response = send(self._client, self.name, what, method, path, secrets=self._secrets, **kwargs)

@@ -31,7 +31,7 @@ import shutil
 import subprocess
 import time
 from collections.abc import Sequence
-from typing import Any, Self
+from typing import Any
 from urllib.parse import quote, urlsplit
 
 import httpx
@@ -40,6 +40,7 @@ from csl.cdn.base import (
     CdnInputError,
     CdnRefused,
     CdnUnavailable,
+    ClientOwner,
     CompletionState,
     ProviderLimits,
     PurgeBatch,
@@ -57,7 +58,7 @@ _PREFIX = re.compile(r"[A-Za-z0-9/_~%.-]+")
 _TAG = re.compile(r"[^\s,]+")
 
 
-class VarnishEdge:
+class VarnishEdge(ClientOwner):
     """The local edge. ``base_url`` (default ``settings.base_url``) is the edge's root; a zone's
     URLs live under its own base URL on the same edge (``<root>/audio``)."""
 
@@ -75,15 +76,6 @@ class VarnishEdge:
         self.work_dir = work_dir or settings.varnish_work_dir
         self.varnishstat = varnishstat
         self._client = httpx.Client(base_url=base_url, transport=transport, timeout=timeout_s)
-
-    def close(self) -> None:
-        self._client.close()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         return f"VarnishEdge(base_url={self.base_url!r}, work_dir={self.work_dir!r})"
