@@ -770,9 +770,10 @@ class Stack:
             self.pg_exporter_up(server)
         self.edge_exporter_up()
         self.prometheus_up()
+        # the scheduler's environment tells (the api-server's is overwritten by its process title)
         wanted = f"AIRFLOW__METRICS__STATSD_PORT={self.ports['statsd']}".encode()
         running = [s for s in AIRFLOW_SERVICES if self.pid(s) is not None]
-        if running and any(wanted not in process_environ(self.pid(s)) for s in running):
+        if "airflow-scheduler" in running and wanted not in process_environ(self.pid("airflow-scheduler")):
             log("Airflow runs without StatsD: restarting it with the metrics settings")
             for service in running:
                 self.kill_group(service)
