@@ -13,9 +13,10 @@ Airflow (api-server, scheduler, dag-processor, triggerer) with its metadata in t
 PostgreSQL; optionally (the test stack) moto's standalone S3 server, an S3 endpoint that lists
 in AWS's byte order for tests to build a third provider on (``Stack.urls()["moto"]``; not a
 platform provider: the env file keeps the two above; any key pair is accepted; objects live
-in its memory). Ports are chosen free once and kept in ``DIR/stack.json`` with the generated
-secrets, so ``up`` again reuses everything that is already running. Each service logs to
-``DIR/logs/NAME.log``; its pid is in ``DIR/pids/NAME.pid`` (PostgreSQL's in its data dir).
+in its memory); optionally (``--monitoring``, README "Monitoring") Prometheus, a postgres
+exporter per server, the Varnish exporter and collectd as the bridge for Airflow's StatsD.
+Ports are chosen free once and kept in ``DIR/stack.json`` with the generated secrets, so ``up``
+again reuses everything that is already running. Each service logs to ``DIR/logs/NAME.log``; its pid is in ``DIR/pids/NAME.pid`` (PostgreSQL's in its data dir).
 Only standard library here: it runs before the virtualenv has anything installed.
 
 Access: PostgreSQL's Unix socket sits in a 0700 directory of the user the server runs as, and
