@@ -16,7 +16,8 @@ platform provider: the env file keeps the two above; any key pair is accepted; o
 in its memory); optionally (``--monitoring``, README "Monitoring") Prometheus, a postgres
 exporter per server, the Varnish exporter and collectd as the bridge for Airflow's StatsD.
 Ports are chosen free once and kept in ``DIR/stack.json`` with the generated secrets, so ``up``
-again reuses everything that is already running. Each service logs to ``DIR/logs/NAME.log``; its pid is in ``DIR/pids/NAME.pid`` (PostgreSQL's in its data dir).
+again reuses everything that is already running. Each service logs to ``DIR/logs/NAME.log``;
+its pid is in ``DIR/pids/NAME.pid`` (PostgreSQL's in its data dir).
 Only standard library here: it runs before the virtualenv has anything installed.
 
 Access: PostgreSQL's Unix socket sits in a 0700 directory of the user the server runs as, and

@@ -57,6 +57,9 @@ def test_task_and_run_metrics_carry_the_dag_and_task_ids(prometheus):
     assert len(runs) == 1 and 0 < float(runs[0]["value"][1]) < 600
     states = {r["metric"]["state"] for r in query(prometheus, f'airflow_ti_finish{{dag_id="{DAG}"}}')}
     assert {"success", "failed"} <= states
+    # one failed run, one failed finish of its summary: each finish is counted once
+    failed = query(prometheus, f'airflow_ti_finish{{dag_id="{DAG}", task_id="summary", state="failed"}}')
+    assert [float(r["value"][1]) for r in failed] == [1.0]
     pools = {r["metric"]["pool"] for r in query(prometheus, "airflow_pool_open_slots")}
     assert {"default_pool", "csl_ddl", "csl_maintenance"} <= pools
     assert query(prometheus, 'airflow_executor_open_slots{executor="LocalExecutor"}')
