@@ -62,10 +62,15 @@ def prometheus(monitoring, platform) -> str:
     csl(monitoring, "storage", "sweep")
     csl(monitoring, "settlement", "run")
     csl(monitoring, "snapshot")
+    # the edge: one miss, then a hit (it keeps a 404 for 10 s)
+    edge = monitoring.urls()["edge"]
+    for _ in range(2):
+        httpx.get(f"{edge}/audio/samples/00/monitoring-probe.mp3", timeout=10)
     # a scrape after the steps: the sweep's finish time is what the exporter now reports
     wait_for(url, f"csl_storage_sweep_last_finished_timestamp_seconds > {started}", timeout=60,
              what="a scrape after the sweep")
     wait_for(url, 'pg_up{role="replica"} == 1', timeout=30)
+    wait_for(url, "increase(varnish_main_cache_hit[30m]) > 0", timeout=30, what="the edge's hit")
     return url
 
 
@@ -112,12 +117,20 @@ def test_the_figures_are_the_pipelines_own(prometheus, settings):
     shown = values(prometheus, 'csl_storage_findings_open{provider!="none"}')
     assert {(dict(k)["kind"], dict(k)["provider"]): v for k, v in shown.items()} == findings
     assert carried, "the settlement run posted"
-    shown = values(prometheus, 'csl_ledger_balance_carried_minor{currency!="none"}')
-    assert {dict(k)["currency"]: v for k, v in shown.items()} == {c: float(v) for c, v in carried.items()}
+    wanted = {c: float(v) for c, v in carried.items()}
+    deadline = time.monotonic() + 45  # the exporter keeps the ledger's totals for 30 s (cache_seconds)
+    while True:
+        shown = values(prometheus, 'csl_ledger_balance_carried_minor{currency!="none"}')
+        if {dict(k)["currency"]: v for k, v in shown.items()} == wanted or time.monotonic() > deadline:
+            break
+        time.sleep(2)
+    assert {dict(k)["currency"]: v for k, v in shown.items()} == wanted
     assert values(prometheus, "platform_uploads_total") == {(("role", "primary"),): float(uploads)}
     assert values(prometheus, 'csl_storage_listing_objects{provider="primary"}')
     lag = values(prometheus, 'pg_replication_lag{role="replica"}')
     assert len(lag) == 1 and all(v >= 0 for v in lag.values())
+    hit_ratio = next(p for p in dashboard_panels("Platform") if p[1] == "Edge hit ratio")[2][0]
+    assert 0 < float(query(prometheus, hit_ratio)[0]["value"][1]) <= 1
 
 
 def test_alert_rules_load_and_evaluate_live(prometheus):
