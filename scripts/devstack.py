@@ -668,6 +668,11 @@ class Stack:
                 "AIRFLOW__METRICS__STATSD_PORT": str(self.ports["statsd"]),
                 "AIRFLOW__METRICS__STATSD_PREFIX": "airflow"}
 
+    def monitoring_env(self, **extra: str) -> dict:
+        """A monitoring process's whole environment: nothing inherited from the caller's (which may
+        hold the stack's secrets, exported from the env file)."""
+        return {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "HOME": str(self.monitoring_dir), "LANG": "C.UTF-8", **extra}
+
     def pg_metrics_role(self) -> None:
         """``csl_metrics``, the exporters' login: reads the statistics (pg_monitor) and the tables the
         pipelines' and the platform's figures come from (pg_read_all_data); read-only by default, with
@@ -693,7 +698,7 @@ class Stack:
         if self.pid(name) is None:
             dsn = (f"postgresql://csl_metrics:{self.secrets['pg_metrics']}@127.0.0.1:{self.ports[f'pg_{server}']}"
                    f"/{PLATFORM_DB}?sslmode=disable&application_name=csl-metrics")
-            env = {"PATH": "/usr/bin:/bin", "HOME": str(self.monitoring_dir), "DATA_SOURCE_NAME": dsn}
+            env = self.monitoring_env(DATA_SOURCE_NAME=dsn)
             cmd = [PG_EXPORTER, f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"]
             queries = "postgres-exporter-queries.yaml" if server == "primary" else "postgres-exporter-replica-queries.yaml"
             cmd.append(f"--extend.query-path={REPO / 'stack' / 'prometheus' / queries}")
@@ -710,7 +715,8 @@ class Stack:
             log(f"starting the Varnish exporter on 127.0.0.1:{port}")
             self.spawn("edge-exporter", [VARNISH_EXPORTER, "-n", str(self.part("edge") / "work"),
                                          "-varnishstat-path", varnishstat,
-                                         "-web.listen-address", f"127.0.0.1:{port}"], cwd=self.monitoring_dir)
+                                         "-web.listen-address", f"127.0.0.1:{port}"],
+                       env=self.monitoring_env(), cwd=self.monitoring_dir)
         wait_for("Varnish exporter", lambda: http_status(f"http://127.0.0.1:{port}/metrics") == 200, timeout=30,
                  log_file=self.logs / "edge-exporter.log")
 
@@ -725,7 +731,8 @@ class Stack:
                         .replace("{{INTERVAL}}", str(SCRAPE_INTERVAL_S)))
         if self.pid("statsd-bridge") is None:
             log(f"starting the StatsD bridge (collectd): UDP 127.0.0.1:{self.ports['statsd']}")
-            self.spawn("statsd-bridge", [COLLECTD, "-f", "-C", str(conf)], cwd=self.monitoring_dir)
+            self.spawn("statsd-bridge", [COLLECTD, "-f", "-C", str(conf)], env=self.monitoring_env(),
+                       cwd=self.monitoring_dir)
         wait_for("StatsD bridge (collectd)", lambda: http_status(self.monitoring_urls()["statsd_bridge"]) == 200,
                  timeout=30, log_file=self.logs / "statsd-bridge.log")
 
@@ -755,7 +762,8 @@ class Stack:
             log(f"starting Prometheus on 127.0.0.1:{port}")
             self.spawn("prometheus", [PROMETHEUS, f"--config.file={config}", f"--storage.tsdb.path={data}",
                                       "--storage.tsdb.retention.time=7d", f"--web.listen-address=127.0.0.1:{port}",
-                                      f"--web.external-url=http://127.0.0.1:{port}/"], cwd=self.monitoring_dir)
+                                      f"--web.external-url=http://127.0.0.1:{port}/"],
+                       env=self.monitoring_env(), cwd=self.monitoring_dir)
         else:
             os.kill(pid, signal.SIGHUP)  # rereads prometheus.yml and the rules (both rendered anew above)
         wait_for("Prometheus", lambda: http_status(f"http://127.0.0.1:{port}/-/ready") == 200, timeout=60,

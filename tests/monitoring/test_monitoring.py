@@ -173,9 +173,14 @@ def test_loopback_only_and_no_secret_on_a_command_line_or_in_a_log(monitoring, p
         log_text = (monitoring.logs / f"{service}.log").read_text(errors="replace")
         assert not [s for s in secrets if s in log_text], f"{service}: a secret in its log"
         assert (monitoring.logs / f"{service}.log").stat().st_mode & 0o077 == 0
-    for server in ("primary", "replica"):
-        environ = Path(f"/proc/{monitoring.pid(f'pg-exporter-{server}')}/environ").read_bytes()
-        assert f"csl_metrics:{monitoring.secrets['pg_metrics']}@".encode() in environ  # the DSN: only here
+    for service in MONITORING_SERVICES:
+        environ = Path(f"/proc/{monitoring.pid(service)}/environ").read_bytes()
+        names = {item.split(b"=", 1)[0].decode() for item in environ.split(b"\0") if item}
+        assert names <= {"PATH", "HOME", "LANG", "DATA_SOURCE_NAME"}, f"{service}: inherited {names}"
+        if service.startswith("pg-exporter-"):  # the DSN, with the metrics role's password: only here
+            assert f"csl_metrics:{monitoring.secrets['pg_metrics']}@".encode() in environ
+        else:
+            assert not [s for s in secrets if s.encode() in environ], f"{service}: a secret in its environment"
     # the exporters' role reads, never writes
     import psycopg
 
