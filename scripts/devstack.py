@@ -768,6 +768,7 @@ class Stack:
             os.kill(pid, signal.SIGHUP)  # rereads prometheus.yml and the rules (both rendered anew above)
         wait_for("Prometheus", lambda: http_status(f"http://127.0.0.1:{port}/-/ready") == 200, timeout=60,
                  log_file=self.logs / "prometheus.log")
+        log(f"Prometheus: http://127.0.0.1:{port}/ (targets, alerts); Grafana's files in stack/grafana/")
 
     def monitoring_up(self) -> None:
         """Everything monitoring needs, on a stack whose database and edge are up: the metrics role, the
