@@ -31,7 +31,7 @@ stack: install sysdeps
 	$(PY) scripts/devstack.py up --airflow
 
 demo: install sysdeps
-	@$(PY) scripts/devstack.py up --airflow
+	@$(PY) scripts/devstack.py up --airflow --monitoring
 	@$(PY) -m csl migrate --with-platform-schema
 	@$(PY) -m csl seed --scale demo
 	@$(PY) scripts/demo.py

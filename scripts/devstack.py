@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """The local stack: real servers on loopback, started and stopped by pid.
 
-    python scripts/devstack.py up [--state DIR] [--env-file FILE] [--airflow] [--moto]
+    python scripts/devstack.py up [--state DIR] [--env-file FILE] [--airflow] [--moto] [--monitoring]
     python scripts/devstack.py down|status [--state DIR]
     python scripts/devstack.py stop NAME | start NAME      (one service, e.g. for failover tests)
 
@@ -13,9 +13,11 @@ Airflow (api-server, scheduler, dag-processor, triggerer) with its metadata in t
 PostgreSQL; optionally (the test stack) moto's standalone S3 server, an S3 endpoint that lists
 in AWS's byte order for tests to build a third provider on (``Stack.urls()["moto"]``; not a
 platform provider: the env file keeps the two above; any key pair is accepted; objects live
-in its memory). Ports are chosen free once and kept in ``DIR/stack.json`` with the generated
-secrets, so ``up`` again reuses everything that is already running. Each service logs to
-``DIR/logs/NAME.log``; its pid is in ``DIR/pids/NAME.pid`` (PostgreSQL's in its data dir).
+in its memory); optionally (``--monitoring``, README "Monitoring") Prometheus, a postgres
+exporter per server, the Varnish exporter and collectd as the bridge for Airflow's StatsD.
+Ports are chosen free once and kept in ``DIR/stack.json`` with the generated secrets, so ``up``
+again reuses everything that is already running. Each service logs to ``DIR/logs/NAME.log``;
+its pid is in ``DIR/pids/NAME.pid`` (PostgreSQL's in its data dir).
 Only standard library here: it runs before the virtualenv has anything installed.
 
 Access: PostgreSQL's Unix socket sits in a 0700 directory of the user the server runs as, and
@@ -61,6 +63,15 @@ S3_SERVICES = ("s3-primary", "s3-fallback")
 AIRFLOW_SERVICES = ("airflow-api-server", "airflow-scheduler", "airflow-dag-processor", "airflow-triggerer")
 MOTO = "moto"  # moto's S3 server: byte-order listings, for tests (not a platform provider)
 ALL_SERVICES = ("pg-primary", "pg-replica", *S3_SERVICES, MOTO, "edge", *AIRFLOW_SERVICES)
+# Monitoring (issue 16, ``up --monitoring``): Debian's Prometheus and exporters, collectd as the
+# StatsD bridge for Airflow's metrics. Listed after Airflow: ``down`` (reversed) stops them first.
+MONITORING_SERVICES = ("statsd-bridge", "pg-exporter-primary", "pg-exporter-replica", "edge-exporter", "prometheus")
+ALL_SERVICES = (*ALL_SERVICES, *MONITORING_SERVICES)
+PROMETHEUS = os.environ.get("CSL_PROMETHEUS", "/usr/bin/prometheus")
+PG_EXPORTER = os.environ.get("CSL_PG_EXPORTER", "/usr/bin/prometheus-postgres-exporter")
+VARNISH_EXPORTER = os.environ.get("CSL_VARNISH_EXPORTER", "/usr/bin/prometheus-varnish-exporter")
+COLLECTD = os.environ.get("CSL_COLLECTD", "/usr/sbin/collectd")
+SCRAPE_INTERVAL_S = int(os.environ.get("CSL_SCRAPE_INTERVAL_S", "5"))
 # In the env file for clients (the demo, the tests log in with it); never in Airflow's processes.
 CLIENT_ONLY_ENV = ("CSL_AIRFLOW_ADMIN_PASSWORD",)
 
@@ -620,6 +631,175 @@ class Stack:
         wait_for("Varnish edge (and its backend)", self.edge_backend_healthy, timeout=60,
                  log_file=self.logs / "edge.log")
 
+    # -- monitoring: Prometheus, the exporters, the StatsD bridge (issue 16) -----------------
+    @property
+    def monitoring_dir(self) -> Path:
+        return self.state / "monitoring"
+
+    def monitoring_config(self) -> dict:
+        """The monitoring ports and the metrics role's password, chosen once (``stack.json``), and the
+        mark that this stack is monitored: Airflow, started now or later, sends StatsD to the bridge."""
+        cfg = self.ensure_config()
+        ports, values = cfg["ports"], cfg["secrets"]
+        changed = False
+        for name in ("prometheus", "statsd", "statsd_bridge", "pg_exporter_primary", "pg_exporter_replica",
+                     "edge_exporter"):
+            if name not in ports:
+                taken = set(ports.values())
+                candidate = free_port()
+                while candidate in taken or not udp_port_free(candidate):
+                    candidate = free_port()
+                ports[name] = candidate
+                changed = True
+        if "pg_metrics" not in values:
+            values["pg_metrics"] = secrets.token_urlsafe(18)
+            changed = True
+        if not cfg.get("monitoring"):
+            cfg["monitoring"] = True
+            changed = True
+        if changed:
+            write_private(self.config_path, json.dumps(cfg, indent=2))
+        return cfg
+
+    def monitoring_urls(self) -> dict:
+        p = self.ports
+        return {"prometheus": f"http://127.0.0.1:{p['prometheus']}",
+                "statsd_bridge": f"http://127.0.0.1:{p['statsd_bridge']}/metrics",
+                "pg_exporter_primary": f"http://127.0.0.1:{p['pg_exporter_primary']}/metrics",
+                "pg_exporter_replica": f"http://127.0.0.1:{p['pg_exporter_replica']}/metrics",
+                "edge_exporter": f"http://127.0.0.1:{p['edge_exporter']}/metrics"}
+
+    def airflow_metrics_env(self) -> dict:
+        """Airflow's StatsD settings, on a monitored stack only (the bridge's UDP port on loopback)."""
+        if not self.config.get("monitoring"):
+            return {}
+        return {"AIRFLOW__METRICS__STATSD_ON": "True", "AIRFLOW__METRICS__STATSD_HOST": "127.0.0.1",
+                "AIRFLOW__METRICS__STATSD_PORT": str(self.ports["statsd"]),
+                "AIRFLOW__METRICS__STATSD_PREFIX": "airflow"}
+
+    def monitoring_env(self, **extra: str) -> dict:
+        """A monitoring process's whole environment: nothing inherited from the caller's (which may
+        hold the stack's secrets, exported from the env file)."""
+        return {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "HOME": str(self.monitoring_dir), "LANG": "C.UTF-8", **extra}
+
+    def pg_metrics_role(self) -> None:
+        """``csl_metrics``, the exporters' login: reads the statistics (pg_monitor) and the tables the
+        pipelines' and the platform's figures come from (pg_read_all_data); read-only by default, with
+        a statement timeout and few connections. Idempotent; the replica gets it by replication."""
+        verifier = scram_verifier(self.secrets["pg_metrics"])
+        self.psql(f"""
+            DO $$ BEGIN
+                IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'csl_metrics') THEN
+                    CREATE ROLE csl_metrics LOGIN;
+                END IF;
+            END $$;
+            ALTER ROLE csl_metrics LOGIN CONNECTION LIMIT 6 PASSWORD '{verifier}';
+            ALTER ROLE csl_metrics SET default_transaction_read_only = on;
+            ALTER ROLE csl_metrics SET statement_timeout = '10s';
+            GRANT pg_monitor, pg_read_all_data TO csl_metrics;
+        """)
+
+    def pg_exporter_up(self, server: str) -> None:
+        """One postgres exporter per server; its DSN (with the password) only in its environment.
+        The primary's runs the pipelines' and the platform's figures (its custom-query file), the
+        replica's its replication lag."""
+        name, port = f"pg-exporter-{server}", self.ports[f"pg_exporter_{server}"]
+        if self.pid(name) is None:
+            dsn = (f"postgresql://csl_metrics:{self.secrets['pg_metrics']}@127.0.0.1:{self.ports[f'pg_{server}']}"
+                   f"/{PLATFORM_DB}?sslmode=disable&application_name=csl-metrics")
+            env = self.monitoring_env(DATA_SOURCE_NAME=dsn)
+            cmd = [PG_EXPORTER, f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"]
+            queries = "postgres-exporter-queries.yaml" if server == "primary" else "postgres-exporter-replica-queries.yaml"
+            cmd.append(f"--extend.query-path={REPO / 'stack' / 'prometheus' / queries}")
+            log(f"starting the postgres exporter of the {server} on 127.0.0.1:{port}")
+            self.spawn(name, cmd, env=env, cwd=self.monitoring_dir)
+        wait_for(f"postgres exporter ({server})", lambda: http_status(f"http://127.0.0.1:{port}/") == 200,
+                 timeout=30, log_file=self.logs / f"{name}.log")
+
+    def edge_exporter_up(self) -> None:
+        """The Varnish exporter reads the edge's counters with varnishstat from its -n work dir."""
+        port = self.ports["edge_exporter"]
+        if self.pid("edge-exporter") is None:
+            varnishstat = shutil.which("varnishstat") or "/usr/bin/varnishstat"
+            log(f"starting the Varnish exporter on 127.0.0.1:{port}")
+            self.spawn("edge-exporter", [VARNISH_EXPORTER, "-n", str(self.part("edge") / "work"),
+                                         "-varnishstat-path", varnishstat,
+                                         "-web.listen-address", f"127.0.0.1:{port}"],
+                       env=self.monitoring_env(), cwd=self.monitoring_dir)
+        wait_for("Varnish exporter", lambda: http_status(f"http://127.0.0.1:{port}/metrics") == 200, timeout=30,
+                 log_file=self.logs / "edge-exporter.log")
+
+    def statsd_bridge_up(self) -> None:
+        """collectd's statsd plugin (UDP, loopback) and write_prometheus (HTTP, loopback): Airflow's
+        StatsD to Prometheus; the names are mapped by relabelling in prometheus.yml."""
+        conf = self.monitoring_dir / "collectd.conf"
+        template = (REPO / "stack" / "prometheus" / "collectd.conf").read_text()
+        conf.write_text(template.replace("{{DIR}}", str(self.monitoring_dir))
+                        .replace("{{STATSD_PORT}}", str(self.ports["statsd"]))
+                        .replace("{{PROMETHEUS_PORT}}", str(self.ports["statsd_bridge"]))
+                        .replace("{{INTERVAL}}", str(SCRAPE_INTERVAL_S)))
+        if self.pid("statsd-bridge") is None:
+            log(f"starting the StatsD bridge (collectd): UDP 127.0.0.1:{self.ports['statsd']}")
+            self.spawn("statsd-bridge", [COLLECTD, "-f", "-C", str(conf)], env=self.monitoring_env(),
+                       cwd=self.monitoring_dir)
+        wait_for("StatsD bridge (collectd)", lambda: http_status(self.monitoring_urls()["statsd_bridge"]) == 200,
+                 timeout=30, log_file=self.logs / "statsd-bridge.log")
+
+    def prometheus_config(self) -> Path:
+        """prometheus.yml rendered from stack/prometheus/ (ports filled), the rules beside it."""
+        folder = self.monitoring_dir / "prometheus"
+        folder.mkdir(exist_ok=True)
+        p = self.ports
+        template = (REPO / "stack" / "prometheus" / "prometheus.yml").read_text()
+        for key, value in {"SCRAPE_INTERVAL": f"{SCRAPE_INTERVAL_S}s", "PROMETHEUS_PORT": p["prometheus"],
+                           "PG_EXPORTER_PRIMARY_PORT": p["pg_exporter_primary"],
+                           "PG_EXPORTER_REPLICA_PORT": p["pg_exporter_replica"],
+                           "EDGE_EXPORTER_PORT": p["edge_exporter"], "STATSD_BRIDGE_PORT": p["statsd_bridge"]}.items():
+            template = template.replace("{{" + key + "}}", str(value))
+        shutil.copyfile(REPO / "stack" / "prometheus" / "alerts.rules.yml", folder / "alerts.rules.yml")
+        config = folder / "prometheus.yml"
+        config.write_text(template)
+        return config
+
+    def prometheus_up(self) -> None:
+        config = self.prometheus_config()
+        port = self.ports["prometheus"]
+        pid = self.pid("prometheus")
+        if pid is None:
+            data = self.monitoring_dir / "prometheus" / "data"
+            data.mkdir(exist_ok=True)
+            log(f"starting Prometheus on 127.0.0.1:{port}")
+            self.spawn("prometheus", [PROMETHEUS, f"--config.file={config}", f"--storage.tsdb.path={data}",
+                                      "--storage.tsdb.retention.time=7d", f"--web.listen-address=127.0.0.1:{port}",
+                                      f"--web.external-url=http://127.0.0.1:{port}/"],
+                       env=self.monitoring_env(), cwd=self.monitoring_dir)
+        else:
+            os.kill(pid, signal.SIGHUP)  # rereads prometheus.yml and the rules (both rendered anew above)
+        wait_for("Prometheus", lambda: http_status(f"http://127.0.0.1:{port}/-/ready") == 200, timeout=60,
+                 log_file=self.logs / "prometheus.log")
+        log(f"Prometheus: http://127.0.0.1:{port}/ (targets, alerts); Grafana's files in stack/grafana/")
+
+    def monitoring_up(self) -> None:
+        """Everything monitoring needs, on a stack whose database and edge are up: the metrics role, the
+        exporters, the StatsD bridge, Prometheus. Airflow, if running without StatsD, is restarted."""
+        self.monitoring_config()
+        self.monitoring_dir.mkdir(mode=0o700, exist_ok=True)
+        self.pg_metrics_role()
+        self.statsd_bridge_up()
+        for server in ("primary", "replica"):
+            self.pg_exporter_up(server)
+        self.edge_exporter_up()
+        self.prometheus_up()
+        # the scheduler's environment tells (the api-server's is overwritten by its process title)
+        wanted = f"AIRFLOW__METRICS__STATSD_PORT={self.ports['statsd']}".encode()
+        running = [s for s in AIRFLOW_SERVICES if self.pid(s) is not None]
+        if "airflow-scheduler" in running and wanted not in process_environ(self.pid("airflow-scheduler")):
+            log("Airflow runs without StatsD: restarting it with the metrics settings")
+            for service in running:
+                self.kill_group(service)
+            self.write_env()
+            self.airflow_up()
+
     # -- the environment the platform and Airflow read -------------------------------------
     def urls(self) -> dict:
         s, p = self.secrets, self.ports
@@ -721,6 +901,7 @@ class Stack:
             "AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL": "10",
             "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "False",
             "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(self.airflow_home / "logs"),
+            **self.airflow_metrics_env(),
         }
 
     def airflow_process_env(self) -> dict:
@@ -789,7 +970,7 @@ class Stack:
                  interval=1, log_file=self.logs / "airflow-api-server.log")
 
     # -- the whole stack -------------------------------------------------------------------
-    def up(self, *, airflow: bool, moto: bool = False) -> None:
+    def up(self, *, airflow: bool, moto: bool = False, monitoring: bool = False) -> None:
         self.ensure_config()
         self.pg_primary_up()
         self.pg_replica_up()
@@ -800,11 +981,15 @@ class Stack:
         self.edge_up()
         if moto:
             self.moto_up()
+        if monitoring:
+            self.monitoring_up()
         if airflow:
             self.airflow_up()
 
     def start(self, name: str) -> None:
         self.load_config()
+        if name in MONITORING_SERVICES:
+            return self.monitoring_up()
         {"pg-primary": self.pg_primary_up, "pg-replica": self.pg_replica_up, "edge": self.edge_up,
          "s3-primary": lambda: self.s3_up("s3-primary"), "s3-fallback": lambda: self.s3_up("s3-fallback"),
          MOTO: self.moto_up}.get(name, self.airflow_up)()
@@ -877,6 +1062,23 @@ def code_hash() -> str:
     return digest.hexdigest()[:16]
 
 
+def udp_port_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def process_environ(pid: int | None) -> bytes:
+    """A process's environment as the kernel holds it (empty when it cannot be read)."""
+    try:
+        return Path(f"/proc/{pid}/environ").read_bytes() if pid else b""
+    except OSError:
+        return b""
+
+
 def http_status(url: str) -> int:
     try:
         with urllib.request.urlopen(url, timeout=2) as response:
@@ -893,13 +1095,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--state", type=Path, default=REPO / ".local" / "stack")
     parser.add_argument("--env-file", type=Path, default=REPO / ".env")
     parser.add_argument("--airflow", action="store_true", help="with up: also start Airflow")
+    parser.add_argument("--monitoring", action="store_true",
+                        help="with up: also start Prometheus, the exporters and the StatsD bridge (Airflow's metrics)")
     parser.add_argument("--moto", action="store_true",
                         help="with up: also start moto's S3 server (byte-order listings; the tests' third provider)")
     args = parser.parse_args(argv)
     stack = Stack(args.state, args.env_file)
     try:
         if args.command == "up":
-            stack.up(airflow=args.airflow, moto=args.moto)
+            stack.up(airflow=args.airflow, moto=args.moto, monitoring=args.monitoring)
             log(f"stack up; settings in {stack.env_file}")
         elif args.command in ("down", "remove"):
             stack.down()

@@ -2,7 +2,10 @@
 # Installs the system packages the local stack needs, only when something is missing:
 # PostgreSQL 15 (+ contrib, hypopg), Varnish with varnish-modules (xkey), gcc (Varnish
 # compiles its VCL), rclone (the storage benchmark's anchor), Chromium (the report's browser
-# test). Debian/apt; as root, or through sudo.
+# test), Prometheus and its exporters, collectd (monitoring). Debian/apt; as root, or through sudo.
+# Debian's prometheus and exporter packages enable systemd units; where systemd runs, stop them
+# (`systemctl disable --now prometheus prometheus-postgres-exporter prometheus-varnish-exporter`):
+# the stack starts its own, on loopback and its own ports.
 set -euo pipefail
 
 need=()
@@ -15,6 +18,15 @@ command -v gcc >/dev/null 2>&1 || need+=(gcc)
 command -v runuser >/dev/null 2>&1 || need+=(util-linux)
 command -v rclone >/dev/null 2>&1 || need+=(rclone)
 command -v chromium >/dev/null 2>&1 || need+=(chromium fonts-liberation)
+# monitoring (devstack up --monitoring; the monitoring tests): Prometheus 2.42 with promtool, the
+# postgres and Varnish exporters, collectd's statsd + write_prometheus plugins (the StatsD bridge)
+# and the two libraries write_prometheus loads (collectd-core does not pull them in)
+command -v prometheus >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1 || need+=(prometheus)
+command -v prometheus-postgres-exporter >/dev/null 2>&1 || need+=(prometheus-postgres-exporter)
+command -v prometheus-varnish-exporter >/dev/null 2>&1 || need+=(prometheus-varnish-exporter)
+[ -f /usr/lib/collectd/statsd.so ] && [ -f /usr/lib/collectd/write_prometheus.so ] || need+=(collectd-core)
+compgen -G "/usr/lib/*/libprotobuf-c.so.1" >/dev/null || need+=(libprotobuf-c1)
+compgen -G "/usr/lib/*/libmicrohttpd.so.12" >/dev/null || need+=(libmicrohttpd12)
 
 if ((${#need[@]} == 0)); then
     exit 0

@@ -55,6 +55,21 @@ def stack() -> Iterator[Stack]:
         remove_state(state)  # with what it keeps outside (a clone in root's 0700 home)
 
 
+@pytest.fixture(scope="module")
+def monitoring(stack: Stack) -> Iterator[Stack]:
+    """Prometheus, the exporters and the StatsD bridge on the session's stack (devstack
+    ``monitoring_up``; a running Airflow is restarted to send StatsD), for one test module: what
+    it started is stopped afterwards, by pid, so other tests' statistics never see its scrapes."""
+    from devstack import MONITORING_SERVICES
+
+    already = {name for name in MONITORING_SERVICES if stack.pid(name) is not None}
+    stack.monitoring_up()
+    yield stack
+    for name in reversed(MONITORING_SERVICES):
+        if name not in already:
+            stack.stop(name)
+
+
 @pytest.fixture(scope="session")
 def stack_env(stack: Stack) -> dict[str, str]:
     env: dict[str, str] = {}

@@ -382,4 +382,5 @@ def test_moto_starts_only_when_asked(tmp_path, monkeypatch):
     monkeypatch.setattr(devstack.Stack, "up", lambda self, **kw: parsed.append(kw))
     assert devstack.main(["up", "--state", str(tmp_path / "s"), "--moto"]) == 0
     assert devstack.main(["up", "--state", str(tmp_path / "s")]) == 0
-    assert parsed == [{"airflow": False, "moto": True}, {"airflow": False, "moto": False}]
+    assert parsed == [{"airflow": False, "moto": True, "monitoring": False},
+                      {"airflow": False, "moto": False, "monitoring": False}]

@@ -8,6 +8,10 @@ from airflow_client import AirflowClient
 
 @pytest.fixture(scope="session")
 def airflow(stack, platform, stack_env):
+    # Airflow starts with the stack's StatsD settings (its monitoring ports, chosen now): the
+    # monitoring tests start the bridge later without restarting Airflow; until then the UDP
+    # datagrams go nowhere, which costs nothing.
+    stack.monitoring_config()
     stack.airflow_up()
     client = AirflowClient(stack_env["AIRFLOW__API__BASE_URL"], "admin", stack_env["CSL_AIRFLOW_ADMIN_PASSWORD"])
     yield client
