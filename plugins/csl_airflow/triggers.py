@@ -51,11 +51,8 @@ class CdnCompletionTrigger(BaseTrigger):
             yield TriggerEvent({"error": str(exc), "states": {}})
             return
         try:
-            states = await poll_pending(self.pending, cdn.zones, lambda zone: cdn.provider(zone.name),
+            states, errors = await poll_pending(self.pending, cdn.zones, lambda zone: cdn.provider(zone.name),
                                         poll_s=self.poll_s, timeout_s=self.timeout_s)
         finally:
             await asyncio.to_thread(cdn.close)
-        by_id = {p["batch_id"]: p for p in self.pending}
-        errors = {b: f"{by_id[b]['provider']} reports the purge failed (request {by_id[b]['request_id']})"
-                  for b, state in states.items() if state == "failed"}
         yield TriggerEvent({"states": states, "errors": errors})

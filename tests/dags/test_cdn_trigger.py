@@ -35,7 +35,7 @@ class AzureOperations:
 
     def answer(self, request: httpx.Request) -> httpx.Response:
         if request.url.host == "login.microsoftonline.com":
-            return httpx.Response(200, json={"token_type": "Bearer", "expires_in": 3599, "access_token": "t"})
+            return httpx.Response(200, json={"token_type": "Bearer", "expires_in": 3599, "access_token": "eyJ-test-access-token"})
         self.polls += 1
         op = request.url.path.rsplit("/", 1)[-1]
         status = self.status[op]
@@ -99,17 +99,18 @@ def test_the_trigger_fires_once_every_purge_ended_even_after_a_restart(monkeypat
     cdn = FakeCdn(ops)
     trigger = restarted(CdnCompletionTrigger(conn_ids={}, pending=pending("a", "b"), poll_s=0.01, timeout_s=30))
 
-    original = cdn.azure.completion_async
+    original = cdn.azure.poll_async
 
-    async def completion(zone, request_id):  # the operations finish after a few polls
+    async def poll(zone, request_id):  # the operations finish after a few polls
         if ops.polls >= 4:
             ops.status.update({"a": "Succeeded", "b": "Failed"})
         return await original(zone, request_id)
 
-    cdn.azure.completion_async = completion
+    cdn.azure.poll_async = poll
     events = run_trigger(trigger, cdn, monkeypatch)
     assert len(events) == 1
     assert events[0].payload["states"] == {f"{1:032x}": "done", f"{2:032x}": "failed"}
+    assert "the purge of /app.js failed" in events[0].payload["errors"][f"{2:032x}"]  # Azure's own error
     assert cdn.closed and ops.polls >= 6
 
 

@@ -483,30 +483,49 @@ def settle_completion(conn: Any, states: Mapping[str, str], *, errors: Mapping[s
 async def poll_pending(pending: Sequence[Mapping[str, Any]], zones: Mapping[str, Zone],
                        provider_for: Callable[[Zone], CdnProvider], *, poll_s: float = 30.0, timeout_s: float = 3600.0,
                        sleep: Callable[[float], Any] | None = None,
-                       clock: Callable[[], float] = time.monotonic) -> dict[str, str]:
+                       clock: Callable[[], float] = time.monotonic) -> tuple[dict[str, str], dict[str, str]]:
     """Poll pending batches (``pending_batches``'s rows) without blocking the event loop until each is
-    ``done`` or ``failed``, or ``timeout_s`` passes (those still running stay ``pending``).
-    Returns ``batch_id → state``; a batch whose zone is gone is ``failed``. What the trigger runs."""
+    ``done`` or ``failed``, or ``timeout_s`` passes (those still running stay ``pending``). Between
+    rounds it waits ``poll_s``, or what the providers' ``Retry-After`` asked for (Azure's operations
+    say it). Returns ``batch_id → state`` and ``batch_id → why`` for the failed ones (a batch whose
+    zone is gone fails too). What the trigger runs."""
     import asyncio
 
     sleep = sleep or asyncio.sleep
     deadline = clock() + timeout_s
     states = {p["batch_id"]: "pending" for p in pending}
+    errors: dict[str, str] = {}
     while True:
+        hints: list[float] = []
         for p in pending:
-            if states[p["batch_id"]] != "pending":
+            batch_id = p["batch_id"]
+            if states[batch_id] != "pending":
                 continue
             zone = zones.get(p["zone"])
             if zone is None or zone.provider != p["provider"]:
-                states[p["batch_id"]] = "failed"
+                states[batch_id], errors[batch_id] = "failed", f"zone {p['zone']!r} is no longer served by {p['provider']!r}"
                 continue
+            provider = provider_for(zone)
             try:
-                states[p["batch_id"]] = await provider_for(zone).completion_async(zone, p["request_id"])
+                poll = getattr(provider, "poll_async", None)  # providers that also say Retry-After and why
+                if poll is not None:
+                    operation = await poll(zone, p["request_id"])
+                    states[batch_id] = operation.state
+                    if operation.retry_after_s is not None:
+                        hints.append(operation.retry_after_s)
+                    if operation.state == "failed":
+                        errors[batch_id] = f"{p['provider']}: {operation.error or 'the purge failed'}"
+                else:
+                    states[batch_id] = await provider.completion_async(zone, p["request_id"])
+                    if states[batch_id] == "failed":
+                        errors[batch_id] = f"{p['provider']} reports the purge failed (request {p['request_id']})"
             except (Throttled, CdnUnavailable) as exc:  # asked again at the next poll
-                log.warning("%s: %s; asking again in %.0f s", p["provider"], exc, poll_s)
+                log.warning("%s: %s; asking again later", p["provider"], exc)
+                if getattr(exc, "retry_after_s", None) is not None:
+                    hints.append(exc.retry_after_s)
         if "pending" not in states.values() or clock() >= deadline:
-            return states
-        await sleep(poll_s)
+            return states, errors
+        await sleep(max(hints) if hints else poll_s)
 
 
 def wait_for_completion(conn: Any, zones: Mapping[str, Zone], provider_for: Callable[[Zone], CdnProvider], *,

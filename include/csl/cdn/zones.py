@@ -102,16 +102,29 @@ def build_provider(zone: Zone, settings: Settings | CdnSettings, **seams: Any) -
         parts = urlsplit(zone.base_url)
         return cls(cdn, base_url=f"{parts.scheme}://{parts.netloc}",
                    work_dir=zone.options.get("work_dir") or cdn.varnish_work_dir, **seams)
+    # the API's own address, where the zone's options move it (a private endpoint, a sovereign
+    # cloud, a local server speaking the API in tests): api_base, login_base (Azure), endpoint_url
+    endpoints = {name: _http_option(zone, name) for name in ENDPOINT_OPTIONS[zone.provider] if name in zone.options}
     if zone.provider == "cloudflare":
-        return cls(api_token=creds.cloudflare_api_token, plan=creds.cloudflare_plan, **seams)
+        return cls(api_token=creds.cloudflare_api_token, plan=creds.cloudflare_plan, **endpoints, **seams)
     if zone.provider == "cloudfront":
         key_id = creds.cloudfront_access_key_id
         return cls(access_key_id=key_id.reveal() if key_id else None,
-                   secret_access_key=creds.cloudfront_secret_access_key, **seams)
+                   secret_access_key=creds.cloudfront_secret_access_key, **endpoints, **seams)
     if zone.provider == "azure":
         return cls(tenant_id=creds.azure_tenant_id.reveal(), client_id=creds.azure_client_id.reveal(),
-                   client_secret=creds.azure_client_secret, **seams)
-    return cls(api_token=creds.fastly_api_token, **seams)
+                   client_secret=creds.azure_client_secret, **endpoints, **seams)
+    return cls(api_token=creds.fastly_api_token, **endpoints, **seams)
+
+
+ENDPOINT_OPTIONS = {"cloudflare": ("api_base",), "cloudfront": ("endpoint_url",),
+                    "azure": ("api_base", "login_base"), "fastly": ("api_base",)}
+
+
+def _http_option(zone: Zone, name: str) -> str:
+    from csl.config import parse_http_url
+
+    return parse_http_url(f"CDN_{zone.name.upper()}_OPTIONS.{name}", zone.options[name])
 
 
 class Cdn:

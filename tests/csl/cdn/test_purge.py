@@ -325,11 +325,12 @@ def test_polling_without_blocking_returns_each_batch_state_or_pending_after_the_
         if len(polls) == 2:
             p.states.update({"inv-1": "done", "inv-2": "failed"})
 
-    states = asyncio.run(purge.poll_pending(pending, ZONES, provider_for, poll_s=5, sleep=sleep, clock=clock))
+    states, errors = asyncio.run(purge.poll_pending(pending, ZONES, provider_for, poll_s=5, sleep=sleep, clock=clock))
     assert states == {"b1": "done", "b2": "failed", "b3": "failed"} and polls == [5, 5]
+    assert set(errors) == {"b2", "b3"} and "no longer served" in errors["b3"]
     p.states["inv-1"] = "pending"
-    late = asyncio.run(purge.poll_pending(pending[:1], ZONES, provider_for, poll_s=5, timeout_s=12, sleep=sleep,
-                                          clock=clock))
+    late, _ = asyncio.run(purge.poll_pending(pending[:1], ZONES, provider_for, poll_s=5, timeout_s=12, sleep=sleep,
+                                             clock=clock))
     assert late == {"b1": "pending"} and clock.now == pytest.approx(25)
 
 

@@ -198,3 +198,21 @@ def test_build_provider_hands_each_remote_provider_its_credentials(monkeypatch, 
         assert isinstance(built, _Recorder) and built.kwargs == {**expected, "transport": "seam"}
         assert client.zones["audio"].zone_id == "zone-1"
     assert built.closed
+
+
+def test_a_zones_options_move_its_providers_api_endpoint_and_a_bad_one_is_refused():
+    from csl.errors import ConfigError
+
+    azure = {"CDN_STATIC_PROVIDER": "azure", "CDN_STATIC_ZONE_ID": "subscriptions/s/resourceGroups/r/providers/"
+             "Microsoft.Cdn/profiles/p/afdEndpoints/e", "CDN_AZURE_TENANT_ID": "t", "CDN_AZURE_CLIENT_ID": "c",
+             "CDN_AZURE_CLIENT_SECRET": "s3cret-value"}
+    moved = cdn({**azure, "CDN_STATIC_OPTIONS": '{"api_base": "http://127.0.0.1:8443/arm", '
+                                                '"login_base": "http://127.0.0.1:8443/login"}'})
+    with Cdn.from_settings(moved) as client:
+        provider = client.provider("static")
+        assert (provider.api_base, provider.login_base) == ("http://127.0.0.1:8443/arm", "http://127.0.0.1:8443/login")
+    with Cdn.from_settings(cdn(azure)) as client:
+        assert client.provider("static").api_base == "https://management.azure.com"
+    bad = cdn({**azure, "CDN_STATIC_OPTIONS": '{"api_base": "ftp://127.0.0.1/arm"}'})
+    with Cdn.from_settings(bad) as client, pytest.raises(ConfigError, match="CDN_STATIC_OPTIONS.api_base"):
+        client.provider("static")
