@@ -348,7 +348,8 @@ def _instrument(timers: _Timers) -> None:
             (transfer, "verify_stored", "verify: verify_stored (HEAD + proof)"),
             (StorageProvider, "digest", "verify: re-read and hash (digest)"),
             (replication._Copier, "_update", "db: row update (attempts, copied)"),
-            (replication._Copier, "_done", "db: verified row + queue (transaction)"),
+            (replication._Copier, "_settle", "db: settle a batch of proven rows (transaction)"),
+            (replication._Copier, "_claim", "db: record attempts (a batch of rows)"),
             (replication, "_settle_findings", "db: settle findings (per key and at finish)"),
             (replication, "finish_replication", "finish (wall)")):
         timers.wrap(owner, name, label)

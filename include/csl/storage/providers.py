@@ -165,6 +165,18 @@ class StorageProvider:
         return _new_client(endpoint_url=s.endpoint_url, aws_access_key_id=s.access_key.reveal(),
                            aws_secret_access_key=s.secret_key.reveal(), config=config)
 
+    @cached_property
+    def lean(self) -> Any:
+        """The lean path for object HEAD/GET/PUT (``csl.storage.s3http.S3Http``: signed httpx
+        requests, one connection pool), or None where boto3 does it all: AWS's own endpoint (no
+        endpoint URL), or a client given to this provider (a test's seam)."""
+        if self._client is not None or not self.settings.endpoint_url:
+            return None
+        from csl.storage.s3http import S3Http
+
+        return S3Http(self.settings, max_connections=self._max_pool_connections,
+                      connect_timeout_s=self._connect_timeout_s, read_timeout_s=self._read_timeout_s)
+
     # -- error translation -----------------------------------------------------------------
     def error(self, action: str, key: str | None, exc: Exception) -> StorageError:
         """The ``StorageError`` that says ``action`` on ``key`` failed on this provider, and how:
@@ -231,6 +243,15 @@ class StorageProvider:
     def digest(self, key: str) -> tuple[str, str | None] | None:
         """(SHA-256 of the stored bytes, the SHA-256 its metadata claims), streamed in 1 MiB
         chunks; ``None`` only for a real 404."""
+        if self.lean is not None:
+            with self.lean.get(key) as got:
+                if got is None:
+                    return None
+                head, chunks = got
+                content = hashlib.sha256()
+                for chunk in chunks:
+                    content.update(chunk)
+            return content.hexdigest(), head.metadata.get(SHA256_META)
         from botocore.exceptions import ClientError
 
         try:
