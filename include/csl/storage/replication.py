@@ -8,7 +8,10 @@ A run (``csl_ops.replication_runs``) starts from one input (``mode``):
 - ``diff``: a fresh comparison of a key prefix — an integrity sweep of it
   (``csl.storage.integrity``: the one diff engine), then its findings.
 
-**Which copy is right.** Every provider of the run is asked about each key (HEAD). A copy is
+**Which copy is right.** Every provider of the run is asked about each key (HEAD) — but in
+``diff`` mode a key the fresh sweep listed on one provider only, at the database's size, is
+planned from that listing (``_from_listing``): its ``sha256`` is the source's own metadata,
+read with its bytes and proven while they stream. A copy is
 right when its size agrees with the database row (when the database knows it) and its bytes
 hash to its own ``sha256`` metadata. Copies under suspicion (a checksum finding names them,
 or the copies disagree in their metadata, or in size when the database does not know it) are
@@ -21,9 +24,10 @@ copy's size and hashes, and waits for a person.
 destination: source, size, reason. ``dry_run`` stops there; ``max_objects`` / ``max_bytes``
 refuse the run before anything is copied. Copies run ``concurrency`` at a time (one key per
 worker, its destinations in turn), streamed and verified (``csl.storage.transfer``): a row
-is ``copied`` when the bytes are written and ``verified`` when the destination is proven; in
-that same transaction its queue rows become ``done`` and the findings about that copy are
-resolved by the run. A rerun of the run skips what is verified, checks
+is ``copied`` when the bytes are written and a separate proof follows, ``verified`` when the
+destination is proven; in that same transaction its queue rows become ``done`` and the
+findings about that copy are resolved by the run. The record is written in batches (see
+``_Copier``): a crash loses at most the batch not yet written. A rerun of the run skips what is verified, checks
 in place what may have been written before a crash, and copies the rest. A provider that
 cannot answer stops the run naming it; what finished stays recorded.
 
@@ -520,12 +524,20 @@ def plan_replication(db: Any, providers: Sequence[StorageProvider], *, run_key: 
     return plan
 
 
+def _diff_depth(prefix: str) -> int:
+    """The diff sweep's cell depth: the prefix's own folder is one cell, listed as one range per
+    provider (``bench-many/`` → 1: a page per 1,000 keys, not a listing per sub-folder). Cells
+    only group the sweep's work: a finding seen again takes its new cell, and the ones under the
+    prefix not seen again are closed, whatever depth found them."""
+    return min(8, max(1, prefix.count("/")))
+
+
 def _diff(db: Any, providers: Sequence[StorageProvider], *, run_key: str, options: ReplicationOptions,
           buckets: Sequence[str]) -> int:
     """A fresh sweep of the prefix over the run's providers: the sweep's own merge and findings."""
     from csl.storage.integrity import sweep_and_record
 
-    sweep_options = SweepOptions(prefix=options.prefix, buckets=tuple(buckets))
+    sweep_options = SweepOptions(prefix=options.prefix, buckets=tuple(buckets), depth=_diff_depth(options.prefix))
     with db.connection() as conn:
         sweep = plan_sweep(conn, providers, run_key=f"{run_key}__diff", shards=1, options=sweep_options)
     for item in sweep.shards():

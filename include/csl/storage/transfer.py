@@ -2,14 +2,17 @@
 
 - Between different endpoints the object is read as a stream and written as it is read:
   one ``PutObject`` (with ``ChecksumSHA256``) up to the multipart threshold, else a multipart
-  upload whose parts are read one at a time (``part_size_for``: at least the threshold and
-  5 MiB, and large enough that a 5 TiB object stays under 10,000 parts). Memory is about two
-  parts, whatever the object's size.
+  upload whose parts are read one at a time and sent ``PARTS_IN_FLIGHT`` at a time
+  (``part_size_for``: at least the threshold and 5 MiB, and large enough that a 5 TiB object
+  stays under 10,000 parts). Memory is a few parts, whatever the object's size. Object
+  requests go through the provider's lean path (``csl.storage.s3http``) where it has one.
 - On one endpoint (same URL and credentials) ``CopyObject`` copies server-side, up to 5 GiB.
 - The SHA-256 of the bytes read must equal the source's ``sha256`` metadata before anything
   counts: a single PUT is not sent, a multipart upload is aborted instead of completed.
-- The destination is then checked: where the provider verifies upload checksums
-  (``verifies_checksums``) by the ``x-amz-checksum-sha256`` it reports with
+- The destination is then checked: a single PUT that a provider verifying upload checksums
+  accepted, answering with our ``x-amz-checksum-sha256``, is its own proof; otherwise, where
+  the provider verifies upload checksums (``verifies_checksums``), by the
+  ``x-amz-checksum-sha256`` it reports with
   ``ChecksumMode=ENABLED`` — the file's SHA-256 for a single PUT; for a multipart upload the
   composite of our own part digests (``base64(sha256(d1‖…‖dN))-N``), never compared with the
   file's hash — otherwise, and after a server-side copy, by reading it back and hashing it.
@@ -64,7 +67,7 @@ HTTP_HEADERS = {"ContentType": "content-type", "CacheControl": "cache-control",
                 "ContentDisposition": "content-disposition", "ContentEncoding": "content-encoding",
                 "ContentLanguage": "content-language"}  # boto3's names → HTTP's
 HEADERS = tuple(HTTP_HEADERS)
-PARTS_IN_FLIGHT = 2  # parts of one object being sent while the next is read (the RSS test: 200 MiB < 150 MB)
+PARTS_IN_FLIGHT = 3  # parts of one object being sent while the next is read (the RSS test: 200 MiB < 150 MB)
 
 
 class SourceNotVerified(ProblemFound):
