@@ -167,15 +167,14 @@ class StorageProvider:
 
     @cached_property
     def lean(self) -> Any:
-        """The lean path for object HEAD/GET/PUT (``csl.storage.s3http.S3Http``: signed httpx
-        requests, one connection pool), or None where boto3 does it all: AWS's own endpoint (no
+        """The lean path for object HEAD/GET/PUT (``csl.storage.s3http.S3Http``: signed
+        ``http.client`` requests, a kept-alive connection per thread), or None where boto3 does it all: AWS's own endpoint (no
         endpoint URL), or a client given to this provider (a test's seam)."""
         if self._client is not None or not self.settings.endpoint_url:
             return None
         from csl.storage.s3http import S3Http
 
-        return S3Http(self.settings, max_connections=self._max_pool_connections,
-                      connect_timeout_s=self._connect_timeout_s, read_timeout_s=self._read_timeout_s)
+        return S3Http(self.settings, connect_timeout_s=self._connect_timeout_s, read_timeout_s=self._read_timeout_s)
 
     # -- error translation -----------------------------------------------------------------
     def error(self, action: str, key: str | None, exc: Exception) -> StorageError:

@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode
 
-from csl.errors import ProblemFound, StorageError
+from csl.errors import ProblemFound, ProviderUnavailable, StorageError
 from csl.storage.providers import SHA256_META, StorageProvider
 
 __all__ = [
@@ -67,6 +67,7 @@ HTTP_HEADERS = {"ContentType": "content-type", "CacheControl": "cache-control",
                 "ContentDisposition": "content-disposition", "ContentEncoding": "content-encoding",
                 "ContentLanguage": "content-language"}  # boto3's names → HTTP's
 HEADERS = tuple(HTTP_HEADERS)
+STREAM_ATTEMPTS = 2  # a copy whose stream broke (the provider unavailable) is started over once
 PARTS_IN_FLIGHT = 3  # parts of one object being sent while the next is read (the RSS test: 200 MiB < 150 MB)
 
 
@@ -264,6 +265,21 @@ def copy_object(source: StorageProvider, destination: StorageProvider, key: str,
             verified_by = verify_stored(destination, key, sha256=truth, size=info.size, method="server_copy")
             return CopyOutcome("server_copy", info.size, truth, 1, verified_by,
                                round(time.perf_counter() - started, 3))
+    for attempt in range(STREAM_ATTEMPTS):
+        try:
+            return _stream_copy(source, destination, key, sha256=sha256, threshold=threshold, copied=copied,
+                                started=started)
+        except ProviderUnavailable as exc:  # a stream that broke, a provider overloaded for a moment
+            if attempt + 1 == STREAM_ATTEMPTS:
+                raise
+            log.warning("copy of %r from %s to %s: %s; once more", key, source.name, destination.name, exc)
+            time.sleep(0.5)
+    raise AssertionError("unreachable")
+
+
+def _stream_copy(source: StorageProvider, destination: StorageProvider, key: str, *, sha256: str | None,
+                 threshold: int, copied: Callable[[str, int], None], started: float) -> CopyOutcome:
+    """GET → PUT (or multipart upload) → proof; nothing counts before the proof."""
     with ExitStack() as stack:
         src = _open_source(source, key, stack)
         size = src.size
