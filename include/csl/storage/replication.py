@@ -848,13 +848,20 @@ def _settle_findings(conn: Any, run_id: int, row_ids: Sequence[int]) -> int:
     """The findings verified copies (``row_ids``) settle, resolved by the run: those each plan row
     started from, and any other open one about its destination's copy of the key (missing, size
     or checksum mismatch, an earlier conflict; ``fallback_only`` when the destination is the
-    primary). Findings about the key's other providers stay until their own copies are proven."""
+    primary). Findings about the key's other providers stay until their own copies are proven.
+    Each part is looked up by an index (the open findings' unique key, the id): the table keeps
+    every finding ever closed, and a scan of it per batch would grow with it."""
     return conn.execute(
         "UPDATE csl_ops.storage_findings f SET resolved_at = now(), resolved_replication_id = %(run)s "
-        "FROM csl_ops.replication_copies c WHERE c.id = ANY(%(row)s) AND f.resolved_at IS NULL "
-        "AND f.object_key = c.object_key AND (f.id = ANY(c.finding_ids) OR (f.kind = ANY(%(kinds)s) AND "
-        "(f.provider = c.destination OR (f.kind = 'fallback_only' AND c.destination = %(primary)s))))",
-        {"run": run_id, "row": list(row_ids), "kinds": [*REPAIRABLE_KINDS, CONFLICT], "primary": PRIMARY}).rowcount
+        "WHERE f.resolved_at IS NULL AND f.id IN ("
+        " SELECT unnest(c.finding_ids) FROM csl_ops.replication_copies c WHERE c.id = ANY(%(rows)s)"
+        " UNION SELECT o.id FROM csl_ops.replication_copies c JOIN csl_ops.storage_findings o"
+        "  ON o.resolved_at IS NULL AND o.kind = ANY(%(kinds)s) AND o.object_key = c.object_key"
+        "  AND o.provider = c.destination WHERE c.id = ANY(%(rows)s)"
+        " UNION SELECT o.id FROM csl_ops.replication_copies c JOIN csl_ops.storage_findings o"
+        "  ON o.resolved_at IS NULL AND o.kind = 'fallback_only' AND o.object_key = c.object_key"
+        "  WHERE c.id = ANY(%(rows)s) AND c.destination = %(primary)s)",
+        {"run": run_id, "rows": list(row_ids), "kinds": [*REPAIRABLE_KINDS, CONFLICT], "primary": PRIMARY}).rowcount
 
 
 def copy_shard(db: Any, providers: Sequence[StorageProvider], item: Mapping[str, Any], *,
