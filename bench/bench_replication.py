@@ -21,7 +21,8 @@ the threads' own CPU), a what-if run shows the copy with the destination's store
 trusted instead of re-read, and for ``many`` one run each at half and double our concurrency
 shows whether 8 was a fair choice.
 
-``CSL_BENCH_SCALE=small`` (200 × 256 KiB, 2 × 32 MiB) is for development; ``CSL_BENCH_ROUNDS``
+``CSL_BENCH_SCALE=small`` (200 × 256 KiB, 2 × 32 MiB) and ``medium`` (500 × 256 KiB, 2 × 64 MiB) are for
+development; ``CSL_BENCH_ROUNDS``
 overrides the rounds. Buckets and the database are removed at the end.
 """
 
@@ -53,6 +54,7 @@ REPO = Path(__file__).resolve().parents[1]
 KiB, MiB = 1 << 10, 1 << 20
 SCALES = {
     "full": {"many": (5_000, 256 * KiB), "big": (4, 256 * MiB)},
+    "medium": {"many": (500, 256 * KiB), "big": (2, 64 * MiB)},
     "small": {"many": (200, 256 * KiB), "big": (2, 32 * MiB)},
 }
 PREFIXES = {"many": "bench-many/", "big": "bench-big/"}
@@ -348,7 +350,8 @@ def _instrument(timers: _Timers) -> None:
             (transfer, "verify_stored", "verify: verify_stored (HEAD + proof)"),
             (StorageProvider, "digest", "verify: re-read and hash (digest)"),
             (replication._Copier, "_update", "db: row update (attempts, copied)"),
-            (replication._Copier, "_done", "db: verified row + queue (transaction)"),
+            (replication._Copier, "_settle", "db: settle a batch of proven rows (transaction)"),
+            (replication._Copier, "_claim", "db: record attempts (a batch of rows)"),
             (replication, "_settle_findings", "db: settle findings (per key and at finish)"),
             (replication, "finish_replication", "finish (wall)")):
         timers.wrap(owner, name, label)
@@ -395,5 +398,10 @@ def child(spec: dict) -> int:
 
 if __name__ == "__main__":
     if len(sys.argv) == 3 and sys.argv[1] == "--child":
+        if os.environ.get("CSL_BENCH_PROFILE_TO"):  # development: a cProfile of each of our runs
+            import cProfile
+
+            target = f"{os.environ['CSL_BENCH_PROFILE_TO']}.{json.loads(sys.argv[2])['run_key']}.prof"
+            sys.exit(cProfile.run("child(json.loads(sys.argv[2]))", target) or 0)
         sys.exit(child(json.loads(sys.argv[2])))
     sys.exit(f"usage: {sys.argv[0]} --child SPEC (run the benchmark with bench/run.py replication)")

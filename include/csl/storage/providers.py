@@ -165,6 +165,17 @@ class StorageProvider:
         return _new_client(endpoint_url=s.endpoint_url, aws_access_key_id=s.access_key.reveal(),
                            aws_secret_access_key=s.secret_key.reveal(), config=config)
 
+    @cached_property
+    def lean(self) -> Any:
+        """The lean path for object HEAD/GET/PUT (``csl.storage.s3http.S3Http``: signed
+        ``http.client`` requests, a kept-alive connection per thread), or None where boto3 does it all: AWS's own endpoint (no
+        endpoint URL), or a client given to this provider (a test's seam)."""
+        if self._client is not None or not self.settings.endpoint_url:
+            return None
+        from csl.storage.s3http import S3Http
+
+        return S3Http(self.settings, connect_timeout_s=self._connect_timeout_s, read_timeout_s=self._read_timeout_s)
+
     # -- error translation -----------------------------------------------------------------
     def error(self, action: str, key: str | None, exc: Exception) -> StorageError:
         """The ``StorageError`` that says ``action`` on ``key`` failed on this provider, and how:
@@ -233,6 +244,15 @@ class StorageProvider:
     def digest(self, key: str) -> tuple[str, str | None] | None:
         """(SHA-256 of the stored bytes, the SHA-256 its metadata claims), streamed in 1 MiB
         chunks; ``None`` only for a real 404."""
+        if self.lean is not None:
+            with self.lean.get(key) as got:
+                if got is None:
+                    return None
+                head, chunks = got
+                content = hashlib.sha256()
+                for chunk in chunks:
+                    content.update(chunk)
+            return content.hexdigest(), head.metadata.get(SHA256_META)
         from botocore.exceptions import ClientError
 
         try:
@@ -333,11 +353,10 @@ class StorageProvider:
     def _http(self) -> Any:
         import httpx
 
-        verify: Any = True
-        if self.settings.endpoint_url and self.settings.endpoint_url.startswith("https:"):
-            verify = os.environ.get("AWS_CA_BUNDLE") or True
+        from csl.storage.s3http import tls_context
+
         return httpx.Client(timeout=httpx.Timeout(self._read_timeout_s, connect=self._connect_timeout_s),
-                            verify=verify, limits=httpx.Limits(max_connections=4))
+                            verify=tls_context(self.settings.endpoint_url), limits=httpx.Limits(max_connections=4))
 
     @cached_property
     def _signer(self) -> Any:
@@ -350,23 +369,28 @@ class StorageProvider:
     def _list_page(self, prefix: str, delimiter: str | None, token: str | None) -> bytes:
         from urllib.parse import quote, urlencode
 
-        from botocore.awsrequest import AWSRequest
+        import httpx
 
         query = {"list-type": "2", "max-keys": "1000", "prefix": prefix}
         if delimiter:
             query["delimiter"] = delimiter
         if token:
             query["continuation-token"] = token
-        base = self.settings.endpoint_url.rstrip("/")
-        url = f"{base}/{quote(self.bucket)}?" + urlencode(sorted(query.items()), quote_via=quote, safe="-_.~")
-        request = AWSRequest(method="GET", url=url, headers={})
-        self._signer.add_auth(request)
-        import httpx
+        canonical = urlencode(sorted(query.items()), quote_via=quote, safe="-_.~")
+        if self.lean is not None:  # signed without botocore (not even imported on the lean path)
+            url, headers = self.lean.signed_bucket_get(canonical)
+        else:
+            from botocore.awsrequest import AWSRequest
+
+            url = f"{self.settings.endpoint_url.rstrip('/')}/{quote(self.bucket)}?{canonical}"
+            request = AWSRequest(method="GET", url=url, headers={})
+            self._signer.add_auth(request)
+            headers = dict(request.headers.items())
 
         attempts = max(self._max_attempts, LIST_ATTEMPTS)  # a listing is safe to repeat
         for attempt in range(attempts):
             try:
-                response = self._http.get(url, headers=dict(request.headers.items()))
+                response = self._http.get(url, headers=headers)
             except httpx.TransportError as exc:  # refused, reset, timed out, a dropped socket: all transient
                 if attempt + 1 < attempts:
                     log.warning("list %r on %s: %s: %s; retrying", prefix, self.name, type(exc).__name__, exc)

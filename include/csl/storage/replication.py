@@ -8,7 +8,10 @@ A run (``csl_ops.replication_runs``) starts from one input (``mode``):
 - ``diff``: a fresh comparison of a key prefix — an integrity sweep of it
   (``csl.storage.integrity``: the one diff engine), then its findings.
 
-**Which copy is right.** Every provider of the run is asked about each key (HEAD). A copy is
+**Which copy is right.** Every provider of the run is asked about each key (HEAD) — but in
+``diff`` mode a key the fresh sweep listed on one provider only, at the database's size, is
+planned from that listing (``_from_listing``): its ``sha256`` is the source's own metadata,
+read with its bytes and proven while they stream. A copy is
 right when its size agrees with the database row (when the database knows it) and its bytes
 hash to its own ``sha256`` metadata. Copies under suspicion (a checksum finding names them,
 or the copies disagree in their metadata, or in size when the database does not know it) are
@@ -21,9 +24,10 @@ copy's size and hashes, and waits for a person.
 destination: source, size, reason. ``dry_run`` stops there; ``max_objects`` / ``max_bytes``
 refuse the run before anything is copied. Copies run ``concurrency`` at a time (one key per
 worker, its destinations in turn), streamed and verified (``csl.storage.transfer``): a row
-is ``copied`` when the bytes are written and ``verified`` when the destination is proven; in
-that same transaction its queue rows become ``done`` and the findings about that copy are
-resolved by the run. A rerun of the run skips what is verified, checks
+is ``copied`` when the bytes are written and a separate proof follows, ``verified`` when the
+destination is proven; in that same transaction its queue rows become ``done`` and the
+findings about that copy are resolved by the run. The record is written in batches (see
+``_Copier``): a crash loses at most the batch not yet written. A rerun of the run skips what is verified, checks
 in place what may have been written before a crash, and copies the rest. A provider that
 cannot answer stops the run naming it; what finished stays recorded.
 
@@ -299,6 +303,7 @@ class _Inputs:
     queue: list[tuple[int, str]] = field(default_factory=list)  # (queue id, target)
     findings: list[tuple[int, str, str]] = field(default_factory=list)  # (finding id, kind, provider)
     queued_size: int | None = None
+    listed_on: set[str] | None = None  # diff mode: the providers the sweep's listing found the key on
 
 
 @dataclass(frozen=True)
@@ -369,13 +374,38 @@ def _inputs(conn: Any, options: ReplicationOptions, names: Sequence[str], sweep_
             entry.queued_size = size
     else:
         kinds = list(REPAIRABLE_KINDS) + ([CONFLICT] if options.mode == "findings" else [])
-        query = ("SELECT id, kind, object_key, provider FROM csl_ops.storage_findings WHERE resolved_at IS NULL "
+        query = ("SELECT id, kind, object_key, provider, CASE WHEN kind = 'missing' THEN detail -> 'present_on' END "
+                 "FROM csl_ops.storage_findings WHERE resolved_at IS NULL "
                  "AND kind = ANY(%(kinds)s) AND starts_with(object_key, %(prefix)s) AND depends_on <@ %(names)s "
                  + ("AND last_sweep_id = %(sweep)s " if sweep_id is not None else "") + "ORDER BY object_key, id")
-        for fid, kind, key, provider in conn.execute(query, {"kinds": kinds, "prefix": options.prefix,
-                                                              "names": list(names), "sweep": sweep_id}):
-            found.setdefault(key, _Inputs()).findings.append((fid, kind, provider))
+        for fid, kind, key, provider, present_on in conn.execute(query, {"kinds": kinds, "prefix": options.prefix,
+                                                                          "names": list(names), "sweep": sweep_id}):
+            entry = found.setdefault(key, _Inputs())
+            entry.findings.append((fid, kind, provider))
+            if sweep_id is not None and present_on is not None:
+                entry.listed_on = set(present_on)
     return found
+
+
+def _from_listing(key: str, entry: _Inputs, *, names: Sequence[str], database_size: int | None,
+                  options: ReplicationOptions) -> KeyDecision | None:
+    """Diff mode's plan for a key the fresh sweep found on exactly one provider, at the size the
+    database knows, and missing everywhere else: copy it from there, no HEADs. Its ``sha256``
+    is the source's own metadata, read with its bytes and proven while they stream
+    (``copy_object``); a source without it, or whose bytes betray it, is examined then.
+    None when the key needs every provider's HEAD (``examine``)."""
+    if entry.listed_on is None or len(entry.listed_on) != 1 or database_size is None:
+        return None
+    (source,) = entry.listed_on
+    if any(kind != "missing" for _, kind, _ in entry.findings) or (options.source not in (None, source)):
+        return None
+    missing = {provider for _, _, provider in entry.findings}
+    if missing != set(names) - {source}:
+        return None
+    copies = tuple(PlannedCopy(key=key, destination=dest, source=source, reason="missing", size=database_size,
+                               sha256=None, replaces=False)
+                   for dest in names if dest in missing and options.destination in (None, dest))
+    return KeyDecision(key=key, copies=copies, database_size=database_size)
 
 
 def _database_sizes(db: Any, keys: Sequence[str], buckets: Sequence[str]) -> tuple[dict[str, int | None], str]:
@@ -458,8 +488,12 @@ def plan_replication(db: Any, providers: Sequence[StorageProvider], *, run_key: 
         return examine(providers, key, referenced=key in sizes, database_size=size, named=named, suspects=suspects,
                        options=options)
 
+    listed = {key: _from_listing(key, inputs[key], names=names, database_size=sizes.get(key), options=options)
+              for key in keys if key in sizes}
+    to_examine = [key for key in keys if listed.get(key) is None]
     with ThreadPoolExecutor(max_workers=options.concurrency, thread_name_prefix="csl-plan") as pool:
-        decisions = list(pool.map(one, keys))
+        examined = dict(zip(to_examine, pool.map(one, to_examine), strict=True))
+    decisions = [listed.get(key) or examined[key] for key in keys]
     copies = [c for d in decisions for c in d.copies]
     conflicts = [d for d in decisions if d.conflict]
     unreferenced = [d.key for d in decisions if d.unreferenced]
@@ -490,12 +524,20 @@ def plan_replication(db: Any, providers: Sequence[StorageProvider], *, run_key: 
     return plan
 
 
+def _diff_depth(prefix: str) -> int:
+    """The diff sweep's cell depth: the prefix's own folder is one cell, listed as one range per
+    provider (``bench-many/`` → 1: a page per 1,000 keys, not a listing per sub-folder). Cells
+    only group the sweep's work: a finding seen again takes its new cell, and the ones under the
+    prefix not seen again are closed, whatever depth found them."""
+    return min(8, max(1, prefix.count("/")))
+
+
 def _diff(db: Any, providers: Sequence[StorageProvider], *, run_key: str, options: ReplicationOptions,
           buckets: Sequence[str]) -> int:
     """A fresh sweep of the prefix over the run's providers: the sweep's own merge and findings."""
     from csl.storage.integrity import sweep_and_record
 
-    sweep_options = SweepOptions(prefix=options.prefix, buckets=tuple(buckets))
+    sweep_options = SweepOptions(prefix=options.prefix, buckets=tuple(buckets), depth=_diff_depth(options.prefix))
     with db.connection() as conn:
         sweep = plan_sweep(conn, providers, run_key=f"{run_key}__diff", shards=1, options=sweep_options)
     for item in sweep.shards():
@@ -529,24 +571,26 @@ def _write_plan(conn: Any, run_id: int, decisions: Sequence[KeyDecision], inputs
         (run_id, list(FINAL), [k for k, _ in planned], [d for _, d in planned])).rowcount
     if dropped:
         log.info("replication run %s: %s unfinished rows of an earlier attempt are no longer needed", run_id, dropped)
+    rows = []
     for d in decisions:
         entry = inputs[d.key]
         for c in d.copies:
             queue_ids = [q for q, target in entry.queue if target == c.destination]
             finding_ids = [f for f, kind, provider in entry.findings
                            if provider == c.destination or (kind == "fallback_only" and c.destination == PRIMARY)]
-            conn.execute(
-                "INSERT INTO csl_ops.replication_copies (run_id, object_key, cell, source, destination, reason, bytes, "
-                "sha256, replaces, status, queue_ids, finding_ids) "
-                "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
-                "ON CONFLICT (run_id, object_key, destination) DO UPDATE SET source = excluded.source, "
-                "reason = excluded.reason, bytes = excluded.bytes, sha256 = excluded.sha256, "
-                "replaces = excluded.replaces OR replication_copies.replaces, queue_ids = excluded.queue_ids, "
-                "finding_ids = excluded.finding_ids, updated_at = now(), "
-                "status = CASE WHEN replication_copies.status IN ('verified', 'skipped') "
-                "THEN replication_copies.status ELSE excluded.status END",
-                (run_id, d.key, cell_of(d.key, DEPTH), c.source, c.destination, c.reason, c.size, c.sha256,
-                 c.replaces, "planned", queue_ids, finding_ids))
+            rows.append((run_id, d.key, cell_of(d.key, DEPTH), c.source, c.destination, c.reason, c.size, c.sha256,
+                         c.replaces, "planned", queue_ids, finding_ids))
+    with conn.cursor() as cur:  # one pipeline of statements, not a round trip per row
+        cur.executemany(
+            "INSERT INTO csl_ops.replication_copies (run_id, object_key, cell, source, destination, reason, bytes, "
+            "sha256, replaces, status, queue_ids, finding_ids) "
+            "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
+            "ON CONFLICT (run_id, object_key, destination) DO UPDATE SET source = excluded.source, "
+            "reason = excluded.reason, bytes = excluded.bytes, sha256 = excluded.sha256, "
+            "replaces = excluded.replaces OR replication_copies.replaces, queue_ids = excluded.queue_ids, "
+            "finding_ids = excluded.finding_ids, updated_at = now(), "
+            "status = CASE WHEN replication_copies.status IN ('verified', 'skipped') "
+            "THEN replication_copies.status ELSE excluded.status END", rows)
 
 
 def _settle_unreferenced(conn: Any, run_id: int, keys: Sequence[str], inputs: Mapping[str, _Inputs]) -> None:
@@ -593,11 +637,35 @@ class ShardResult:
         return asdict(self)
 
 
+@dataclass(frozen=True)
+class _Finished:
+    """A row proven (``verified``, or ``skipped``: right in place), waiting to be written."""
+
+    row: _Row
+    status: str
+    verified_by: str
+    method: str | None
+    source: str | None
+    sha256: str | None
+    bytes: int
+    duration_s: float
+
+
 class _Copier:
-    """Copies one run's planned rows, a key at a time per worker."""
+    """Copies one run's planned rows (``rows``, in the order the workers take them), a key at a
+    time per worker.
+
+    The database work is batched. Before a row is copied its attempt is recorded, ``claim``
+    rows at a time ahead of the workers (a rerun after a crash proves in place whatever an
+    attempt may have written). Proven rows are written ``settle`` at a time, or after
+    ``SETTLE_AFTER_S``, in one transaction each: their status, their queue rows ``done``, the
+    findings they settle resolved, edge purges queued. A crash loses at most the rows not yet
+    written, which the rerun proves in place. Failures and conflicts are written at once."""
+
+    SETTLE_AFTER_S = 0.2
 
     def __init__(self, db: Any, providers: Sequence[StorageProvider], run_id: int, run_key: str,
-                 options: ReplicationOptions, edge_base_url: str | None) -> None:
+                 options: ReplicationOptions, edge_base_url: str | None, rows: Sequence[_Row]) -> None:
         self.db = db
         self.by_name = {p.name: p for p in providers}
         self.providers = reference_order(providers)
@@ -610,6 +678,14 @@ class _Copier:
         self.counts = {"verified": 0, "skipped": 0, "failed": 0, "conflict": 0, "bytes": 0}
         self.errors: list[str] = []
         self.unavailable: ProviderUnavailable | None = None
+        self.claim = max(16, 8 * options.concurrency)
+        self.settle = max(8, 4 * options.concurrency)
+        self._ids = [r.id for r in rows]
+        self._position = {r.id: i for i, r in enumerate(rows)}
+        self._claimed = 0
+        self._claim_lock = threading.Lock()
+        self._finished: list[_Finished] = []
+        self._oldest = 0.0
 
     def _count(self, status: str, size: int = 0, error: str | None = None) -> None:
         with self.lock:
@@ -624,6 +700,18 @@ class _Copier:
         with self.db.connection() as conn:
             conn.execute(sql.SQL("UPDATE csl_ops.replication_copies SET {}, updated_at = now() WHERE id = %(id)s")
                          .format(assignments), {**values, "id": row.id})
+
+    def _claim(self, row: _Row) -> None:
+        """Record the attempt on ``row`` (and on the next rows, in one statement) before it starts."""
+        with self._claim_lock:
+            at = self._position[row.id]
+            if at < self._claimed:
+                return
+            upto = max(at + 1, min(len(self._ids), self._claimed + self.claim))
+            ids, self._claimed = self._ids[self._claimed:upto], upto
+            with self.db.connection() as conn:
+                conn.execute("UPDATE csl_ops.replication_copies SET attempts = attempts + 1, updated_at = now() "
+                             "WHERE id = ANY(%s)", (ids,))
 
     def key(self, rows: Sequence[_Row]) -> None:
         for row in rows:
@@ -644,18 +732,20 @@ class _Copier:
 
     def row(self, row: _Row) -> None:
         started = time.perf_counter()
-        self._update(row, attempts=row.attempts + 1)
+        self._claim(row)
         dest = self.by_name[row.destination]
-        if row.reason == "verify" or row.attempts > 0 or row.status != "planned":
+        earlier = row.reason == "verify" or row.attempts > 0 or row.status != "planned"
+        if earlier and row.sha256 is not None:
             # an earlier attempt may have written it, or the plan says it is right: prove it in place
+            # (a row planned from the listing alone has no sha256 yet: it is simply copied again)
             try:
                 how = verify_stored(dest, row.key, sha256=row.sha256, size=row.size, method="existing")
             except DestinationNotVerified:
                 pass
             else:
-                self._done(row, status="skipped", verified_by=how, method=None, size=0, started=started)
+                self._finish(_Finished(row, "skipped", how, None, None, None, 0, time.perf_counter() - started))
                 return
-        source = row.source
+        source, truth = row.source, row.sha256
         for _ in range(2):  # the planned source, then (if its bytes do not verify) a re-examined one
             if source is None:
                 self._conflict(row, "no provider holds a copy that verifies")
@@ -664,7 +754,7 @@ class _Copier:
                 self._update(row, status="copied", method=method, bytes=size, source=source)
 
             try:
-                outcome = copy_object(self.by_name[source], dest, row.key, sha256=row.sha256,
+                outcome = copy_object(self.by_name[source], dest, row.key, sha256=truth,
                                       threshold=self.options.threshold, on_copied=copied)
             except SourceNotVerified as exc:
                 log.warning("replication run %s: %s; looking at every copy again", self.run_id, exc)
@@ -673,32 +763,62 @@ class _Copier:
                 if decision.conflict:
                     self._conflict(row, decision.conflict, decision)
                     return
-                source = next((c.source for c in decision.copies if c.destination == row.destination), None)
-                if source is None:  # the destination turned out right after all
-                    self._done(row, status="skipped", verified_by="reread", method=None, size=0, started=started)
+                planned = next((c for c in decision.copies if c.destination == row.destination), None)
+                if planned is None:  # the destination turned out right after all
+                    self._finish(_Finished(row, "skipped", "reread", None, None, None, 0,
+                                           time.perf_counter() - started))
                     return
+                source, truth = planned.source, planned.sha256
                 continue
-            self._done(row, status="verified", verified_by=outcome.verified_by, method=outcome.method,
-                       size=outcome.bytes, started=started, source=source)
+            self._finish(_Finished(row, "verified", outcome.verified_by, outcome.method, source, outcome.sha256,
+                                   outcome.bytes, time.perf_counter() - started))
             return
         self._conflict(row, "the copies changed while they were read")
 
-    def _done(self, row: _Row, *, status: str, verified_by: str, method: str | None, size: int, started: float,
-              source: str | None = None) -> None:
-        dest = self.by_name[row.destination]
+    def _finish(self, done: _Finished) -> None:
+        now = time.monotonic()
+        with self.lock:
+            if not self._finished:
+                self._oldest = now
+            self._finished.append(done)
+            if len(self._finished) < self.settle and now - self._oldest < self.SETTLE_AFTER_S:
+                return
+            batch, self._finished = self._finished, []
+        self._settle(batch)
+
+    def flush(self) -> None:
+        """Write the proven rows still waiting (the end of a shard, or a stop)."""
+        with self.lock:
+            batch, self._finished = self._finished, []
+        if batch:
+            self._settle(batch)
+
+    def _settle(self, batch: Sequence[_Finished]) -> None:
+        ids = [f.row.id for f in batch]
         with self.db.connection() as conn, conn.transaction():
-            conn.execute("UPDATE csl_ops.replication_copies SET status = %s, verified_by = %s, "
-                         "method = coalesce(%s, method), source = coalesce(%s, source), duration_s = %s, error = NULL, "
-                         "updated_at = now() WHERE id = %s",
-                         (status, verified_by, method, source, round(time.perf_counter() - started, 3), row.id))
+            conn.execute(
+                "UPDATE csl_ops.replication_copies c SET status = v.status, verified_by = v.verified_by, "
+                "method = coalesce(v.method, c.method), source = coalesce(v.source, c.source), "
+                "sha256 = coalesce(v.sha256, c.sha256), bytes = CASE WHEN v.method IS NULL THEN c.bytes "
+                "ELSE v.bytes END, duration_s = v.duration_s, error = NULL, updated_at = now() "
+                "FROM unnest(%s::bigint[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::bigint[], "
+                "%s::float8[]) AS v (id, status, verified_by, method, source, sha256, bytes, duration_s) "
+                "WHERE c.id = v.id",
+                (ids, [f.status for f in batch], [f.verified_by for f in batch], [f.method for f in batch],
+                 [f.source for f in batch], [f.sha256 for f in batch], [f.bytes for f in batch],
+                 [round(f.duration_s, 3) for f in batch]))
             conn.execute("UPDATE csl_ops.replication_queue q SET status = 'done', done_at = now(), "
-                         "resolved_run_id = %s, attempts = q.attempts + 1, last_error = NULL FROM csl_ops.replication_copies c "
-                         "WHERE c.id = %s AND q.id = ANY(c.queue_ids) AND q.status = 'pending'", (self.run_id, row.id))
-            _settle_findings(conn, self.run_id, row.id)
-            if method is not None and dest.settings.published_bucket and row.key.startswith(PUBLISHED_PREFIXES):
-                _enqueue_purge(conn, dest, row.key, reason="replaced" if row.replaces else "restored",
-                               run_key=self.run_key, edge_base_url=self.edge_base_url)
-        self._count(status, size)
+                         "resolved_run_id = %s, attempts = q.attempts + 1, last_error = NULL "
+                         "FROM csl_ops.replication_copies c WHERE c.id = ANY(%s) AND q.id = ANY(c.queue_ids) "
+                         "AND q.status = 'pending'", (self.run_id, ids))
+            _settle_findings(conn, self.run_id, ids)
+            for f in batch:
+                dest = self.by_name[f.row.destination]
+                if f.method is not None and dest.settings.published_bucket and f.row.key.startswith(PUBLISHED_PREFIXES):
+                    _enqueue_purge(conn, dest, f.row.key, reason="replaced" if f.row.replaces else "restored",
+                                   run_key=self.run_key, edge_base_url=self.edge_base_url)
+        for f in batch:
+            self._count(f.status, f.bytes if f.method is not None else 0)
 
     def _conflict(self, row: _Row, why: str, decision: KeyDecision | None = None) -> None:
         names = [p.name for p in self.providers]
@@ -719,17 +839,24 @@ def _enqueue_purge(conn: Any, provider: StorageProvider, key: str, *, reason: st
                   tags=edge_tags(bucket, key), reason=reason, source_run=run_key)
 
 
-def _settle_findings(conn: Any, run_id: int, row_id: int) -> int:
-    """The findings a verified copy settles, resolved by the run: those its plan row started from,
-    and any other open one about its destination's copy of the key (missing, size or checksum
-    mismatch, an earlier conflict; ``fallback_only`` when the destination is the primary).
-    Findings about the key's other providers stay until their own copies are proven."""
+def _settle_findings(conn: Any, run_id: int, row_ids: Sequence[int]) -> int:
+    """The findings verified copies (``row_ids``) settle, resolved by the run: those each plan row
+    started from, and any other open one about its destination's copy of the key (missing, size
+    or checksum mismatch, an earlier conflict; ``fallback_only`` when the destination is the
+    primary). Findings about the key's other providers stay until their own copies are proven.
+    Each part is looked up by an index (the open findings' unique key, the id): the table keeps
+    every finding ever closed, and a scan of it per batch would grow with it."""
     return conn.execute(
         "UPDATE csl_ops.storage_findings f SET resolved_at = now(), resolved_replication_id = %(run)s "
-        "FROM csl_ops.replication_copies c WHERE c.id = %(row)s AND f.resolved_at IS NULL "
-        "AND f.object_key = c.object_key AND (f.id = ANY(c.finding_ids) OR (f.kind = ANY(%(kinds)s) AND "
-        "(f.provider = c.destination OR (f.kind = 'fallback_only' AND c.destination = %(primary)s))))",
-        {"run": run_id, "row": row_id, "kinds": [*REPAIRABLE_KINDS, CONFLICT], "primary": PRIMARY}).rowcount
+        "WHERE f.resolved_at IS NULL AND f.id IN ("
+        " SELECT unnest(c.finding_ids) FROM csl_ops.replication_copies c WHERE c.id = ANY(%(rows)s)"
+        " UNION SELECT o.id FROM csl_ops.replication_copies c JOIN csl_ops.storage_findings o"
+        "  ON o.resolved_at IS NULL AND o.kind = ANY(%(kinds)s) AND o.object_key = c.object_key"
+        "  AND o.provider = c.destination WHERE c.id = ANY(%(rows)s)"
+        " UNION SELECT o.id FROM csl_ops.replication_copies c JOIN csl_ops.storage_findings o"
+        "  ON o.resolved_at IS NULL AND o.kind = 'fallback_only' AND o.object_key = c.object_key"
+        "  WHERE c.id = ANY(%(rows)s) AND c.destination = %(primary)s)",
+        {"run": run_id, "rows": list(row_ids), "kinds": [*REPAIRABLE_KINDS, CONFLICT], "primary": PRIMARY}).rowcount
 
 
 def copy_shard(db: Any, providers: Sequence[StorageProvider], item: Mapping[str, Any], *,
@@ -755,9 +882,12 @@ def copy_shard(db: Any, providers: Sequence[StorageProvider], item: Mapping[str,
     by_key: dict[str, list[_Row]] = {}
     for row in rows:
         by_key.setdefault(row.key, []).append(row)
-    copier = _Copier(db, providers, run_id, run[0], options, edge_base_url)
-    with ThreadPoolExecutor(max_workers=options.concurrency, thread_name_prefix="csl-copy") as pool:
-        list(pool.map(copier.key, by_key.values()))
+    copier = _Copier(db, providers, run_id, run[0], options, edge_base_url, rows)
+    try:
+        with ThreadPoolExecutor(max_workers=options.concurrency, thread_name_prefix="csl-copy") as pool:
+            list(pool.map(copier.key, by_key.values()))
+    finally:
+        copier.flush()
     c = copier.counts
     result = ShardResult(run_id=run_id, shard=item.get("shard", 0), keys=len(by_key), verified=c["verified"],
                          skipped=c["skipped"], failed=c["failed"], conflicts=c["conflict"], bytes=c["bytes"],

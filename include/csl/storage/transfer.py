@@ -2,14 +2,17 @@
 
 - Between different endpoints the object is read as a stream and written as it is read:
   one ``PutObject`` (with ``ChecksumSHA256``) up to the multipart threshold, else a multipart
-  upload whose parts are read one at a time (``part_size_for``: at least the threshold and
-  5 MiB, and large enough that a 5 TiB object stays under 10,000 parts). Memory is about two
-  parts, whatever the object's size.
+  upload whose parts are read one at a time and sent ``PARTS_IN_FLIGHT`` at a time
+  (``part_size_for``: at least the threshold and 5 MiB, and large enough that a 5 TiB object
+  stays under 10,000 parts). Memory is a few parts, whatever the object's size. Object
+  requests go through the provider's lean path (``csl.storage.s3http``) where it has one.
 - On one endpoint (same URL and credentials) ``CopyObject`` copies server-side, up to 5 GiB.
 - The SHA-256 of the bytes read must equal the source's ``sha256`` metadata before anything
   counts: a single PUT is not sent, a multipart upload is aborted instead of completed.
-- The destination is then checked: where the provider verifies upload checksums
-  (``verifies_checksums``) by the ``x-amz-checksum-sha256`` it reports with
+- The destination is then checked: a single PUT that a provider verifying upload checksums
+  accepted, answering with our ``x-amz-checksum-sha256``, is its own proof; otherwise, where
+  the provider verifies upload checksums (``verifies_checksums``), by the
+  ``x-amz-checksum-sha256`` it reports with
   ``ChecksumMode=ENABLED`` — the file's SHA-256 for a single PUT; for a multipart upload the
   composite of our own part digests (``base64(sha256(d1‖…‖dN))-N``), never compared with the
   file's hash — otherwise, and after a server-side copy, by reading it back and hashing it.
@@ -28,11 +31,13 @@ import logging
 import math
 import time
 from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode
 
-from csl.errors import ProblemFound, StorageError
+from csl.errors import ProblemFound, ProviderUnavailable, StorageError
 from csl.storage.providers import SHA256_META, StorageProvider
 
 __all__ = [
@@ -58,7 +63,12 @@ MIN_PART = 5 * MiB  # S3's smallest part (but the last)
 MAX_PARTS = 10_000
 MAX_SERVER_COPY = 5 * 1024 ** 3  # CopyObject's limit
 READ_CHUNK = MiB
-HEADERS = ("ContentType", "CacheControl", "ContentDisposition", "ContentEncoding", "ContentLanguage")
+HTTP_HEADERS = {"ContentType": "content-type", "CacheControl": "cache-control",
+                "ContentDisposition": "content-disposition", "ContentEncoding": "content-encoding",
+                "ContentLanguage": "content-language"}  # boto3's names → HTTP's
+HEADERS = tuple(HTTP_HEADERS)
+STREAM_ATTEMPTS = 2  # a copy whose stream broke (the provider unavailable) is started over once
+PARTS_IN_FLIGHT = 3  # parts of one object being sent while the next is read (the RSS test: 200 MiB < 150 MB)
 
 
 class SourceNotVerified(ProblemFound):
@@ -130,6 +140,14 @@ def _b64(digest: bytes) -> str:
 
 def head_object(provider: StorageProvider, key: str) -> StoredObject | None:
     """The object's size, metadata and stored checksum; ``None`` only for a real 404."""
+    if provider.lean is not None:
+        got = provider.lean.head(key)
+        if got is None:
+            return None
+        metadata, h = got.metadata, got.headers
+        return StoredObject(key=key, size=got.size, sha256=metadata.get(SHA256_META), etag=h.get("etag", "").strip('"'),
+                            checksum_sha256=h.get("x-amz-checksum-sha256"), checksum_type=h.get("x-amz-checksum-type"),
+                            content_type=h.get("content-type"), metadata=metadata)
     from botocore.exceptions import ClientError
 
     try:
@@ -158,13 +176,80 @@ def _read_full(body: Any, n: int) -> bytes:
     return b"".join(chunks)
 
 
-def copy_object(source: StorageProvider, destination: StorageProvider, key: str, *, sha256: str,
+@dataclass
+class _Source:
+    """An object being read from the source: what travels with its bytes, and the stream."""
+
+    size: int
+    fields: dict[str, str]  # HEADERS present (boto3's names)
+    metadata: dict[str, str]
+    tag_count: int
+    body: Any  # .read(n) and .close()
+
+    def put_args(self, source: StorageProvider, key: str) -> dict[str, Any]:
+        """boto3's arguments for the destination's object (tags read from the source when it has any)."""
+        args: dict[str, Any] = {**self.fields, "Metadata": self.metadata}
+        if self.tag_count:
+            args["Tagging"] = _tagging(source, key)
+        return args
+
+    def headers(self, source: StorageProvider, key: str) -> dict[str, str]:
+        """The same as HTTP headers (the lean PUT)."""
+        headers = {HTTP_HEADERS[name]: value for name, value in self.fields.items()}
+        headers.update({f"x-amz-meta-{k}": v for k, v in self.metadata.items()})
+        if self.tag_count:
+            headers["x-amz-tagging"] = _tagging(source, key)
+        return headers
+
+
+class _Chunks:
+    """A ``read(n)`` over the lean GET's chunk iterator."""
+
+    def __init__(self, chunks: Any) -> None:
+        self._chunks = iter(chunks)
+        self._left = b""
+
+    def read(self, n: int) -> bytes:
+        if not self._left:
+            self._left = next(self._chunks, b"")
+        out, self._left = self._left[:n], self._left[n:]
+        return out
+
+    def close(self) -> None:
+        pass
+
+
+def _open_source(source: StorageProvider, key: str, stack: ExitStack) -> _Source:
+    if source.lean is not None:
+        got = stack.enter_context(source.lean.get(key))
+        if got is None:
+            raise StorageError(source.name, f"get {key!r}: not there any more")
+        head, chunks = got
+        h = head.headers
+        fields = {name: h[header] for name, header in HTTP_HEADERS.items() if h.get(header)}
+        return _Source(head.size, fields, head.metadata, int(h.get("x-amz-tagging-count") or 0), _Chunks(chunks))
+    try:
+        response = source.client.get_object(Bucket=source.bucket, Key=key)
+    except Exception as exc:
+        raise source.error("get", key, exc) from exc
+    body = response["Body"]
+    stack.callback(body.close)
+    return _Source(response["ContentLength"], {name: response[name] for name in HEADERS if response.get(name)},
+                   response.get("Metadata", {}), response.get("TagCount") or 0, body)
+
+
+def copy_object(source: StorageProvider, destination: StorageProvider, key: str, *, sha256: str | None,
                 threshold: int = 8 * MiB, on_copied: Callable[[str, int], None] | None = None) -> CopyOutcome:
     """Copy ``key`` from ``source`` to ``destination`` and prove it: the bytes read must hash
-    to ``sha256`` (the source's metadata, the plan's truth), then the destination is verified
-    (``verify_stored``). ``on_copied(method, size)`` is called between the two. Raises
-    ``SourceNotVerified`` (nothing written, or the upload aborted), ``DestinationNotVerified``,
-    or the ``StorageError`` of the provider that failed."""
+    to ``sha256`` (the plan's truth; None: the source's own ``sha256`` metadata, which must
+    then be there) and to the source's metadata, then the destination is verified.
+
+    A single PUT to a provider that verifies checksums is its own proof: the provider accepted
+    bytes whose SHA-256 is the one we sent, and says so (``x-amz-checksum-sha256`` in its
+    answer) — ``verified_by="checksum"`` with no further request. Every other copy is checked
+    by ``verify_stored``, with ``on_copied(method, size)`` called between the write and the
+    check. Raises ``SourceNotVerified`` (nothing written, or the upload aborted),
+    ``DestinationNotVerified``, or the ``StorageError`` of the provider that failed."""
     started = time.perf_counter()
     copied = on_copied or (lambda method, size: None)
     if same_endpoint(source, destination):
@@ -172,34 +257,50 @@ def copy_object(source: StorageProvider, destination: StorageProvider, key: str,
         if info is None:
             raise StorageError(source.name, f"copy {key!r}: not there any more")
         if info.size <= MAX_SERVER_COPY:
+            truth = sha256 or info.sha256
+            if truth is None:
+                raise SourceNotVerified(source.name, key, "not read (server-side copy)", None)
             _server_copy(source, destination, key)
             copied("server_copy", info.size)
-            verified_by = verify_stored(destination, key, sha256=sha256, size=info.size, method="server_copy")
-            return CopyOutcome("server_copy", info.size, sha256, 1, verified_by,
+            verified_by = verify_stored(destination, key, sha256=truth, size=info.size, method="server_copy")
+            return CopyOutcome("server_copy", info.size, truth, 1, verified_by,
                                round(time.perf_counter() - started, 3))
-    try:
-        response = source.client.get_object(Bucket=source.bucket, Key=key)
-    except Exception as exc:
-        raise source.error("get", key, exc) from exc
-    size, body = response["ContentLength"], response["Body"]
-    put_args: dict[str, Any] = {name: response[name] for name in HEADERS if response.get(name)}
-    put_args["Metadata"] = response.get("Metadata", {})
-    if response.get("TagCount"):
-        put_args["Tagging"] = _tagging(source, key)
-    try:
+    for attempt in range(STREAM_ATTEMPTS):
+        try:
+            return _stream_copy(source, destination, key, sha256=sha256, threshold=threshold, copied=copied,
+                                started=started)
+        except ProviderUnavailable as exc:  # a stream that broke, a provider overloaded for a moment
+            if attempt + 1 == STREAM_ATTEMPTS:
+                raise
+            log.warning("copy of %r from %s to %s: %s; once more", key, source.name, destination.name, exc)
+            time.sleep(0.5)
+    raise AssertionError("unreachable")
+
+
+def _stream_copy(source: StorageProvider, destination: StorageProvider, key: str, *, sha256: str | None,
+                 threshold: int, copied: Callable[[str, int], None], started: float) -> CopyOutcome:
+    """GET → PUT (or multipart upload) → proof; nothing counts before the proof."""
+    with ExitStack() as stack:
+        src = _open_source(source, key, stack)
+        size = src.size
+        truth = sha256 or src.metadata.get(SHA256_META)
+        if truth is None:
+            raise SourceNotVerified(source.name, key, "not read", None)
+        if src.metadata.get(SHA256_META) != truth:
+            raise SourceNotVerified(source.name, key, f"not read (the plan's sha256 is {truth})",
+                                    src.metadata.get(SHA256_META))
         if size <= threshold:
             method, parts, composite = "put", 1, None
-            _put_single(source, destination, key, body, size, sha256, put_args)
+            proven = _put_single(source, destination, key, src, truth)
         else:
-            method = "multipart"
-            composite = _put_multipart(source, destination, key, body, size, sha256, put_args,
-                                       part_size_for(size, threshold))
+            method, proven = "multipart", False
+            composite = _put_multipart(source, destination, key, src, truth, part_size_for(size, threshold))
             parts = int(composite.rsplit("-", 1)[1])
-    finally:
-        body.close()
+    if proven:
+        return CopyOutcome(method, size, truth, parts, "checksum", round(time.perf_counter() - started, 3))
     copied(method, size)
-    verified_by = verify_stored(destination, key, sha256=sha256, size=size, method=method, composite=composite)
-    return CopyOutcome(method, size, sha256, parts, verified_by, round(time.perf_counter() - started, 3))
+    verified_by = verify_stored(destination, key, sha256=truth, size=size, method=method, composite=composite)
+    return CopyOutcome(method, size, truth, parts, verified_by, round(time.perf_counter() - started, 3))
 
 
 def _tagging(source: StorageProvider, key: str) -> str:
@@ -217,60 +318,88 @@ def _read_source(source: StorageProvider, key: str, body: Any, n: int) -> bytes:
         raise source.error("read", key, exc) from exc
 
 
-def _put_single(source: StorageProvider, destination: StorageProvider, key: str, body: Any, size: int,
-                sha256: str, put_args: dict[str, Any]) -> None:
-    data = _read_source(source, key, body, size + 1)
+def _put_single(source: StorageProvider, destination: StorageProvider, key: str, src: _Source,
+                sha256: str) -> bool:
+    """One PUT of bytes proven to hash to ``sha256``; True when the PUT itself is the
+    destination's proof (a provider that verifies checksums accepted ours and says so)."""
+    data = _read_source(source, key, src.body, src.size + 1)
     digest = hashlib.sha256(data).digest()
-    if len(data) != size or digest.hex() != sha256:
-        raise SourceNotVerified(source.name, key, digest.hex() if len(data) == size else
-                                f"{len(data)} bytes (listed {size})", sha256)
+    if len(data) != src.size or digest.hex() != sha256:
+        raise SourceNotVerified(source.name, key, digest.hex() if len(data) == src.size else
+                                f"{len(data)} bytes (listed {src.size})", sha256)
+    if destination.lean is not None:
+        answer = destination.lean.put(key, data, sha256=digest, headers=src.headers(source, key))
+        return (destination.settings.verifies_checksums
+                and answer.headers.get("x-amz-checksum-sha256") == _b64(digest))
     try:
-        destination.client.put_object(Bucket=destination.bucket, Key=key, Body=data, ContentLength=size,
-                                      ChecksumSHA256=_b64(digest), **put_args)
+        destination.client.put_object(Bucket=destination.bucket, Key=key, Body=data, ContentLength=src.size,
+                                      ChecksumSHA256=_b64(digest), **src.put_args(source, key))
     except Exception as exc:
         raise destination.error("put", key, exc) from exc
+    return False
 
 
-def _put_multipart(source: StorageProvider, destination: StorageProvider, key: str, body: Any, size: int,
-                   sha256: str, put_args: dict[str, Any], part_size: int) -> str:
-    client, bucket = destination.client, destination.bucket
+def _put_multipart(source: StorageProvider, destination: StorageProvider, key: str, src: _Source,
+                   sha256: str, part_size: int) -> str:
+    """A multipart upload of ``src`` read part by part, up to ``PARTS_IN_FLIGHT`` parts being
+    sent while the next is read (memory: about that many parts, plus the one being read)."""
+    client, bucket, size = destination.client, destination.bucket, src.size
     try:
         upload = client.create_multipart_upload(Bucket=bucket, Key=key, ChecksumAlgorithm="SHA256",
-                                                **put_args)["UploadId"]
+                                                **src.put_args(source, key))["UploadId"]
     except Exception as exc:
         raise destination.error("start multipart upload of", key, exc) from exc
-    whole, digests, parts, done = hashlib.sha256(), [], [], 0
+
+    def send(number: int, data: bytes, digest: bytes) -> str:
+        if destination.lean is not None:
+            return destination.lean.put(key, data, sha256=digest, headers={}, part=(upload, number)).headers["etag"]
+        try:
+            return client.upload_part(Bucket=bucket, Key=key, UploadId=upload, PartNumber=number, Body=data,
+                                      ChecksumSHA256=_b64(digest))["ETag"]
+        except Exception as exc:
+            raise destination.error(f"upload part {number} of", key, exc) from exc
+
+    whole, digests, done = hashlib.sha256(), [], 0
+    sending: list[Future] = []
+    pool = ThreadPoolExecutor(max_workers=PARTS_IN_FLIGHT, thread_name_prefix="csl-part")
     try:
         while done < size:
-            data = _read_source(source, key, body, min(part_size, size - done))
+            in_flight = [f for f in sending if not f.done()]
+            if len(in_flight) >= PARTS_IN_FLIGHT:
+                wait(in_flight, return_when=FIRST_COMPLETED)
+            for f in sending:
+                if f.done():
+                    f.result()  # a part that failed stops the upload now
+            data = _read_source(source, key, src.body, min(part_size, size - done))
             if not data:
                 raise SourceNotVerified(source.name, key, f"{done} bytes (listed {size})", sha256)
             whole.update(data)
             digest = hashlib.sha256(data).digest()
-            number = len(parts) + 1
-            try:
-                r = client.upload_part(Bucket=bucket, Key=key, UploadId=upload, PartNumber=number, Body=data,
-                                       ChecksumSHA256=_b64(digest))
-            except Exception as exc:
-                raise destination.error(f"upload part {number} of", key, exc) from exc
             digests.append(digest)
-            parts.append({"PartNumber": number, "ETag": r["ETag"], "ChecksumSHA256": _b64(digest)})
+            sending.append(pool.submit(send, len(digests), data, digest))
             done += len(data)
             del data
+        etags = [f.result() for f in sending]
         if whole.hexdigest() != sha256:  # never complete a copy of the wrong bytes
             raise SourceNotVerified(source.name, key, whole.hexdigest(), sha256)
+        parts = [{"PartNumber": n, "ETag": etag, "ChecksumSHA256": _b64(d)}
+                 for n, (etag, d) in enumerate(zip(etags, digests, strict=True), start=1)]
         try:
             client.complete_multipart_upload(Bucket=bucket, Key=key, UploadId=upload,
                                              MultipartUpload={"Parts": parts})
         except Exception as exc:
             raise destination.error("complete multipart upload of", key, exc) from exc
     except BaseException:
+        for f in sending:
+            f.cancel()
+        pool.shutdown(wait=True)
         try:
             client.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload)
         except Exception as exc:  # noqa: BLE001 - the original failure is what is raised
             log.warning("abort of the multipart upload of %r on %s failed (%s): its parts wait for the "
                         "bucket's lifecycle rule", key, destination.name, exc)
         raise
+    pool.shutdown(wait=True)
     return composite_checksum(digests)
 
 

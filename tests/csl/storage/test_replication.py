@@ -515,3 +515,75 @@ def test_a_run_limited_to_one_destination_resolves_only_the_findings_it_proved(w
                                                       "fallback"))]
     assert summary.verified == summary.failed == summary.conflicts == 0
     assert world.open_findings() == {("missing", to_fallback, "fallback")}
+
+
+def test_a_diff_run_plans_from_the_listing_and_proves_the_source_while_copying(world):
+    """Keys the fresh sweep found on one provider only are planned without HEADs (their
+    sha256 comes with the source's bytes); anything else is examined as before. A source with
+    no sha256 metadata, or whose bytes betray it, is never copied."""
+    plain = world.sample(0, "plain", os.urandom(30_000), on=("primary",))
+    back = world.sample(1, "back", os.urandom(20_000), on=("fallback",))
+    wrong_size = world.sample(2, "wrong-size", os.urandom(10_000), on=("primary",), size=9_999)
+    unclaimed = world.key("unclaimed")
+    primary = world.provider("primary")
+    primary.client.put_object(Bucket=primary.bucket, Key=unclaimed, Body=b"u" * 4_000)  # no sha256 metadata
+    world.conn.execute("UPDATE audio_samples SET file_url = %s, file_size = 4000 WHERE id = %s",
+                       (unclaimed, world.rows[3]))
+    good = os.urandom(8_000)
+    betrayed = world.sample(4, "betrayed", good, on=("primary",),
+                            meta={"primary": bytes([good[0] ^ 1]) + good[1:], "primary:claims": True})
+    plan, _ = world.run(mode="diff", dry_run=True)
+    planned = {c.key: c for c in plan.copies}
+    assert set(planned) == {plain, back, unclaimed, betrayed}  # the wrong size is a conflict, as before
+    assert all(planned[k].sha256 is None and planned[k].reason == "missing" for k in (plain, unclaimed, betrayed))
+    assert (planned[back].destination, planned[back].reason) == ("primary", "fallback_only")  # examined
+    assert [d.key for d in plan.conflicts] == [wrong_size]
+
+    _, summary = world.run(mode="diff")
+    assert (summary.verified, summary.conflicts) == (2, 3)
+    assert set(summary.conflict_keys) == {wrong_size, unclaimed, betrayed}
+    assert world.body("fallback", unclaimed) is None and world.body("fallback", betrayed) is None
+    copies = world.copies(summary.run_id)
+    assert copies[(plain, "fallback")][:5] == ("verified", "primary", "missing", "put", "checksum")
+    recorded = world.conn.execute("SELECT sha256 FROM csl_ops.replication_copies WHERE run_id = %s "
+                                  "AND object_key = %s", (summary.run_id, plain)).fetchone()[0]
+    assert recorded == world.provider("primary").digest(plain)[0]  # filled in from the proven source
+
+
+@pytest.mark.timeout(600)
+def test_a_diff_run_killed_mid_copy_keeps_what_it_settled_and_its_rerun_finishes(world, stack_env):
+    """Proven rows are written in batches: a SIGKILL loses at most the rows not yet written,
+    whose copies the rerun's fresh sweep finds in place (right, by the PUT that proved them)
+    or copies again. Nothing settled before the kill is touched again."""
+    keys = [world.sample(i, f"d{i:03}", os.urandom(128 * 1024), on=("primary",)) for i in range(40)]
+    run_key = f"cli-diff-kill-{world.tag}"
+    first = _replicate_cli(world, stack_env, "--mode", "diff", "--run-key", run_key, "--concurrency", "2")
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and first.poll() is None:
+        verified = world.conn.execute(
+            "SELECT count(*) FROM csl_ops.replication_copies c JOIN csl_ops.replication_runs r ON r.id = c.run_id "
+            "WHERE r.run_key = %s AND c.status = 'verified'", (run_key,)).fetchone()[0]
+        if verified >= 5:
+            os.killpg(first.pid, signal.SIGKILL)
+            break
+        time.sleep(0.02)
+    first.wait(30)
+    assert first.returncode == -signal.SIGKILL, first.stdout.read()
+    run_id = world.conn.execute("SELECT id FROM csl_ops.replication_runs WHERE run_key = %s", (run_key,)).fetchone()[0]
+    before = {k: v for (k, _), v in world.copies(run_id).items()}
+    settled = {k for k, v in before.items() if v[0] == "verified"}
+    assert 5 <= len(settled) < len(keys)
+    assert all(before[k][4:] == ("checksum", 1) for k in settled)  # verified by the PUT, one attempt
+    assert {v[0] for k, v in before.items() if k not in settled} <= {"planned"}  # never half-written
+
+    second = _replicate_cli(world, stack_env, "--mode", "diff", "--run-key", run_key, "--json")
+    out, _ = second.communicate(timeout=300)
+    assert second.returncode == 0, out
+    assert json.loads(out)["summary"]["status"] == "done"
+    after = {k: v for (k, _), v in world.copies(run_id).items()}
+    assert all(v[0] in ("verified", "skipped") for v in after.values()), after
+    for key in settled:
+        assert after[key] == before[key]
+    for key in keys:
+        assert world.provider("fallback").digest(key)[0] == world.provider("primary").digest(key)[0]
+    assert world.open_findings() == set()
