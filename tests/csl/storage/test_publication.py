@@ -201,6 +201,8 @@ def test_one_run_per_provider_at_a_time(world, platform_db):
             world.run()
         assert world.run(dry_run=True).publish == [(key, "new")]  # a dry run changes nothing: no lock needed
         assert world.copies() == {}
+        # released here, not by closing: a closed session's backend may still hold it for a moment
+        other.execute("SELECT pg_advisory_unlock(%s, hashtext(%s))", (publication._LOCK_CLASS, world.provider.name))
     assert world.run().publish == [(key, "new")]
 
 
