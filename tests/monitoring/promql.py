@@ -56,10 +56,17 @@ def wait_for(prometheus: str, expr: str, *, timeout: float = 60, what: str = "")
         time.sleep(1)
 
 
-def empty_panels(prometheus: str, panels: list[tuple[str, str, list[str]]]) -> list[str]:
-    """The panel queries that return no series (each panel's every target)."""
-    return [f"{section} / {title}: {expr}" for section, title, exprs in panels for expr in exprs
-            if not query(prometheus, expr)]
+def empty_panels(prometheus: str, panels: list[tuple[str, str, list[str]]], *, timeout: float = 90) -> list[str]:
+    """The panel queries that still return no series after ``timeout`` (each panel's every target).
+    A ``rate()`` needs two scrapes inside its window, which a loaded machine may not have made yet:
+    the empty ones are asked again until then."""
+    deadline = time.monotonic() + timeout
+    todo = [(f"{section} / {title}: {expr}", expr) for section, title, exprs in panels for expr in exprs]
+    while True:
+        todo = [(name, expr) for name, expr in todo if not query(prometheus, expr)]
+        if not todo or time.monotonic() >= deadline:
+            return [name for name, _ in todo]
+        time.sleep(2)
 
 
 def alert_rules(prometheus: str) -> dict[str, dict]:
