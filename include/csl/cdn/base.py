@@ -34,6 +34,7 @@ __all__ = [
     "CdnRefused",
     "CdnUnavailable",
     "ClientOwner",
+    "CompletesOnReply",
     "CompletionState",
     "ProviderLimits",
     "PurgeBatch",
@@ -213,6 +214,17 @@ class ClientOwner:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class CompletesOnReply:
+    """``completion`` for providers whose purge is done when the API answers (Cloudflare's Instant
+    Purge, Fastly, the local edge)."""
+
+    def completion(self, zone: Zone, request_id: str) -> CompletionState:
+        return "done"
+
+    async def completion_async(self, zone: Zone, request_id: str) -> CompletionState:
+        return "done"
 
 
 async def completion_in_thread(provider: CdnProvider, zone: Zone, request_id: str) -> CompletionState:

@@ -30,7 +30,7 @@ from urllib.parse import quote, urlsplit
 
 import httpx
 
-from csl.cdn.base import ClientOwner, CompletionState, ProviderLimits, PurgeBatch, PurgeResult, Zone
+from csl.cdn.base import ClientOwner, CompletesOnReply, ProviderLimits, PurgeBatch, PurgeResult, Zone
 from csl.cdn.http import check, json_body, probe, require_batch, require_zone_id, send
 from csl.config import ConfigError, Secret
 
@@ -67,7 +67,7 @@ def _too_large(status: int, code: str | int | None, message: str) -> bool:
     return status in (200, 400) and _TOO_MANY.search(message) is not None
 
 
-class CloudflareProvider(ClientOwner):
+class CloudflareProvider(ClientOwner, CompletesOnReply):
     name = "cloudflare"
 
     def __init__(self, *, api_token: Secret, plan: str = "free", max_urls_per_call: int = 30,
@@ -127,12 +127,6 @@ class CloudflareProvider(ClientOwner):
                           f"zones/{quote(zone_id, safe='')}/purge_cache", json=self.purge_body(zone, batch))
         result = body.get("result") if isinstance(body.get("result"), dict) else {}
         return PurgeResult(batch_id=batch.batch_id, status="done", request_id=result.get("id"))
-
-    def completion(self, zone: Zone, request_id: str) -> CompletionState:
-        return "done"  # Instant Purge: done when the API answered
-
-    async def completion_async(self, zone: Zone, request_id: str) -> CompletionState:
-        return "done"
 
     def health(self, zone: Zone) -> dict[str, Any]:
         """``GET /zones/{id}``: the token works, the zone is reachable and its status is active."""

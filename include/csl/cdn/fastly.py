@@ -27,7 +27,7 @@ from urllib.parse import quote, unquote, urlsplit
 
 import httpx
 
-from csl.cdn.base import CdnInputError, ClientOwner, CompletionState, ProviderLimits, PurgeBatch, PurgeResult, Zone
+from csl.cdn.base import CdnInputError, ClientOwner, CompletesOnReply, ProviderLimits, PurgeBatch, PurgeResult, Zone
 from csl.cdn.http import check, json_body, probe, require_batch, require_zone_id, send
 from csl.config import ConfigError, Secret
 
@@ -44,7 +44,7 @@ def _error_of(body: Any) -> tuple[str | int | None, str | None]:
     return None, ": ".join(parts)
 
 
-class FastlyProvider(ClientOwner):
+class FastlyProvider(ClientOwner, CompletesOnReply):
     name = "fastly"
 
     def __init__(self, *, api_token: Secret, soft_purge: bool = False, api_base: str = "https://api.fastly.com",
@@ -83,12 +83,6 @@ class FastlyProvider(ClientOwner):
             answer = self._call(what, "POST", f"service/{service}/purge_all")
         purge_id = answer.get("id") if isinstance(answer, dict) else None
         return PurgeResult(batch_id=batch.batch_id, status="done", request_id=purge_id)
-
-    def completion(self, zone: Zone, request_id: str) -> CompletionState:
-        return "done"  # Instant Purge: done when the API answered
-
-    async def completion_async(self, zone: Zone, request_id: str) -> CompletionState:
-        return "done"
 
     def health(self, zone: Zone) -> dict[str, Any]:
         """``GET /service/{id}``: the token works and the service exists (reads are not rate limited)."""

@@ -67,7 +67,6 @@ log = logging.getLogger("csl.cdn.purge")
 MAX_MANUAL_ITEMS = 10_000      # URLs + tags + prefixes a person may ask for in one run
 MAX_QUEUE_ROWS = 50_000        # queue rows one run takes (the rest wait for the next run)
 _TAG = re.compile(r"^[\x21-\x7e]{1,1024}$")  # printable ASCII without spaces: every provider's tag alphabet
-_CONTROL = re.compile(r"[\x00-\x20\x7f]")
 
 
 class PurgeFailed(ProblemFound):

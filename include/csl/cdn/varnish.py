@@ -41,7 +41,7 @@ from csl.cdn.base import (
     CdnRefused,
     CdnUnavailable,
     ClientOwner,
-    CompletionState,
+    CompletesOnReply,
     ProviderLimits,
     PurgeBatch,
     PurgeResult,
@@ -58,7 +58,7 @@ _PREFIX = re.compile(r"[A-Za-z0-9/_~%.-]+")
 _TAG = re.compile(r"[^\s,]+")
 
 
-class VarnishEdge(ClientOwner):
+class VarnishEdge(ClientOwner, CompletesOnReply):
     """The local edge. ``base_url`` (default ``settings.base_url``) is the edge's root; a zone's
     URLs live under its own base URL on the same edge (``<root>/audio``)."""
 
@@ -147,12 +147,6 @@ class VarnishEdge(ClientOwner):
             raise CdnInputError("purge kind 'everything' takes no items (it is the whole zone)")
         self._send("PURGE", "/", {"x-ban-zone": zone.name}, expect=r"Banned")
         return PurgeResult(batch.batch_id, "done", detail={"banned_zone": zone.name})
-
-    def completion(self, zone: Zone, request_id: str) -> CompletionState:
-        return "done"  # every purge is done when the edge answers
-
-    async def completion_async(self, zone: Zone, request_id: str) -> CompletionState:
-        return "done"
 
     def _classify(self, exc: EdgeError) -> Exception:
         text = str(exc)

@@ -297,23 +297,29 @@ def _replicate_cli(world: World, stack_env, *args: str, peak: bool = False) -> s
 
 
 @pytest.mark.timeout(600)
-def test_killed_mid_run_then_rerun_every_object_ends_verified_and_none_is_copied_twice(world, stack_env):
-    bodies = {world.sample(i, f"k{i:03}", os.urandom(256 * 1024), on=("primary",)): None for i in range(40)}
-    world.sweep()
-    run_key = f"cli-kill-{world.tag}"
-    first = _replicate_cli(world, stack_env, "--mode", "findings", "--run-key", run_key, "--concurrency", "2")
+def _kill_once_verified(world, first, run_key: str, at_least: int = 5) -> int:
+    """SIGKILL the CLI run once ``at_least`` of its copies are verified; returns how many were."""
     deadline = time.monotonic() + 120
     verified = 0
     while time.monotonic() < deadline and first.poll() is None:
         verified = world.conn.execute(
             "SELECT count(*) FROM csl_ops.replication_copies c JOIN csl_ops.replication_runs r ON r.id = c.run_id "
             "WHERE r.run_key = %s AND c.status = 'verified'", (run_key,)).fetchone()[0]
-        if verified >= 5:
+        if verified >= at_least:
             os.killpg(first.pid, signal.SIGKILL)
             break
         time.sleep(0.02)
     first.wait(30)
     assert first.returncode == -signal.SIGKILL, first.stdout.read()
+    return verified
+
+
+def test_killed_mid_run_then_rerun_every_object_ends_verified_and_none_is_copied_twice(world, stack_env):
+    bodies = {world.sample(i, f"k{i:03}", os.urandom(256 * 1024), on=("primary",)): None for i in range(40)}
+    world.sweep()
+    run_key = f"cli-kill-{world.tag}"
+    first = _replicate_cli(world, stack_env, "--mode", "findings", "--run-key", run_key, "--concurrency", "2")
+    _kill_once_verified(world, first, run_key)
     before = {k: (status, attempts) for (k, _), (status, _, _, _, _, attempts) in world.copies(
         world.conn.execute("SELECT id FROM csl_ops.replication_runs WHERE run_key = %s", (run_key,)).fetchone()[0]
     ).items()}
@@ -558,17 +564,7 @@ def test_a_diff_run_killed_mid_copy_keeps_what_it_settled_and_its_rerun_finishes
     keys = [world.sample(i, f"d{i:03}", os.urandom(128 * 1024), on=("primary",)) for i in range(40)]
     run_key = f"cli-diff-kill-{world.tag}"
     first = _replicate_cli(world, stack_env, "--mode", "diff", "--run-key", run_key, "--concurrency", "2")
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and first.poll() is None:
-        verified = world.conn.execute(
-            "SELECT count(*) FROM csl_ops.replication_copies c JOIN csl_ops.replication_runs r ON r.id = c.run_id "
-            "WHERE r.run_key = %s AND c.status = 'verified'", (run_key,)).fetchone()[0]
-        if verified >= 5:
-            os.killpg(first.pid, signal.SIGKILL)
-            break
-        time.sleep(0.02)
-    first.wait(30)
-    assert first.returncode == -signal.SIGKILL, first.stdout.read()
+    _kill_once_verified(world, first, run_key)
     run_id = world.conn.execute("SELECT id FROM csl_ops.replication_runs WHERE run_key = %s", (run_key,)).fetchone()[0]
     before = {k: v for (k, _), v in world.copies(run_id).items()}
     settled = {k for k, v in before.items() if v[0] == "verified"}
