@@ -2,7 +2,7 @@
 # Installs the system packages the local stack needs, only when something is missing:
 # PostgreSQL 15 (+ contrib, hypopg), Varnish with varnish-modules (xkey), gcc (Varnish
 # compiles its VCL), rclone (the storage benchmark's anchor), Chromium (the report's browser
-# test), Prometheus and its exporters, collectd (monitoring). Debian/apt; as root, or through sudo.
+# test), Prometheus and its exporters, collectd (monitoring), Redis (the Celery broker). Debian/apt; as root, or through sudo.
 # Debian's prometheus and exporter packages enable systemd units; where systemd runs, stop them
 # (`systemctl disable --now prometheus prometheus-postgres-exporter prometheus-varnish-exporter`):
 # the stack starts its own, on loopback and its own ports.
@@ -27,6 +27,9 @@ command -v prometheus-varnish-exporter >/dev/null 2>&1 || need+=(prometheus-varn
 [ -f /usr/lib/collectd/statsd.so ] && [ -f /usr/lib/collectd/write_prometheus.so ] || need+=(collectd-core)
 compgen -G "/usr/lib/*/libprotobuf-c.so.1" >/dev/null || need+=(libprotobuf-c1)
 compgen -G "/usr/lib/*/libmicrohttpd.so.12" >/dev/null || need+=(libmicrohttpd12)
+# scale-out (devstack up --celery; make demo-celery; the Celery tests): Redis as the broker, its exporter
+command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
+command -v prometheus-redis-exporter >/dev/null 2>&1 || need+=(prometheus-redis-exporter)
 
 if ((${#need[@]} == 0)); then
     exit 0
