@@ -2,6 +2,7 @@
 """The local stack: real servers on loopback, started and stopped by pid.
 
     python scripts/devstack.py up [--state DIR] [--env-file FILE] [--airflow] [--moto] [--monitoring]
+                                  [--executor local|celery]
     python scripts/devstack.py down|status [--state DIR]
     python scripts/devstack.py stop NAME | start NAME      (one service, e.g. for failover tests)
 
@@ -14,7 +15,11 @@ PostgreSQL; optionally (the test stack) moto's standalone S3 server, an S3 endpo
 in AWS's byte order for tests to build a third provider on (``Stack.urls()["moto"]``; not a
 platform provider: the env file keeps the two above; any key pair is accepted; objects live
 in its memory); optionally (``--monitoring``, README "Monitoring") Prometheus, a postgres
-exporter per server, the Varnish exporter and collectd as the bridge for Airflow's StatsD.
+exporter per server, the Varnish exporter and collectd as the bridge for Airflow's StatsD;
+optionally (``--executor celery``, README "Running at scale") Airflow on the CeleryExecutor: Redis
+as the broker (``redis-server``, loopback, a password), the result backend in the Airflow
+database and two ``airflow celery worker`` processes, each reporting its own host name (with
+monitoring, the Redis exporter too). The executor is kept in ``stack.json`` until changed.
 Ports are chosen free once and kept in ``DIR/stack.json`` with the generated secrets, so ``up``
 again reuses everything that is already running. Each service logs to ``DIR/logs/NAME.log``;
 its pid is in ``DIR/pids/NAME.pid`` (PostgreSQL's in its data dir).
@@ -62,11 +67,20 @@ FALLBACK_BUCKET = "cultural-audio-fallback"
 S3_SERVICES = ("s3-primary", "s3-fallback")
 AIRFLOW_SERVICES = ("airflow-api-server", "airflow-scheduler", "airflow-dag-processor", "airflow-triggerer")
 MOTO = "moto"  # moto's S3 server: byte-order listings, for tests (not a platform provider)
-ALL_SERVICES = ("pg-primary", "pg-replica", *S3_SERVICES, MOTO, "edge", *AIRFLOW_SERVICES)
+# The CeleryExecutor (``up --executor celery``): Redis, the broker, starts before Airflow; the
+# workers after it (``down`` stops them before the scheduler, Redis after it).
+CELERY_WORKERS = ("airflow-worker-1", "airflow-worker-2")
+ALL_SERVICES = ("pg-primary", "pg-replica", *S3_SERVICES, MOTO, "edge", "redis", *AIRFLOW_SERVICES,
+                *CELERY_WORKERS)
 # Monitoring (issue 16, ``up --monitoring``): Debian's Prometheus and exporters, collectd as the
 # StatsD bridge for Airflow's metrics. Listed after Airflow: ``down`` (reversed) stops them first.
 MONITORING_SERVICES = ("statsd-bridge", "pg-exporter-primary", "pg-exporter-replica", "edge-exporter", "prometheus")
-ALL_SERVICES = (*ALL_SERVICES, *MONITORING_SERVICES)
+# Under Celery with monitoring: the Redis exporter (its password in its environment only).
+ALL_SERVICES = (*ALL_SERVICES, *MONITORING_SERVICES, "redis-exporter")
+EXECUTORS = {"local": "LocalExecutor", "celery": "CeleryExecutor"}
+REDIS_SERVER = os.environ.get("CSL_REDIS_SERVER", "/usr/bin/redis-server")
+REDIS_EXPORTER = os.environ.get("CSL_REDIS_EXPORTER", "/usr/bin/prometheus-redis-exporter")
+CELERY_CONCURRENCY = int(os.environ.get("CSL_CELERY_CONCURRENCY", "4"))  # task slots per worker
 PROMETHEUS = os.environ.get("CSL_PROMETHEUS", "/usr/bin/prometheus")
 PG_EXPORTER = os.environ.get("CSL_PG_EXPORTER", "/usr/bin/prometheus-postgres-exporter")
 VARNISH_EXPORTER = os.environ.get("CSL_VARNISH_EXPORTER", "/usr/bin/prometheus-varnish-exporter")
@@ -756,6 +770,12 @@ class Stack:
                            "PG_EXPORTER_REPLICA_PORT": p["pg_exporter_replica"],
                            "EDGE_EXPORTER_PORT": p["edge_exporter"], "STATSD_BRIDGE_PORT": p["statsd_bridge"]}.items():
             template = template.replace("{{" + key + "}}", str(value))
+        # the Redis job (between its markers) only under Celery, where the broker runs
+        head, _, rest = template.partition("  # >>> celery\n")
+        job, _, tail = rest.partition("  # <<< celery\n")
+        if self.executor == "celery":
+            job = job.replace("{{REDIS_EXPORTER_PORT}}", str(p["redis_exporter"]))
+        template = head + (job if self.executor == "celery" else "") + tail
         shutil.copyfile(REPO / "stack" / "prometheus" / "alerts.rules.yml", folder / "alerts.rules.yml")
         config = folder / "prometheus.yml"
         config.write_text(template)
@@ -789,16 +809,124 @@ class Stack:
         for server in ("primary", "replica"):
             self.pg_exporter_up(server)
         self.edge_exporter_up()
+        if self.executor == "celery" and self.pid("redis") is not None:
+            self.redis_exporter_up()
         self.prometheus_up()
         # the scheduler's environment tells (the api-server's is overwritten by its process title)
         wanted = f"AIRFLOW__METRICS__STATSD_PORT={self.ports['statsd']}".encode()
-        running = [s for s in AIRFLOW_SERVICES if self.pid(s) is not None]
-        if "airflow-scheduler" in running and wanted not in process_environ(self.pid("airflow-scheduler")):
+        if self.pid("airflow-scheduler") is not None and wanted not in process_environ(self.pid("airflow-scheduler")):
             log("Airflow runs without StatsD: restarting it with the metrics settings")
-            for service in running:
-                self.kill_group(service)
+            self.stop_airflow()
             self.write_env()
             self.airflow_up()
+        elif self.executor == "celery" and self.pid("redis") is not None:
+            self.redis_exporter_up()
+
+    # -- the CeleryExecutor: Redis as the broker, two workers (issue 16) -------------------
+    @property
+    def executor(self) -> str:
+        """``local`` or ``celery``: the executor Airflow runs with (kept in ``stack.json``)."""
+        return self.config.get("executor", "local")
+
+    def use_executor(self, name: str) -> None:
+        """Choose Airflow's executor (``local`` | ``celery``) for this stack; Celery's ports and the
+        Redis password are chosen once. Takes effect at the next ``airflow_up``."""
+        if name not in EXECUTORS:
+            raise StackError(f"executor: expected one of {', '.join(EXECUTORS)}, got {name!r}")
+        cfg = self.ensure_config()
+        ports, values = cfg["ports"], cfg["secrets"]
+        changed = cfg.get("executor", "local") != name
+        cfg["executor"] = name
+        if name == "celery":
+            for port_name in ("redis", "redis_exporter"):
+                if port_name not in ports:
+                    taken = set(ports.values())
+                    candidate = free_port()
+                    while candidate in taken:
+                        candidate = free_port()
+                    ports[port_name] = candidate
+                    changed = True
+            if "redis" not in values:
+                values["redis"] = secrets.token_urlsafe(18)
+                changed = True
+        if changed:
+            write_private(self.config_path, json.dumps(cfg, indent=2))
+
+    def airflow_services(self) -> tuple[str, ...]:
+        """Airflow's processes under the chosen executor (the workers only under Celery)."""
+        return (*AIRFLOW_SERVICES, *CELERY_WORKERS) if self.executor == "celery" else AIRFLOW_SERVICES
+
+    def redis_url(self, db: int = 0) -> str:
+        return f"redis://:{self.secrets['redis']}@127.0.0.1:{self.ports['redis']}/{db}"
+
+    def redis_up(self) -> None:
+        """Redis on loopback with a password (from a 0600 config file, never the command line); no
+        snapshots: the broker's messages are the scheduler's to resend (Airflow requeues what it lost)."""
+        folder = self.state / "redis"
+        folder.mkdir(mode=0o700, exist_ok=True)
+        port = self.ports["redis"]
+        write_private(folder / "redis.conf", "\n".join([
+            "# Written by scripts/devstack.py (`up` rewrites it).",
+            "bind 127.0.0.1", f"port {port}", "protected-mode yes", f"dir {folder}", "daemonize no",
+            'save ""', "appendonly no", "loglevel notice", 'logfile ""', "databases 4",
+            f"requirepass {self.secrets['redis']}", ""]))
+        if self.pid("redis") is None:
+            log(f"starting Redis (the Celery broker) on 127.0.0.1:{port}")
+            self.spawn("redis", [REDIS_SERVER, str(folder / "redis.conf")], env=self.monitoring_env(), cwd=folder)
+        wait_for("Redis", lambda: self.redis_ping() == b"+PONG", timeout=30, log_file=self.logs / "redis.log")
+
+    def redis_ping(self) -> bytes:
+        """AUTH + PING over a socket (no client library before the virtualenv)."""
+        with socket.create_connection(("127.0.0.1", self.ports["redis"]), timeout=2) as sock:
+            password = self.secrets["redis"].encode()
+            sock.sendall(b"*2\r\n$4\r\nAUTH\r\n$%d\r\n%s\r\n*1\r\n$4\r\nPING\r\n" % (len(password), password))
+            reply = b""
+            while reply.count(b"\r\n") < 2:
+                chunk = sock.recv(256)
+                if not chunk:
+                    break
+                reply += chunk
+        return reply.split(b"\r\n")[1]
+
+    def workers_up(self) -> None:
+        """Two Celery workers, each in its own process group with its own Celery node name and the
+        host name Airflow records for its tasks (``CSL_WORKER_NAME``, ``[core] hostname_callable``);
+        no log server (it would listen on every interface): the api-server reads the task logs from
+        the shared log folder."""
+        airflow = str(VENV_BIN / "airflow")
+        for number, service in enumerate(CELERY_WORKERS, start=1):
+            if self.pid(service) is not None:
+                continue
+            name = f"csl-worker-{number}"
+            env = {**self.airflow_process_env(), "CSL_WORKER_NAME": name}
+            log_path = self.logs / f"{service}.log"
+            offset = log_path.stat().st_size if log_path.exists() else 0
+            log(f"starting {service} (Celery node {name}, {CELERY_CONCURRENCY} slots)")
+            self.spawn(service, [airflow, "celery", "worker", "--celery-hostname", f"{name}@%h",
+                                 "--concurrency", str(CELERY_CONCURRENCY), "--skip-serve-logs"],
+                       env=env, cwd=self.airflow_home)
+
+            def ready(path: Path = log_path, start: int = offset, pid_name: str = service) -> bool:
+                if self.pid(pid_name) is None:
+                    raise StackError(f"{pid_name} exited; see {path}")
+                with path.open("rb") as handle:
+                    handle.seek(start)
+                    return b" ready." in handle.read()
+
+            wait_for(f"{service} (Celery)", ready, timeout=120, interval=0.5, log_file=log_path)
+
+    def redis_exporter_up(self) -> None:
+        port = self.ports["redis_exporter"]
+        if self.pid("redis-exporter") is None:
+            log(f"starting the Redis exporter on 127.0.0.1:{port}")
+            env = self.monitoring_env(REDIS_ADDR=f"redis://127.0.0.1:{self.ports['redis']}",
+                                      REDIS_PASSWORD=self.secrets["redis"])
+            # the broker's queue: its length is the Celery backlog (redis_key_size{key="default"})
+            self.spawn("redis-exporter", [REDIS_EXPORTER, "-web.listen-address", f"127.0.0.1:{port}",
+                                          "-check-single-keys", "db0=default"],
+                       env=env, cwd=self.monitoring_dir)
+        wait_for("Redis exporter", lambda: http_status(f"http://127.0.0.1:{port}/metrics") == 200, timeout=30,
+                 log_file=self.logs / "redis-exporter.log")
 
     # -- the environment the platform and Airflow read -------------------------------------
     def urls(self) -> dict:
@@ -882,7 +1010,7 @@ class Stack:
             "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
             "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO / "plugins"),
             "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-            "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+            "AIRFLOW__CORE__EXECUTOR": EXECUTORS[self.executor],
             "AIRFLOW__CORE__PARALLELISM": "8",
             "AIRFLOW__CORE__FERNET_KEY": s["airflow_fernet"],
             "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{api}/execution/",
@@ -902,6 +1030,24 @@ class Stack:
             "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "False",
             "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(self.airflow_home / "logs"),
             **self.airflow_metrics_env(),
+            **self.celery_env(),
+        }
+
+    def celery_env(self) -> dict:
+        """The CeleryExecutor's settings (under ``--executor celery`` only): Redis as the broker, the
+        results in the Airflow database, each worker's host name from ``CSL_WORKER_NAME``. A task
+        whose worker died (no heartbeat for 60 s) is failed and retried by the scheduler; a message
+        a dead worker had taken is resent after the broker's visibility timeout."""
+        if self.executor != "celery":
+            return {}
+        return {
+            "AIRFLOW__CELERY__BROKER_URL": self.redis_url(0),
+            "AIRFLOW__CELERY__RESULT_BACKEND": "db+" + self.urls()["airflow_db"].replace("+psycopg2", ""),
+            "AIRFLOW__CELERY__WORKER_CONCURRENCY": str(CELERY_CONCURRENCY),
+            "AIRFLOW__CELERY__WORKER_PREFETCH_MULTIPLIER": "1",
+            "AIRFLOW__CELERY_BROKER_TRANSPORT_OPTIONS__VISIBILITY_TIMEOUT": "86400",
+            "AIRFLOW__CORE__HOSTNAME_CALLABLE": "csl_airflow.hostname.worker_hostname",
+            "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": "60",
         }
 
     def airflow_process_env(self) -> dict:
@@ -944,13 +1090,21 @@ class Stack:
         # plugins/ or include/csl/ needs fresh processes, or tasks would run yesterday's code.
         code_marker = home / ".code-hash"
         code = code_hash()
-        if code_marker.exists() and code_marker.read_text() != code:
-            running = [s for s in AIRFLOW_SERVICES if self.pid(s) is not None]
-            if running:
-                log("plugins/ or include/csl/ changed: restarting Airflow")
-                for service in running:
-                    self.kill_group(service)
+        if code_marker.exists() and code_marker.read_text() != code and self.stop_airflow():
+            log("plugins/ or include/csl/ changed: restarting Airflow")
         code_marker.write_text(code)
+        # the executor the scheduler runs with is in its environment: another one needs fresh processes
+        wanted = f"AIRFLOW__CORE__EXECUTOR={EXECUTORS[self.executor]}".encode()
+        scheduler = self.pid("airflow-scheduler")
+        if scheduler is not None and wanted not in process_environ(scheduler).split(b"\0"):
+            log(f"switching Airflow to the {EXECUTORS[self.executor]}: restarting it")
+            self.stop_airflow()
+        if self.executor == "celery":
+            self.redis_up()
+        else:
+            for service in (*CELERY_WORKERS, "redis-exporter", "redis"):
+                if self.kill_group(service):
+                    log(f"stopped {service} (LocalExecutor)")
         for service in AIRFLOW_SERVICES:
             if self.pid(service) is None:
                 log(f"starting {service}")
@@ -968,10 +1122,24 @@ class Stack:
 
         wait_for("Airflow (api-server, scheduler, dag-processor, triggerer)", healthy, timeout=180,
                  interval=1, log_file=self.logs / "airflow-api-server.log")
+        if self.executor == "celery":
+            self.workers_up()
+            if self.config.get("monitoring") and self.pid("prometheus") is not None:
+                self.redis_exporter_up()
+                self.prometheus_up()  # the Redis job joins the scrape configuration
+
+    def stop_airflow(self) -> bool:
+        """Stop every Airflow process (workers first); True when one was running."""
+        stopped = False
+        for service in reversed((*AIRFLOW_SERVICES, *CELERY_WORKERS)):
+            stopped = self.kill_group(service) or stopped
+        return stopped
 
     # -- the whole stack -------------------------------------------------------------------
-    def up(self, *, airflow: bool, moto: bool = False, monitoring: bool = False) -> None:
+    def up(self, *, airflow: bool, moto: bool = False, monitoring: bool = False, executor: str | None = None) -> None:
         self.ensure_config()
+        if executor is not None:
+            self.use_executor(executor)
         self.pg_primary_up()
         self.pg_replica_up()
         for service in S3_SERVICES:
@@ -988,9 +1156,10 @@ class Stack:
 
     def start(self, name: str) -> None:
         self.load_config()
-        if name in MONITORING_SERVICES:
+        if name in (*MONITORING_SERVICES, "redis-exporter"):
             return self.monitoring_up()
         {"pg-primary": self.pg_primary_up, "pg-replica": self.pg_replica_up, "edge": self.edge_up,
+         "redis": self.redis_up,
          "s3-primary": lambda: self.s3_up("s3-primary"), "s3-fallback": lambda: self.s3_up("s3-fallback"),
          MOTO: self.moto_up}.get(name, self.airflow_up)()
 
@@ -1097,13 +1266,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--airflow", action="store_true", help="with up: also start Airflow")
     parser.add_argument("--monitoring", action="store_true",
                         help="with up: also start Prometheus, the exporters and the StatsD bridge (Airflow's metrics)")
+    parser.add_argument("--executor", choices=tuple(EXECUTORS),
+                        help="with up: Airflow's executor, kept until changed (celery: Redis and two workers)")
     parser.add_argument("--moto", action="store_true",
                         help="with up: also start moto's S3 server (byte-order listings; the tests' third provider)")
     args = parser.parse_args(argv)
     stack = Stack(args.state, args.env_file)
     try:
         if args.command == "up":
-            stack.up(airflow=args.airflow, moto=args.moto, monitoring=args.monitoring)
+            stack.up(airflow=args.airflow, moto=args.moto, monitoring=args.monitoring, executor=args.executor)
             log(f"stack up; settings in {stack.env_file}")
         elif args.command in ("down", "remove"):
             stack.down()
