@@ -1102,9 +1102,11 @@ class Stack:
         if self.executor == "celery":
             self.redis_up()
         else:
-            for service in (*CELERY_WORKERS, "redis-exporter", "redis"):
-                if self.kill_group(service):
-                    log(f"stopped {service} (LocalExecutor)")
+            stopped = [service for service in (*CELERY_WORKERS, "redis-exporter", "redis") if self.kill_group(service)]
+            if stopped:
+                log(f"stopped {', '.join(stopped)} (LocalExecutor)")
+                if self.pid("prometheus") is not None:
+                    self.prometheus_up()  # without the Redis job
         for service in AIRFLOW_SERVICES:
             if self.pid(service) is None:
                 log(f"starting {service}")

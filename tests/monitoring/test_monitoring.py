@@ -4,7 +4,8 @@ The Prometheus configuration and the alert rules pass promtool; the alert rules 
 input series (``promtool test rules``, tests/monitoring/alerts_test.yml). Live: after real
 pipeline steps (an integrity sweep, a settlement run, a statistics snapshot) every panel of the
 dashboard's pipelines and platform sections returns a series from the live Prometheus; the
-Airflow section is checked in tests/e2e/test_stack_monitoring.py, which runs Airflow. Secrets:
+Airflow section is checked in tests/e2e/test_stack_monitoring.py, which runs Airflow, the scale-out
+section in tests/e2e/test_airflow_celery.py, which runs it on Celery. Secrets:
 the exporters' DSN is in their environment, never in a command line or a log; every service
 listens on loopback only.
 """
@@ -90,9 +91,11 @@ def test_every_target_is_up(prometheus):
 
 
 def test_pipelines_and_platform_panels_each_return_a_series(prometheus):
-    panels = [p for p in dashboard_panels() if p[0] != "Airflow"]
+    # the Airflow section: tests/e2e/test_stack_monitoring.py; the scale-out one (Redis, Celery):
+    # tests/e2e/test_airflow_celery.py, where Airflow runs on Celery
+    panels = [p for p in dashboard_panels() if p[0] not in ("Airflow", "Scale-out (Celery)")]
     assert {section for section, _, _ in panels} == {"Pipelines (csl_ops)", "Platform"} and len(panels) >= 25
-    assert sections() == ["Airflow", "Pipelines (csl_ops)", "Platform"]
+    assert sections() == ["Airflow", "Pipelines (csl_ops)", "Platform", "Scale-out (Celery)"]
     assert empty_panels(prometheus, panels) == []
 
 
