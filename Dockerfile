@@ -24,8 +24,8 @@ COPY --chown=airflow:0 requirements.txt /tmp/csl/requirements.txt
 COPY --from=wheel --chown=airflow:0 /tmp/csl-dist/ /tmp/csl/dist/
 # apache-airflow is named with its version so the resolver can never move it (the docker-stack
 # docs' advice when extending the image); the providers are the ones the DAGs and the
-# CeleryExecutor use, at requirements.txt's versions; [data] brings the settlement gate's
-# great-expectations and the reports' pandas.
+# CeleryExecutor use (flower: the compose's optional Flower), at requirements.txt's versions;
+# [data] brings the settlement gate's great-expectations and the reports' pandas.
 RUN pip install --no-cache-dir --constraint /tmp/csl/requirements.txt \
         "apache-airflow==3.3.2" \
         "apache-airflow-providers-celery==3.26.0" \
@@ -33,6 +33,7 @@ RUN pip install --no-cache-dir --constraint /tmp/csl/requirements.txt \
         apache-airflow-providers-http \
         apache-airflow-providers-postgres \
         apache-airflow-providers-standard \
+        flower \
         statsd \
         "$(ls /tmp/csl/dist/csl_pipelines-*.whl)[data]" \
     && rm -rf /tmp/csl

@@ -107,6 +107,12 @@ def problems(text: str) -> list[str]:
     for package, version in named.items():
         if pins.get(package) != version:
             found.append(f"{package}=={version}, requirements.txt: {pins.get(package)}")
+    for word in words[2:]:
+        if word.startswith("-") or word == constraint or ".whl" in word:
+            continue
+        package = re.split(r"[\[=<>~!]", word)[0].lower()
+        if package not in pins:
+            found.append(f"{package}: not in requirements.txt, so nothing pins it")
     for package in ("apache-airflow", "apache-airflow-providers-celery"):
         if package not in named:
             found.append(f"{package} is not pinned in the pip install")
@@ -139,6 +145,8 @@ def test_the_dockerfile_builds_the_wheel_and_installs_it_with_the_tested_pins():
     (lambda t: t.replace("FROM apache/airflow:3.3.2-python3.11 AS wheel", "FROM apache/airflow:latest AS wheel"),
      "FROM apache/airflow:latest: not the official image with a pinned version"),
     (lambda t: t + "ENV _PIP_ADDITIONAL_REQUIREMENTS=psycopg\n", "_PIP_ADDITIONAL_REQUIREMENTS"),
+    (lambda t: t.replace("        flower \\\n", "        flower \\\n        left-pad \\\n"),
+     "left-pad: not in requirements.txt, so nothing pins it"),
 ])
 def test_a_broken_dockerfile_is_caught(edit, problem):
     text = DOCKERFILE.read_text()
