@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import re
 import shlex
+import shutil
 import subprocess
+import sys
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -225,3 +228,31 @@ def test_the_sql_link_stays_inside_what_the_wheel_stage_copies():
     assert link.resolve().is_relative_to(REPO / "include")
     wheel_stage = parse(DOCKERFILE.read_text())[0]
     assert any(args.endswith("include/ include/") for args in wheel_stage.args("COPY"))
+
+
+def test_the_wheel_stage_builds_the_wheel_from_only_what_it_copies(tmp_path):
+    """The wheel stage's COPY sources, as the build context has them (.dockerignore applied), are
+    enough to build the wheel, SQL files included: nothing else of the checkout is needed."""
+    patterns = ignore_patterns(DOCKERIGNORE.read_text())
+    context = tmp_path / "context"
+    for args in parse(DOCKERFILE.read_text())[0].args("COPY"):
+        sources = [w for w in args.split() if not w.startswith("--")][:-1]
+        for source in sources:
+            for path in [REPO / source, *(REPO / source).rglob("*")] if (REPO / source).is_dir() else [REPO / source]:
+                relative = path.relative_to(REPO).as_posix()
+                if not in_context(relative, patterns) or path.is_dir() and not path.is_symlink():
+                    continue
+                target = context / relative
+                target.parent.mkdir(parents=True, exist_ok=True)
+                if path.is_symlink():
+                    target.symlink_to(path.readlink())
+                else:
+                    shutil.copyfile(path, target)
+    uv = Path(sys.executable).parent / "uv"
+    built = subprocess.run([str(uv), "build", "--wheel", "--out-dir", str(tmp_path / "dist"), str(context)],
+                           capture_output=True, text=True, timeout=600, check=False)
+    assert built.returncode == 0, built.stderr[-3000:]
+    wheel = next((tmp_path / "dist").glob("csl_pipelines-*.whl"))
+    shipped = {n.removeprefix("csl/sql/") for n in zipfile.ZipFile(wheel).namelist() if n.startswith("csl/sql/")}
+    expected = {p.relative_to(REPO / "include" / "sql").as_posix() for p in (REPO / "include" / "sql").rglob("*.sql")}
+    assert shipped == expected and expected
