@@ -100,6 +100,10 @@ def test_optional_variables_fall_back_to_their_documented_default():
     assert worker["environment"]["AIRFLOW__CELERY__WORKER_CONCURRENCY"] == example["AIRFLOW_WORKER_CONCURRENCY"]
     init_env = compose["services"]["airflow-init"]["environment"]
     assert init_env["CSL_MIGRATE_WITH_PLATFORM_SCHEMA"] == example["CSL_MIGRATE_WITH_PLATFORM_SCHEMA"]
+    # the image's default tag is the package's version
+    version = re.search(r'^version = "([^"]+)"', (REPO / "pyproject.toml").read_text(), re.MULTILINE)[1]
+    assert example["CSL_IMAGE_TAG"] == version
+    assert f"${{CSL_IMAGE_TAG:-{version}}}" in cf.COMPOSE.read_text()
 
 
 def test_every_variable_is_documented_and_every_documented_one_is_used():
