@@ -8,6 +8,7 @@ Each check is also shown catching a broken copy."""
 
 from __future__ import annotations
 
+import importlib.util
 import ipaddress
 import json
 import os
@@ -425,3 +426,18 @@ def test_the_statsd_mapping_names_airflows_metrics_like_the_local_stack(statsd, 
     assert statsd_map(mappings, statsd) == (metric, labels)
     # and an unmapped name is left to statsd-exporter's default naming
     assert statsd_map(mappings, "airflow.triggerer_heartbeat") is None
+
+
+def test_csl_init_writes_the_admin_password_file_privately_and_forgets_the_password(tmp_path, monkeypatch):
+    spec = importlib.util.spec_from_file_location("csl_compose_init", REPO / "stack" / "compose" / "csl_init.py")
+    init = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(init)
+    target = tmp_path / "passwords.json"
+    monkeypatch.setenv("AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE", str(target))
+    monkeypatch.setenv("AIRFLOW_ADMIN_PASSWORD", 'a"b\\c')
+    init.write_passwords()
+    assert json.loads(target.read_text()) == {"admin": 'a"b\\c'}
+    assert target.stat().st_mode & 0o777 == 0o600
+    assert "AIRFLOW_ADMIN_PASSWORD" not in os.environ  # not inherited by what runs next
+    with pytest.raises(SystemExit, match="AIRFLOW_ADMIN_PASSWORD"):
+        init.write_passwords()
