@@ -7,10 +7,11 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 UV_VERSION := 0.13.9
 
-.PHONY: help install sysdeps stack demo test stop status bench clean
+.PHONY: help install sysdeps stack demo demo-celery test stop status bench clean
 
 help:
 	@echo "make demo   - install, start the local stack and Airflow, load demo data, run the pipelines"
+	@echo "make demo-celery - the same demo with Airflow on the CeleryExecutor (Redis, two workers)"
 	@echo "make test   - install, then the whole test suite (starts its own stack on free ports)"
 	@echo "make bench  - benchmarks; results in bench/results/*.json"
 	@echo "make stop   - stop everything make demo started (by pid)"
@@ -31,7 +32,15 @@ stack: install sysdeps
 	$(PY) scripts/devstack.py up --airflow
 
 demo: install sysdeps
-	@$(PY) scripts/devstack.py up --airflow --monitoring
+	@$(PY) scripts/devstack.py up --airflow --monitoring --executor local
+	@$(PY) -m csl migrate --with-platform-schema
+	@$(PY) -m csl seed --scale demo
+	@$(PY) scripts/demo.py
+
+# The same demo on the CeleryExecutor: Redis as the broker, two `airflow celery worker`s
+# (README "Running at scale"); `make demo` afterwards switches the stack back to the LocalExecutor.
+demo-celery: install sysdeps
+	@$(PY) scripts/devstack.py up --airflow --monitoring --executor celery
 	@$(PY) -m csl migrate --with-platform-schema
 	@$(PY) -m csl seed --scale demo
 	@$(PY) scripts/demo.py

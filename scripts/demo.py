@@ -209,12 +209,17 @@ def format_report(outcome: dict | None, base_url: str, run_id: str) -> str:
     return "\n".join(lines)
 
 
+WORKERS: dict[str, int] = {}  # task instances per host they ran on, over the demo
+
+
 def show(client: AirflowClient, dag_id: str, run: dict) -> int:
     """Print one run's outcome; returns 1 if it failed."""
     run_id = run["dag_run_id"]
     states: dict[str, list[str]] = {}
     for ti in client.task_instances(dag_id, run_id):
         states.setdefault(ti["task_id"], []).append(ti["state"] or "none")
+        if ti["hostname"]:  # csl-worker-N.<fqdn> under Celery (devstack's hostname_callable)
+            WORKERS[ti["hostname"].split(".", 1)[0]] = WORKERS.get(ti["hostname"].split(".", 1)[0], 0) + 1
     shown = []
     for task_id, task_states in sorted(states.items()):
         if len(task_states) == 1:
@@ -292,6 +297,12 @@ def main() -> int:
             edge_demo.after()
         print()
     print()
+    executor = os.environ.get("AIRFLOW__CORE__EXECUTOR", "LocalExecutor")
+    print(f"Executor:    {executor}; task instances per host: "
+          + ", ".join(f"{host} {n}" for host, n in sorted(WORKERS.items())))
+    if executor == "CeleryExecutor":
+        print(f"             broker: Redis on {os.environ['AIRFLOW__CELERY__BROKER_URL'].rsplit('@', 1)[1]}; worker logs: "
+              f"{REPO / '.local' / 'stack' / 'logs'}/airflow-worker-*.log")
     print(f"Airflow UI:  {base_url}   (login: admin / {password})")
     print(f"Settings:    {REPO / '.env'}   (python -m csl health works in any shell)")
     print(f"Logs:        {REPO / '.local' / 'stack' / 'logs'}")
