@@ -22,7 +22,7 @@ for folder in ("include", "scripts", "bench"):
 
 from devstack import Stack
 
-BENCHMARKS = ("seed", "indexes", "maintenance", "settlement", "storage", "replication", "reports", "cdn")
+BENCHMARKS = ("seed", "indexes", "maintenance", "settlement", "storage", "replication", "reports", "cdn", "scale_out")
 
 
 def machine() -> dict:
