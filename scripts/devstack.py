@@ -126,6 +126,13 @@ def wait_for(what: str, check, *, timeout: float, interval: float = 0.25, log_fi
     raise StackError(f"{what} not ready after {timeout:.0f}s{last_error}{tail}")
 
 
+def _pgid(pid: int) -> int | None:
+    try:
+        return os.getpgid(pid)
+    except ProcessLookupError:
+        return None
+
+
 def pid_alive(pid: int) -> bool:
     """True while the process exists and is not a zombie (our own zombies are reaped)."""
     try:
@@ -143,6 +150,25 @@ def pid_alive(pid: int) -> bool:
     except (FileNotFoundError, IndexError):
         return False
     return state != "Z"
+
+
+def process_tree(root_pids: list[int]) -> list[int]:
+    """The pids and every descendant, also those in process groups of their own (Airflow's task
+    supervisor puts each task process in a new group: a group signal misses it)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    found, todo = [], list(root_pids)
+    while todo:
+        pid = todo.pop()
+        found.append(pid)
+        todo.extend(children.get(pid, []))
+    return found
 
 
 def as_postgres(cmd: list[str], **kwargs) -> subprocess.CompletedProcess:
@@ -376,6 +402,9 @@ class Stack:
             while time.monotonic() < deadline and check():
                 time.sleep(0.1)
 
+        # descendants in groups of their own (a worker's task processes): found now, while the
+        # tree still hangs together, and ended after the group if still there
+        strays = [p for p in process_tree([pid])[1:] if _pgid(p) not in (pid, None)]
         try:
             os.kill(pid, signal.SIGTERM)
         except ProcessLookupError:
@@ -389,6 +418,9 @@ class Stack:
             except ProcessLookupError:
                 break
             wait(group_alive, seconds)
+        for stray in strays:
+            if pid_alive(stray):
+                os.kill(stray, signal.SIGKILL)
         self.pid_file(name).unlink(missing_ok=True)
         return True
 

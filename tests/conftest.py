@@ -22,7 +22,7 @@ for folder in ("include", "plugins", "scripts"):
     if str(REPO / folder) not in sys.path:
         sys.path.insert(0, str(REPO / folder))
 
-from devstack import PLATFORM_DB, Stack, remove_state
+from devstack import PLATFORM_DB, Stack, process_tree, remove_state
 
 
 def _stop_on_sigterm(signum, frame):
@@ -137,24 +137,6 @@ def wait_for_cleanup_horizon(url: str, timeout: float = 30.0) -> None:
 
     with psycopg.connect(url, autocommit=True) as conn:
         wait(conn, timeout_s=timeout)
-
-
-def process_tree(root_pids: list[int]) -> list[int]:
-    """The pids and every descendant (PostgreSQL's backends, walsender, walreceiver…)."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError):
-                continue
-            children.setdefault(ppid, []).append(int(entry.name))
-    found, todo = [], list(root_pids)
-    while todo:
-        pid = todo.pop()
-        found.append(pid)
-        todo.extend(children.get(pid, []))
-    return found
 
 
 __all__ = ["PLATFORM_DB", "process_tree", "wait_for_cleanup_horizon"]

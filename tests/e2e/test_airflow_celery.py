@@ -19,7 +19,7 @@ import uuid
 import psycopg
 import psycopg.sql
 import pytest
-from devstack import CELERY_WORKERS
+from devstack import CELERY_WORKERS, pid_alive, process_tree
 
 from csl.maintenance.indexes import load_catalog
 
@@ -125,8 +125,8 @@ def running_on(airflow, dag_id: str, run_id: str, worker: str) -> list[dict]:
 
 
 def test_a_worker_killed_mid_run_loses_its_tasks_to_the_other(airflow, celery, settings, local_outcome):
-    """SIGKILL to one worker's whole process group (worker, pool processes, task supervisors, tasks)
-    while its sweep shards hold open transactions: the scheduler sees their heartbeats stop, fails
+    """SIGKILL to one worker and every process under it (``kill_worker``) while its sweep shards
+    wait inside their transactions: the scheduler sees their heartbeats stop, fails
     those tries, and the retries run on the surviving worker; the sweep ends as under LocalExecutor."""
     ensure_settled(airflow, SWEEP)
     victim_service, victim = CELERY_WORKERS[0], "csl-worker-1"
@@ -138,17 +138,12 @@ def test_a_worker_killed_mid_run_loses_its_tasks_to_the_other(airflow, celery, s
         assert response.status_code == 200, response.text
         run_id = response.json()["dag_run_id"]
         deadline = time.monotonic() + 180
-        while not running_on(airflow, SWEEP, run_id, victim) or not waiting_shards(settings):
+        while not running_on(airflow, SWEEP, run_id, victim) or not waiting_on(settings, "storage_sweep_shards"):
             assert time.monotonic() < deadline, airflow.task_instances(SWEEP, run_id)
             time.sleep(1)
         time.sleep(2)  # let the victim's other slots take their shards too
         killed = {(ti["task_id"], ti["map_index"]) for ti in running_on(airflow, SWEEP, run_id, victim)}
-        pid = celery.pid(victim_service)
-        os.killpg(pid, signal.SIGKILL)
-        deadline = time.monotonic() + 30
-        while celery.pid(victim_service) is not None:
-            assert time.monotonic() < deadline, "the killed worker is still there"
-            time.sleep(0.2)
+        kill_worker(celery, victim_service)
     finally:
         hold.rollback()
         hold.close()
@@ -170,26 +165,12 @@ def test_a_worker_killed_mid_run_loses_its_tasks_to_the_other(airflow, celery, s
     assert celery.pid(victim_service) is not None
 
 
-def waiting_shards(settings) -> int:
-    """Sessions waiting for the held lock (the shards that reached their summary row)."""
-    with psycopg.connect(settings.database.primary_url) as conn:
-        return conn.execute(
-            "SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation "
-            "WHERE c.relname = 'storage_sweep_shards' AND NOT l.granted").fetchone()[0]
-
-
 def test_two_settlement_runs_at_once_post_the_ledger_once(airflow, celery, settings):
     ensure_settled(airflow, SETTLEMENT)
     count = ("SELECT (SELECT count(*) FROM csl_ops.settled_licences), "
              "(SELECT count(*) FROM licenses WHERE payment_status = 'completed')")
-    with psycopg.connect(settings.database.primary_url, autocommit=True) as conn:
-        for _ in range(3):  # three new sales, each paid by its own intent: due at the next run
-            pi = f"pi_celery_{uuid.uuid4().hex[:16]}"
-            conn.execute("INSERT INTO payment_intents (id, user_id, amount, currency, status) "
-                         "SELECT %s, user_id, 12.34, 'usd', 'succeeded' FROM licenses LIMIT 1", (pi,))
-            conn.execute("INSERT INTO licenses (user_id, audio_sample_id, license_type, price, payment_status, "
-                         "payment_intent_id) SELECT user_id, audio_sample_id, license_type, 12.34, 'completed', %s "
-                         "FROM licenses WHERE audio_sample_id IS NOT NULL LIMIT 1", (pi,))
+    add_due_licences(settings, 3)
+    with psycopg.connect(settings.database.primary_url) as conn:
         settled_before, completed = conn.execute(count).fetchone()
     assert completed - settled_before >= 3
     runs = []
@@ -212,6 +193,104 @@ def test_two_settlement_runs_at_once_post_the_ledger_once(airflow, celery, setti
                                   "csl_ops.ledger_accounts a ON a.id = p.account_id GROUP BY 1 "
                                   "HAVING sum(p.amount_minor) <> 0").fetchall()
     assert unbalanced == []
+
+
+def add_due_licences(settings, n: int) -> None:
+    """``n`` new sales, each paid by its own intent: due at the next settlement run."""
+    with psycopg.connect(settings.database.primary_url, autocommit=True) as conn:
+        for _ in range(n):
+            pi = f"pi_celery_{uuid.uuid4().hex[:16]}"
+            conn.execute("INSERT INTO payment_intents (id, user_id, amount, currency, status) "
+                         "SELECT %s, user_id, 12.34, 'usd', 'succeeded' FROM licenses LIMIT 1", (pi,))
+            conn.execute("INSERT INTO licenses (user_id, audio_sample_id, license_type, price, payment_status, "
+                         "payment_intent_id) SELECT user_id, audio_sample_id, license_type, 12.34, 'completed', %s "
+                         "FROM licenses WHERE audio_sample_id IS NOT NULL LIMIT 1", (pi,))
+
+
+def kill_worker(stack, service: str) -> None:
+    """A worker's machine lost: SIGKILL to the worker and every process under it, its task
+    processes included (Airflow's supervisor gives each a process group of its own)."""
+    tree = process_tree([stack.pid(service)])
+    for pid in tree:  # the Celery master first: it would fork new pool processes
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + 30
+    while [pid for pid in tree if pid_alive(pid)]:
+        assert time.monotonic() < deadline, f"{service}: processes survived SIGKILL"
+        time.sleep(0.2)
+
+
+def kill_worker_of(airflow, stack, dag_id: str, run_id: str, task_id: str) -> str:
+    """Kill the worker running ``task_id`` (``kill_worker``); returns that worker's service."""
+    ti = next(t for t in airflow.task_instances(dag_id, run_id) if t["task_id"] == task_id)
+    worker = ti["hostname"].split(".", 1)[0]
+    service = CELERY_WORKERS[int(worker.rsplit("-", 1)[1]) - 1]
+    kill_worker(stack, service)
+    return service
+
+
+def test_a_settlement_killed_mid_transaction_posts_nothing_and_its_rerun_posts_once(airflow, celery, settings):
+    """The settle task's worker dies while the run's transaction waits to write the ledger: nothing
+    is posted, the lock is released, and the task cleared (as a person would) runs on the other
+    worker and settles each due licence once."""
+    ensure_settled(airflow, SETTLEMENT)
+    add_due_licences(settings, 2)
+    count = ("SELECT (SELECT count(*) FROM csl_ops.settled_licences), "
+             "(SELECT count(*) FROM licenses WHERE payment_status = 'completed'), "
+             "(SELECT count(*) FROM csl_ops.postings)")
+    with psycopg.connect(settings.database.primary_url) as conn:
+        settled_before, completed, postings_before = conn.execute(count).fetchone()
+    hold = psycopg.connect(settings.database.primary_url)
+    try:
+        hold.execute("LOCK TABLE csl_ops.settled_licences IN SHARE ROW EXCLUSIVE MODE")
+        response = airflow.trigger(SETTLEMENT, {})
+        assert response.status_code == 200, response.text
+        run_id = response.json()["dag_run_id"]
+        deadline = time.monotonic() + 120
+        while not waiting_on(settings, "settled_licences"):
+            assert time.monotonic() < deadline, airflow.task_instances(SETTLEMENT, run_id)
+            time.sleep(0.5)
+        killed = kill_worker_of(airflow, celery, SETTLEMENT, run_id, "settle")
+    finally:
+        hold.rollback()
+        hold.close()
+    try:
+        deadline = time.monotonic() + 240  # the heartbeat timeout (60 s), then the scheduler's check
+        while (state := next(t for t in airflow.task_instances(SETTLEMENT, run_id)
+                             if t["task_id"] == "settle")["state"]) not in ("up_for_retry", "failed"):
+            assert time.monotonic() < deadline, f"settle still {state} after its worker died"
+            time.sleep(2)
+        with psycopg.connect(settings.database.primary_url) as conn:
+            assert conn.execute(count).fetchone() == (settled_before, completed, postings_before), \
+                "the dead try's transaction was rolled back: nothing posted"
+            assert conn.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND database = "
+                                "(SELECT oid FROM pg_database WHERE datname = current_database())").fetchone()[0] == 0
+        cleared = airflow.request("POST", f"/dags/{SETTLEMENT}/clearTaskInstances",
+                                  json={"dry_run": False, "dag_run_id": run_id, "task_ids": ["settle"],
+                                        "only_failed": False, "reset_dag_runs": True})
+        assert cleared.status_code == 200, cleared.text
+        run = airflow.wait_for_run(SETTLEMENT, run_id, timeout=600)
+        settle = next(t for t in airflow.task_instances(SETTLEMENT, run_id) if t["task_id"] == "settle")
+        assert run["state"] == "success" and settle["try_number"] >= 2
+        assert not settle["hostname"].startswith(f"csl-worker-{killed[-1]}.")
+        assert airflow.xcom(SETTLEMENT, run_id, "settle")["licences"] == completed - settled_before
+        with psycopg.connect(settings.database.primary_url) as conn:
+            settled_after, _, _ = conn.execute(count).fetchone()
+            keys = conn.execute("SELECT count(*) FROM csl_ops.settlement_runs WHERE run_key = %s",
+                                (f"{SETTLEMENT}/{run_id}",)).fetchone()[0]
+        assert settled_after == completed and keys == 1
+    finally:
+        celery.start(killed)
+
+
+def waiting_on(settings, table: str) -> int:
+    """Sessions waiting for a lock on ``table`` (csl_ops)."""
+    with psycopg.connect(settings.database.primary_url) as conn:
+        return conn.execute(
+            "SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation "
+            "WHERE c.relname = %s AND NOT l.granted", (table,)).fetchone()[0]
 
 
 def test_the_scale_out_panels_each_return_a_series(airflow, celery, monitoring):
