@@ -12,6 +12,7 @@ import pwd
 import shutil
 import stat
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -384,3 +385,76 @@ def test_moto_starts_only_when_asked(tmp_path, monkeypatch):
     assert devstack.main(["up", "--state", str(tmp_path / "s")]) == 0
     assert parsed == [{"airflow": False, "moto": True, "monitoring": False},
                       {"airflow": False, "moto": False, "monitoring": False}]
+
+
+def test_stop_ends_a_descendant_that_left_the_process_group(tmp_path):
+    """Airflow's task supervisor gives each task process a group of its own: stopping a worker by
+    its group alone would leave its tasks running, orphaned."""
+    state = tmp_path / "stack"
+    handle = Stack(state, state / ".env")
+    handle.ensure_config()
+    stray_pid_file = tmp_path / "stray.pid"
+    program = (
+        "import os, sys, time\n"
+        "pid = os.fork()\n"
+        "if pid == 0:\n"
+        "    os.setpgid(0, 0)\n"
+        f"    open({str(stray_pid_file)!r}, 'w').write(str(os.getpid()))\n"
+        "    time.sleep(300)\n"
+        "    sys.exit(0)\n"
+        "time.sleep(300)\n")
+    handle.spawn("worker", [sys.executable, "-c", program])
+    deadline = time.monotonic() + 20
+    while not stray_pid_file.exists() or not stray_pid_file.read_text():
+        assert time.monotonic() < deadline, "the stray did not start"
+        time.sleep(0.1)
+    stray = int(stray_pid_file.read_text())
+    assert os.getpgid(stray) == stray != handle.pid("worker")
+    assert handle.kill_group("worker", timeout=5)
+    deadline = time.monotonic() + 10
+    while devstack.pid_alive(stray):
+        assert time.monotonic() < deadline, "the descendant in its own group outlived its service"
+        time.sleep(0.1)
+    assert handle.pid("worker") is None
+
+
+def test_the_executor_is_chosen_once_and_celery_gets_its_settings(tmp_path):
+    state = tmp_path / "stack"
+    handle = Stack(state, state / ".env")
+    handle.ensure_config()
+    assert handle.executor == "local" and handle.celery_env() == {}
+    assert handle.airflow_env()["AIRFLOW__CORE__EXECUTOR"] == "LocalExecutor"
+    assert handle.airflow_services() == devstack.AIRFLOW_SERVICES
+    with pytest.raises(devstack.StackError, match="executor: expected one of local, celery, got 'kubernetes'"):
+        handle.use_executor("kubernetes")
+    handle.use_executor("celery")
+    again = Stack(state, state / ".env")
+    again.load_config()  # kept in stack.json
+    env = again.airflow_env()
+    assert again.executor == "celery" and env["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor"
+    assert env["AIRFLOW__CELERY__BROKER_URL"] == f"redis://:{again.secrets['redis']}@127.0.0.1:{again.ports['redis']}/0"
+    assert env["AIRFLOW__CELERY__RESULT_BACKEND"].startswith("db+postgresql://airflow:")
+    assert env["AIRFLOW__CORE__HOSTNAME_CALLABLE"] == "csl_airflow.hostname.worker_hostname"
+    assert again.airflow_services()[-2:] == devstack.CELERY_WORKERS
+    # the Redis job is rendered into Prometheus's configuration only under Celery
+    again.monitoring_config()
+    again.monitoring_dir.mkdir(parents=True)
+    assert "job_name: redis" in again.prometheus_config().read_text()
+    again.use_executor("local")
+    again.load_config()
+    assert "job_name: redis" not in again.prometheus_config().read_text()
+    assert again.airflow_env()["AIRFLOW__CORE__EXECUTOR"] == "LocalExecutor" and again.celery_env() == {}
+
+
+def test_worker_hostname_names_the_worker(monkeypatch):
+    import socket
+
+    from csl_airflow.hostname import worker_hostname
+
+    monkeypatch.delenv("CSL_WORKER_NAME", raising=False)
+    assert worker_hostname() == socket.getfqdn()
+    monkeypatch.setenv("CSL_WORKER_NAME", "csl-worker-2")
+    assert worker_hostname() == f"csl-worker-2.{socket.getfqdn()}"
+    monkeypatch.setenv("CSL_WORKER_NAME", "bad name;rm")
+    with pytest.raises(ValueError, match="CSL_WORKER_NAME"):
+        worker_hostname()
