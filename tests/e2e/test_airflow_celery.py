@@ -305,3 +305,8 @@ def test_the_scale_out_panels_each_return_a_series(airflow, celery, monitoring):
     assert empty_panels(prometheus, panels) == []
     clients = wait_for(prometheus, "redis_connected_clients")
     assert float(clients[0]["value"][1]) >= 3  # the scheduler and both workers at least
+    # task metrics come from the task's own process, on the workers (StatsD settings reach them)
+    wait_for(prometheus, f'airflow_ti_finish{{dag_id="{SWEEP}", task_id="sweep", state="success"}} > 0',
+             timeout=60, what="ti.finish sent from the workers' task processes")
+    wait_for(prometheus, f'airflow_task_duration{{dag_id="{SWEEP}", task_id="sweep"}}', timeout=60,
+             what="the shards' durations from the workers")
