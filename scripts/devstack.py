@@ -104,6 +104,19 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def choose_port(ports: dict, name: str, *, udp_too: bool = False) -> bool:
+    """Give ``name`` a free loopback port (TCP, and UDP too if asked) no other name of the stack
+    has; True when one was chosen, False when it had one already."""
+    if name in ports:
+        return False
+    taken = set(ports.values())
+    candidate = free_port()
+    while candidate in taken or (udp_too and not udp_port_free(candidate)):
+        candidate = free_port()
+    ports[name] = candidate
+    return True
+
+
 def port_open(port: int, host: str = "127.0.0.1") -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.settimeout(0.5)
@@ -303,14 +316,7 @@ class Stack:
 
         def port(name: str) -> None:
             nonlocal changed
-            ports = cfg.setdefault("ports", {})
-            if name not in ports:
-                taken = set(ports.values())
-                candidate = free_port()
-                while candidate in taken:
-                    candidate = free_port()
-                ports[name] = candidate
-                changed = True
+            changed = choose_port(cfg.setdefault("ports", {}), name) or changed
 
         def secret(name: str, maker=lambda: secrets.token_urlsafe(18)) -> None:
             nonlocal changed
@@ -690,13 +696,7 @@ class Stack:
         changed = False
         for name in ("prometheus", "statsd", "statsd_bridge", "pg_exporter_primary", "pg_exporter_replica",
                      "edge_exporter"):
-            if name not in ports:
-                taken = set(ports.values())
-                candidate = free_port()
-                while candidate in taken or not udp_port_free(candidate):
-                    candidate = free_port()
-                ports[name] = candidate
-                changed = True
+            changed = choose_port(ports, name, udp_too=True) or changed
         if "pg_metrics" not in values:
             values["pg_metrics"] = secrets.token_urlsafe(18)
             changed = True
@@ -871,13 +871,7 @@ class Stack:
         cfg["executor"] = name
         if name == "celery":
             for port_name in ("redis", "redis_exporter"):
-                if port_name not in ports:
-                    taken = set(ports.values())
-                    candidate = free_port()
-                    while candidate in taken:
-                        candidate = free_port()
-                    ports[port_name] = candidate
-                    changed = True
+                changed = choose_port(ports, port_name) or changed
             if "redis" not in values:
                 values["redis"] = secrets.token_urlsafe(18)
                 changed = True

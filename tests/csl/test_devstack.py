@@ -383,8 +383,13 @@ def test_moto_starts_only_when_asked(tmp_path, monkeypatch):
     monkeypatch.setattr(devstack.Stack, "up", lambda self, **kw: parsed.append(kw))
     assert devstack.main(["up", "--state", str(tmp_path / "s"), "--moto"]) == 0
     assert devstack.main(["up", "--state", str(tmp_path / "s")]) == 0
-    assert parsed == [{"airflow": False, "moto": True, "monitoring": False},
-                      {"airflow": False, "moto": False, "monitoring": False}]
+    assert devstack.main(["up", "--state", str(tmp_path / "s"), "--airflow", "--executor", "celery"]) == 0
+    assert parsed == [{"airflow": False, "moto": True, "monitoring": False, "executor": None},
+                      {"airflow": False, "moto": False, "monitoring": False, "executor": None},
+                      {"airflow": True, "moto": False, "monitoring": False, "executor": "celery"}]
+    with pytest.raises(SystemExit) as refused:
+        devstack.main(["up", "--state", str(tmp_path / "s"), "--executor", "kubernetes"])
+    assert refused.value.code == 2 and len(parsed) == 3
 
 
 def test_stop_ends_a_descendant_that_left_the_process_group(tmp_path):
