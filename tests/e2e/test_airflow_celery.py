@@ -310,3 +310,27 @@ def test_the_scale_out_panels_each_return_a_series(airflow, celery, monitoring):
              timeout=60, what="ti.finish sent from the workers' task processes")
     wait_for(prometheus, f'airflow_task_duration{{dag_id="{SWEEP}", task_id="sweep"}}', timeout=60,
              what="the shards' durations from the workers")
+
+
+def test_the_broker_is_private_to_this_stack(celery):
+    """Redis on 127.0.0.1 only, refusing a client without the password; the password on no command
+    line and in no log of the Celery processes (only in their environment and a 0600 file)."""
+    import socket
+    from pathlib import Path
+
+    from ..monitoring.test_monitoring import listening
+
+    assert listening(celery.ports["redis"]) == {"0100007F"}
+    with socket.create_connection(("127.0.0.1", celery.ports["redis"]), timeout=5) as sock:
+        sock.sendall(b"*1\r\n$4\r\nKEYS\r\n")
+        assert sock.recv(256).startswith(b"-NOAUTH")
+    assert celery.redis_ping() == b"+PONG"
+    password = celery.secrets["redis"]
+    for service in ("redis", *CELERY_WORKERS):
+        pid = celery.pid(service)
+        assert pid is not None and os.getpgid(pid) == pid, f"{service} leads its own process group"
+        assert password not in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace"), service
+        log_file = celery.logs / f"{service}.log"
+        assert password not in log_file.read_text(errors="replace") and log_file.stat().st_mode & 0o077 == 0
+    conf = celery.state / "redis" / "redis.conf"
+    assert conf.stat().st_mode & 0o077 == 0 and f"requirepass {password}" in conf.read_text()
