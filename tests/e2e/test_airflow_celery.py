@@ -322,7 +322,7 @@ def test_the_broker_is_private_to_this_stack(celery):
 
     assert listening(celery.ports["redis"]) == {"0100007F"}
     with socket.create_connection(("127.0.0.1", celery.ports["redis"]), timeout=5) as sock:
-        sock.sendall(b"*1\r\n$4\r\nKEYS\r\n")
+        sock.sendall(b"*2\r\n$4\r\nKEYS\r\n$1\r\n*\r\n")
         assert sock.recv(256).startswith(b"-NOAUTH")
     assert celery.redis_ping() == b"+PONG"
     password = celery.secrets["redis"]
