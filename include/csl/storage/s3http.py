@@ -38,7 +38,7 @@ from urllib.parse import quote, urlsplit
 from csl.config import StorageProviderSettings
 from csl.errors import ProviderUnavailable, StorageError
 
-__all__ = ["EMPTY_SHA256", "S3Http", "S3Response", "tls_context"]
+__all__ = ["EMPTY_SHA256", "Page", "PageClient", "S3Http", "S3Response", "tls_context"]
 
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 META_PREFIX = "x-amz-meta-"
@@ -151,6 +151,10 @@ class S3Http:
         path = f"{self._base_path}{self._bucket_path}"
         return f"{self._origin}{path}?{query}", self._signed("GET", path, query, {}, EMPTY_SHA256)
 
+    def pages(self) -> PageClient:
+        """The listing's transport over this path's connections (``StorageProvider._http``)."""
+        return PageClient(self)
+
     # -- requests --------------------------------------------------------------------------
     def _send(self, action: str, key: str, method: str, *, query: str = "", headers: dict[str, str] | None = None,
               body: bytes | None = None, payload_sha256: str = EMPTY_SHA256) -> http.client.HTTPResponse:
@@ -252,6 +256,36 @@ class S3Http:
             raise self._refused(action, key, response)
         self._finish(response)
         return S3Response(200, _headers(response))
+
+
+@dataclass(frozen=True)
+class Page:
+    """A listing page as it came back (the names httpx's response uses: the seam tests fill)."""
+
+    status_code: int
+    content: bytes
+
+
+class PageClient:
+    """``get(url, headers=…)`` of signed listing URLs on ``S3Http``'s kept-alive connections: the
+    sweep's listing without an HTTP library to import (httpx and what it brings cost ~0.1 s of
+    start-up, more than a small listing takes). Transport failures raise ``OSError`` or
+    ``http.client.HTTPException``; the caller retries (a listing is safe to repeat)."""
+
+    def __init__(self, lean: S3Http) -> None:
+        self._lean = lean
+
+    def get(self, url: str, *, headers: Mapping[str, str]) -> Page:
+        target = urlsplit(url)
+        path = f"{target.path}?{target.query}" if target.query else target.path
+        try:
+            conn = self._lean._connection()
+            conn.request("GET", path, headers=dict(headers))
+            response = conn.getresponse()
+            return Page(response.status, response.read())
+        except (OSError, http.client.HTTPException):
+            self._lean._drop()
+            raise
 
 
 def _headers(response: http.client.HTTPResponse) -> dict[str, str]:
