@@ -413,6 +413,8 @@ def _database_sizes(db: Any, keys: Sequence[str], buckets: Sequence[str]) -> tup
     """For each referenced key of ``keys``, the size the database knows (or None); which server
     answered: the sweep's ``inventory_connection`` (the replica once it has replayed what the
     primary had written when asked, within the lag bound; else the primary)."""
+    if not keys:  # nothing to look up (a no-op rerun): where the read would go, without a snapshot for it
+        return {}, db.read_route().target
     query = sql.SQL("SELECT r.key, max(r.size) FROM ({refs}) AS r JOIN unnest(%(keys)s::text[]) AS k (key) "
                     "ON k.key = r.key GROUP BY r.key").format(refs=references_query(REFERENCE_COLUMNS))
     sizes: dict[str, int | None] = {}
