@@ -276,8 +276,9 @@ class Page:
 class PageClient:
     """``get(url, headers=…)`` of signed listing URLs on ``S3Http``'s kept-alive connections: the
     sweep's listing without an HTTP library to import (httpx and what it brings cost ~0.1 s of
-    start-up, more than a small listing takes). Transport failures raise ``OSError`` or
-    ``http.client.HTTPException``; the caller retries (a listing is safe to repeat)."""
+    start-up, more than a small listing takes). A kept-alive connection the server closed while
+    idle is opened again at once; other transport failures raise ``OSError`` or
+    ``http.client.HTTPException``, and the caller retries (a listing is safe to repeat)."""
 
     def __init__(self, lean: S3Http) -> None:
         self._lean = lean
@@ -285,14 +286,19 @@ class PageClient:
     def get(self, url: str, *, headers: Mapping[str, str]) -> Page:
         target = urlsplit(url)
         path = f"{target.path}?{target.query}" if target.query else target.path
-        try:
-            conn = self._lean._connection()
-            conn.request("GET", path, headers=dict(headers))
-            response = conn.getresponse()
-            return Page(response.status, response.read())
-        except (OSError, http.client.HTTPException):
-            self._lean._drop()
-            raise
+        for attempt in range(2):
+            kept = getattr(self._lean._local, "conn", None)
+            reused = kept is not None and kept.sock is not None
+            try:
+                conn = self._lean._connection()
+                conn.request("GET", path, headers=dict(headers))
+                response = conn.getresponse()
+                return Page(response.status, response.read())
+            except (OSError, http.client.HTTPException):
+                self._lean._drop()
+                if attempt or not reused:  # not a kept-alive connection the server had closed
+                    raise
+        raise AssertionError("unreachable")
 
 
 class MultipartUploads:
