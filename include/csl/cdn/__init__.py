@@ -10,7 +10,9 @@ provider (``CDN_*`` settings, ``csl.config.CdnSettings``).
 - ``varnish`` — the local Varnish + xkey edge (dev, test, demo) as a provider.
 
 Cloudflare, CloudFront, Azure Front Door and Fastly are ``csl.cdn.cloudflare`` / ``cloudfront`` /
-``azure`` / ``fastly``, imported by ``build_provider`` when a zone uses them.
+``azure`` / ``fastly``, imported by ``build_provider`` when a zone uses them. ``VarnishEdge`` is
+imported on first use too: it brings httpx, which the purge queue's writers (replication, the
+storage service) never need.
 """
 
 from csl.cdn.base import (
@@ -30,7 +32,6 @@ from csl.cdn.base import (
 )
 from csl.cdn.headers import TAG_HEADERS, CachePolicy, ObjectHeaders, cache_headers, zone_for_content_type
 from csl.cdn.urls import check_transforms, object_path, object_url
-from csl.cdn.varnish import VarnishEdge
 from csl.cdn.zones import Cdn, build_provider
 
 __all__ = [
@@ -59,3 +60,11 @@ __all__ = [
     "object_url",
     "zone_for_content_type",
 ]
+
+
+def __getattr__(name: str) -> object:
+    if name == "VarnishEdge":
+        from csl.cdn.varnish import VarnishEdge
+
+        return VarnishEdge
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

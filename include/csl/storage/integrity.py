@@ -747,6 +747,10 @@ def sweep_shard(connect: Callable[[], Any], providers: Sequence[StorageProvider]
                 for future in first_pages.values():
                     future.cancel()
         read_conn.rollback()
+        # close_findings looks each open finding up here: without an index (and a temp table has
+        # no statistics) that is a scan of the staged findings per open one — 5,000 × 5,000 took
+        # 7 s, indexed 0.06 s
+        write_conn.execute("CREATE INDEX ON shard_findings (object_key)")
         new, refreshed = write_conn.execute(load("storage/apply_findings.sql"), {"sweep": sweep_id}).fetchone()
         closed = write_conn.execute(load("storage/close_findings.sql"),
                                     {"sweep": sweep_id, "cells": list(cells), "prefix": options.prefix,

@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import http.client
 import json
 import logging
 import os
+import sys
 import threading
 import time
 import uuid
@@ -351,6 +353,10 @@ class StorageProvider:
     # -- fast listing ----------------------------------------------------------------------
     @cached_property
     def _http(self) -> Any:
+        """The listing's HTTP client (``get(url, headers=…)`` → ``status_code``, ``content``): the
+        lean path's connections where there is one, else httpx (a test may put its own here)."""
+        if self.lean is not None:
+            return self.lean.pages()
         import httpx
 
         from csl.storage.s3http import tls_context
@@ -368,8 +374,6 @@ class StorageProvider:
 
     def _list_page(self, prefix: str, delimiter: str | None, token: str | None) -> bytes:
         from urllib.parse import quote, urlencode
-
-        import httpx
 
         query = {"list-type": "2", "max-keys": "1000", "prefix": prefix}
         if delimiter:
@@ -391,7 +395,7 @@ class StorageProvider:
         for attempt in range(attempts):
             try:
                 response = self._http.get(url, headers=headers)
-            except httpx.TransportError as exc:  # refused, reset, timed out, a dropped socket: all transient
+            except _transport_errors() as exc:  # refused, reset, timed out, a dropped socket: all transient
                 if attempt + 1 < attempts:
                     log.warning("list %r on %s: %s: %s; retrying", prefix, self.name, type(exc).__name__, exc)
                     time.sleep(0.2 * 2 ** attempt)
@@ -544,6 +548,14 @@ def _new_client(**kwargs: Any) -> Any:
         if _SESSION is None:
             _SESSION = boto3.session.Session()
         return _SESSION.client("s3", **kwargs)
+
+
+def _transport_errors() -> tuple[type[BaseException], ...]:
+    """What a listing GET raises when the provider cannot be reached: the lean path's
+    (``http.client``) and, when the listing goes through httpx, httpx's."""
+    errors: tuple[type[BaseException], ...] = (OSError, http.client.HTTPException)
+    httpx = sys.modules.get("httpx")  # imported already if anything listed through it
+    return (*errors, httpx.TransportError) if httpx is not None else errors
 
 
 def _s3_error(body: bytes) -> tuple[str, str]:

@@ -343,16 +343,20 @@ def _put_multipart(source: StorageProvider, destination: StorageProvider, key: s
                    sha256: str, part_size: int) -> str:
     """A multipart upload of ``src`` read part by part, up to ``PARTS_IN_FLIGHT`` parts being
     sent while the next is read (memory: about that many parts, plus the one being read)."""
-    client, bucket, size = destination.client, destination.bucket, src.size
-    try:
-        upload = client.create_multipart_upload(Bucket=bucket, Key=key, ChecksumAlgorithm="SHA256",
-                                                **src.put_args(source, key))["UploadId"]
-    except Exception as exc:
-        raise destination.error("start multipart upload of", key, exc) from exc
+    bucket, size, lean = destination.bucket, src.size, destination.lean
+    if lean is not None:
+        upload = lean.uploads.start(key, headers=src.headers(source, key))
+    else:
+        client = destination.client
+        try:
+            upload = client.create_multipart_upload(Bucket=bucket, Key=key, ChecksumAlgorithm="SHA256",
+                                                    **src.put_args(source, key))["UploadId"]
+        except Exception as exc:
+            raise destination.error("start multipart upload of", key, exc) from exc
 
     def send(number: int, data: bytes, digest: bytes) -> str:
-        if destination.lean is not None:
-            return destination.lean.put(key, data, sha256=digest, headers={}, part=(upload, number)).headers["etag"]
+        if lean is not None:
+            return lean.put(key, data, sha256=digest, headers={}, part=(upload, number)).headers["etag"]
         try:
             return client.upload_part(Bucket=bucket, Key=key, UploadId=upload, PartNumber=number, Body=data,
                                       ChecksumSHA256=_b64(digest))["ETag"]
@@ -382,19 +386,25 @@ def _put_multipart(source: StorageProvider, destination: StorageProvider, key: s
         etags = [f.result() for f in sending]
         if whole.hexdigest() != sha256:  # never complete a copy of the wrong bytes
             raise SourceNotVerified(source.name, key, whole.hexdigest(), sha256)
-        parts = [{"PartNumber": n, "ETag": etag, "ChecksumSHA256": _b64(d)}
-                 for n, (etag, d) in enumerate(zip(etags, digests, strict=True), start=1)]
-        try:
-            client.complete_multipart_upload(Bucket=bucket, Key=key, UploadId=upload,
-                                             MultipartUpload={"Parts": parts})
-        except Exception as exc:
-            raise destination.error("complete multipart upload of", key, exc) from exc
+        if lean is not None:
+            lean.uploads.complete(key, upload, list(zip(etags, digests, strict=True)))
+        else:
+            parts = [{"PartNumber": n, "ETag": etag, "ChecksumSHA256": _b64(d)}
+                     for n, (etag, d) in enumerate(zip(etags, digests, strict=True), start=1)]
+            try:
+                client.complete_multipart_upload(Bucket=bucket, Key=key, UploadId=upload,
+                                                 MultipartUpload={"Parts": parts})
+            except Exception as exc:
+                raise destination.error("complete multipart upload of", key, exc) from exc
     except BaseException:
         for f in sending:
             f.cancel()
         pool.shutdown(wait=True)
         try:
-            client.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload)
+            if lean is not None:
+                lean.uploads.abort(key, upload)
+            else:
+                client.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload)
         except Exception as exc:  # noqa: BLE001 - the original failure is what is raised
             log.warning("abort of the multipart upload of %r on %s failed (%s): its parts wait for the "
                         "bucket's lifecycle rule", key, destination.name, exc)

@@ -583,3 +583,22 @@ def test_a_diff_run_killed_mid_copy_keeps_what_it_settled_and_its_rerun_finishes
     for key in keys:
         assert world.provider("fallback").digest(key)[0] == world.provider("primary").digest(key)[0]
     assert world.open_findings() == set()
+
+
+def test_a_large_plan_refreshes_the_statistics_its_settling_is_planned_from(world, monkeypatch):
+    """From ``ANALYZE_AT`` plan rows the copy's tables are analyzed before copying (findings and
+    plan rows written seconds ago would be planned as the empty tables they were); the run is
+    otherwise the same: copied, proven, its findings resolved."""
+    monkeypatch.setattr(replication, "ANALYZE_AT", 1)
+    keys = {world.sample(i, f"stats-{i}", os.urandom(5_000), on=("primary",)) for i in range(2)}
+    before = _analyze_count(world.settings)
+    _, summary = world.run(mode="diff")
+    assert (summary.verified, summary.failed) == (2, 0)
+    assert not {f for f in world.open_findings() if f[1] in keys}
+    assert _analyze_count(world.settings) > before
+
+
+def _analyze_count(settings: Settings) -> int:
+    with psycopg.connect(settings.require_database().primary_url, autocommit=True) as conn:
+        return conn.execute("SELECT coalesce(sum(analyze_count), 0) FROM pg_stat_user_tables "
+                            "WHERE schemaname = 'csl_ops' AND relname = 'replication_copies'").fetchone()[0]

@@ -160,3 +160,44 @@ def test_a_source_without_sha256_metadata_is_not_copied(bucketed):
     with pytest.raises(transfer.SourceNotVerified):
         transfer.copy_object(source, destination, "t/unclaimed.wav", sha256=None)
     assert destination.head("t/unclaimed.wav") is None
+
+
+def _multipart(source: StorageProvider, destination: StorageProvider, key: str) -> None:
+    body = os.urandom(11 << 20)  # two parts at the 5 MiB threshold (5 + 5 + 1 MiB: three)
+    source.put(key, body, content_type="audio/wav", metadata={"original-name": "big.wav"})
+    outcome = transfer.copy_object(source, destination, key, sha256=None, threshold=5 << 20)
+    assert (outcome.method, outcome.parts, outcome.sha256) == ("multipart", 3, hashlib.sha256(body).hexdigest())
+    assert destination.get(key) == body
+    head = destination.head(key)
+    assert (head["content_type"], head["metadata"]["original-name"]) == ("audio/wav", "big.wav")
+    assert head["metadata"]["sha256"] == outcome.sha256
+
+
+def test_a_multipart_copy_is_started_and_completed_on_the_lean_path(bucketed, moto_provider):
+    source, destination = bucketed
+    for name in ("big.wav", "é/a b+c~d.wav"):
+        _multipart(source, destination, f"t/{name}")
+        _multipart(source, moto_provider, f"t/{name}")
+
+
+def test_a_lean_multipart_upload_that_is_aborted_leaves_no_upload_behind(bucketed):
+    destination = bucketed[1]
+    uploads = destination.lean.uploads
+    upload = uploads.start("t/aborted.wav", headers={"content-type": "audio/wav"})
+    body = os.urandom(5 << 20)
+    destination.lean.put("t/aborted.wav", body, sha256=hashlib.sha256(body).digest(), headers={},
+                         part=(upload, 1))
+    uploads.abort("t/aborted.wav", upload)
+    left = destination.client.list_multipart_uploads(Bucket=destination.bucket).get("Uploads", [])
+    assert [u for u in left if u["UploadId"] == upload] == []
+    assert destination.head("t/aborted.wav") is None
+
+
+def test_the_listing_goes_over_the_lean_connections(bucketed):
+    provider = bucketed[0]
+    for i in range(3):
+        provider.put(f"l/{i}.wav", b"x" * (i + 1))
+    assert [(o.key, o.size) for o in provider.iter_objects("l/")] == [("l/0.wav", 1), ("l/1.wav", 2), ("l/2.wav", 3)]
+    assert type(provider._http).__name__ == "PageClient"
+    provider.lean._local.conn.sock.close()  # a kept-alive connection the server dropped: opened again
+    assert len(list(provider.iter_objects("l/"))) == 3
