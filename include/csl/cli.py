@@ -11,21 +11,23 @@ import logging
 import os
 import sys
 import tempfile
+from importlib import import_module
 from pathlib import Path
 
-from csl.cdn.cli import add_cli as add_cdn_cli
 from csl.cliargs import number
 from csl.cliargs import print_result as _print
 from csl.cliargs import run_key as cli_run_key
 from csl.config import Settings, load_env_file
 from csl.errors import BadInput, ConfigError, CslError
-from csl.reports.cli import add_cli as add_report_cli
-from csl.settlement.cli import add_cli as add_settlement_cli
-from csl.storage.cli import add_cli as add_storage_cli
 
 __all__ = ["main"]
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+# The command groups of the capability packages: the module whose ``add_cli`` adds them. Importing
+# one runs its package's ``__init__`` (reports and cdn bring psycopg, pandas' helpers, httpx…), so
+# a command imports only its own group's; help and unknown commands import them all.
+GROUPS = {"settlement": "csl.settlement.cli", "storage": "csl.storage.cli", "snapshot": "csl.reports.cli",
+          "report": "csl.reports.cli", "cdn": "csl.cdn.cli"}
 
 
 def _int(lo: int, hi: int):
@@ -136,7 +138,8 @@ def _cmd_maintenance(args: argparse.Namespace, settings: Settings) -> int:
 
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The whole parser, or (``command``: a group's name) the built-in commands and that group."""
     parser = _Parser(prog="csl", description="Cultural Sound Lab pipelines, without Airflow.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log what happens (to stderr)")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -196,15 +199,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true")
     p.set_defaults(func=_cmd_maintenance)
 
-    add_settlement_cli(sub)  # run, statement, send-payouts, review-payout
-    add_storage_cli(sub)  # sweep, cleanup, restore, publish
-    add_report_cli(sub)  # snapshot, report
-    add_cdn_cli(sub)  # purge
+    wanted = [GROUPS[command]] if command in GROUPS else list(dict.fromkeys(GROUPS.values()))
+    for module in wanted:  # settlement: run, statement, send-payouts, review-payout; storage: sweep,
+        import_module(module).add_cli(sub)  # cleanup, restore, publish, replicate; snapshot, report; cdn
     return parser
 
 
+def _command(argv: list[str]) -> str | None:
+    """The command ``argv`` names (its first word that is not an option), if any."""
+    return next((word for word in argv if not word.startswith("-")), None)
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser(_command(argv))
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")

@@ -51,3 +51,29 @@ def test_each_action_offers_its_own_options_and_not_its_siblings(command, action
 def test_a_misplaced_option_is_one_line_and_exit_2(args, named):
     refused = csl(*args)
     assert refused.returncode == 2 and refused.stderr.count("\n") == 1 and named in refused.stderr, refused.stderr
+
+
+def test_a_command_imports_only_its_own_group():
+    """``python -m csl storage replicate`` pays for no other package's import (reports and cdn pull in
+    psycopg, httpx, pandas helpers: ~0.2 s on each run); help and unknown commands list every group."""
+    probe = ("import sys\n"
+             "from csl.cli import main\n"
+             "try:\n"
+             "    main(sys.argv[1:])\n"
+             "except SystemExit:\n"
+             "    pass\n"
+             "print(sorted(m for m in ('csl.reports', 'csl.cdn', 'csl.settlement') if m in sys.modules))\n")
+    env = {**os.environ, "PYTHONPATH": str(REPO / "include"), "CSL_ENV_FILE": os.devnull}
+
+    def loaded(*argv: str) -> tuple[str, str]:
+        done = subprocess.run([sys.executable, "-c", probe, *argv], capture_output=True, text=True, env=env,
+                              timeout=60, check=False)
+        return done.stdout.strip().splitlines()[-1], done.stdout + done.stderr
+
+    assert loaded("storage", "replicate", "--help")[0] == "[]"
+    assert loaded("cdn", "--help")[0] == "['csl.cdn']"
+    everything, text = loaded("--help")
+    assert everything == "['csl.cdn', 'csl.reports', 'csl.settlement']"
+    assert all(name in text for name in ("settlement", "storage", "snapshot", "report", "cdn"))
+    _, text = loaded("bogus")
+    assert "invalid choice: 'bogus'" in text and "'cdn'" in text
