@@ -783,7 +783,9 @@ class Stack:
         conf.write_text(template.replace("{{DIR}}", str(self.monitoring_dir))
                         .replace("{{STATSD_PORT}}", str(self.ports["statsd"]))
                         .replace("{{PROMETHEUS_PORT}}", str(self.ports["statsd_bridge"]))
-                        .replace("{{INTERVAL}}", str(SCRAPE_INTERVAL_S)))
+                        # twice the scrape interval: a timer's mean of one interval (NaN in the
+                        # next) is then scraped at least once even when a scrape comes late
+                        .replace("{{INTERVAL}}", str(2 * SCRAPE_INTERVAL_S)))
         if self.pid("statsd-bridge") is None:
             log(f"starting the StatsD bridge (collectd): UDP 127.0.0.1:{self.ports['statsd']}")
             self.spawn("statsd-bridge", [COLLECTD, "-f", "-C", str(conf)], env=self.monitoring_env(),
