@@ -132,17 +132,19 @@ def test_a_worker_killed_mid_run_loses_its_tasks_to_the_other(airflow, celery, s
     victim_service, victim = CELERY_WORKERS[0], "csl-worker-1"
     hold = psycopg.connect(settings.database.primary_url)
     try:
-        # the shards write their summary row last: held here, each shard waits inside its transaction
-        hold.execute("LOCK TABLE csl_ops.storage_sweep_shards IN SHARE ROW EXCLUSIVE MODE")
+        # each shard writes its findings at the end of its one transaction: held here, the shards wait
+        # inside their transactions (the plan writes no finding: it is not held up)
+        hold.execute("LOCK TABLE csl_ops.storage_findings IN SHARE ROW EXCLUSIVE MODE")
         response = airflow.trigger(SWEEP, {"shards": 8})
         assert response.status_code == 200, response.text
         run_id = response.json()["dag_run_id"]
         deadline = time.monotonic() + 180
-        while not running_on(airflow, SWEEP, run_id, victim) or not waiting_on(settings, "storage_sweep_shards"):
+        while not running_on(airflow, SWEEP, run_id, victim) or not waiting_on(settings, "storage_findings"):
             assert time.monotonic() < deadline, airflow.task_instances(SWEEP, run_id)
             time.sleep(1)
         time.sleep(2)  # let the victim's other slots take their shards too
         killed = {(ti["task_id"], ti["map_index"]) for ti in running_on(airflow, SWEEP, run_id, victim)}
+        assert killed and {task for task, _ in killed} == {"sweep"}, killed  # shards, not the plan
         kill_worker(celery, victim_service)
     finally:
         hold.rollback()
