@@ -14,6 +14,9 @@ swallowed every error and left INVALID indexes behind forever).
    `lock_timeout` and `statement_timeout`; a lock timeout is retried with backoff up to
    `max_lock_retries`, then reported with the blocking sessions; a failed build never leaves an
    INVALID index behind. Each outcome (duration, size, blockers) goes to `csl_ops.index_builds`.
+   A failed build is not retried (the report says why); a build whose worker died is (once, after
+   30 s, on any worker): the retry finds the index its earlier try finished, or drops the INVALID
+   one it left and builds again.
 3. **report** — what was built, failed or left alone; fails if any build failed.
 
 Rerunning when everything is `ok` plans nothing and finishes at once.
@@ -22,6 +25,7 @@ Without Airflow: `python -m csl indexes plan|apply`.
 
 from __future__ import annotations
 
+import pendulum
 from airflow.sdk import Param, XComArg
 
 from csl_airflow.dags import csl_dag
@@ -34,7 +38,8 @@ from csl_airflow.params import full_match, param
     schedule="@weekly",
     tags=["database", "indexes"],
     doc_md=__doc__,
-    retries=0,
+    retries=1,  # for a lost worker only: a build that fails (ProblemFound, BadInput) is never retried
+    retry_delay=pendulum.duration(seconds=30),
     params={
         "dry_run": Param(False, type="boolean", description="Show the plan only; build nothing."),
         "only": Param([], type=["null", "array"], uniqueItems=True,

@@ -167,6 +167,45 @@ def test_a_worker_killed_mid_run_loses_its_tasks_to_the_other(airflow, celery, s
     assert celery.pid(victim_service) is not None
 
 
+def test_an_index_build_whose_worker_dies_is_retried_on_the_other(airflow, celery, settings):
+    """The build's worker dies while its CREATE INDEX CONCURRENTLY waits for the table: the try fails
+    by heartbeat, the retry runs on the other worker and finds what the dead try left (nothing, an
+    INVALID index, or a finished one): the index ends valid, one build row, no INVALID leftover."""
+    ensure_settled(airflow, INDEXES)
+    name, table = REBUILT[0], next(d.table for d in load_catalog() if d.name == REBUILT[0])
+    with psycopg.connect(settings.database.primary_url, autocommit=True) as conn:
+        conn.execute(psycopg.sql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {}").format(psycopg.sql.Identifier(name)))
+    hold = psycopg.connect(settings.database.primary_url)
+    try:
+        hold.execute(psycopg.sql.SQL("LOCK TABLE {} IN SHARE UPDATE EXCLUSIVE MODE").format(
+            psycopg.sql.Identifier(table)))  # what CREATE INDEX CONCURRENTLY takes: it waits
+        response = airflow.trigger(INDEXES, {"only": [name], "lock_timeout_ms": 600_000})
+        assert response.status_code == 200, response.text
+        run_id = response.json()["dag_run_id"]
+        deadline = time.monotonic() + 180
+        while not waiting_on(settings, table):
+            assert time.monotonic() < deadline, airflow.task_instances(INDEXES, run_id)
+            time.sleep(0.5)
+        killed = kill_worker_of(airflow, celery, INDEXES, run_id, "build")
+    finally:
+        hold.rollback()
+        hold.close()
+    try:
+        run = airflow.wait_for_run(INDEXES, run_id, timeout=600)
+        build = next(t for t in airflow.task_instances(INDEXES, run_id) if t["task_id"] == "build")
+        assert run["state"] == "success", airflow.task_instances(INDEXES, run_id)
+        assert build["try_number"] == 2 and not build["hostname"].startswith(f"csl-worker-{killed[-1]}.")
+        with psycopg.connect(settings.database.primary_url) as conn:
+            valid = conn.execute("SELECT i.indisvalid AND i.indisready FROM pg_index i JOIN pg_class c "
+                                 "ON c.oid = i.indexrelid WHERE c.relname = %s", (name,)).fetchall()
+            invalid = conn.execute("SELECT count(*) FROM pg_index WHERE NOT (indisvalid AND indisready)").fetchone()[0]
+            rows = conn.execute("SELECT status FROM csl_ops.index_builds WHERE run_id = %s AND index_name = %s",
+                                (run_id, name)).fetchall()
+        assert valid == [(True,)] and invalid == 0 and rows == [("success",)]
+    finally:
+        celery.start(killed)
+
+
 def test_two_settlement_runs_at_once_post_the_ledger_once(airflow, celery, settings):
     ensure_settled(airflow, SETTLEMENT)
     count = ("SELECT (SELECT count(*) FROM csl_ops.settled_licences), "

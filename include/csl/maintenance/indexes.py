@@ -416,7 +416,8 @@ def _build_on(conn: psycopg.Connection, connect: Callable[[], psycopg.Connection
     conn.execute(sql.SQL("SET statement_timeout = {}").format(sql.Literal(f"{int(statement_timeout_s)}s")))
     _table_lock(conn, item.table, statement_timeout_s)
     try:
-        while True:
+        finished = item.action == "build" and _resume_build(conn, item, declared, schema, result)
+        while not finished:
             result.attempts += 1
             conn.execute(sql.SQL("SET lock_timeout = {}").format(sql.Literal(f"{int(lock_timeout_ms)}ms")))
             try:
@@ -427,7 +428,6 @@ def _build_on(conn: psycopg.Connection, connect: Callable[[], psycopg.Connection
                         for blocker in watch.blockers.values():
                             if blocker not in result.blockers:
                                 result.blockers.append(blocker)
-                break
             except psycopg.errors.LockNotAvailable as exc:
                 _cleanup_invalid(conn, schema, [temp if item.action == "swap" else item.name], result,
                                  cleanup_timeout_s)
@@ -439,6 +439,8 @@ def _build_on(conn: psycopg.Connection, connect: Callable[[], psycopg.Connection
                 log.warning("%s: lock timeout (attempt %d), blocked by %s; retrying in %.1fs",
                             item.name, result.attempts, _describe(result.blockers), delay)
                 time.sleep(delay)
+                continue
+            finished = True
         status = _index_status(conn, schema, item.name)
         if status is None or not (status[0] and status[1]):
             raise IndexBuildError(f"{item.name}: not valid after the build", result=result)
@@ -457,6 +459,25 @@ def _build_on(conn: psycopg.Connection, connect: Callable[[], psycopg.Connection
         except psycopg.Error as exc:  # a dead connection releases its locks anyway; keep the real error
             log.warning("could not release the table build lock: %s", exc)
     return result
+
+
+def _resume_build(conn: psycopg.Connection, item: PlanItem, declared: DeclaredIndex, schema: str,
+                  result: BuildResult) -> bool:
+    """A planned ``build`` whose index exists now: an earlier try of this very task got that far
+    (its worker died, Airflow retries it). As declared and valid: nothing left to build (True).
+    INVALID (the try was cut off mid-build): dropped, then built again (False). Anything else is
+    left to the build, which then fails on the name, as before."""
+    if _index_status(conn, schema, item.name) is None:  # the usual case: no lock on the table taken
+        return False
+    state = diff(conn, [declared], schema=schema)[0]
+    if state.status == "ok":
+        log.info("%s: already built as declared (an earlier try of this build finished it)", item.name)
+        return True
+    if state.status == "invalid":
+        _drop_concurrently(conn, schema, item.name)
+        result.cleaned_up.append(item.name)
+        log.warning("%s: dropped the INVALID index an interrupted try left; building again", item.name)
+    return False
 
 
 def _run_action(conn: psycopg.Connection, item: PlanItem, declared: DeclaredIndex, schema: str, temp: str) -> None:

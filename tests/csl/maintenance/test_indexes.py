@@ -269,3 +269,31 @@ def test_cli_plan_apply_and_refusals(stack_env, platform_db):
     assert states(platform_db)["idx_users_role_created"].status == "missing"
     applied = run("apply", "--only", "idx_users_role_created", "idx_licenses_user_created")
     assert applied.returncode == 0 and applied.stdout.count("success  build") == 2
+
+
+def test_a_retried_build_finishes_what_an_earlier_try_left(platform_db):
+    """Airflow retries a build whose worker died: the plan (made before) still says ``build``. The
+    earlier try may have finished the index (its backend outlived the worker), or left it INVALID
+    (cut off mid-build): the retry succeeds either way, with the index valid as declared."""
+    name = "idx_users_role_created"
+    target = indexes.select(CATALOG, [name])
+    declared = target[0]
+    (item,) = [i for i in plan_for(platform_db, target) if i.name == name]
+    assert item.action == "build"
+    with psycopg.connect(platform_db, autocommit=True) as conn:  # the earlier try got to the end
+        conn.execute(declared.statement_for(table="public.users", concurrently=True))
+    result = indexes.build_index(connector(platform_db), item, declared)
+    assert (result.status, result.valid, result.attempts, result.cleaned_up) == ("success", True, 0, [])
+    assert states(platform_db, target)[name].status == "ok"
+
+    with psycopg.connect(platform_db, autocommit=True) as conn:  # the earlier try was cut off mid-build
+        conn.execute(f"DROP INDEX {name}")
+        conn.execute("INSERT INTO users (email, role, created_at) SELECT 'dup' || g || '@x.org', 'admin',"
+                     " '2020-01-01' FROM generate_series(1, 2) g")
+        with pytest.raises(psycopg.errors.UniqueViolation):
+            conn.execute(f"CREATE UNIQUE INDEX CONCURRENTLY {name} ON users (role, created_at)")
+        conn.execute("DELETE FROM users WHERE email LIKE 'dup%@x.org'")
+    assert states(platform_db, target)[name].status == "invalid"
+    result = indexes.build_index(connector(platform_db), item, declared)
+    assert (result.status, result.valid, result.attempts, result.cleaned_up) == ("success", True, 1, [name])
+    assert states(platform_db, target)[name].status == "ok" and invalid_indexes(platform_db) == []
