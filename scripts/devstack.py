@@ -641,17 +641,8 @@ class Stack:
         from csl.storage import StorageProvider
 
         settings = Settings.from_env(self.env_values())
-        deadline = time.monotonic() + 30
-        for provider in settings.storage:
-            while True:  # the S3 port answers a moment before credentials are accepted
-                try:
-                    created = StorageProvider(provider).ensure_buckets()
-                    break
-                except Exception:
-                    if time.monotonic() > deadline:
-                        raise
-                    time.sleep(0.3)
-            for bucket in created:
+        for provider in settings.storage:  # the S3 port answers a moment before credentials are accepted
+            for bucket in StorageProvider(provider).ensure_buckets(wait_s=30):
                 log(f"created bucket {bucket} on {provider.name}"
                     + (" (public read)" if bucket == provider.published_bucket else " (private)"))
 
@@ -853,8 +844,6 @@ class Stack:
             self.stop_airflow()
             self.write_env()
             self.airflow_up()
-        elif self.executor == "celery" and self.pid("redis") is not None:
-            self.redis_exporter_up()
 
     # -- the CeleryExecutor: Redis as the broker, two workers (issue 16) -------------------
     @property

@@ -17,7 +17,6 @@ import json
 import logging
 import os
 import sys
-import time
 from pathlib import Path
 
 log = logging.getLogger("csl.compose_init")
@@ -38,16 +37,8 @@ def write_passwords() -> None:
 def ensure_buckets(settings, *, timeout_s: float = 60) -> None:
     from csl.storage import StorageProvider
 
-    for provider in settings.storage:
-        deadline = time.monotonic() + timeout_s
-        while True:  # a fresh endpoint answers its health check a moment before it takes requests
-            try:
-                created = StorageProvider(provider).ensure_buckets()
-                break
-            except Exception:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(1)
+    for provider in settings.storage:  # a fresh endpoint answers its health check a moment before it takes requests
+        created = StorageProvider(provider).ensure_buckets(wait_s=timeout_s)
         log.info("buckets on %s: %s", provider.name, ", ".join(created) or "all there already")
 
 

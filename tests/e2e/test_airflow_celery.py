@@ -175,21 +175,10 @@ def test_an_index_build_whose_worker_dies_is_retried_on_the_other(airflow, celer
     name, table = REBUILT[0], next(d.table for d in load_catalog() if d.name == REBUILT[0])
     with psycopg.connect(settings.database.primary_url, autocommit=True) as conn:
         conn.execute(psycopg.sql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {}").format(psycopg.sql.Identifier(name)))
-    hold = psycopg.connect(settings.database.primary_url)
-    try:
-        hold.execute(psycopg.sql.SQL("LOCK TABLE {} IN SHARE UPDATE EXCLUSIVE MODE").format(
-            psycopg.sql.Identifier(table)))  # what CREATE INDEX CONCURRENTLY takes: it waits
-        response = airflow.trigger(INDEXES, {"only": [name], "lock_timeout_ms": 600_000})
-        assert response.status_code == 200, response.text
-        run_id = response.json()["dag_run_id"]
-        deadline = time.monotonic() + 180
-        while not waiting_on(settings, table):
-            assert time.monotonic() < deadline, airflow.task_instances(INDEXES, run_id)
-            time.sleep(0.5)
-        killed = kill_worker_of(airflow, celery, INDEXES, run_id, "build")
-    finally:
-        hold.rollback()
-        hold.close()
+    # SHARE UPDATE EXCLUSIVE: what CREATE INDEX CONCURRENTLY takes, so the build waits for the test
+    run_id, killed = kill_while_waiting(airflow, celery, settings, INDEXES, "build",
+                                        {"only": [name], "lock_timeout_ms": 600_000},
+                                        table=("public", table), mode="SHARE UPDATE EXCLUSIVE")
     try:
         run = airflow.wait_for_run(INDEXES, run_id, timeout=600)
         build = next(t for t in airflow.task_instances(INDEXES, run_id) if t["task_id"] == "build")
@@ -263,6 +252,26 @@ def kill_worker(stack, service: str) -> None:
         time.sleep(0.2)
 
 
+def kill_while_waiting(airflow, stack, settings, dag_id: str, task_id: str, conf: dict, *,
+                       table: tuple[str, str], mode: str) -> tuple[str, str]:
+    """Trigger ``dag_id`` while the test holds ``table`` in lock ``mode``; once a session waits for
+    it, kill the worker running ``task_id``; then release the table. Returns (run id, killed service)."""
+    hold = psycopg.connect(settings.database.primary_url)
+    try:
+        hold.execute(psycopg.sql.SQL("LOCK TABLE {} IN " + mode + " MODE").format(psycopg.sql.Identifier(*table)))
+        response = airflow.trigger(dag_id, conf)
+        assert response.status_code == 200, response.text
+        run_id = response.json()["dag_run_id"]
+        deadline = time.monotonic() + 180
+        while not waiting_on(settings, table[1]):
+            assert time.monotonic() < deadline, airflow.task_instances(dag_id, run_id)
+            time.sleep(0.5)
+        return run_id, kill_worker_of(airflow, stack, dag_id, run_id, task_id)
+    finally:
+        hold.rollback()
+        hold.close()
+
+
 def kill_worker_of(airflow, stack, dag_id: str, run_id: str, task_id: str) -> str:
     """Kill the worker running ``task_id`` (``kill_worker``); returns that worker's service."""
     ti = next(t for t in airflow.task_instances(dag_id, run_id) if t["task_id"] == task_id)
@@ -283,20 +292,9 @@ def test_a_settlement_killed_mid_transaction_posts_nothing_and_its_rerun_posts_o
              "(SELECT count(*) FROM csl_ops.postings)")
     with psycopg.connect(settings.database.primary_url) as conn:
         settled_before, completed, postings_before = conn.execute(count).fetchone()
-    hold = psycopg.connect(settings.database.primary_url)
-    try:
-        hold.execute("LOCK TABLE csl_ops.settled_licences IN SHARE ROW EXCLUSIVE MODE")
-        response = airflow.trigger(SETTLEMENT, {})
-        assert response.status_code == 200, response.text
-        run_id = response.json()["dag_run_id"]
-        deadline = time.monotonic() + 120
-        while not waiting_on(settings, "settled_licences"):
-            assert time.monotonic() < deadline, airflow.task_instances(SETTLEMENT, run_id)
-            time.sleep(0.5)
-        killed = kill_worker_of(airflow, celery, SETTLEMENT, run_id, "settle")
-    finally:
-        hold.rollback()
-        hold.close()
+    # the run's transaction waits to write the ledger (settled_licences) for the test's lock
+    run_id, killed = kill_while_waiting(airflow, celery, settings, SETTLEMENT, "settle", {},
+                                        table=("csl_ops", "settled_licences"), mode="SHARE ROW EXCLUSIVE")
     try:
         deadline = time.monotonic() + 240  # the heartbeat timeout (60 s), then the scheduler's check
         while (state := next(t for t in airflow.task_instances(SETTLEMENT, run_id)

@@ -483,11 +483,23 @@ class StorageProvider:
                 raise self._fail("put bucket policy", self.bucket, exc) from exc
         return created
 
-    def ensure_buckets(self) -> list[str]:
+    def ensure_buckets(self, *, wait_s: float = 0.0) -> list[str]:
         """The provider's buckets, made if missing (returns the names created): its own bucket,
         private (a policy left from when it was public is removed), and for a ``public_bucket``
         provider the published bucket with the policy that lets anyone GET ``PUBLISHED_PREFIXES``.
-        For the dev stack and tests: production buckets and their policies are the platform's."""
+        For the dev stack and tests: production buckets and their policies are the platform's.
+        ``wait_s``: a fresh endpoint answers a moment before it takes requests (or accepts its
+        credentials): a failure is tried again for this long."""
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                return self._ensure_buckets()
+            except Exception:
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.3)
+
+    def _ensure_buckets(self) -> list[str]:
         created = [self.bucket] if self.ensure_bucket() else []
         self.make_private()
         if self.settings.published_bucket:

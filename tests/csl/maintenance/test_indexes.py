@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 import psycopg
+import psycopg.sql
 import pytest
 
 from csl.maintenance import indexes
@@ -287,11 +288,12 @@ def test_a_retried_build_finishes_what_an_earlier_try_left(platform_db):
     assert states(platform_db, target)[name].status == "ok"
 
     with psycopg.connect(platform_db, autocommit=True) as conn:  # the earlier try was cut off mid-build
-        conn.execute(f"DROP INDEX {name}")
+        conn.execute(psycopg.sql.SQL("DROP INDEX {}").format(psycopg.sql.Identifier(name)))
         conn.execute("INSERT INTO users (email, role, created_at) SELECT 'dup' || g || '@x.org', 'admin',"
                      " '2020-01-01' FROM generate_series(1, 2) g")
         with pytest.raises(psycopg.errors.UniqueViolation):
-            conn.execute(f"CREATE UNIQUE INDEX CONCURRENTLY {name} ON users (role, created_at)")
+            conn.execute(psycopg.sql.SQL("CREATE UNIQUE INDEX CONCURRENTLY {} ON users (role, created_at)").format(
+                psycopg.sql.Identifier(name)))
         conn.execute("DELETE FROM users WHERE email LIKE 'dup%@x.org'")
     assert states(platform_db, target)[name].status == "invalid"
     result = indexes.build_index(connector(platform_db), item, declared)

@@ -186,3 +186,18 @@ def test_the_edge_and_the_bucket_policy_publish_the_same_folders():
     published = re.search(r'req\.url !~ "\^/\{\{BUCKET\}\}/\(([^)]*)\)/', vcl)
     assert published, "edge.vcl must check the published folders"
     assert [p + "/" for p in published.group(1).split("|")] == list(PUBLISHED_PREFIXES)
+
+
+def test_ensure_buckets_waits_for_an_endpoint_that_is_starting(fallback, stack, service_down):
+    """A fresh endpoint (devstack's, the compose's init) refuses requests for a moment: with
+    ``wait_s`` its buckets are made once it answers; without, the first refusal is the answer."""
+    import threading
+
+    service_down("s3-fallback")
+    started = time.monotonic()
+    with pytest.raises(ProviderUnavailable, match="fallback"):
+        fallback.ensure_buckets()
+    assert time.monotonic() - started < 10
+    threading.Timer(2.0, stack.start, args=("s3-fallback",)).start()
+    assert fallback.ensure_buckets(wait_s=90) == []  # the bucket is there already: nothing created
+    assert time.monotonic() - started >= 2.0
