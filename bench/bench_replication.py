@@ -191,7 +191,7 @@ def run_case(case: str, n: int, size: int, rounds: int, env: dict[str, str], pri
                 copy = ours(env, prefix=prefix, run_key=key)
                 _complete(fallback, source, prefix, "ours")
                 noop = ours(env, prefix=prefix, run_key=f"{key}-noop")
-                assert copy["verified"] == n and noop["planned"] == 0, (copy, noop)
+                assert copy["verified"] == n and noop["planned"] == 0 and noop["quick_look"], (copy, noop)
             else:
                 copy = rclone(primary, fallback, prefix)
                 _complete(fallback, source, prefix, "rclone")
@@ -225,6 +225,19 @@ def run_case(case: str, n: int, size: int, rounds: int, env: dict[str, str], pri
                                                                             "phases_s")}
     _clear(fallback, prefix)
     return result
+
+
+def floor(env: dict[str, str], rounds: int) -> dict:
+    """What any run of ours pays before its first request, measured as ours is (a subprocess,
+    same environment): the interpreter, the interpreter importing psycopg, and importing what a
+    replication run imports. Medians of ``rounds``."""
+    probes = {"python_s": "pass", "python_import_psycopg_s": "import psycopg",
+              "python_import_replication_s": "import csl.config, csl.storage.transfer, csl.storage.replication"}
+    out = {}
+    for name, code in probes.items():
+        walls = sorted(run_measured([sys.executable, "-c", code], env).wall_s for _ in range(max(3, rounds)))
+        out[name] = round(walls[len(walls) // 2], 3)
+    return out
 
 
 def _ratio(a: float, b: float) -> float:
@@ -265,6 +278,7 @@ def run(stack, **_: object) -> dict:
                "CSL_ENV_FILE": os.devnull,
                "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO / "include"), os.environ.get("PYTHONPATH")])),
                **({"DATABASE_READ_REPLICA_URL": f"{replica.rsplit('/', 1)[0]}/{DATABASE}"} if replica else {})}
+        result["floor"] = floor(env, rounds)
         for case, (n, size) in scale.items():
             result["cases"][case] = run_case(case, n, size, rounds, env, primary, fallback)
     finally:
@@ -278,6 +292,8 @@ def run(stack, **_: object) -> dict:
         "big_ours_s": big["ours"]["wall_s"], "big_rclone_s": big["rclone"]["wall_s"],
         "big_time_ratio": _ratio(big["ours"]["wall_s"], big["rclone"]["wall_s"]),
         "big_noop_time_ratio": _ratio(big["ours_noop"]["wall_s"], big["rclone_noop"]["wall_s"]),
+        # a Python process that imports psycopg, and nothing else, against rclone's whole no-op
+        "big_noop_floor_ratio": _ratio(result["floor"]["python_import_psycopg_s"], big["rclone_noop"]["wall_s"]),
         "peak_rss_mb": {f"{case}_{who}": result["cases"][case][who]["max_peak_rss_mb"]
                         for case in ("many", "big") for who in ("ours", "rclone", "ours_noop", "rclone_noop")},
         "cpu_s": {f"{case}_{who}": result["cases"][case][who]["cpu_s"]

@@ -56,6 +56,7 @@ def _instrument(timers: _Timers) -> None:
     for owner, name, label in (
             (boto3.session.Session, "client", "boto3 client creation"),
             (replication, "plan_replication", "plan (wall)"),
+            (replication, "_quick_look", "plan: quick look (wall)"),
             (replication, "_diff", "plan: diff sweep (wall)"),
             (integrity, "discover_cells", "plan: diff: discover cells"),
             (integrity, "sweep_and_record", "plan: diff: sweep the cells (list, merge, findings)"),
@@ -100,7 +101,8 @@ def child(spec: dict) -> int:
                               on_plan=lambda p: planned_at.append(time.perf_counter()))
     summary.check()
     finished = time.perf_counter()
-    out = {"planned": summary.planned, "verified": summary.verified, "skipped": summary.skipped,
+    out = {"quick_look": plan.quick_look, "planned": summary.planned, "verified": summary.verified,
+           "skipped": summary.skipped,
            "bytes": summary.bytes, "by_method": summary.by_method, "by_verification": summary.by_verification,
            "inventory_from": summary.inventory_from, "run_duration_s": summary.duration_s,
            "plan_totals": {k: v for k, v in plan.totals().items() if k != "by_reason"},

@@ -146,7 +146,11 @@ def _cmd_replicate(args: argparse.Namespace, settings: Any) -> int:
                      f"{totals['in_place']} to prove in place, {totals['conflicts']} conflicts; nothing copied")
         _print(args, {"plan": plan.as_dict()}, "\n".join(lines))
         return 0
-    _print(args, {"plan": plan.totals(), "summary": summary.as_dict()}, summary.format())
+    text = summary.format()
+    if plan.quick_look:
+        text = (f"nothing owed under {options.prefix!r}: every provider's listing agrees with the database "
+                f"(quick look; no sweep recorded)\n{text}")
+    _print(args, {"plan": {**plan.totals(), "quick_look": plan.quick_look}, "summary": summary.as_dict()}, text)
     return 1 if summary.failed or summary.not_done else 0
 
 

@@ -89,10 +89,12 @@ __all__ = [
     "discover_cells",
     "finish_planned",
     "finish_sweep",
+    "first_finding",
     "inventory_connection",
     "open_findings",
     "plan_shards",
     "plan_sweep",
+    "prefix_cells",
     "record_shard_failure",
     "run_sweep",
     "shard_label",
@@ -551,6 +553,87 @@ def _cell_rows(rows: Iterator[tuple]) -> Iterator[tuple[str, Iterator[tuple]]]:
             pass
 
 
+def _merge_cells(read_conn: psycopg.Connection, route: ReadRoute, providers: Sequence[StorageProvider],
+                 cells: Sequence[str], options: SweepOptions, classifier: _Classifier, tally: _Tally, *,
+                 on_cell: Callable[[str], None] | None = None) -> None:
+    """Merge ``cells`` in turn: the inventory (one cursor on ``read_conn``, served by
+    ``route.target``) against every provider's listing, each key to ``classifier``;
+    ``on_cell(cell)`` before a cell is merged. The first page of the next cells' listings is
+    fetched while a cell is merged (at most ``LOOKAHEAD`` pages per provider wait), the first
+    cells' while the inventory query runs: the servers' time overlaps ours."""
+    first_pages: dict[tuple[int, str], Any] = {}
+    stream = None
+    merged = False
+    pool = ThreadPoolExecutor(max_workers=2 * len(providers), thread_name_prefix="csl-list")
+
+    def look_ahead(index: int) -> None:
+        for i in range(index, min(index + LOOKAHEAD + 1, len(cells))):
+            prefix, delimiter = _cell_list_args(cells[i], options)
+            for p in providers:
+                if (i, p.name) not in first_pages:
+                    first_pages[(i, p.name)] = pool.submit(p.list_page, prefix, delimiter=delimiter)
+
+    try:
+        look_ahead(0)
+        stream = _db_stream(read_conn, providers, cells, options, served_by=route.target)
+        by_cell = _cell_rows(stream)
+        pending = next(by_cell, None)
+        for index, cell in enumerate(cells):
+            if on_cell is not None:
+                on_cell(cell)
+            look_ahead(index)
+            firsts = {p.name: first_pages.pop((index, p.name)) for p in providers}
+            rows: Iterator[tuple] = iter(())
+            if pending is not None and pending[0] == cell:
+                rows = pending[1]
+            _merge_cell(cell, rows, providers, options, classifier, tally, firsts=firsts, executor=pool)
+            if pending is not None and pending[0] == cell:
+                pending = next(by_cell, None)
+        merged = True
+    finally:
+        if stream is not None:
+            stream.close()  # a merge stopped early: its server-side cursor goes now
+        # stopped early, nobody waits for the pages still being fetched: they end on their own
+        pool.shutdown(wait=merged, cancel_futures=True)
+
+
+class _Found(Exception):  # not an error: how first_finding stops the merge
+    def __init__(self, kind: str, key: str, provider: str) -> None:
+        super().__init__(kind, key, provider)
+        self.finding = (kind, key, provider)
+
+
+def first_finding(read_conn: psycopg.Connection, route: ReadRoute, providers: Sequence[StorageProvider],
+                  cells: Sequence[str], options: SweepOptions, *, salt: str) -> tuple[str, str, str] | None:
+    """What a sweep of ``cells`` would find first, as (kind, key, provider), or None when it
+    would find nothing: the sweep's own merge and classifier, stopped at the first finding,
+    nothing recorded. For a caller that only needs to know whether anything is wrong
+    (replication's no-op check). It rechecks no open checksum finding: a caller asks only where
+    there is none open. ``salt`` picks the ``deep_rate`` sample, as a sweep's id does."""
+    providers = reference_order(providers)
+    tally = _Tally()
+
+    def emit(kind: str, key: str, provider: str, detail: dict, reference: str | None) -> None:
+        raise _Found(kind, key, provider)
+
+    classifier = _Classifier(providers, emit, tally, deep_rate=options.deep_rate, salt=salt, recheck=set())
+    try:
+        _merge_cells(read_conn, route, providers, cells, options, classifier, tally)
+    except _Found as found:
+        return found.finding
+    return None
+
+
+def prefix_cells(options: SweepOptions) -> list[str] | None:
+    """The cells of a sweep of ``options.prefix`` known without listing anything: a prefix that
+    ends in "/" at ``depth`` = its own number of segments is one subtree cell, itself (none when
+    it is excluded). None when the cells must be discovered (``discover_cells``)."""
+    prefix = options.prefix
+    if not prefix.endswith("/") or prefix.count("/") != options.depth:
+        return None
+    return [] if prefix.startswith(options.exclude) else [prefix]
+
+
 # -- sweep lifecycle -----------------------------------------------------------------------
 def start_sweep(conn: psycopg.Connection, *, run_key: str, providers: Sequence[StorageProvider],
                 options: SweepOptions, cells: int) -> int:
@@ -719,33 +802,13 @@ def sweep_shard(connect: Callable[[], Any], providers: Sequence[StorageProvider]
                 copy.write_row((kind, key, provider, current_cell, json.dumps(detail), depends_on))
                 tally.add_finding(kind, provider)
 
+            def on_cell(cell: str) -> None:
+                nonlocal current_cell
+                current_cell = cell
+
             classifier = _Classifier(providers, emit, tally, deep_rate=options.deep_rate,
                                      salt=str(sweep_id), recheck=recheck)
-            by_cell = _cell_rows(_db_stream(read_conn, providers, cells, options, served_by=route.target))
-            pending = next(by_cell, None)
-            # the first page of the next cells' listings is fetched while this cell is merged:
-            # the server's time overlaps ours, and at most LOOKAHEAD pages per provider wait
-            first_pages: dict[tuple[int, str], Any] = {}
-            with ThreadPoolExecutor(max_workers=2 * len(providers), thread_name_prefix="csl-list") as pool:
-                def look_ahead(index: int) -> None:
-                    for i in range(index, min(index + LOOKAHEAD + 1, len(cells))):
-                        prefix, delimiter = _cell_list_args(cells[i], options)
-                        for p in providers:
-                            if (i, p.name) not in first_pages:
-                                first_pages[(i, p.name)] = pool.submit(p.list_page, prefix, delimiter=delimiter)
-
-                for index, cell in enumerate(cells):
-                    current_cell = cell
-                    look_ahead(index)
-                    firsts = {p.name: first_pages.pop((index, p.name)) for p in providers}
-                    rows: Iterator[tuple] = iter(())
-                    if pending is not None and pending[0] == cell:
-                        rows = pending[1]
-                    _merge_cell(cell, rows, providers, options, classifier, tally, firsts=firsts, executor=pool)
-                    if pending is not None and pending[0] == cell:
-                        pending = next(by_cell, None)
-                for future in first_pages.values():
-                    future.cancel()
+            _merge_cells(read_conn, route, providers, cells, options, classifier, tally, on_cell=on_cell)
         read_conn.rollback()
         # close_findings looks each open finding up here: without an index (and a temp table has
         # no statistics) that is a scan of the staged findings per open one — 5,000 × 5,000 took

@@ -48,14 +48,19 @@ from typing import Any
 
 from psycopg import sql
 
-from csl.errors import BadInput, ProblemFound, ProviderUnavailable, StorageError
+from csl.db import ReadRoute
+from csl.errors import BadInput, ProblemFound, ProviderUnavailable, ReplicaUnavailable, StorageError
 from csl.storage.integrity import (
+    ListingOrderError,
     SweepOptions,
     cell_of,
+    discover_cells,
     finish_sweep,
+    first_finding,
     inventory_connection,
     plan_shards,
     plan_sweep,
+    prefix_cells,
 )
 from csl.storage.providers import PRIMARY, PUBLISHED_PREFIXES, StorageProvider, configured_buckets, reference_order
 from csl.storage.references import REFERENCE_COLUMNS, references_query
@@ -326,6 +331,7 @@ class ReplicationPlan:
     sweep_id: int | None
     inventory_from: str
     dry_run: bool
+    quick_look: bool = False  # diff mode: the sweep's merge found nothing, no sweep was recorded
 
     @property
     def bytes(self) -> int:
@@ -342,7 +348,8 @@ class ReplicationPlan:
 
     def as_dict(self) -> dict[str, Any]:
         return {"run_id": self.run_id, "mode": self.mode, "providers": self.providers, "dry_run": self.dry_run,
-                "sweep_id": self.sweep_id, "inventory_from": self.inventory_from, "cells": self.cells,
+                "sweep_id": self.sweep_id, "quick_look": self.quick_look, "inventory_from": self.inventory_from,
+                "cells": self.cells,
                 **self.totals(), "copies": [c.as_dict() for c in self.copies[:self.SHOWN]],
                 "conflict_keys": [{"key": d.key, **d.conflict_detail()} for d in self.conflicts[:self.SHOWN]],
                 "blocked_copies": [{"key": k, "destination": d, "why": why} for k, d, why in self.blocked[:self.SHOWN]]}
@@ -475,15 +482,20 @@ def plan_replication(db: Any, providers: Sequence[StorageProvider], *, run_key: 
         raise ReplicationError(f"replication needs at least two providers, got {names}")
     options.check_providers(names)
     buckets = list(buckets) or sorted({p.bucket for p in providers})
-    sweep_id = None
+    sweep_id = quick = None
     with db.connection() as conn:
         run_id = _start_run(conn, run_key=run_key, options=options, names=names)
     if options.mode == "diff":
-        sweep_id = _diff(db, providers, run_key=run_key, options=options, buckets=buckets)
-    with db.connection() as conn:
-        inputs = _inputs(conn, options, names, sweep_id)
+        quick = _quick_look(db, providers, run_id=run_id, run_key=run_key, options=options, buckets=buckets)
+        if quick is None:
+            sweep_id = _diff(db, providers, run_key=run_key, options=options, buckets=buckets)
+    if quick is not None:  # nothing is owed: no input, nothing to look up
+        inputs, sizes, inventory_from = {}, {}, quick.target
+    else:
+        with db.connection() as conn:
+            inputs = _inputs(conn, options, names, sweep_id)
+        sizes, inventory_from = _database_sizes(db, sorted(inputs), buckets)
     keys = sorted(inputs)
-    sizes, inventory_from = _database_sizes(db, keys, buckets)
 
     def one(key: str) -> KeyDecision:
         named, suspects = _named(inputs[key])
@@ -504,7 +516,7 @@ def plan_replication(db: Any, providers: Sequence[StorageProvider], *, run_key: 
     cells = sorted({cell_of(c.key, DEPTH) for c in copies})
     plan = ReplicationPlan(run_id=run_id, mode=options.mode, providers=names, copies=copies, conflicts=conflicts,
                            unreferenced=unreferenced, blocked=blocked, cells=cells, sweep_id=sweep_id,
-                           inventory_from=inventory_from, dry_run=options.dry_run)
+                           inventory_from=inventory_from, dry_run=options.dry_run, quick_look=quick is not None)
     totals = plan.totals()
     refusal = None
     if totals["objects"] > options.max_objects:
@@ -519,7 +531,8 @@ def plan_replication(db: Any, providers: Sequence[StorageProvider], *, run_key: 
             _settle_unreferenced(conn, run_id, unreferenced, inputs)
         conn.execute("UPDATE csl_ops.replication_runs SET status = %s, sweep_id = %s, inventory_from = %s, "
                      "summary = %s, error = %s, finished_at = CASE WHEN %s THEN now() END WHERE id = %s",
-                     (status, sweep_id, inventory_from, json.dumps({"plan": totals}), refusal,
+                     (status, sweep_id, inventory_from, json.dumps({"plan": totals, "quick_look": quick is not None}),
+                      refusal,
                       status in ("refused", "dry_run"), run_id))
     if status == "planned" and len(copies) >= ANALYZE_AT:
         _refresh_statistics(db)
@@ -541,6 +554,47 @@ def _refresh_statistics(db: Any) -> None:
         conn.execute("ANALYZE csl_ops.storage_findings, csl_ops.replication_copies")
         conn.commit()
     log.debug("statistics refreshed in %.3f s", time.perf_counter() - started)
+
+
+def _quick_look(db: Any, providers: Sequence[StorageProvider], *, run_id: int, run_key: str,
+                options: ReplicationOptions, buckets: Sequence[str]) -> ReadRoute | None:
+    """Diff mode's no-op check: the sweep's own merge of the prefix (``first_finding``: the same
+    inventory, listings and classifier, the inventory where a sweep would read it) that records
+    nothing and stops at the first finding. It answers only when a full diff could not do more:
+    no open finding under the prefix about the run's providers (a sweep would have to close
+    or recheck it), no unfinished row of this run (a rerun must check what a crash left), and
+    the merge finds nothing. Then nothing is owed and no sweep is recorded; returns where the
+    inventory was read. None sends the run to the full diff (``_diff``), also when a provider
+    or the replica fails here: the full diff reports that as it always does."""
+    names = [p.name for p in providers]
+    with db.connection() as conn:
+        busy = conn.execute(
+            "SELECT EXISTS (SELECT FROM csl_ops.storage_findings WHERE resolved_at IS NULL "
+            "AND starts_with(object_key, %(prefix)s) AND depends_on && %(names)s) "
+            "OR EXISTS (SELECT FROM csl_ops.replication_copies WHERE run_id = %(run)s AND status <> ALL(%(final)s))",
+            {"prefix": options.prefix, "names": names, "run": run_id, "final": list(FINAL)}).fetchone()[0]
+    if busy:
+        return None
+    sweep_options = SweepOptions(prefix=options.prefix, buckets=tuple(buckets), depth=_diff_depth(options.prefix))
+    started = time.perf_counter()
+    try:
+        cells = prefix_cells(sweep_options)
+        if cells is None:
+            with db.connection() as conn:
+                cells = discover_cells(conn, providers, sweep_options)
+        with inventory_connection(db) as (read_conn, route):
+            found = first_finding(read_conn, route, providers, cells, sweep_options, salt=run_key)
+            read_conn.rollback()
+    except (StorageError, ListingOrderError, ReplicaUnavailable) as exc:
+        log.info("replication run %s: the quick look failed (%s); the full diff follows", run_id, exc)
+        return None
+    if found is not None:
+        log.debug("replication run %s: the quick look found %s; the full diff follows", run_id, found)
+        return None
+    log.info("replication run %s: nothing owed under %r: the listings of %s agree with the inventory (from the %s, "
+             "%s cells, %.3f s)", run_id, options.prefix, ", ".join(names), route.target, len(cells),
+             time.perf_counter() - started)
+    return route
 
 
 def _diff_depth(prefix: str) -> int:
@@ -1019,8 +1073,9 @@ def replicate(settings: Any, *, run_key: str, options: ReplicationOptions,
         if options.dry_run:
             return plan, None
         try:
-            copy_shard(db, providers, {"run_id": plan.run_id, "shard": 0, "cells": plan.cells}, options=options,
-                       edge_base_url=edge)
+            if plan.copies:
+                copy_shard(db, providers, {"run_id": plan.run_id, "shard": 0, "cells": plan.cells}, options=options,
+                           edge_base_url=edge)
         finally:
             with db.connection() as conn:
                 summary = finish_replication(conn, plan.run_id)

@@ -199,6 +199,17 @@ def test_cells_and_shards():
         SweepOptions(key_order="random")
 
 
+def test_a_folder_prefix_at_its_own_depth_is_its_one_cell():
+    for prefix, depth in (("samples/0a/", 2), ("samples/", 1), ("a/b/c/", 3)):
+        cells = integrity.prefix_cells(SweepOptions(prefix=prefix, depth=depth))
+        assert cells == [prefix]
+        # every key under it is in that cell, however deep
+        assert {integrity.cell_of(prefix + rest, depth) for rest in ("x", "x/y", "x/y/z.wav")} == {prefix}
+    for prefix, depth in (("samples/0a", 1), ("", 1), ("samples/0a/", 1), ("samples/", 2)):
+        assert integrity.prefix_cells(SweepOptions(prefix=prefix, depth=depth)) is None  # to be discovered
+    assert integrity.prefix_cells(SweepOptions(prefix="_quarantine/x/", depth=2)) == []  # excluded
+
+
 def test_cli_sweep_prints_findings_and_counts_and_refuses_bad_input(platform, stack_env):
     import json
     import os

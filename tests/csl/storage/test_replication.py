@@ -453,6 +453,10 @@ def test_a_mixed_order_pair_is_diffed_and_replicated_with_no_false_finding(world
                                        "checksum": sum(1 for _, d in expected if d == "primary")}
     for key, (body, _) in bodies.items():
         assert world.provider("primary").get(key) == body and aws.get(key) == body
+    # the rerun's quick look merges moto's listing, brought into path order, and finds nothing
+    plan, summary = replicate(mixed, run_key=f"t-mixed-noop-{world.tag}",
+                              options=ReplicationOptions(mode="diff", prefix=world.prefix))
+    assert plan.quick_look and (summary.status, summary.planned) == ("done", 0)
     for key_order in ("path", "byte"):  # the next sweep agrees, whichever order it merges in
         after = integrity.run_sweep(mixed, run_key=f"sweep-mixed-{key_order}-{world.tag}", shards=1, workers=1,
                                     options=integrity.SweepOptions(prefix=world.prefix, key_order=key_order,
@@ -602,3 +606,71 @@ def _analyze_count(settings: Settings) -> int:
     with psycopg.connect(settings.require_database().primary_url, autocommit=True) as conn:
         return conn.execute("SELECT coalesce(sum(analyze_count), 0) FROM pg_stat_user_tables "
                             "WHERE schemaname = 'csl_ops' AND relname = 'replication_copies'").fetchone()[0]
+
+
+def _sweeps(world: World) -> int:
+    return world.conn.execute("SELECT count(*) FROM csl_ops.storage_sweeps").fetchone()[0]
+
+
+def test_a_diff_with_nothing_owed_takes_the_quick_look_and_records_no_sweep(world, stack_env):
+    """A diff rerun where every provider already holds every referenced object: the sweep's
+    merge finds nothing, so no sweep, no plan rows and no copy are recorded; the run is done
+    and says where its inventory was read. A prefix without its final "/" discovers its cells
+    first and comes to the same answer."""
+    keys = [world.sample(i, f"q{i}", os.urandom(3_000 + i)) for i in range(4)]
+    missing = world.sample(4, "q-missing", os.urandom(5_000), on=("primary",))
+    plan, summary = world.run(mode="diff")
+    summary.check()
+    assert not plan.quick_look and plan.sweep_id is not None and summary.verified == 1  # the full diff
+    for prefix in (world.prefix, world.prefix.rstrip("/")):
+        sweeps = _sweeps(world)
+        plan, summary = world.run(mode="diff", prefix=prefix)
+        summary.check()
+        assert plan.quick_look and plan.sweep_id is None and not plan.copies and not plan.conflicts
+        assert (summary.status, summary.planned, summary.verified) == ("done", 0, 0)
+        assert _sweeps(world) == sweeps
+        recorded = world.conn.execute("SELECT status, inventory_from, sweep_id, summary -> 'quick_look' "
+                                      "FROM csl_ops.replication_runs WHERE id = %s", (summary.run_id,)).fetchone()
+        assert recorded == ("done", "replica", None, True)
+    assert all(world.body("fallback", k) == world.body("primary", k) for k in [*keys, missing])
+    sweeps = _sweeps(world)
+    cli = _replicate_cli(world, stack_env, "--mode", "diff")
+    out, _ = cli.communicate(timeout=120)
+    assert cli.returncode == 0 and out.startswith(f"nothing owed under {world.prefix!r}"), out
+    assert _sweeps(world) == sweeps
+
+
+def _defect(world: World, kind: str, key: str, body: bytes) -> None:
+    if kind == "deleted":
+        world.provider("fallback").delete(key)
+    elif kind == "rotten":  # same size, the metadata still claims the right hash: only the ETag differs
+        world.put("fallback", key, bytes([body[0] ^ 1]) + body[1:], sha256=_sha(body))
+    elif kind == "resized":  # the database says another size than both copies have
+        world.conn.execute("UPDATE audio_samples SET file_size = file_size + 1 WHERE file_url = %s", (key,))
+    elif kind == "stale finding":  # nothing is wrong any more, but a finding is open: a sweep must close it
+        world.provider("fallback").delete(key)
+        world.sweep()
+        world.put("fallback", key, body)
+        assert world.open_findings() == {("missing", key, "fallback")}
+
+
+@pytest.mark.parametrize("kind", ["deleted", "rotten", "resized", "stale finding"])
+def test_the_quick_look_hides_nothing_a_sweep_would_find(world, kind):
+    """After a clean no-op, one defect: the next diff is the full one and does what it always did."""
+    body = os.urandom(6_000)
+    key = world.sample(0, "victim", body)
+    world.sample(1, "bystander", os.urandom(6_000))
+    plan, summary = world.run(mode="diff")
+    assert plan.quick_look and summary.status == "done"
+    _defect(world, kind, key, body)
+    sweeps = _sweeps(world)  # a stale finding's own sweep included
+    plan, summary = world.run(mode="diff")
+    assert not plan.quick_look and plan.sweep_id is not None and _sweeps(world) == sweeps + 1
+    if kind == "resized":  # no copy has the database's size: left for a person, nothing overwritten
+        assert summary.conflict_keys == [key] and summary.verified == 0
+    elif kind == "stale finding":
+        assert summary.verified == 0 and world.open_findings() == set()
+    else:
+        summary.check()
+        assert summary.verified == 1 and world.body("fallback", key) == body
+        assert world.open_findings() == set()
