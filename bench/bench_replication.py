@@ -8,7 +8,13 @@ same buckets (the destination's objects deleted before each contender's copy):
 - ``many``: 5,000 objects × 256 KiB (``bench-many/<hh>/<uuid>.wav``, the production layout);
 - ``big``: 4 objects × 256 MiB (multipart on both sides: our threshold 8 MiB, rclone's upload
   cutoff 200 MiB);
-- then a no-op rerun of each contender on the complete destination.
+- then a no-op rerun of each contender on the complete destination (ours must take its quick
+  look: nothing owed, no sweep recorded).
+
+Before the cases, the floor any run of ours pays before its first request, in the same
+environment: the interpreter alone, the interpreter importing psycopg, and the imports of a
+replication run (``floor``; ``summary.big_noop_floor_ratio`` sets the psycopg import against
+rclone's whole big no-op).
 
 Ours is ``replicate(mode="diff", prefix=…)``: a sweep of the prefix over both providers (rclone
 lists both sides too), the plan (HEADs), streamed copies verified by SHA-256, every copy logged.

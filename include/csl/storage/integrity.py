@@ -90,6 +90,7 @@ __all__ = [
     "finish_planned",
     "finish_sweep",
     "first_finding",
+    "first_pages",
     "inventory_connection",
     "open_findings",
     "plan_shards",
@@ -555,13 +556,14 @@ def _cell_rows(rows: Iterator[tuple]) -> Iterator[tuple[str, Iterator[tuple]]]:
 
 def _merge_cells(read_conn: psycopg.Connection, route: ReadRoute, providers: Sequence[StorageProvider],
                  cells: Sequence[str], options: SweepOptions, classifier: _Classifier, tally: _Tally, *,
-                 on_cell: Callable[[str], None] | None = None) -> None:
+                 on_cell: Callable[[str], None] | None = None, started: Mapping[str, Any] | None = None) -> None:
     """Merge ``cells`` in turn: the inventory (one cursor on ``read_conn``, served by
     ``route.target``) against every provider's listing, each key to ``classifier``;
     ``on_cell(cell)`` before a cell is merged. The first page of the next cells' listings is
     fetched while a cell is merged (at most ``LOOKAHEAD`` pages per provider wait), the first
-    cells' while the inventory query runs: the servers' time overlaps ours."""
-    first_pages: dict[tuple[int, str], Any] = {}
+    cells' while the inventory query runs: the servers' time overlaps ours. ``started``: the
+    first cell's first page per provider, already being fetched (``first_pages``)."""
+    first_pages: dict[tuple[int, str], Any] = {(0, name): page for name, page in (started or {}).items()}
     stream = None
     merged = False
     pool = ThreadPoolExecutor(max_workers=2 * len(providers), thread_name_prefix="csl-list")
@@ -603,13 +605,24 @@ class _Found(Exception):  # not an error: how first_finding stops the merge
         self.finding = (kind, key, provider)
 
 
+def first_pages(executor: Any, providers: Sequence[StorageProvider], cell: str,
+                options: SweepOptions) -> dict[str, Any]:
+    """The first listing page of ``cell`` on every provider, fetched on ``executor`` (futures by
+    provider name): for a caller with other work to do before the merge (``first_finding``'s
+    ``started``)."""
+    prefix, delimiter = _cell_list_args(cell, options)
+    return {p.name: executor.submit(p.list_page, prefix, delimiter=delimiter) for p in providers}
+
+
 def first_finding(read_conn: psycopg.Connection, route: ReadRoute, providers: Sequence[StorageProvider],
-                  cells: Sequence[str], options: SweepOptions, *, salt: str) -> tuple[str, str, str] | None:
+                  cells: Sequence[str], options: SweepOptions, *, salt: str,
+                  started: Mapping[str, Any] | None = None) -> tuple[str, str, str] | None:
     """What a sweep of ``cells`` would find first, as (kind, key, provider), or None when it
     would find nothing: the sweep's own merge and classifier, stopped at the first finding,
     nothing recorded. For a caller that only needs to know whether anything is wrong
     (replication's no-op check). It rechecks no open checksum finding: a caller asks only where
-    there is none open. ``salt`` picks the ``deep_rate`` sample, as a sweep's id does."""
+    there is none open. ``salt`` picks the ``deep_rate`` sample, as a sweep's id does;
+    ``started``: the first cell's first pages (``first_pages``)."""
     providers = reference_order(providers)
     tally = _Tally()
 
@@ -618,7 +631,7 @@ def first_finding(read_conn: psycopg.Connection, route: ReadRoute, providers: Se
 
     classifier = _Classifier(providers, emit, tally, deep_rate=options.deep_rate, salt=salt, recheck=set())
     try:
-        _merge_cells(read_conn, route, providers, cells, options, classifier, tally)
+        _merge_cells(read_conn, route, providers, cells, options, classifier, tally, started=started)
     except _Found as found:
         return found.finding
     return None
@@ -732,7 +745,7 @@ def _replica_snapshot(db: Any) -> tuple[psycopg.Connection | None, ReadRoute]:
     bound = db.settings.max_replica_lag_s
     conn = None
     try:
-        with db.connect_direct() as primary:
+        with db.connection() as primary:  # pooled: a run's own statements use it too
             (position,) = primary.execute("SELECT pg_current_wal_lsn()::text").fetchone()
         started = time.monotonic()
         conn = db.connect_direct("replica", autocommit=True)

@@ -57,6 +57,7 @@ from csl.storage.integrity import (
     discover_cells,
     finish_sweep,
     first_finding,
+    first_pages,
     inventory_connection,
     plan_shards,
     plan_sweep,
@@ -567,27 +568,32 @@ def _quick_look(db: Any, providers: Sequence[StorageProvider], *, run_id: int, r
     inventory was read. None sends the run to the full diff (``_diff``), also when a provider
     or the replica fails here: the full diff reports that as it always does."""
     names = [p.name for p in providers]
-    with db.connection() as conn:
-        busy = conn.execute(
-            "SELECT EXISTS (SELECT FROM csl_ops.storage_findings WHERE resolved_at IS NULL "
-            "AND starts_with(object_key, %(prefix)s) AND depends_on && %(names)s) "
-            "OR EXISTS (SELECT FROM csl_ops.replication_copies WHERE run_id = %(run)s AND status <> ALL(%(final)s))",
-            {"prefix": options.prefix, "names": names, "run": run_id, "final": list(FINAL)}).fetchone()[0]
-    if busy:
-        return None
     sweep_options = SweepOptions(prefix=options.prefix, buckets=tuple(buckets), depth=_diff_depth(options.prefix))
     started = time.perf_counter()
+    cells = prefix_cells(sweep_options)
+    early = ThreadPoolExecutor(max_workers=len(providers), thread_name_prefix="csl-list")
     try:
-        cells = prefix_cells(sweep_options)
+        # a folder prefix's listing starts now: the servers list while the database is asked
+        pages = first_pages(early, providers, cells[0], sweep_options) if cells else None
+        with db.connection() as conn:
+            busy = conn.execute(
+                "SELECT EXISTS (SELECT FROM csl_ops.storage_findings WHERE resolved_at IS NULL "
+                "AND starts_with(object_key, %(prefix)s) AND depends_on && %(names)s) OR EXISTS "
+                "(SELECT FROM csl_ops.replication_copies WHERE run_id = %(run)s AND status <> ALL(%(final)s))",
+                {"prefix": options.prefix, "names": names, "run": run_id, "final": list(FINAL)}).fetchone()[0]
+        if busy:
+            return None
         if cells is None:
             with db.connection() as conn:
                 cells = discover_cells(conn, providers, sweep_options)
         with inventory_connection(db) as (read_conn, route):
-            found = first_finding(read_conn, route, providers, cells, sweep_options, salt=run_key)
+            found = first_finding(read_conn, route, providers, cells, sweep_options, salt=run_key, started=pages)
             read_conn.rollback()
     except (StorageError, ListingOrderError, ReplicaUnavailable) as exc:
         log.info("replication run %s: the quick look failed (%s); the full diff follows", run_id, exc)
         return None
+    finally:
+        early.shutdown(wait=False, cancel_futures=True)  # a page nobody waits for ends on its own
     if found is not None:
         log.debug("replication run %s: the quick look found %s; the full diff follows", run_id, found)
         return None
@@ -1060,12 +1066,10 @@ def replicate(settings: Any, *, run_key: str, options: ReplicationOptions,
               on_plan: Callable[[ReplicationPlan], None] | None = None) -> tuple[ReplicationPlan, ReplicationSummary | None]:
     """A whole run without Airflow (the CLI, the benchmark): plan, copy, finish. Returns the
     plan and, unless it was a dry run, the summary (``check()`` it)."""
-    from csl.cdn.queue import published_base_url
     from csl.db import Database
     from csl.storage.providers import providers_for
 
     providers = providers_for(settings, provider_names, max_pool_connections=max(32, options.concurrency * 2))
-    edge = published_base_url(settings)
     with Database(settings.require_database(), max_pool_size=options.concurrency + 2) as db:
         plan = plan_replication(db, providers, run_key=run_key, options=options, buckets=configured_buckets(settings))
         if on_plan is not None:
@@ -1074,8 +1078,10 @@ def replicate(settings: Any, *, run_key: str, options: ReplicationOptions,
             return plan, None
         try:
             if plan.copies:
+                from csl.cdn.queue import published_base_url
+
                 copy_shard(db, providers, {"run_id": plan.run_id, "shard": 0, "cells": plan.cells}, options=options,
-                           edge_base_url=edge)
+                           edge_base_url=published_base_url(settings))
         finally:
             with db.connection() as conn:
                 summary = finish_replication(conn, plan.run_id)

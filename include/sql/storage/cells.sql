@@ -8,4 +8,4 @@ SELECT DISTINCT
          ELSE array_to_string(parts[1:cardinality(parts) - 1], '/')
               || CASE WHEN cardinality(parts) > 1 THEN '/' ELSE '' END || '*'
     END AS cell
-FROM (SELECT string_to_array(key, '/') AS parts FROM ({refs}) AS refs) AS r
+FROM (SELECT string_to_array(key, '/') AS parts FROM ({refs}) AS refs OFFSET 0) AS r  -- parts once per row

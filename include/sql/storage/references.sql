@@ -34,6 +34,8 @@ FROM (
                    END AS path,
                    r.raw ~* '^(https?|s3)://' OR starts_with(r.raw, '/') AS located
         ) AS l
+        OFFSET 0  -- a fence: each row's regexes once (flattened, every use of path repeats them)
     ) AS u
+    OFFSET 0  -- and its key once, however often the caller uses it
 ) AS k
 WHERE key <> ''
