@@ -50,7 +50,11 @@ from dataclasses import replace
 from pathlib import Path
 
 import psycopg
-from bench_storage import rclone_env, run_measured  # bench/ is on the path (bench/run.py; the child's own folder)
+from bench_storage import (  # bench/ is on the path (bench/run.py; the child's own folder)
+    database_env,
+    rclone_env,
+    run_measured,
+)
 
 from csl.config import Settings, load_env_file
 from csl.migrations import migrate
@@ -279,11 +283,9 @@ def run(stack, **_: object) -> dict:
         url = prepare_database(stack, settings, scale)
         uploaded = {case: _upload(primary, case, n, size) for case, (n, size) in scale.items()}
         result["prepare"] = {"uploaded": uploaded, "prepare_s": round(time.perf_counter() - started, 1)}
-        replica = stack_env.get("DATABASE_READ_REPLICA_URL")
-        env = {**os.environ, **stack_env, "DATABASE_URL": url, "MINIO_BUCKET": BUCKET, "S3_BUCKET": BUCKET,
+        env = {**os.environ, **stack_env, **database_env(stack_env, url), "MINIO_BUCKET": BUCKET, "S3_BUCKET": BUCKET,
                "CSL_ENV_FILE": os.devnull,
-               "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO / "include"), os.environ.get("PYTHONPATH")])),
-               **({"DATABASE_READ_REPLICA_URL": f"{replica.rsplit('/', 1)[0]}/{DATABASE}"} if replica else {})}
+               "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO / "include"), os.environ.get("PYTHONPATH")]))}
         result["floor"] = floor(env, rounds)
         for case, (n, size) in scale.items():
             result["cases"][case] = run_case(case, n, size, rounds, env, primary, fallback)

@@ -144,8 +144,16 @@ def run_measured(cmd: list[str], env: dict[str, str]) -> Measured:
     return Measured(wall, int(maxrss), float(cpu), stdout, stderr, code)
 
 
+def database_env(stack_env: dict[str, str], url: str) -> dict[str, str]:
+    """``DATABASE_URL`` for the benchmark's own database ``url``, and its read replica: the same
+    database on the stack's standby (the stack's replica URL names the platform database)."""
+    replica = stack_env.get("DATABASE_READ_REPLICA_URL")
+    return {"DATABASE_URL": url,
+            **({"DATABASE_READ_REPLICA_URL": f"{replica.rsplit('/', 1)[0]}/{url.rsplit('/', 1)[1]}"} if replica else {})}
+
+
 def sweep(url: str, primary: StorageProvider, fallback: StorageProvider, stack_env: dict[str, str]) -> dict:
-    env = {**os.environ, **stack_env, "DATABASE_URL": url, "MINIO_BUCKET": primary.bucket,
+    env = {**os.environ, **stack_env, **database_env(stack_env, url), "MINIO_BUCKET": primary.bucket,
            "S3_BUCKET": fallback.bucket, "CSL_ENV_FILE": os.devnull}
     cmd = [sys.executable, "-m", "csl", "storage", "sweep", "--shards", "8", "--workers", "2", "--json"]
     wall, rss_kib, _cpu, out, err, code = run_measured(cmd, env)
@@ -153,7 +161,8 @@ def sweep(url: str, primary: StorageProvider, fallback: StorageProvider, stack_e
         raise RuntimeError(f"sweep failed ({code}): {err[-2000:]}")
     summary = json.loads(out)["summary"]
     return {"wall_s": round(wall, 2), "peak_rss_mb": round(rss_kib / 1024, 1), "listed": summary["listed"],
-            "findings": {k: sum(v.values()) for k, v in summary["findings"].items()}, "db_refs": summary["db_refs"]}
+            "findings": {k: sum(v.values()) for k, v in summary["findings"].items()}, "db_refs": summary["db_refs"],
+            "inventory_from": summary["inventory_from"]}
 
 
 def rclone_env(primary: StorageProvider, fallback: StorageProvider) -> dict[str, str]:
