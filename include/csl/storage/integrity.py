@@ -51,7 +51,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import AbstractContextManager, ExitStack, contextmanager
+from contextlib import AbstractContextManager, ExitStack, contextmanager, suppress
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
@@ -60,7 +60,7 @@ from psycopg import sql
 
 from csl.config import LISTING_ORDERS
 from csl.db import ReadRoute
-from csl.errors import BadInput, ProblemFound, ReplicaUnavailable, StorageError
+from csl.errors import BadInput, DatabaseError, ProblemFound, ReplicaUnavailable, StorageError
 from csl.sqlfiles import load
 from csl.storage import (
     PRIMARY,
@@ -560,9 +560,16 @@ def _merge_cells(read_conn: psycopg.Connection, route: ReadRoute, providers: Seq
     """Merge ``cells`` in turn: the inventory (one cursor on ``read_conn``, served by
     ``route.target``) against every provider's listing, each key to ``classifier``;
     ``on_cell(cell)`` before a cell is merged. The first page of the next cells' listings is
-    fetched while a cell is merged (at most ``LOOKAHEAD`` pages per provider wait), the first
-    cells' while the inventory query runs: the servers' time overlaps ours. ``started``: the
-    first cell's first page per provider, already being fetched (``first_pages``)."""
+    fetched while a cell is merged (at most ``LOOKAHEAD`` pages per provider wait): the
+    servers' time overlaps ours.
+
+    Listings start after the inventory's snapshot: uploads write the object, then its row,
+    so a listing older than the snapshot could miss an object whose row the snapshot has (a
+    false ``missing``), while the other way round errs only towards a passing orphan. A
+    replica's snapshot is taken before (``inventory_connection``), so there the first pages
+    are fetched while the inventory query runs; on the primary, after it has started.
+    ``started``: the first cell's first page per provider, already being fetched by a caller
+    that accepts what an earlier listing can report (``first_finding``)."""
     first_pages: dict[tuple[int, str], Any] = {(0, name): page for name, page in (started or {}).items()}
     stream = None
     merged = False
@@ -576,10 +583,11 @@ def _merge_cells(read_conn: psycopg.Connection, route: ReadRoute, providers: Seq
                     first_pages[(i, p.name)] = pool.submit(p.list_page, prefix, delimiter=delimiter)
 
     try:
-        look_ahead(0)
+        if route.target == "replica":
+            look_ahead(0)
         stream = _db_stream(read_conn, providers, cells, options, served_by=route.target)
         by_cell = _cell_rows(stream)
-        pending = next(by_cell, None)
+        pending = next(by_cell, None)  # the query runs: its snapshot is taken
         for index, cell in enumerate(cells):
             if on_cell is not None:
                 on_cell(cell)
@@ -592,9 +600,12 @@ def _merge_cells(read_conn: psycopg.Connection, route: ReadRoute, providers: Seq
             if pending is not None and pending[0] == cell:
                 pending = next(by_cell, None)
         merged = True
+    except BaseException:
+        if stream is not None:  # stopped early: its server-side cursor goes now, if it still can
+            with suppress(Exception):  # the error that stopped it is the one to report
+                stream.close()
+        raise
     finally:
-        if stream is not None:
-            stream.close()  # a merge stopped early: its server-side cursor goes now
         # stopped early, nobody waits for the pages still being fetched: they end on their own
         pool.shutdown(wait=merged, cancel_futures=True)
 
@@ -759,7 +770,7 @@ def _replica_snapshot(db: Any) -> tuple[psycopg.Connection | None, ReadRoute]:
             conn.autocommit = False
             conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
             in_recovery, caught_up = conn.execute(_CAUGHT_UP_SQL, (position,)).fetchone()  # takes the snapshot
-    except (psycopg.Error, OSError) as exc:
+    except (psycopg.Error, OSError, DatabaseError) as exc:  # DatabaseError: the pool's, for the primary
         if conn is not None:
             conn.close()
         return None, ReadRoute("primary", f"replica unavailable: {_one_line(exc)}")

@@ -49,7 +49,8 @@ from typing import Any
 from psycopg import sql
 
 from csl.db import ReadRoute
-from csl.errors import BadInput, ProblemFound, ProviderUnavailable, ReplicaUnavailable, StorageError
+from csl.errors import BadInput, DatabaseError, ProblemFound, ProviderUnavailable, StorageError
+from csl.storage.integrity import KINDS as SWEEP_KINDS
 from csl.storage.integrity import (
     ListingOrderError,
     SweepOptions,
@@ -530,7 +531,9 @@ def plan_replication(db: Any, providers: Sequence[StorageProvider], *, run_key: 
         if not refusal and not options.dry_run:
             _write_plan(conn, run_id, decisions, inputs)
             _settle_unreferenced(conn, run_id, unreferenced, inputs)
-        conn.execute("UPDATE csl_ops.replication_runs SET status = %s, sweep_id = %s, inventory_from = %s, "
+        # a quick look records no sweep: a rerun keeps the one an earlier attempt's plan came from
+        conn.execute("UPDATE csl_ops.replication_runs SET status = %s, sweep_id = coalesce(%s, sweep_id), "
+                     "inventory_from = %s, "
                      "summary = %s, error = %s, finished_at = CASE WHEN %s THEN now() END WHERE id = %s",
                      (status, sweep_id, inventory_from, json.dumps({"plan": totals, "quick_look": quick is not None}),
                       refusal,
@@ -568,7 +571,7 @@ def _quick_look(db: Any, providers: Sequence[StorageProvider], *, run_id: int, r
     inventory was read. None sends the run to the full diff (``_diff``), also when a provider
     or the replica fails here: the full diff reports that as it always does."""
     names = [p.name for p in providers]
-    sweep_options = SweepOptions(prefix=options.prefix, buckets=tuple(buckets), depth=_diff_depth(options.prefix))
+    sweep_options = _diff_options(options, buckets)
     started = time.perf_counter()
     cells = prefix_cells(sweep_options)
     early = ThreadPoolExecutor(max_workers=len(providers), thread_name_prefix="csl-list")
@@ -576,11 +579,16 @@ def _quick_look(db: Any, providers: Sequence[StorageProvider], *, run_id: int, r
         # a folder prefix's listing starts now: the servers list while the database is asked
         pages = first_pages(early, providers, cells[0], sweep_options) if cells else None
         with db.connection() as conn:
+            # the open findings a full diff would close, refresh or recheck (a sweep of these
+            # providers judges those that depend on them alone, and downloads every copy a
+            # checksum finding names); and what an earlier attempt of the run left unfinished
             busy = conn.execute(
                 "SELECT EXISTS (SELECT FROM csl_ops.storage_findings WHERE resolved_at IS NULL "
-                "AND starts_with(object_key, %(prefix)s) AND depends_on && %(names)s) OR EXISTS "
+                "AND starts_with(object_key, %(prefix)s) AND ((kind = ANY(%(kinds)s) AND depends_on <@ %(names)s) "
+                "OR (kind = 'checksum_mismatch' AND provider = ANY(%(names)s)))) OR EXISTS "
                 "(SELECT FROM csl_ops.replication_copies WHERE run_id = %(run)s AND status <> ALL(%(final)s))",
-                {"prefix": options.prefix, "names": names, "run": run_id, "final": list(FINAL)}).fetchone()[0]
+                {"prefix": options.prefix, "kinds": list(SWEEP_KINDS), "names": names, "run": run_id,
+                 "final": list(FINAL)}).fetchone()[0]
         if busy:
             return None
         if cells is None:
@@ -589,7 +597,7 @@ def _quick_look(db: Any, providers: Sequence[StorageProvider], *, run_id: int, r
         with inventory_connection(db) as (read_conn, route):
             found = first_finding(read_conn, route, providers, cells, sweep_options, salt=run_key, started=pages)
             read_conn.rollback()
-    except (StorageError, ListingOrderError, ReplicaUnavailable) as exc:
+    except (StorageError, ListingOrderError, DatabaseError) as exc:
         log.info("replication run %s: the quick look failed (%s); the full diff follows", run_id, exc)
         return None
     finally:
@@ -601,6 +609,12 @@ def _quick_look(db: Any, providers: Sequence[StorageProvider], *, run_id: int, r
              "%s cells, %.3f s)", run_id, options.prefix, ", ".join(names), route.target, len(cells),
              time.perf_counter() - started)
     return route
+
+
+def _diff_options(options: ReplicationOptions, buckets: Sequence[str]) -> SweepOptions:
+    """The sweep a diff runs (and its quick look merges as): the prefix at ``_diff_depth``, no
+    download sample (``deep_rate`` 0: the quick look's salt, unlike a sweep's id, picks none)."""
+    return SweepOptions(prefix=options.prefix, buckets=tuple(buckets), depth=_diff_depth(options.prefix))
 
 
 def _diff_depth(prefix: str) -> int:
@@ -616,7 +630,7 @@ def _diff(db: Any, providers: Sequence[StorageProvider], *, run_key: str, option
     """A fresh sweep of the prefix over the run's providers: the sweep's own merge and findings."""
     from csl.storage.integrity import sweep_and_record
 
-    sweep_options = SweepOptions(prefix=options.prefix, buckets=tuple(buckets), depth=_diff_depth(options.prefix))
+    sweep_options = _diff_options(options, buckets)
     with db.connection() as conn:
         sweep = plan_sweep(conn, providers, run_key=f"{run_key}__diff", shards=1, options=sweep_options)
     for item in sweep.shards():

@@ -20,7 +20,7 @@ import pytest
 
 from csl.config import DatabaseSettings, Settings
 from csl.db import Database
-from csl.errors import ProviderUnavailable
+from csl.errors import ProviderUnavailable, StorageError
 from csl.storage import StorageProvider, integrity, replication
 from csl.storage.replication import PlanTooLarge, ReplicationOptions, replicate
 
@@ -633,6 +633,8 @@ def test_a_diff_with_nothing_owed_takes_the_quick_look_and_records_no_sweep(worl
                                       "FROM csl_ops.replication_runs WHERE id = %s", (summary.run_id,)).fetchone()
         assert recorded == ("done", "replica", None, True)
     assert all(world.body("fallback", k) == world.body("primary", k) for k in [*keys, missing])
+    plan, summary = world.run(mode="diff", prefix=world.prefix + "nothing-here/")  # an empty folder: nothing owed
+    assert plan.quick_look and (summary.status, summary.planned) == ("done", 0)
     sweeps = _sweeps(world)
     cli = _replicate_cli(world, stack_env, "--mode", "diff")
     out, _ = cli.communicate(timeout=120)
@@ -674,3 +676,34 @@ def test_the_quick_look_hides_nothing_a_sweep_would_find(world, kind):
         summary.check()
         assert summary.verified == 1 and world.body("fallback", key) == body
         assert world.open_findings() == set()
+
+
+def test_a_rerun_that_left_a_copy_unproven_takes_the_full_diff(world):
+    """A crash between a copy's write and its proof leaves a ``copied`` row while the listings
+    already agree: the rerun of that run must not take the quick look (its finish would count
+    the row as never finished), but re-plan from a full diff, which drops the row its key no
+    longer needs. The run keeps its sweep."""
+    key = world.sample(0, "unproven", os.urandom(4_000), on=("primary",))
+    run_key = f"t-unproven-{world.tag}"
+    options = ReplicationOptions(mode="diff", prefix=world.prefix)
+    plan, summary = replicate(world.settings, run_key=run_key, options=options)
+    summary.check()
+    assert not plan.quick_look and world.body("fallback", key) is not None
+    world.conn.execute("UPDATE csl_ops.replication_copies SET status = 'copied' WHERE run_id = %s", (summary.run_id,))
+    plan, summary = replicate(world.settings, run_key=run_key, options=options)
+    summary.check()
+    assert not plan.quick_look and plan.sweep_id is not None and summary.status == "done"
+    assert world.copies(summary.run_id) == {}
+    # once nothing is left unfinished, the same run's rerun looks quickly and keeps the sweep it came from
+    plan, summary = replicate(world.settings, run_key=run_key, options=options)
+    assert plan.quick_look and summary.status == "done"
+    assert world.conn.execute("SELECT sweep_id FROM csl_ops.replication_runs WHERE id = %s",
+                              (summary.run_id,)).fetchone()[0] is not None
+
+
+def test_a_provider_down_during_the_quick_look_fails_the_run_as_the_full_diff_does(world, service_down):
+    world.sample(0, "reachable", os.urandom(2_000))
+    service_down("s3-fallback")
+    with pytest.raises(StorageError, match="cannot list provider 'fallback'") as failed:  # the full diff's words
+        world.run(mode="diff")
+    assert failed.value.provider == "fallback"
