@@ -492,12 +492,12 @@ def plan_replication(db: Any, providers: Sequence[StorageProvider], *, run_key: 
         if quick is None:
             sweep_id = _diff(db, providers, run_key=run_key, options=options, buckets=buckets)
     if quick is not None:  # nothing is owed: no input, nothing to look up
-        inputs, sizes, inventory_from = {}, {}, quick.target
+        inputs, keys, sizes, inventory_from = {}, [], {}, quick.target
     else:
         with db.connection() as conn:
             inputs = _inputs(conn, options, names, sweep_id)
-        sizes, inventory_from = _database_sizes(db, sorted(inputs), buckets)
-    keys = sorted(inputs)
+        keys = sorted(inputs)
+        sizes, inventory_from = _database_sizes(db, keys, buckets)
 
     def one(key: str) -> KeyDecision:
         named, suspects = _named(inputs[key])
